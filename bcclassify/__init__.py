@@ -1,0 +1,41 @@
+"""bcclassify: peripheral blood cell classification with Grad-CAM explanations.
+
+The library does all the work (data, models, training, evaluation, explanation, storage, CLI);
+the Streamlit app in ``app.py`` and ``pages/`` only presents it.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+# Canonical class order: the folder names of the PBC dataset. Every probability vector, confusion
+# matrix and CSV column in the project follows this order.
+CLASS_NAMES: tuple[str, ...] = (
+    "basophil",
+    "eosinophil",
+    "erythroblast",
+    "ig",
+    "lymphocyte",
+    "monocyte",
+    "neutrophil",
+    "platelet",
+)
+
+# Human-readable names for the app and reports.
+CLASS_LABELS: dict[str, str] = {
+    "basophil": "Basophil",
+    "eosinophil": "Eosinophil",
+    "erythroblast": "Erythroblast",
+    "ig": "Immature granulocyte",
+    "lymphocyte": "Lymphocyte",
+    "monocyte": "Monocyte",
+    "neutrophil": "Neutrophil",
+    "platelet": "Platelet",
+}
+
+DATASET_CREDIT = (
+    "PBC dataset: Acevedo A., Merino A., Alférez S., Molina Á., Boldú L., Rodellar J., "
+    '"A dataset of microscopic peripheral blood cell images for development of automatic '
+    'recognition systems", Data in Brief 30 (2020) 105474, doi:10.1016/j.dib.2020.105474. '
+    "Hospital Clinic of Barcelona. Licensed CC BY 4.0."
+)

@@ -1,0 +1,388 @@
+"""Command line: train, evaluate, promote, list, predict, explain, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from ._tf import import_tensorflow_quietly
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called (exit status 2)."""
+
+
+def _add_train(sub) -> None:
+    from .models import ARCHITECTURES
+
+    p = sub.add_parser("train", help="train a model and record the run under model_store/runs")
+    p.add_argument("--arch", choices=ARCHITECTURES, help="architecture (required unless --resume)")
+    p.add_argument("--data", help="image-folder dataset: one sub-folder per class")
+    p.add_argument("--image-size", type=int, help="input side in px (default: per architecture)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--optimizer", choices=("adam", "sgd", "rmsprop"), default="adam")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--smote", action="store_true", help="SMOTE-oversample the training part")
+    p.add_argument("--class-weights", action="store_true", help="weight the loss by class rarity")
+    p.add_argument("--folds", type=int, default=0, help="stratified K-fold cross-validation")
+    p.add_argument(
+        "--no-shuffle", dest="shuffle", action="store_false", help="training batches in class order"
+    )
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--freeze-until",
+        help="freeze up to these layers (comma list; 'layer:input' cuts before a layer; 'auto' "
+        "uses the architecture's default) and train the rest on cached activations",
+    )
+    p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run")
+    p.add_argument("--strategy", choices=("auto", "mirrored", "multiworker"), default="auto")
+    p.add_argument("--backbone-weights", metavar="DIR", help="folder of ImageNet-derived weights")
+    p.add_argument("--limit-per-class", type=int, help="use at most N images per class")
+    p.add_argument("--aug-copies", type=int, default=2, help="augmented copies (cached mode)")
+    p.add_argument("--head-epochs", type=int, default=3, help="supcon: classifier epochs")
+    p.add_argument("--cache-dir", default="cache", help="where decoded pixels/activations go")
+    p.add_argument("--note", default="", help="free text kept in the run record")
+
+
+def _cmd_train(args) -> int:
+    from .training import TrainConfig, resume, train
+
+    if args.resume:
+        run_dir = resume(args.resume)
+    else:
+        if not args.arch or not args.data:
+            raise UsageError("train needs --arch and --data (or --resume RUN_ID)")
+        fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+        run_dir = train(TrainConfig(**fields))
+    print(run_dir.name)
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- predict
+
+PREDICT_HEADER = ["path", "label", "confidence", "flag", "error"]
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="classify image files or folders; CSV (or JSON) on stdout",
+        description="Classify cell images. Folders are searched recursively (hidden files "
+        "skipped); one row per file, sorted by path. Exit 0: all classified; 1: some files "
+        "refused (each named on stderr); 2: usage error.",
+    )
+    p.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
+    p.add_argument("--model", help="installed model name (default: the default model)")
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
+    p.add_argument("--batch-size", type=int, default=32)
+
+
+def _load_classifier(name: str | None):
+    from .serving import ModelIntegrityError, ModelNotFoundError, load_model
+
+    try:
+        return load_model(name)
+    except (ModelNotFoundError, ModelIntegrityError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def prediction_rows(predictions, class_names) -> list[dict]:
+    rows = []
+    for pred in predictions:
+        row = {"path": pred.path, "label": "", "confidence": "", "flag": pred.flag, "error": ""}
+        if pred.ok:
+            row.update(label=pred.label, confidence=f"{pred.confidence:.6f}")
+            row.update({c: f"{p:.6f}" for c, p in zip(class_names, pred.probabilities)})
+        else:
+            row["error"] = " ".join(pred.error.split())  # always one line
+            row.update({c: "" for c in class_names})
+        rows.append(row)
+    return rows
+
+
+def write_prediction_csv(rows: list[dict], class_names, stream) -> None:
+    import csv
+
+    writer = csv.DictWriter(
+        stream, fieldnames=PREDICT_HEADER + list(class_names), lineterminator="\n"
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def _cmd_predict(args) -> int:
+    from .imaging import collect_image_paths
+    from .serving import iter_sources
+
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if not args.paths:
+        raise UsageError("no inputs: give one or more image files or folders")
+    paths = collect_image_paths(args.paths)
+    if not paths:
+        raise UsageError(f"no files found in {', '.join(args.paths)}")
+    classifier = _load_classifier(args.model)
+    predictions = classifier.classify(iter_sources(paths), batch_size=args.batch_size)
+    names = classifier.class_names
+    rows = prediction_rows(predictions, names)
+    if args.format == "csv":
+        write_prediction_csv(rows, names, sys.stdout)
+    else:
+        payload = []
+        for pred in predictions:
+            payload.append(
+                {
+                    "path": pred.path,
+                    "label": pred.label,
+                    "confidence": pred.confidence,
+                    "flag": pred.flag,
+                    "error": pred.error,
+                    "probabilities": None
+                    if not pred.ok
+                    else {c: float(p) for c, p in zip(names, pred.probabilities)},
+                }
+            )
+        json.dump(payload, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    refused = [p for p in predictions if not p.ok]
+    for pred in refused:
+        print(f"refused: {' '.join(pred.error.split())}", file=sys.stderr)
+    return EXIT_REFUSED if refused else EXIT_OK
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="recompute test metrics of a run or an installed model",
+        description="On the run's own data the run's test split is used (same seed, same "
+        "split); on any other dataset folder every image is scored.",
+    )
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--run", metavar="RUN_ID")
+    group.add_argument("--model", metavar="NAME")
+    p.add_argument("--data", required=True, help="image-folder dataset")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluation import evaluate
+
+    try:
+        metrics = evaluate(
+            run_id=args.run, model_name=args.model, data=args.data, batch_size=args.batch_size
+        )
+    except (FileNotFoundError, LookupError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(format_metrics(metrics))
+    return EXIT_OK
+
+
+def format_metrics(metrics: dict) -> str:
+    lines = [
+        f"scored on: {metrics.get('scope', '')} ({metrics['num_samples']} images)",
+        f"accuracy: {metrics['accuracy']:.4f}",
+        f"macro precision/recall/F1: {metrics['macro_precision']:.4f} / "
+        f"{metrics['macro_recall']:.4f} / {metrics['macro_f1']:.4f}",
+        f"weighted precision/recall/F1: {metrics['weighted_precision']:.4f} / "
+        f"{metrics['weighted_recall']:.4f} / {metrics['weighted_f1']:.4f}",
+        "",
+        f"{'class':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}",
+    ]
+    for name, row in metrics["per_class"].items():
+        lines.append(
+            f"{name:<14}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}"
+            f"{row['support']:>9d}"
+        )
+    lines += [
+        "",
+        "confusion matrix (rows: true, columns: predicted; "
+        + ", ".join(metrics["class_names"])
+        + ")",
+    ]
+    lines += ["  " + " ".join(f"{v:>5d}" for v in row) for row in metrics["confusion_matrix"]]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- promote, list
+
+
+def _add_promote(sub) -> None:
+    p = sub.add_parser("promote", help="install a run's model under model_store/models/NAME")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--name", required=True)
+    p.add_argument("--default", action="store_true", help="make it the default model")
+    p.add_argument("--threshold", type=float, help="low-confidence threshold (default 0.6)")
+
+
+def _cmd_promote(args) -> int:
+    from .evaluation import promote
+
+    try:
+        card = promote(args.run_id, args.name, make_default=args.default, threshold=args.threshold)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    print(json.dumps({k: card[k] for k in ("name", "architecture", "image_size", "size_mb")}))
+    return EXIT_OK
+
+
+def _add_list(sub) -> None:
+    p = sub.add_parser("list", help="training runs and installed models")
+    p.add_argument("--json", action="store_true", help="JSON list of runs")
+
+
+def _cmd_list(args) -> int:
+    from .store import list_models, list_runs
+
+    runs = list_runs()
+    if args.json:
+        print(json.dumps(runs, indent=2))
+        return EXIT_OK
+
+    def pct(value):
+        return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else "-"
+
+    print(f"{'run_id':<40}{'arch':<13}{'size':>5} {'status':<10}{'test acc':>9}{'macro F1':>9}")
+    for r in runs:
+        print(
+            f"{r['run_id']:<40}{r['arch'] or '':<13}{r['image_size'] or '':>5} "
+            f"{r['status'] or '':<10}{pct(r['test_accuracy']):>9}{pct(r['macro_f1']):>9}"
+        )
+    print("\nmodels:")
+    for m in list_models():
+        acc = (m.get("test_metrics") or {}).get("accuracy")
+        star = " (default)" if m["default"] else ""
+        print(
+            f"  {m['name']}{star}: {m.get('architecture')} {m.get('image_size')}px, "
+            f"test accuracy {pct(acc)}, {m.get('size_mb')} MB"
+        )
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- explain, bench
+
+
+def _add_explain(sub) -> None:
+    from .explain import METHODS
+
+    p = sub.add_parser("explain", help="save a Grad-CAM figure for one image")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--model", help="installed model name (default: the default model)")
+    p.add_argument("--method", choices=tuple(METHODS), default="gradcam")
+    p.add_argument("--target", help="class to explain (default: the predicted class)")
+    p.add_argument("--opacity", type=float, default=0.45)
+    p.add_argument("--out", required=True, metavar="FILE.png")
+
+
+def _cmd_explain(args) -> int:
+    from .explain import Explainer, explanation_figure
+    from .imaging import ImageLoadError, load_image
+
+    classifier = _load_classifier(args.model)
+    if args.target is not None and args.target not in classifier.class_names:
+        raise UsageError(
+            f"unknown class {args.target!r}; choose one of {', '.join(classifier.class_names)}"
+        )
+    try:
+        original = load_image(args.image)
+    except ImageLoadError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    pixels = classifier.load(args.image)
+    explanation = Explainer(classifier).explain_pixels(
+        pixels, args.method, args.target, output_size=original.shape[:2]
+    )
+    explanation_figure(original, explanation, args.opacity).save(args.out)
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "class": explanation.target_class,
+                "probability": round(explanation.probability, 6),
+                "maps": list(explanation.maps),
+            }
+        )
+    )
+    return EXIT_OK
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="measure load, predict and explain speed")
+    p.add_argument("--model", help="installed model name (default: the default model)")
+    p.add_argument("--repeats", type=int, default=20, help="single-image calls to time")
+    p.add_argument("--json", action="store_true", help="one JSON line")
+
+
+def _cmd_bench(args) -> int:
+    from .bench import run_benchmark
+
+    name = _load_classifier(args.model).name
+    result = run_benchmark(name, repeats=max(args.repeats, 20))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bcclassify",
+        description="Peripheral blood cell classification (PBC classes) with Grad-CAM.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_train,
+        _add_evaluate,
+        _add_promote,
+        _add_list,
+        _add_predict,
+        _add_explain,
+        _add_bench,
+    ):
+        add(sub)
+    return parser
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "promote": _cmd_promote,
+    "list": _cmd_list,
+    "predict": _cmd_predict,
+    "explain": _cmd_explain,
+    "bench": _cmd_bench,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "train":
+        logging.getLogger("bcclassify").setLevel(logging.INFO)
+    if args.command != "list":
+        import_tensorflow_quietly()
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE

@@ -1,0 +1,114 @@
+"""Re-scoring runs and installed models, and promoting a run's model into the store."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .data import load_pixels, scan_dataset, train_val_test_split
+from .metrics import classification_metrics
+from .serving import DEFAULT_THRESHOLD, card_for_run, export_model, load_model
+from .store import default_model_name, models_dir, read_json, runs_dir, set_default_model
+
+
+def _run_dir(run_id: str) -> Path:
+    folder = runs_dir() / run_id
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"no run {run_id!r} under {runs_dir()}")
+    return folder
+
+
+def _scope(dataset, manifest: str | None, seed: int, limit: int | None):
+    """The run's test split when ``dataset`` is its training data, else every image."""
+    from .training import _subsample
+
+    candidate = _subsample(dataset, limit, seed)
+    if manifest and candidate.manifest_hash() == manifest:
+        split = train_val_test_split(candidate.labels, candidate.hashes, seed)
+        return candidate, split.test, "the run's test split"
+    return dataset, np.arange(len(dataset)), "every image in the folder"
+
+
+def evaluate(
+    run_id: str | None = None,
+    model_name: str | None = None,
+    data: str | Path = "",
+    batch_size: int = 32,
+) -> dict:
+    """Recompute the test metrics of a run (its model.keras) or of an installed model."""
+    dataset = scan_dataset(data)
+    if run_id:
+        import keras
+
+        folder = _run_dir(run_id)
+        config = read_json(folder / "config.json")
+        if config.get("folds"):
+            raise ValueError(f"{run_id} is a cross-validation run: its folds are its record")
+        if not (folder / "model.keras").is_file():
+            raise FileNotFoundError(f"{run_id} has no model.keras (unfinished, or not kept)")
+        model = keras.models.load_model(folder / "model.keras", safe_mode=True)
+        image_size = int(config["image_size"])
+        manifest, seed, limit = (
+            config.get("data_manifest_sha256"),
+            config.get("seed", 42),
+            config.get("limit_per_class"),
+        )
+
+        def predict(pixels):
+            return model.predict(pixels.astype(np.float32), batch_size=batch_size, verbose=0)
+
+        source = run_id
+    else:
+        classifier = load_model(model_name)
+        image_size = classifier.image_size
+        trained_on = classifier.card.get("training_data") or {}
+        train_cfg = classifier.card.get("training_config") or {}
+        manifest, seed, limit = trained_on.get("manifest_sha256"), train_cfg.get("seed", 42), None
+
+        def predict(pixels):
+            return np.concatenate(
+                [
+                    classifier.predict_pixels(pixels[i : i + batch_size])
+                    for i in range(0, len(pixels), batch_size)
+                ]
+            )
+
+        source = classifier.name
+    dataset, indices, scope = _scope(dataset, manifest, seed, limit)
+    pixels, kept = load_pixels([dataset.paths[i] for i in indices], image_size, progress=True)
+    probabilities = predict(pixels)
+    labels = dataset.labels[indices][kept]
+    metrics = classification_metrics(labels, probabilities.argmax(axis=1), dataset.class_names)
+    metrics.update(scope=scope, source=source, data=str(data))
+    return metrics
+
+
+def promote(
+    run_id: str, name: str, make_default: bool = False, threshold: float | None = None
+) -> dict:
+    """Install a finished run's model as ``model_store/models/<name>/`` with its card."""
+    import keras
+
+    folder = _run_dir(run_id)
+    run = read_json(folder / "run.json", {}) or {}
+    if run.get("status") != "finished":
+        raise ValueError(f"{run_id} is {run.get('status')!r}, not finished")
+    if not (folder / "model.keras").is_file():
+        raise FileNotFoundError(f"{run_id} has no model.keras to promote")
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"model name {name!r}: use letters, digits, '-' and '_'")
+    model = keras.models.load_model(folder / "model.keras", safe_mode=True)
+    card = card_for_run(folder, name, DEFAULT_THRESHOLD if threshold is None else threshold)
+    target = models_dir() / name
+    staging = models_dir() / f".{name}.staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    card = export_model(model, staging, card)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    if make_default or not default_model_name():
+        set_default_model(name)
+    return card

@@ -1,0 +1,87 @@
+"""Pure classification metrics: functions of (y_true, y_pred) and nothing else."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts with true classes on rows and predicted classes on columns."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred differ in shape: {y_true.shape} vs {y_pred.shape}")
+    flat = y_true * num_classes + y_pred
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    # An undefined ratio (no predictions or no samples of a class) counts as 0, as in scikit-learn.
+    out = np.zeros_like(numerator, dtype=np.float64)
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    return out
+
+
+def per_class_scores(matrix: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support per class from a confusion matrix."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    true_positive = np.diag(matrix)
+    predicted = matrix.sum(axis=0)
+    support = matrix.sum(axis=1)
+    precision = _safe_divide(true_positive, predicted)
+    recall = _safe_divide(true_positive, support)
+    f1 = _safe_divide(2 * precision * recall, precision + recall)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(int)}
+
+
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[str, ...] | list[str]
+) -> dict:
+    """Accuracy; macro and weighted precision/recall/F1; per-class scores; the confusion matrix."""
+    names = list(class_names)
+    matrix = confusion_matrix(y_true, y_pred, len(names))
+    scores = per_class_scores(matrix)
+    support = scores["support"]
+    total = int(support.sum())
+    weights = support / total if total else np.zeros(len(names))
+    result: dict = {
+        "accuracy": float(np.trace(matrix) / total) if total else 0.0,
+        "num_samples": total,
+        "class_names": names,
+        "confusion_matrix": matrix.astype(int).tolist(),
+        "per_class": {
+            name: {
+                "precision": float(scores["precision"][i]),
+                "recall": float(scores["recall"][i]),
+                "f1": float(scores["f1"][i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(names)
+        },
+    }
+    for metric in ("precision", "recall", "f1"):
+        result[f"macro_{metric}"] = float(np.mean(scores[metric]))
+        result[f"weighted_{metric}"] = float(np.sum(scores[metric] * weights))
+    return result
+
+
+def summarize_folds(fold_metrics: list[dict], keys: tuple[str, ...] = ()) -> dict:
+    """Mean and standard deviation over cross-validation folds for the headline metrics."""
+    keys = keys or (
+        "accuracy",
+        "macro_precision",
+        "macro_recall",
+        "macro_f1",
+        "weighted_f1",
+    )
+    summary = {}
+    for key in keys:
+        values = np.array([m[key] for m in fold_metrics], dtype=np.float64)
+        summary[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=0))}
+    return summary
+
+
+def row_normalize(matrix: np.ndarray) -> np.ndarray:
+    """Each row divided by its total (recall view of a confusion matrix); empty rows stay 0."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    return _safe_divide(matrix, matrix.sum(axis=1, keepdims=True))

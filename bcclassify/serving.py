@@ -1,0 +1,314 @@
+"""Installed models: export with a card, load with checksum verification, classify in batches.
+
+An installed model lives in ``model_store/models/<name>/``:
+- ``model.json``: the Keras architecture (preprocessing layers included; no custom code);
+- ``weights-NNN.npz``: the weights, float32 arrays over 4096 values stored as float16 so the
+  hybrid fits the 95 MB per-file limit; they load back as float32. Shards stay under 90 MB;
+- ``card.json``: what it is, how it was trained, how it scored, and the sha256 of every file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import CLASS_NAMES
+from .imaging import ImageLoadError, ImageSource, load_image
+from .store import (
+    default_model_name,
+    models_dir,
+    read_json,
+    sha256_file,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.60  # below this top probability a cell is flagged low_confidence
+SHARD_BYTES = 80 * 1024 * 1024
+HALF_PRECISION_MIN_SIZE = 4096
+
+
+class ModelNotFoundError(LookupError):
+    pass
+
+
+class ModelIntegrityError(RuntimeError):
+    pass
+
+
+def export_model(model, folder: Path, card: dict) -> dict:
+    """Write ``model`` to ``folder`` in the installed format; returns the completed card."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("weights-*.npz"):
+        stale.unlink()
+    (folder / "model.json").write_text(model.to_json())
+    arrays = model.get_weights()
+    stored = [
+        a.astype(np.float16) if a.dtype == np.float32 and a.size >= HALF_PRECISION_MIN_SIZE else a
+        for a in arrays
+    ]
+    shards: list[list[int]] = [[]]
+    size = 0
+    for i, array in enumerate(stored):
+        if size + array.nbytes > SHARD_BYTES and shards[-1]:
+            shards.append([])
+            size = 0
+        shards[-1].append(i)
+        size += array.nbytes
+    files = {}
+    for n, members in enumerate(shards):
+        path = folder / f"weights-{n:03d}.npz"
+        np.savez(path, **{f"w{i:05d}": stored[i] for i in members})
+        files[path.name] = None
+    files["model.json"] = None
+    card = {
+        **card,
+        "format": "model.json (Keras config) + weights-*.npz (float16 for large arrays)",
+        "num_weight_arrays": len(arrays),
+        "parameters": int(model.count_params()),
+        "size_mb": round(sum((folder / f).stat().st_size for f in files) / 1e6, 1),
+        "files_sha256": {name: sha256_file(folder / name) for name in sorted(files)},
+        "exported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    write_json(folder / "card.json", card)
+    return card
+
+
+def _verify(folder: Path, card: dict) -> None:
+    for name, expected in card.get("files_sha256", {}).items():
+        path = folder / name
+        if not path.is_file():
+            raise ModelIntegrityError(f"{path}: missing (listed in {folder / 'card.json'})")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ModelIntegrityError(
+                f"{path}: sha256 {actual[:12]}… does not match the card's {expected[:12]}…; "
+                "the file is damaged or was replaced - reinstall the model with `promote`"
+            )
+
+
+def installed_model_names() -> list[str]:
+    root = models_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "card.json").is_file())
+
+
+def resolve_model_name(name: str | None) -> str:
+    names = installed_model_names()
+    chosen = name or default_model_name() or (names[0] if names else None)
+    if chosen is None:
+        raise ModelNotFoundError(
+            f"no model installed under {models_dir()}; train one and run "
+            "`python -m bcclassify promote RUN_ID --name NAME --default`"
+        )
+    if chosen not in names:
+        raise ModelNotFoundError(
+            f"unknown model {chosen!r}; installed: {', '.join(names) or 'none'}"
+        )
+    return chosen
+
+
+@dataclass
+class Prediction:
+    """One file's outcome: probabilities in class order, or an error message."""
+
+    path: str
+    probabilities: np.ndarray | None = None
+    error: str | None = None
+    threshold: float = DEFAULT_THRESHOLD
+    class_names: tuple[str, ...] = CLASS_NAMES
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def label(self) -> str | None:
+        return None if self.probabilities is None else self.class_names[int(self.top_index)]
+
+    @property
+    def top_index(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+    @property
+    def confidence(self) -> float | None:
+        return None if self.probabilities is None else float(np.max(self.probabilities))
+
+    @property
+    def flag(self) -> str:
+        if self.error:
+            return "error"
+        return "low_confidence" if self.confidence < self.threshold else ""
+
+
+@dataclass
+class ClassifierModel:
+    """An installed model, loaded once, ready to classify batches of images."""
+
+    name: str
+    folder: Path
+    card: dict
+    model: object
+    class_names: tuple[str, ...] = CLASS_NAMES
+    _forward: object = field(default=None, repr=False)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.card["image_size"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.card.get("low_confidence_threshold", DEFAULT_THRESHOLD))
+
+    @property
+    def architecture(self) -> str:
+        return self.card.get("architecture", "")
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities for a uint8/float batch ``(N, S, S, 3)`` already at the input size."""
+        import tensorflow as tf
+
+        if self._forward is None:
+            self._forward = tf.function(
+                lambda x: self.model(x, training=False), reduce_retracing=True
+            )
+        probs = self._forward(tf.convert_to_tensor(np.asarray(pixels, dtype=np.float32)))
+        probs = np.asarray(probs, dtype=np.float64)
+        return probs / probs.sum(axis=1, keepdims=True)  # exact sum to 1 after float32 softmax
+
+    def load(self, source: ImageSource, name: str | None = None) -> np.ndarray:
+        return load_image(source, self.image_size, name=name)
+
+    def classify(
+        self,
+        sources: Sequence[tuple[str, ImageSource]],
+        batch_size: int = 32,
+        progress=None,
+    ) -> list[Prediction]:
+        """Classify ``(name, source)`` pairs in batches; refused files become error rows."""
+        results: list[Prediction] = []
+        pending: list[tuple[int, np.ndarray]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            probs = self.predict_pixels(np.stack([p for _, p in pending]))
+            for (index, _), row in zip(pending, probs):
+                results[index].probabilities = row
+            pending.clear()
+
+        for done, (label, source) in enumerate(sources, start=1):
+            results.append(
+                Prediction(label, threshold=self.threshold, class_names=self.class_names)
+            )
+            try:
+                pending.append((len(results) - 1, self.load(source, name=label)))
+            except ImageLoadError as exc:
+                results[-1].error = str(exc)
+            if len(pending) >= batch_size:
+                flush()
+            if progress is not None:
+                progress(done)
+        flush()
+        return results
+
+
+def load_model(name: str | None = None, verify: bool = True) -> ClassifierModel:
+    """Load an installed model (the default when ``name`` is None), checking every checksum."""
+    import keras
+
+    chosen = resolve_model_name(name)
+    folder = models_dir() / chosen
+    card = read_json(folder / "card.json")
+    if verify:
+        _verify(folder, card)
+    model = keras.models.model_from_json((folder / "model.json").read_text())
+    arrays: dict[str, np.ndarray] = {}
+    for shard in sorted(folder.glob("weights-*.npz")):
+        with np.load(shard) as stored:
+            arrays.update({key: stored[key] for key in stored.files})
+    ordered = [
+        arrays[key].astype(np.float32) if arrays[key].dtype == np.float16 else arrays[key]
+        for key in sorted(arrays)
+    ]
+    model.set_weights(ordered)
+    return ClassifierModel(chosen, folder, card, model, tuple(card.get("class_names", CLASS_NAMES)))
+
+
+def iter_sources(paths: Iterable[Path]) -> list[tuple[str, ImageSource]]:
+    return [(str(p), p) for p in paths]
+
+
+def card_for_run(run_dir: Path, name: str, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """The card fields that come from the training run record."""
+    config = read_json(run_dir / "config.json", {}) or {}
+    metrics = read_json(run_dir / "metrics.json", {}) or {}
+    run = read_json(run_dir / "run.json", {}) or {}
+    from .models import TRUNKS, get_architecture
+
+    arch = get_architecture(config["arch"])
+    headline = metrics.get("summary", metrics)
+
+    def value(key):
+        v = headline.get(key)
+        return v.get("mean") if isinstance(v, dict) else v
+
+    return {
+        "name": name,
+        "architecture": arch.name,
+        "description": arch.description,
+        "image_size": config["image_size"],
+        "input": "RGB pixels 0-255, float32, shape (N, S, S, 3); scaling is inside the model",
+        "preprocessing": {t: TRUNKS[t].scaling for t in arch.trunks}
+        or {"model": "x / 127.5 - 1 (range [-1, 1])"},
+        "resize": "Lanczos to S x S (bcclassify.imaging.load_image)",
+        "class_names": config.get("class_names", list(CLASS_NAMES)),
+        "explain_layers": list(arch.explain_layers),
+        "low_confidence_threshold": threshold,
+        "training_run": run_dir.name,
+        "initialisation": run.get("initialisation"),
+        "training_data": {
+            "path": config.get("data"),
+            "manifest_sha256": config.get("data_manifest_sha256"),
+            "num_images": config.get("num_images"),
+            "split_sizes": config.get("split_sizes"),
+        },
+        "training_config": {
+            k: config.get(k)
+            for k in (
+                "epochs",
+                "batch_size",
+                "optimizer",
+                "lr",
+                "augment",
+                "smote",
+                "class_weights",
+                "shuffle",
+                "seed",
+                "freeze_until",
+                "aug_copies",
+            )
+        },
+        "test_metrics": {
+            "accuracy": value("accuracy"),
+            "macro_f1": value("macro_f1"),
+            "macro_precision": value("macro_precision"),
+            "macro_recall": value("macro_recall"),
+            "weighted_f1": value("weighted_f1"),
+            "per_class": metrics.get("per_class"),
+            "num_samples": metrics.get("num_samples"),
+        },
+        "dataset_credit": "PBC dataset (Acevedo et al., Data in Brief 30, 2020), CC BY 4.0",
+    }
+
+
+def json_dumps(payload) -> str:
+    return json.dumps(payload, indent=2)
