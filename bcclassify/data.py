@@ -152,10 +152,32 @@ class Split:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
-def _split_groups(group_labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int):
-    return train_test_split(
-        groups, test_size=fraction, stratify=group_labels, random_state=seed, shuffle=True
-    )
+def _split_groups(
+    groups: np.ndarray, labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified hold-out of ``fraction`` of ``groups`` (``labels`` aligned with them).
+
+    scikit-learn's stratified ``train_test_split``; on data too small for it (fewer held-out
+    groups than classes), a class-by-class hold-out of round(n * fraction), at least one group
+    per class that has two.
+    """
+    try:
+        kept, held = train_test_split(
+            groups, test_size=fraction, stratify=labels, random_state=seed, shuffle=True
+        )
+        return np.asarray(kept), np.asarray(held)
+    except ValueError:
+        pass
+    rng = np.random.default_rng(seed)
+    kept_parts, held_parts = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(groups[labels == label])
+        n_held = int(round(len(members) * fraction))
+        if len(members) >= 2:
+            n_held = min(max(n_held, 1), len(members) - 1)
+        held_parts.append(members[:n_held])
+        kept_parts.append(members[n_held:])
+    return np.concatenate(kept_parts), np.concatenate(held_parts)
 
 
 def train_val_test_split(
@@ -169,8 +191,8 @@ def train_val_test_split(
     group_of, representatives = _group_ids(hashes)
     group_labels = labels[representatives]
     all_groups = np.arange(len(representatives))
-    trainval, test = _split_groups(group_labels, all_groups, test_fraction, seed)
-    train, val = _split_groups(group_labels[trainval], trainval, val_fraction, seed)
+    trainval, test = _split_groups(all_groups, group_labels, test_fraction, seed)
+    train, val = _split_groups(trainval, group_labels[trainval], val_fraction, seed)
     return Split(_expand(group_of, train), _expand(group_of, val), _expand(group_of, test))
 
 
@@ -189,7 +211,7 @@ def kfold_splits(
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     splits = []
     for trainval, test in splitter.split(np.zeros(len(group_labels)), group_labels):
-        train, val = _split_groups(group_labels[trainval], trainval, val_fraction, seed)
+        train, val = _split_groups(trainval, group_labels[trainval], val_fraction, seed)
         splits.append(
             Split(_expand(group_of, train), _expand(group_of, val), _expand(group_of, test))
         )

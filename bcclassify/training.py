@@ -438,7 +438,7 @@ def _fit_one_split(
         log.info("epoch %d/%d (lr %.2e)", epoch + 1, config.epochs, lr)
         fitted = trainable.fit(
             feed.epoch(epoch),
-            validation_data=val_set,
+            validation_data=val_set if len(split.val) else None,
             epochs=epoch + 1,
             initial_epoch=epoch,
             class_weight=class_weight,
@@ -462,8 +462,10 @@ def _fit_one_split(
             HISTORY_COLUMNS,
             [[row[c] for c in HISTORY_COLUMNS] for row in history],
         )
-        if logs.get("val_accuracy", 0.0) > state["best_val_accuracy"]:
-            state.update(best_val_accuracy=logs["val_accuracy"], best_epoch=epoch + 1)
+        # Without a validation part (tiny datasets) the latest epoch counts as the best.
+        val_accuracy = logs.get("val_accuracy", float(epoch))
+        if val_accuracy > state["best_val_accuracy"]:
+            state.update(best_val_accuracy=val_accuracy, best_epoch=epoch + 1)
             best = ckpt_dir / "best.weights.h5"
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             trainable.save_weights(ckpt_dir / "best.tmp.weights.h5")

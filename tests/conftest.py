@@ -1,0 +1,78 @@
+"""Shared fixtures: the bundled fixture images and a small, real model store.
+
+``tiny_store`` is built once per test session in a temporary folder: a real (very short) training
+run of the compact CNN on the fixture images, promoted as ``tiny-cnn``, and an untrained hybrid
+at its minimum input size installed as ``tiny-hybrid`` (the default), so predict, explain and the
+app run against real models without the bundled weights.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE_IMAGES = REPO / "tests" / "data" / "pbc"
+SHARED = REPO.parent / "shared"
+SHARED_DATA = SHARED / "data" / "pbc224"
+
+
+@pytest.fixture(scope="session")
+def fixture_images() -> Path:
+    return FIXTURE_IMAGES
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory) -> Path:
+    """A model store with a finished tiny run and two installed models; sets BCCLASSIFY_STORE."""
+    from bcclassify import CLASS_NAMES
+    from bcclassify.evaluation import promote
+    from bcclassify.models import build
+    from bcclassify.serving import card_for_run, export_model
+    from bcclassify.store import set_default_model
+    from bcclassify.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("store")
+    previous = os.environ.get("BCCLASSIFY_STORE")
+    os.environ["BCCLASSIFY_STORE"] = str(root)
+    config = TrainConfig(
+        arch="cnn",
+        data=str(FIXTURE_IMAGES),
+        image_size=32,
+        epochs=2,
+        batch_size=8,
+        cache_dir=str(root / "cache"),
+        run_id="fixture-cnn-32px",
+        note="test fixture",
+    )
+    run_dir = train(config)
+    promote(run_dir.name, "tiny-cnn")
+    hybrid = build("hybrid", 75, len(CLASS_NAMES), weights="none")
+    card = card_for_run(run_dir, "tiny-hybrid")
+    card.update(
+        architecture="hybrid", image_size=75, explain_layers=["mixed10", "block14_sepconv2_act"]
+    )
+    card["description"] = "untrained hybrid for tests"
+    export_model(hybrid, root / "models" / "tiny-hybrid", card)
+    set_default_model("tiny-hybrid")
+    shutil.rmtree(root / "cache", ignore_errors=True)
+    yield root
+    if previous is None:
+        os.environ.pop("BCCLASSIFY_STORE", None)
+    else:
+        os.environ["BCCLASSIFY_STORE"] = previous
+
+
+@pytest.fixture()
+def store_env(tiny_store) -> dict:
+    """Environment for subprocesses that must see the tiny store."""
+    return {**os.environ, "BCCLASSIFY_STORE": str(tiny_store), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def needs_shared_data():
+    return pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data/pbc224 not present")
