@@ -21,6 +21,20 @@ CLASS_NAMES: tuple[str, ...] = (
     "platelet",
 )
 
+# Every architecture of the reference work, in the order the comparison pages list them.
+ARCHITECTURES: tuple[str, ...] = (
+    "cnn",
+    "unet",
+    "resnet50",
+    "densenet201",
+    "vgg16",
+    "mobilenetv2",
+    "inceptionv3",
+    "xception",
+    "hybrid",
+    "supcon",
+)
+
 # Human-readable names for the app and reports.
 CLASS_LABELS: dict[str, str] = {
     "basophil": "Basophil",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from ._tf import import_tensorflow_quietly
@@ -17,7 +18,7 @@ class UsageError(Exception):
 
 
 def _add_train(sub) -> None:
-    from .models import ARCHITECTURES
+    from . import ARCHITECTURES
 
     p = sub.add_parser("train", help="train a model and record the run under model_store/runs")
     p.add_argument("--arch", choices=ARCHITECTURES, help="architecture (required unless --resume)")
@@ -380,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         logging.getLogger("bcclassify").setLevel(logging.INFO)
     if args.command != "list":
+        if not args.verbose:
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
         import_tensorflow_quietly()
     try:
         return COMMANDS[args.command](args)

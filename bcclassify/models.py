@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from . import CLASS_NAMES
+from . import ARCHITECTURES, CLASS_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -269,19 +269,6 @@ register(
         trunks=("mobilenetv2",),
         explain_layers=("out_relu",),
     )
-)
-
-ARCHITECTURES: tuple[str, ...] = (
-    "cnn",
-    "unet",
-    "resnet50",
-    "densenet201",
-    "vgg16",
-    "mobilenetv2",
-    "inceptionv3",
-    "xception",
-    "hybrid",
-    "supcon",
 )
 
 

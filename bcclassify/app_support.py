@@ -1,0 +1,587 @@
+"""Presentation helpers for the Streamlit app: cached loaders, store readers, plotly figures.
+
+Nothing here trains or classifies: it calls the library and shapes what comes back for display.
+The figure builders are pure functions of their inputs, so they are tested without a browser.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from . import CLASS_LABELS, CLASS_NAMES
+from .metrics import per_class_scores, row_normalize
+from .reviews import DATA_DIR_ENV
+from .store import (
+    REPO_ROOT,
+    default_model_name,
+    list_models,
+    list_runs,
+    models_dir,
+    read_csv,
+    read_json,
+    runs_dir,
+    store_root,
+)
+
+EXAMPLES_DIR = REPO_ROOT / "tests" / "data" / "pbc"
+EXAMPLE_CREDIT = (
+    "Example cells: PBC dataset (Acevedo et al., 2020), Hospital Clinic of Barcelona, CC BY 4.0"
+)
+TRAIN_HINT = "python -m bcclassify train --arch hybrid --data PATH/TO/PBC --epochs 10"
+PROMOTE_HINT = "python -m bcclassify promote RUN_ID --name NAME --default"
+BENCH_HINT = "python -m bcclassify bench --model NAME --json > model_store/models/NAME/bench.json"
+MISSING = "—"
+
+# Published test accuracies of the reference work; shown apart from what this project measured.
+REFERENCE_RESULTS = [
+    {"model": "Hybrid InceptionV3 + Xception", "test_accuracy": 0.9851},
+    {"model": "Xception", "test_accuracy": 0.9789},
+    {"model": "Supervised contrastive learning", "test_accuracy": 0.9635},
+]
+
+# Calm clinical palette, one colour per class in canonical order (colour-blind friendly).
+CLASS_COLOURS = dict(
+    zip(
+        CLASS_NAMES,
+        ("#4c72b0", "#dd8452", "#c44e52", "#8172b3", "#55a868", "#937860", "#64b5cd", "#8c8c8c"),
+    )
+)
+
+
+def class_label(name: str | None) -> str:
+    return CLASS_LABELS.get(name or "", name or MISSING)
+
+
+def percent(value: float | None, digits: int = 1) -> str:
+    return MISSING if value is None else f"{100 * value:.{digits}f}%"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return MISSING
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class CellInput:
+    """One image the user gave the app: its display name, bytes and content hash."""
+
+    name: str
+    data: bytes = field(repr=False)
+    sha256: str
+
+    @classmethod
+    def from_bytes(cls, name: str, data: bytes) -> CellInput:
+        return cls(name, data, hashlib.sha256(data).hexdigest())
+
+
+def example_images() -> list[Path]:
+    """The bundled example cells (two real PBC images per class), in class order."""
+    if not EXAMPLES_DIR.is_dir():
+        return []
+    return [p for name in CLASS_NAMES for p in sorted((EXAMPLES_DIR / name).glob("*.jpg"))]
+
+
+def example_label(path: Path) -> str:
+    return f"{class_label(path.parent.name)} · {path.name}"
+
+
+def unique_inputs(inputs: list[CellInput]) -> list[CellInput]:
+    """Drop repeats of the same file (same name and content), keeping the first."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for item in inputs:
+        if (item.name, item.sha256) not in seen:
+            seen.add((item.name, item.sha256))
+            kept.append(item)
+    return kept
+
+
+def configured_data_dir(secrets: dict | None = None) -> Path:
+    """Where the review log lives: $BCCLASSIFY_DATA_DIR, else a secret of that name, else ~."""
+    value = os.environ.get(DATA_DIR_ENV) or (secrets or {}).get(DATA_DIR_ENV)
+    return Path(value).expanduser() if value else Path.home() / ".bcclassify"
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def model_cards() -> dict[str, dict]:
+    """Installed models by name, the default first."""
+    cards = {row["name"]: row for row in list_models()}
+    default = default_model_name()
+    order = sorted(cards, key=lambda n: (n != default, n))
+    return {name: cards[name] for name in order}
+
+
+def model_summary(card: dict) -> str:
+    metrics = card.get("test_metrics") or {}
+    return (
+        f"{card.get('architecture', '?')} · {card.get('image_size', '?')} px input · "
+        f"test accuracy {percent(metrics.get('accuracy'))}"
+    )
+
+
+def bench_record(name: str) -> dict:
+    return read_json(models_dir() / name / "bench.json", {}) or {}
+
+
+def leaderboard() -> pd.DataFrame:
+    """Installed models and finished runs with their measured scores; '—' where unknown."""
+    rows = []
+    for name, card in model_cards().items():
+        metrics = card.get("test_metrics") or {}
+        bench = bench_record(name)
+        latency = bench.get("predict_single_s")
+        explain = bench.get("explain_single_s")
+        rows.append(
+            {
+                "kind": "model",
+                "name": name + (" (default)" if card.get("default") else ""),
+                "architecture": card.get("architecture"),
+                "input px": card.get("image_size"),
+                "test accuracy": percent(metrics.get("accuracy"), 2),
+                "macro-F1": percent(metrics.get("macro_f1"), 2),
+                "size MB": card.get("size_mb", MISSING),
+                "parameters": f"{card['parameters']:,}" if card.get("parameters") else MISSING,
+                "latency ms": MISSING if latency is None else f"{1000 * latency:.0f}",
+                "Grad-CAM ms": MISSING if explain is None else f"{1000 * explain:.0f}",
+                "source": card.get("training_run") or MISSING,
+            }
+        )
+    for run in list_runs():
+        if run.get("status") != "finished":
+            continue
+        rows.append(
+            {
+                "kind": "run",
+                "name": run["run_id"],
+                "architecture": run.get("arch"),
+                "input px": run.get("image_size"),
+                "test accuracy": percent(run.get("test_accuracy"), 2),
+                "macro-F1": percent(run.get("macro_f1"), 2),
+                "size MB": MISSING,
+                "parameters": MISSING,
+                "latency ms": MISSING,
+                "Grad-CAM ms": MISSING,
+                "source": f"{run['folds']}-fold CV" if run.get("folds") else "train/test split",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def reference_table() -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "model": r["model"],
+                "test accuracy": percent(r["test_accuracy"], 2),
+                "source": "published by the reference work (not measured here)",
+            }
+            for r in REFERENCE_RESULTS
+        ]
+    )
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def runs_table(runs: list[dict]) -> pd.DataFrame:
+    """One row per run with the columns the Training runs page shows."""
+    rows = []
+    for run in runs:
+        rows.append(
+            {
+                "run id": run["run_id"],
+                "architecture": run.get("arch"),
+                "input px": run.get("image_size"),
+                "epochs": run.get("epochs"),
+                "folds": run.get("folds") or 0,
+                "SMOTE": bool(run.get("smote")),
+                "augmentation": bool(run.get("augment")),
+                "shuffle": bool(run.get("shuffle")),
+                "status": run.get("status"),
+                "duration": duration(run.get("duration_s")),
+                "test accuracy": run.get("test_accuracy"),
+                "macro-F1": run.get("macro_f1"),
+                "created": run.get("created"),
+                "note": run.get("note") or "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class RunRecord:
+    """Everything a run folder holds, read for display (CV folds included)."""
+
+    run_id: str
+    folder: Path
+    run: dict
+    config: dict
+    environment: dict
+    metrics: dict
+    history: pd.DataFrame
+    folds: list[dict]  # {"fold": k, "metrics": ..., "history": DataFrame, "folder": Path}
+
+    @property
+    def is_cv(self) -> bool:
+        return bool(self.folds)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(
+            self.metrics.get("class_names") or self.config.get("class_names") or CLASS_NAMES
+        )
+
+
+def _history_frame(path: Path) -> pd.DataFrame:
+    rows = read_csv(path)
+    frame = pd.DataFrame(rows)
+    for column in frame.columns:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
+
+
+def load_run(run_id: str) -> RunRecord:
+    folder = runs_dir() / run_id
+    folds = []
+    for fold_dir in sorted(folder.glob("fold-*"), key=lambda p: int(p.name.split("-")[-1])):
+        folds.append(
+            {
+                "fold": int(fold_dir.name.split("-")[-1]),
+                "folder": fold_dir,
+                "metrics": read_json(fold_dir / "metrics.json", {}) or {},
+                "history": _history_frame(fold_dir / "history.csv"),
+            }
+        )
+    return RunRecord(
+        run_id=run_id,
+        folder=folder,
+        run=read_json(folder / "run.json", {}) or {},
+        config=read_json(folder / "config.json", {}) or {},
+        environment=read_json(folder / "environment.json", {}) or {},
+        metrics=read_json(folder / "metrics.json", {}) or {},
+        history=_history_frame(folder / "history.csv"),
+        folds=folds,
+    )
+
+
+def run_progress(record: RunRecord) -> tuple[float, str]:
+    """Fraction done and a caption for a run in progress."""
+    epochs = int(record.config.get("epochs") or 0)
+    done = int(record.run.get("epochs_done") or 0)
+    folds = int(record.config.get("folds") or 0)
+    text = f"epoch {done}/{epochs}"
+    if folds:
+        fold = int(record.run.get("current_fold") or 1)
+        text = f"fold {fold}/{folds}, " + text
+        total, finished = epochs * folds, epochs * (fold - 1) + done
+    else:
+        total, finished = epochs, done
+    eta = record.run.get("eta_s")
+    if eta is not None:
+        text += f" · about {duration(eta)} left in this {'fold' if folds else 'run'}"
+    return (min(finished / total, 1.0) if total else 0.0), text
+
+
+def learning_curves(records: list[RunRecord]) -> dict[str, pd.DataFrame]:
+    """Histories to overlay, labelled by run (and fold for cross-validation runs)."""
+    curves = {}
+    for record in records:
+        if record.is_cv:
+            for fold in record.folds:
+                if not fold["history"].empty:
+                    curves[f"{record.run_id} · fold {fold['fold']}"] = fold["history"]
+        elif not record.history.empty:
+            curves[record.run_id] = record.history
+    return curves
+
+
+def fold_table(record: RunRecord) -> pd.DataFrame:
+    """Each fold's accuracy and macro-F1, then mean ± std from the run's summary."""
+    rows = [
+        {
+            "fold": str(f["fold"]),
+            "accuracy": percent(f["metrics"].get("accuracy"), 2),
+            "macro-F1": percent(f["metrics"].get("macro_f1"), 2),
+        }
+        for f in record.folds
+    ]
+    summary = record.metrics.get("summary") or {}
+
+    def mean_std(key: str) -> str:
+        value = summary.get(key)
+        if not isinstance(value, dict):
+            return MISSING
+        return f"{100 * value['mean']:.2f} ± {100 * value['std']:.2f}%"
+
+    rows.append(
+        {"fold": "mean ± std", "accuracy": mean_std("accuracy"), "macro-F1": mean_std("macro_f1")}
+    )
+    return pd.DataFrame(rows)
+
+
+def evaluated_runs() -> list[dict]:
+    """Runs with a confusion matrix to show (finished, with metrics)."""
+    return [r for r in list_runs() if (runs_dir() / r["run_id"] / "metrics.json").is_file()]
+
+
+def run_confusion(record: RunRecord, fold: int | None = None) -> np.ndarray:
+    """The run's test confusion matrix; for CV, one fold's or (fold None) the sum over folds."""
+    metrics = record.metrics
+    if fold is not None:
+        metrics = next(f["metrics"] for f in record.folds if f["fold"] == fold)
+    return np.asarray(metrics.get("confusion_matrix") or np.zeros((8, 8)), dtype=np.int64)
+
+
+def run_predictions(record: RunRecord, fold: int | None = None) -> pd.DataFrame:
+    """predictions.csv rows (every fold's for CV when ``fold`` is None) with a resolved path."""
+    folders = (
+        [f["folder"] for f in record.folds if fold is None or f["fold"] == fold]
+        if record.is_cv
+        else [record.folder]
+    )
+    frames = [pd.DataFrame(read_csv(folder / "predictions.csv")) for folder in folders]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=["file", "true", "predicted", *record.class_names, "image"])
+    frame = pd.concat(frames, ignore_index=True)
+    for name in record.class_names:
+        if name in frame:
+            frame[name] = pd.to_numeric(frame[name], errors="coerce")
+    data_root = Path(record.config.get("data") or ".")
+    if not data_root.is_absolute():
+        data_root = REPO_ROOT / data_root
+    frame["image"] = [
+        str(data_root / f) if (data_root / f).is_file() else "" for f in frame["file"]
+    ]
+    return frame
+
+
+def per_class_table(record: RunRecord) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class, then macro and weighted averages.
+
+    A cross-validation run stores per-class scores per fold, so they are taken from the confusion
+    matrix pooled over its folds.
+    """
+    names = record.class_names
+    per_class = record.metrics.get("per_class")
+    if per_class:
+        precision = np.array([per_class[n]["precision"] for n in names])
+        recall = np.array([per_class[n]["recall"] for n in names])
+        f1 = np.array([per_class[n]["f1"] for n in names])
+        support = np.array([per_class[n]["support"] for n in names])
+    else:
+        scores = per_class_scores(run_confusion(record))
+        precision, recall, f1 = scores["precision"], scores["recall"], scores["f1"]
+        support = scores["support"]
+    frame = pd.DataFrame(
+        {
+            "class": [class_label(n) for n in names],
+            "precision": precision,
+            "recall": recall,
+            "F1": f1,
+            "support": support.astype(int),
+        }
+    )
+    total = support.sum()
+    weights = support / total if total else np.zeros(len(names))
+    averages = pd.DataFrame(
+        [
+            {
+                "class": "macro average",
+                "precision": precision.mean(),
+                "recall": recall.mean(),
+                "F1": f1.mean(),
+                "support": int(total),
+            },
+            {
+                "class": "weighted average",
+                "precision": float(np.sum(precision * weights)),
+                "recall": float(np.sum(recall * weights)),
+                "F1": float(np.sum(f1 * weights)),
+                "support": int(total),
+            },
+        ]
+    )
+    return pd.concat([frame, averages], ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- figures
+
+_LAYOUT = dict(template="plotly_white", margin=dict(l=10, r=10, t=40, b=10))
+
+
+def probability_figure(probabilities, class_names=CLASS_NAMES, threshold: float | None = None):
+    """Horizontal bars of all class probabilities, the top class highlighted."""
+    probs = np.asarray(probabilities, dtype=float)
+    top = int(np.argmax(probs))
+    labels = [class_label(n) for n in class_names]
+    colours = ["#2a6f97" if i == top else "#a9c6d9" for i in range(len(probs))]
+    fig = go.Figure(
+        go.Bar(
+            x=probs,
+            y=labels,
+            orientation="h",
+            marker_color=colours,
+            text=[f"{100 * p:.1f}%" for p in probs],
+            textposition="outside",
+            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+        )
+    )
+    if threshold is not None:
+        fig.add_vline(
+            x=threshold,
+            line_dash="dot",
+            line_color="#b5651d",
+            annotation_text="low-confidence threshold",
+            annotation_position="top",
+        )
+    fig.update_layout(
+        **_LAYOUT,
+        height=320,
+        title="Class probabilities",
+        xaxis=dict(range=[0, 1.12], tickformat=".0%"),
+        yaxis=dict(autorange="reversed"),
+    )
+    return fig
+
+
+def count_figure(rows: list[dict], title: str):
+    """Bars of a differential count (rows as in ``report.differential_count``)."""
+    fig = go.Figure(
+        go.Bar(
+            x=[class_label(r["class"]) for r in rows],
+            y=[r["count"] for r in rows],
+            marker_color=[CLASS_COLOURS.get(r["class"], "#888") for r in rows],
+            text=[f"{r['percent']:.1f}%" for r in rows],
+            textposition="outside",
+        )
+    )
+    fig.update_layout(**_LAYOUT, height=300, title=title, yaxis_title="cells")
+    return fig
+
+
+def learning_curve_figure(curves: dict[str, pd.DataFrame]):
+    """Loss and accuracy per epoch, training solid and validation dashed, one colour per run."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"))
+    palette = ["#2a6f97", "#c44e52", "#55a868", "#8172b3", "#dd8452", "#937860", "#64b5cd"]
+    for i, (label, history) in enumerate(curves.items()):
+        colour = palette[i % len(palette)]
+        for col, metric in ((1, "loss"), (2, "accuracy")):
+            for prefix, dash, part in (("", "solid", "train"), ("val_", "dash", "val")):
+                column = prefix + metric
+                if column not in history or history[column].isna().all():
+                    continue
+                fig.add_trace(
+                    go.Scatter(
+                        x=history["epoch"],
+                        y=history[column],
+                        mode="lines+markers",
+                        name=f"{label} ({part})",
+                        line=dict(color=colour, dash=dash),
+                        legendgroup=label,
+                        showlegend=col == 1,
+                    ),
+                    row=1,
+                    col=col,
+                )
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(**_LAYOUT, height=380, legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def confusion_figure(matrix, class_names=CLASS_NAMES, normalized: bool = False):
+    """Heatmap with true classes on rows and predicted classes on columns."""
+    counts = np.asarray(matrix)
+    values = row_normalize(counts) if normalized else counts
+    labels = [class_label(n) for n in class_names]
+    text = [[f"{v:.2f}" if normalized else f"{int(v)}" for v in row] for row in values]
+    fig = go.Figure(
+        go.Heatmap(
+            z=values,
+            x=labels,
+            y=labels,
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=1 if normalized else None,
+            customdata=counts,
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata} images<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        **_LAYOUT,
+        height=520,
+        xaxis=dict(title="predicted class", side="bottom"),
+        yaxis=dict(title="true class", autorange="reversed"),
+    )
+    return fig
+
+
+def per_class_comparison_figure(tables: dict[str, pd.DataFrame], metric: str = "F1"):
+    """Grouped bars: one group per class, one bar per run."""
+    fig = go.Figure()
+    for run_id, table in tables.items():
+        classes = table[~table["class"].str.endswith("average")]
+        fig.add_trace(go.Bar(x=classes["class"], y=classes[metric], name=run_id))
+    fig.update_layout(
+        **_LAYOUT,
+        barmode="group",
+        height=420,
+        title=f"{metric} per class",
+        yaxis=dict(range=[0, 1.05]),
+        legend=dict(orientation="h", y=-0.2),
+    )
+    return fig
+
+
+def store_description() -> str:
+    return f"model store: `{store_root()}`"
+
+
+# ----------------------------------------------------------------------------- cached resources
+# The caches live here, not in the pages, so every page shares one loaded copy per server process.
+# ``store`` is part of each key: the same model name in another store is another model.
+
+
+@st.cache_resource(show_spinner="Loading TensorFlow and the model (first use only)…", max_entries=4)
+def _cached_model(name: str, store: str):
+    from ._tf import import_tensorflow_quietly
+    from .serving import load_model
+
+    import_tensorflow_quietly()
+    return load_model(name)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _cached_explainer(name: str, store: str):
+    from .explain import Explainer
+
+    return Explainer(_cached_model(name, store))
+
+
+def cached_model(name: str):
+    """The installed model ``name`` from the current store, loaded once per server process."""
+    return _cached_model(name, str(store_root()))
+
+
+def cached_explainer(name: str):
+    """The Grad-CAM explainer of ``name``, built once per server process."""
+    return _cached_explainer(name, str(store_root()))

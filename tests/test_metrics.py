@@ -1,0 +1,77 @@
+"""Pure metric functions against scikit-learn and hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from bcclassify.metrics import (
+    classification_metrics,
+    confusion_matrix,
+    row_normalize,
+    summarize_folds,
+)
+from bcclassify.report import differential_count
+
+NAMES = tuple("abcd")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_match_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    y_true = rng.integers(0, 4, 300)
+    y_pred = np.where(rng.random(300) < 0.7, y_true, rng.integers(0, 4, 300))
+    y_pred[y_pred == 3] = 2  # class 3 never predicted: precision is undefined, counted as 0
+    m = classification_metrics(y_true, y_pred, NAMES)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
+    for avg in ("macro", "weighted"):
+        p, r, f, _ = skm.precision_recall_fscore_support(
+            y_true, y_pred, average=avg, labels=range(4), zero_division=0
+        )
+        assert m[f"{avg}_precision"] == pytest.approx(p)
+        assert m[f"{avg}_recall"] == pytest.approx(r)
+        assert m[f"{avg}_f1"] == pytest.approx(f)
+    p, r, f, s = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=range(4), zero_division=0
+    )
+    for i, name in enumerate(NAMES):
+        assert m["per_class"][name]["precision"] == pytest.approx(p[i])
+        assert m["per_class"][name]["recall"] == pytest.approx(r[i])
+        assert m["per_class"][name]["f1"] == pytest.approx(f[i])
+        assert m["per_class"][name]["support"] == s[i]
+    assert m["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred, labels=range(4)).tolist()
+
+
+def test_known_small_case():
+    matrix = confusion_matrix(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 2)
+    assert matrix.tolist() == [[1, 1], [0, 2]]
+    np.testing.assert_allclose(row_normalize(matrix), [[0.5, 0.5], [0.0, 1.0]])
+    np.testing.assert_allclose(row_normalize(np.zeros((2, 2))), np.zeros((2, 2)))
+
+
+def test_shape_mismatch_is_refused():
+    with pytest.raises(ValueError, match="differ in shape"):
+        confusion_matrix(np.zeros(3), np.zeros(4), 2)
+
+
+def test_fold_summary_mean_and_std():
+    folds = [{"accuracy": 0.9, "macro_f1": 0.8}, {"accuracy": 1.0, "macro_f1": 0.6}]
+    summary = summarize_folds(folds, keys=("accuracy", "macro_f1"))
+    assert summary["accuracy"] == {"mean": pytest.approx(0.95), "std": pytest.approx(0.05)}
+    assert summary["macro_f1"]["mean"] == pytest.approx(0.7)
+
+
+def test_differential_count_reports_like_a_hematology_report():
+    labels = ["neutrophil"] * 6 + ["lymphocyte"] * 3 + ["ig", "erythroblast", "erythroblast"]
+    labels += ["platelet"] * 4 + [None]
+    report = differential_count(labels)
+    assert report["total_cells"] == 16
+    assert report["leukocytes"] == 10
+    wbc = {row["class"]: row for row in report["leukocyte_differential"]}
+    assert wbc["neutrophil"]["percent"] == pytest.approx(60.0)
+    assert wbc["ig"]["percent"] == pytest.approx(10.0)
+    assert sum(row["percent"] for row in report["leukocyte_differential"]) == pytest.approx(100)
+    assert report["erythroblasts_per_100_leukocytes"] == pytest.approx(20.0)
+    assert report["platelets"] == 4
+    assert differential_count([])["erythroblasts_per_100_leukocytes"] is None
