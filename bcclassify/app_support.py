@@ -156,7 +156,7 @@ def leaderboard() -> pd.DataFrame:
                 "input px": card.get("image_size"),
                 "test accuracy": percent(metrics.get("accuracy"), 2),
                 "macro-F1": percent(metrics.get("macro_f1"), 2),
-                "size MB": card.get("size_mb", MISSING),
+                "size MB": MISSING if card.get("size_mb") is None else f"{card['size_mb']:.1f}",
                 "parameters": f"{card['parameters']:,}" if card.get("parameters") else MISSING,
                 "latency ms": MISSING if latency is None else f"{1000 * latency:.0f}",
                 "Grad-CAM ms": MISSING if explain is None else f"{1000 * explain:.0f}",

@@ -1,0 +1,109 @@
+"""Confusion matrices: a run's (or a model's training run's) test matrix; the images per cell."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from bcclassify import app_support as ui
+from bcclassify.imaging import ImageLoadError, load_image
+
+MAX_THUMBNAILS = 48
+
+
+def source_ui() -> ui.RunRecord | None:
+    """A run, chosen directly or through an installed model's training run."""
+    runs = [r["run_id"] for r in ui.evaluated_runs()]
+    models = {
+        name: card.get("training_run")
+        for name, card in ui.model_cards().items()
+        if card.get("training_run") in runs
+    }
+    options = [f"model: {m}" for m in models] + [f"run: {r}" for r in runs]
+    if not options:
+        st.info(
+            "No evaluated runs yet: a confusion matrix appears once a training run has finished. "
+            f"Start one with\n\n```\n{ui.TRAIN_HINT}\n```"
+        )
+        return None
+    choice = st.selectbox("Run or model", options, key="cm_source")
+    kind, name = choice.split(": ", 1)
+    return ui.load_run(models[name] if kind == "model" else name)
+
+
+def cell_from_chart(event, labels: list[str]) -> None:
+    """A click on the heatmap picks the true/predicted pair (when plotly reports one)."""
+    points = (event or {}).get("selection", {}).get("points", []) if event else []
+    if not points:
+        return
+    point = points[0]
+    pair = (point.get("y"), point.get("x"))
+    if pair != st.session_state.get("cm_last_click") and all(p in labels for p in pair):
+        st.session_state["cm_last_click"] = pair
+        st.session_state["cm_true"], st.session_state["cm_pred"] = pair
+
+
+def images_ui(record: ui.RunRecord, fold: int | None, true: str, predicted: str) -> None:
+    frame = ui.run_predictions(record, fold)
+    cell = frame[(frame["true"] == true) & (frame["predicted"] == predicted)]
+    st.markdown(
+        f"**{len(cell)} test image(s)** of true class {ui.class_label(true)} "
+        f"predicted as {ui.class_label(predicted)}"
+    )
+    if cell.empty:
+        return
+    local = cell[cell["image"] != ""]
+    if local.empty:
+        st.caption(
+            f"The images are not available on this machine (looked in "
+            f"`{record.config.get('data')}`); probabilities only."
+        )
+    else:
+        columns = st.columns(8)
+        for i, (_, row) in enumerate(local.head(MAX_THUMBNAILS).iterrows()):
+            try:
+                thumb = load_image(row["image"], 96)
+            except ImageLoadError:
+                continue
+            columns[i % 8].image(
+                thumb,
+                caption=f"p(pred) {row[predicted]:.2f} · p(true) {row[true]:.2f}",
+                width="stretch",
+            )
+        if len(local) > MAX_THUMBNAILS:
+            st.caption(f"First {MAX_THUMBNAILS} of {len(local)} shown; all are in the table.")
+    names = record.class_names
+    table = cell[["file", *names]].rename(columns={n: ui.class_label(n) for n in names})
+    st.dataframe(table, hide_index=True, key="cm_images")
+
+
+def main() -> None:
+    st.title("Confusion matrices")
+    record = source_ui()
+    if record is None:
+        return
+    fold = None
+    if record.is_cv:
+        folds = [f["fold"] for f in record.folds]
+        choice = st.radio(
+            "Folds", ["all folds (summed)", *[f"fold {k}" for k in folds]], horizontal=True
+        )
+        fold = None if choice.startswith("all") else int(choice.split()[-1])
+    normalized = st.toggle("Row-normalised (recall per true class)", key="cm_normalized")
+    names = record.class_names
+    labels = [ui.class_label(n) for n in names]
+    matrix = ui.run_confusion(record, fold)
+    event = st.plotly_chart(
+        ui.confusion_figure(matrix, names, normalized),
+        key="cm_chart",
+        on_select="rerun",
+        selection_mode="points",
+    )
+    st.caption(f"{int(matrix.sum())} test images · rows: true class · columns: predicted class")
+    cell_from_chart(event, labels)
+    a, b = st.columns(2)
+    true = a.selectbox("True class", labels, key="cm_true")
+    predicted = b.selectbox("Predicted class", labels, key="cm_pred")
+    images_ui(record, fold, names[labels.index(true)], names[labels.index(predicted)])
+
+
+main()

@@ -1,0 +1,110 @@
+"""Model comparison: a leaderboard, and one image through several models side by side."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from bcclassify import app_support as ui
+from bcclassify.explain import METHODS, overlay
+from bcclassify.imaging import ImageLoadError, load_image
+
+
+def leaderboard_ui() -> None:
+    st.subheader("Leaderboard (measured in this project)")
+    board = ui.leaderboard()
+    if board.empty:
+        st.info(
+            f"Nothing measured yet. Train and install a model:\n\n```\n{ui.TRAIN_HINT}\n"
+            f"{ui.PROMOTE_HINT}\n```"
+        )
+    else:
+        st.dataframe(board, hide_index=True, key="leaderboard")
+        st.caption(f"Latency: median single-image prediction from `bench.json` ({ui.BENCH_HINT}).")
+    st.subheader("Reference results (published, not measured here)")
+    st.dataframe(ui.reference_table(), hide_index=True, key="reference")
+    st.caption(
+        "Test accuracies reported by the reference work on the PBC dataset, for context only."
+    )
+
+
+def image_ui() -> ui.CellInput | None:
+    a, b = st.columns(2)
+    upload = a.file_uploader(
+        "Upload one cell image",
+        type=["jpg", "jpeg", "png", "tif", "tiff", "bmp", "gif", "webp"],
+        key="compare_upload",
+    )
+    examples = ui.example_images()
+    options = ["", *[str(p.relative_to(ui.EXAMPLES_DIR)) for p in examples]]
+    example = b.selectbox(
+        "…or an example cell",
+        options,
+        key="compare_example",
+        format_func=lambda r: "—" if not r else ui.example_label(ui.EXAMPLES_DIR / r),
+    )
+    if upload is not None:
+        return ui.CellInput.from_bytes(upload.name, upload.getvalue())
+    if example:
+        return ui.CellInput.from_bytes(example, (ui.EXAMPLES_DIR / example).read_bytes())
+    return None
+
+
+def side_by_side_ui(item: ui.CellInput, names: list[str], method: str, opacity: float) -> None:
+    try:
+        original = load_image(item.data, name=item.name)
+    except ImageLoadError as exc:
+        st.error(str(exc))
+        return
+    columns = st.columns(len(names))
+    for column, name in zip(columns, names):
+        with column:
+            classifier = ui.cached_model(name)
+            pixels = classifier.load(item.data, name=item.name)
+            probs = classifier.predict_pixels(pixels[None])[0]
+            top = classifier.class_names[int(probs.argmax())]
+            st.markdown(f"#### {name}")
+            st.markdown(f"**{ui.class_label(top)}** · {ui.percent(float(probs.max()), 1)}")
+            if probs.max() < classifier.threshold:
+                st.warning("Low confidence: unidentified")
+            with st.spinner(f"{METHODS[method]} for {name}…"):
+                explanation = ui.cached_explainer(name).explain_pixels(
+                    pixels, method=method, output_size=original.shape[:2]
+                )
+            st.image(
+                overlay(original, explanation.fused, opacity),
+                caption=f"{METHODS[method]} · fused map",
+                width="stretch",
+            )
+            st.plotly_chart(
+                ui.probability_figure(probs, classifier.class_names, classifier.threshold),
+                key=f"compare-probs-{name}",
+            )
+
+
+def main() -> None:
+    st.title("Model comparison")
+    leaderboard_ui()
+    st.subheader("One image, several models")
+    cards = ui.model_cards()
+    if len(cards) < 1:
+        st.info(f"No model installed. Install one with\n\n```\n{ui.PROMOTE_HINT}\n```")
+        return
+    names = st.multiselect(
+        "Models",
+        list(cards),
+        default=list(cards)[:2],
+        key="compare_models",
+        help="Pick two or more to compare.",
+    )
+    a, b = st.columns(2)
+    method = a.selectbox("Method", list(METHODS), format_func=METHODS.get, key="compare_method")
+    opacity = b.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key="compare_opacity")
+    item = image_ui()
+    if item is None or not names:
+        st.info("Choose an image and at least one model (two or more to compare).")
+        return
+    st.image(load_image(item.data, name=item.name), caption=item.name, width=200)
+    side_by_side_ui(item, names, method, opacity)
+
+
+main()
