@@ -7,15 +7,12 @@ call into the ``bcclassify`` library.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from bcclassify import CLASS_NAMES, DATASET_CREDIT
 from bcclassify import app_support as ui
-from bcclassify.cli import prediction_rows, write_prediction_csv
 from bcclassify.explain import METHODS, map_title, overlay
 from bcclassify.imaging import load_image
 from bcclassify.report import differential_count
@@ -345,11 +342,9 @@ def differential_ui(labels: list[str]) -> None:
 
 
 def export_ui(predictions: list[Prediction], class_names) -> None:
-    buffer = io.StringIO()
-    write_prediction_csv(prediction_rows(predictions, class_names), class_names, buffer)
     st.download_button(
         "Download results (CSV, same columns as `python -m bcclassify predict`)",
-        buffer.getvalue(),
+        ui.results_csv(predictions, class_names),
         file_name="bcclassify-predictions.csv",
         mime="text/csv",
     )

@@ -7,6 +7,7 @@ The figure builders are pure functions of their inputs, so they are tested witho
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,15 @@ class CellInput:
     @classmethod
     def from_bytes(cls, name: str, data: bytes) -> CellInput:
         return cls(name, data, hashlib.sha256(data).hexdigest())
+
+
+def results_csv(predictions, class_names) -> str:
+    """A batch's results with the same columns as ``python -m bcclassify predict``."""
+    from .cli import prediction_rows, write_prediction_csv
+
+    buffer = io.StringIO()
+    write_prediction_csv(prediction_rows(predictions, class_names), class_names, buffer)
+    return buffer.getvalue()
 
 
 def example_images() -> list[Path]:

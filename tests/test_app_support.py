@@ -1,0 +1,69 @@
+"""The app's pure helpers: CSV export, figures and tables, without a browser or TensorFlow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bcclassify import CLASS_NAMES
+from bcclassify import app_support as ui
+from bcclassify.cli import PREDICT_HEADER
+from bcclassify.serving import Prediction
+
+
+def test_batch_csv_has_the_predict_columns():
+    ok = Prediction("a.png", probabilities=np.full(8, 1 / 8))
+    bad = Prediction("b.png", error="b.png: the file is empty;\naccepted: …")
+    lines = ui.results_csv([ok, bad], CLASS_NAMES).splitlines()
+    assert lines[0].split(",") == PREDICT_HEADER + list(CLASS_NAMES)
+    assert lines[1].startswith("a.png,basophil,0.125000,low_confidence,,")
+    assert lines[2].startswith("b.png,,,error,") and len(lines) == 3
+
+
+def test_confusion_figure_normalises_rows():
+    matrix = np.diag([4, 0, 2, 1, 1, 1, 1, 1])
+    matrix[0, 1] = 4
+    z = np.asarray(ui.confusion_figure(matrix, CLASS_NAMES, normalized=True).data[0].z)
+    assert z[0, 0] == 0.5 and z[0, 1] == 0.5
+    assert np.all(z[1] == 0)  # a class without test images stays 0, not NaN
+
+
+def test_probability_figure_highlights_the_top_class():
+    probs = np.array([0.05, 0.6, 0.05, 0.05, 0.05, 0.1, 0.05, 0.05])
+    bar = ui.probability_figure(probs).data[0]
+    assert list(bar.y) == [ui.class_label(n) for n in CLASS_NAMES]
+    assert len(set(bar.marker.color)) == 2 and bar.marker.color[1] != bar.marker.color[0]
+
+
+def test_cross_validation_per_class_scores_come_from_the_pooled_matrix(tmp_path):
+    matrix = np.eye(8, dtype=int) * 3
+    matrix[0, 1] = 1  # one basophil called an eosinophil
+    record = ui.RunRecord(
+        run_id="cv",
+        folder=tmp_path,
+        run={},
+        config={},
+        environment={},
+        metrics={"summary": {}, "confusion_matrix": matrix.tolist()},
+        history=pd.DataFrame(),
+        folds=[{"fold": 1, "folder": tmp_path, "metrics": {}, "history": pd.DataFrame()}],
+    )
+    table = ui.per_class_table(record).set_index("class")
+    assert table.loc["Basophil", "recall"] == 0.75
+    assert table.loc["Eosinophil", "precision"] == 0.75
+    assert table.loc["macro average", "support"] == 25
+
+
+def test_data_dir_prefers_the_environment_then_the_secret(monkeypatch, tmp_path):
+    monkeypatch.delenv("BCCLASSIFY_DATA_DIR", raising=False)
+    assert ui.configured_data_dir({"BCCLASSIFY_DATA_DIR": str(tmp_path)}) == tmp_path
+    monkeypatch.setenv("BCCLASSIFY_DATA_DIR", str(tmp_path / "env"))
+    assert ui.configured_data_dir({"BCCLASSIFY_DATA_DIR": "elsewhere"}) == tmp_path / "env"
+
+
+def test_run_progress_reports_epochs_and_eta(tmp_path):
+    record = ui.RunRecord(
+        "r", tmp_path, {"epochs_done": 3, "eta_s": 125}, {"epochs": 10}, {}, {}, pd.DataFrame(), []
+    )
+    fraction, text = ui.run_progress(record)
+    assert fraction == 0.3 and "epoch 3/10" in text and "2m 05s" in text
