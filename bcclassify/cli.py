@@ -49,6 +49,7 @@ def _add_train(sub) -> None:
     p.add_argument("--head-epochs", type=int, default=3, help="supcon: classifier epochs")
     p.add_argument("--cache-dir", default="cache", help="where decoded pixels/activations go")
     p.add_argument("--note", default="", help="free text kept in the run record")
+    p.add_argument("--run-id", help="name for the run folder (default: time-arch-size)")
 
 
 def _cmd_train(args) -> int:

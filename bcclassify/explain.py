@@ -17,7 +17,10 @@ import numpy as np
 from PIL import Image
 
 METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
-SCORECAM_MAX_N = 32  # Faster Score-CAM: the 32 channels of highest variance
+# Score-CAM runs one forward pass per channel: layers wider than this use Faster Score-CAM
+# (tf-keras-vis ``max_N``: only the channels of highest spatial variance).
+SCORECAM_ALL_CHANNELS_UP_TO = 256
+SCORECAM_MAX_N = 64
 
 
 @dataclass
@@ -67,6 +70,10 @@ class Explainer:
             )
         return self._visualizers[method]
 
+    def _scorecam_channels(self, layer: str) -> int:
+        channels = self.classifier.model.get_layer(layer).output.shape[-1]
+        return -1 if channels <= SCORECAM_ALL_CHANNELS_UP_TO else SCORECAM_MAX_N
+
     def explain_pixels(
         self,
         pixels: np.ndarray,
@@ -96,7 +103,7 @@ class Explainer:
         with self._lock:
             visualizer = self._visualizer(method)
             for layer in self.layers:
-                kwargs = {"max_N": SCORECAM_MAX_N} if method == "scorecam" else {}
+                kwargs = {"max_N": self._scorecam_channels(layer)} if method == "scorecam" else {}
                 cam = visualizer(
                     CategoricalScore([index]), batch, penultimate_layer=layer, **kwargs
                 )

@@ -2,8 +2,8 @@
 
 ``tiny_store`` is built once per test session in a temporary folder: a real (very short) training
 run of the compact CNN on the fixture images, promoted as ``tiny-cnn``, and an untrained hybrid
-at its minimum input size installed as ``tiny-hybrid`` (the default), so predict, explain and the
-app run against real models without the bundled weights.
+at 107 px (2x2 mixed10 maps) installed as ``tiny-hybrid`` (the default), so predict, explain and
+the app run against real models without the bundled weights.
 """
 
 from __future__ import annotations
@@ -52,10 +52,10 @@ def tiny_store(tmp_path_factory) -> Path:
     )
     run_dir = train(config)
     promote(run_dir.name, "tiny-cnn")
-    hybrid = build("hybrid", 75, len(CLASS_NAMES), weights="none")
+    hybrid = build("hybrid", 107, len(CLASS_NAMES), weights="none")
     card = card_for_run(run_dir, "tiny-hybrid")
     card.update(
-        architecture="hybrid", image_size=75, explain_layers=["mixed10", "block14_sepconv2_act"]
+        architecture="hybrid", image_size=107, explain_layers=["mixed10", "block14_sepconv2_act"]
     )
     card["description"] = "untrained hybrid for tests"
     export_model(hybrid, root / "models" / "tiny-hybrid", card)

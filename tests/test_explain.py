@@ -1,0 +1,99 @@
+"""Saliency maps through tf-keras-vis: shapes, per-trunk maps, class dependence, the figure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import FIXTURE_IMAGES, REPO
+from PIL import Image
+
+from bcclassify.explain import METHODS, Explainer, overlay
+from bcclassify.imaging import load_image
+from bcclassify.serving import load_model
+
+CELL = sorted(FIXTURE_IMAGES.rglob("*.jpg"))[3]
+
+
+@pytest.fixture(scope="module")
+def hybrid(tiny_store):
+    return load_model("tiny-hybrid")
+
+
+@pytest.fixture(scope="module")
+def cnn(tiny_store):
+    return load_model("tiny-cnn")
+
+
+def test_hybrid_gives_one_map_per_trunk_and_a_fused_map(hybrid):
+    original = load_image(CELL)
+    explanation = Explainer(hybrid).explain_pixels(
+        hybrid.load(CELL), "gradcam", output_size=original.shape[:2]
+    )
+    assert list(explanation.maps) == ["mixed10", "block14_sepconv2_act", "fused"]
+    for heatmap in explanation.maps.values():
+        assert heatmap.shape == original.shape[:2]
+        assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0 + 1e-6
+    assert explanation.target_class == hybrid.class_names[explanation.target_index]
+
+
+def test_explaining_never_changes_the_serving_model(hybrid):
+    pixels = hybrid.load(CELL)
+    before = hybrid.predict_pixels(pixels[None])
+    assert hybrid.model.layers[-1].activation.__name__ == "softmax"
+    Explainer(hybrid).explain_pixels(pixels, "gradcam")
+    assert hybrid.model.layers[-1].activation.__name__ == "softmax"
+    np.testing.assert_allclose(hybrid.predict_pixels(pixels[None]), before, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_maps_differ_between_target_classes(cnn, method):
+    explainer = Explainer(cnn)
+    pixels = cnn.load(CELL)
+    maps = [explainer.explain_pixels(pixels, method, target=t).fused for t in ("ig", "platelet")]
+    assert maps[0].shape == (cnn.image_size, cnn.image_size)
+    assert np.abs(maps[0] - maps[1]).max() > 1e-3
+
+
+def test_unknown_target_is_refused(cnn):
+    with pytest.raises(ValueError, match="unknown class"):
+        Explainer(cnn).explain_pixels(cnn.load(CELL), target="blast")
+
+
+def test_overlay_blends_in_image_coordinates():
+    image = np.full((50, 70, 3), 200, dtype=np.uint8)
+    heatmap = np.zeros((5, 7), dtype=np.float32)
+    heatmap[0, 0] = 1.0
+    out = overlay(image, heatmap, opacity=0.5)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert not np.array_equal(out[0, 0], out[-1, -1])
+
+
+def test_explain_command_writes_a_labelled_figure(store_env, tmp_path):
+    out = tmp_path / "cam.png"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bcclassify",
+            "explain",
+            str(CELL),
+            "--target",
+            "monocyte",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=store_env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["class"] == "monocyte" and summary["maps"][-1] == "fused"
+    with Image.open(out) as figure:
+        assert figure.width == 4 * 256  # input + two trunk maps + fused

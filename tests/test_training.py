@@ -1,0 +1,181 @@
+"""Training runs end to end on the fixture images: records, resume after kill -9, cached mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import FIXTURE_IMAGES, REPO
+
+from bcclassify.augment import augment_batch
+from bcclassify.store import list_runs, read_csv, read_json
+from bcclassify.training import TrainConfig, apply_smote, train
+
+
+def test_run_record_is_complete(tiny_store):
+    run = tiny_store / "runs" / "fixture-cnn-32px"
+    config = read_json(run / "config.json")
+    assert config["arch"] == "cnn" and config["seed"] == 42 and config["epochs"] == 2
+    assert len(config["data_manifest_sha256"]) == 64
+    assert config["split_sizes"][0]["test"] == 8
+    environment = read_json(run / "environment.json")
+    assert environment["packages"]["tensorflow"] and environment["cpu_count"]
+    history = read_csv(run / "history.csv")
+    assert [int(float(r["epoch"])) for r in history] == [1, 2]
+    assert set(history[0]) >= {
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "learning_rate",
+        "seconds",
+    }
+    metrics = read_json(run / "metrics.json")
+    assert np.array(metrics["confusion_matrix"]).sum() == metrics["num_samples"] == 8
+    assert set(metrics["per_class"]["platelet"]) == {"precision", "recall", "f1", "support"}
+    predictions = read_csv(run / "predictions.csv")
+    assert len(predictions) == 8 and list(predictions[0])[:3] == ["file", "true", "predicted"]
+    assert read_json(run / "run.json")["status"] == "finished"
+    listed = {r["run_id"]: r for r in list_runs()}["fixture-cnn-32px"]
+    assert {
+        "run_id",
+        "arch",
+        "image_size",
+        "status",
+        "test_accuracy",
+        "macro_f1",
+        "created",
+    } <= set(listed)
+
+
+def test_list_json_command(store_env):
+    out = subprocess.run(
+        [sys.executable, "-m", "bcclassify", "list", "--json"],
+        cwd=REPO,
+        env=store_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    runs = json.loads(out.stdout)
+    assert any(r["run_id"] == "fixture-cnn-32px" and r["status"] == "finished" for r in runs)
+
+
+def test_resume_after_kill_minus_nine(tmp_path, store_env):
+    env = {**store_env, "BCCLASSIFY_STORE": str(tmp_path / "store")}
+    run_id = "killed-run"
+    args = [
+        "--arch",
+        "cnn",
+        "--data",
+        str(FIXTURE_IMAGES),
+        "--image-size",
+        "32",
+        "--epochs",
+        "20",
+        "--batch-size",
+        "4",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--run-id",
+        run_id,
+    ]
+    run_dir = tmp_path / "store" / "runs" / run_id
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bcclassify", "train", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            pointer = read_json(run_dir / "checkpoints" / "latest.json")
+            if pointer and pointer["epoch"] >= 1:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("no checkpoint written within 240 s")
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(30)
+    interrupted = read_json(run_dir / "run.json")
+    assert interrupted["status"] == "running"  # killed: never got to write anything else
+    done_before = len(read_csv(run_dir / "history.csv"))
+    assert done_before >= 2
+    config_before = read_json(run_dir / "config.json")
+    result = subprocess.run(
+        [sys.executable, "-m", "bcclassify", "train", "--resume", run_id],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    history = read_csv(run_dir / "history.csv")
+    assert [int(float(r["epoch"])) for r in history] == list(range(1, 21))
+    assert read_json(run_dir / "run.json")["status"] == "finished"
+    assert read_json(run_dir / "config.json")["split_sizes"] == config_before["split_sizes"]
+
+
+def test_cached_activation_training_on_the_hybrid(tmp_path, monkeypatch):
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path / "store"))
+    config = TrainConfig(
+        arch="hybrid",
+        data=str(FIXTURE_IMAGES),
+        image_size=75,
+        epochs=2,
+        batch_size=8,
+        freeze_until="auto",
+        aug_copies=1,
+        backbone_weights="none",
+        cache_dir=str(tmp_path / "cache"),
+        run_id="cached",
+    )
+    run_dir = train(config)
+    record = read_json(run_dir / "run.json")
+    assert record["status"] == "finished"
+    assert record["boundaries"] == ["mixed5", "block13_sepconv1_act:input"]
+    assert (run_dir / "model.keras").is_file()
+    chunks = list((tmp_path / "cache" / "activations").rglob("chunk-*.npz"))
+    assert len(chunks) == 2  # identity copy of every image + one augmented copy of train
+
+
+def test_augmentation_is_seeded_bounded_and_changes_pixels():
+    import tensorflow as tf
+
+    images = np.random.default_rng(0).integers(0, 256, (6, 40, 40, 3)).astype(np.uint8)
+    a = augment_batch(images, tf.random.Generator.from_seed(1)).numpy()
+    b = augment_batch(images, tf.random.Generator.from_seed(1)).numpy()
+    c = augment_batch(images, tf.random.Generator.from_seed(2)).numpy()
+    assert a.shape == images.shape and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.min() >= 0 and a.max() <= 255
+    assert np.abs(a - images).mean() > 1.0
+
+
+def test_dihedral_part_keeps_a_uniform_image_uniform():
+    import tensorflow as tf
+
+    flat = np.full((4, 32, 32, 3), 128, dtype=np.uint8)
+    out = augment_batch(flat, tf.random.Generator.from_seed(0)).numpy()
+    assert out.std(axis=(1, 2)).max() < 1e-3  # geometry never invents structure
+
+
+def test_smote_balances_classes_with_plausible_samples():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (40, 6)), rng.normal(5, 1, (10, 6))]).astype(np.float32)
+    y = np.array([0] * 40 + [1] * 10)
+    xs, ys = apply_smote(x, y, seed=0)
+    assert np.bincount(ys).tolist() == [40, 40]
+    synthetic = xs[len(x) :]
+    assert np.all(synthetic.mean(axis=1) > 2.5)  # interpolated within the minority class
