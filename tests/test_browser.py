@@ -1,0 +1,129 @@
+"""End to end: the app served by ``streamlit run``, driven in headless Debian Chromium.
+
+Set BCCLASSIFY_SCREENSHOTS to a folder to save a screenshot of every page there (the README's
+screenshots come from this test, e.g. BCCLASSIFY_SCREENSHOTS=docs/screenshots).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from bcclassify import CLASS_LABELS
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+EXAMPLE = REPO / "tests" / "data" / "pbc" / "lymphocyte" / "LY_107981.jpg"
+PAGES = {  # sidebar link -> screenshot name and a heading the page always shows
+    "Training runs": ("training_runs", "Training runs"),
+    "Confusion matrices": ("confusion_matrices", "Confusion matrices"),
+    "Per-class metrics": ("per_class_metrics", "Per-class metrics"),
+    "Model comparison": ("model_comparison", "Model comparison"),
+}
+SLOW_MS = 240_000  # first classification loads TensorFlow and builds the Grad-CAM model
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+@pytest.fixture()
+def app_url(tiny_store, tmp_path):
+    """The app served on a free local port for one test; the server is always stopped."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "BCCLASSIFY_STORE": str(tiny_store),
+        "BCCLASSIFY_DATA_DIR": str(tmp_path / "data"),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"),
+        "--server.headless", "true", "--server.port", str(port),
+        "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
+        "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    log = (tmp_path / "streamlit.log").open("wb")
+    server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, server)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def _screenshot(page, name: str) -> None:
+    folder = os.environ.get("BCCLASSIFY_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian chromium not installed")
+def test_upload_classify_and_open_every_page(app_url):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url)
+            page.get_by_role("heading", name="Classify blood cells").wait_for(timeout=60_000)
+
+            page.locator('input[type="file"]').first.set_input_files(str(EXAMPLE))
+            page.get_by_text("Grad-CAM · Fused").first.wait_for(timeout=SLOW_MS)
+            labels = re.compile("|".join(CLASS_LABELS.values()))
+            heading = page.get_by_role("heading", level=3).filter(has_text=labels).first
+            assert heading.inner_text().strip() in CLASS_LABELS.values()
+            overlays = page.locator('[data-testid="stImage"] img')
+            assert overlays.count() >= 4  # the cell, then the two trunk maps and the fused one
+            assert page.evaluate(
+                "() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
+                ".every(img => img.complete && img.naturalWidth > 0)"
+            )
+            page.wait_for_timeout(1000)  # let plotly finish drawing before the screenshot
+            _screenshot(page, "classify")
+
+            for link, (name, heading_text) in PAGES.items():
+                page.get_by_role("link", name=link).click()
+                page.get_by_role("heading", name=heading_text).first.wait_for(timeout=60_000)
+                page.wait_for_timeout(1500)
+                assert not page.locator('[data-testid="stException"]').count(), link
+                _screenshot(page, name)
+            # Tables are drawn on a canvas, so check the reference section's heading instead.
+            assert page.get_by_text("Reference results (published, not measured here)").count()
+        finally:
+            browser.close()
