@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from bcclassify import app_support as ui
@@ -100,6 +101,12 @@ def main() -> None:
     )
     st.caption(f"{int(matrix.sum())} test images · rows: true class · columns: predicted class")
     cell_from_chart(event, labels)
+    if "cm_true" not in st.session_state:
+        # Open on the most frequent confusion: usually the first cell a reader wants to see.
+        off_diagonal = matrix - np.diag(np.diag(matrix))
+        true_index, pred_index = np.unravel_index(np.argmax(off_diagonal), matrix.shape)
+        st.session_state["cm_true"] = labels[int(true_index)]
+        st.session_state["cm_pred"] = labels[int(pred_index)]
     a, b = st.columns(2)
     true = a.selectbox("True class", labels, key="cm_true")
     predicted = b.selectbox("Predicted class", labels, key="cm_pred")

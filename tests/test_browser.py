@@ -99,7 +99,7 @@ def test_upload_classify_and_open_every_page(app_url):
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
             page.goto(app_url)
             page.get_by_role("heading", name="Classify blood cells").wait_for(timeout=60_000)
 
