@@ -41,6 +41,7 @@ HISTORY_COLUMNS = [
     "val_accuracy",
     "learning_rate",
     "seconds",
+    "stage",
 ]
 
 
@@ -387,17 +388,28 @@ def _fit_one_split(
         boundaries = _boundaries(config, arch)
         if boundaries:
             stem, trainable = split_model(model, boundaries)
+        elif config.arch == "supcon":
+            from .supcon import SupConTrainer
+
+            stem, trainable = None, SupConTrainer(model, seed=config.seed)
+            trainable.build_all(image_size)
         else:
             stem, trainable = None, model
         optimizer = _make_optimizer(config.optimizer, config.lr)
         trainable.compile(
             optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"]
         )
+        if config.arch == "supcon":
+            optimizer.build(trainable.trainable_variables)
     _update_run(run_dir, initialisation=init_record, boundaries=list(boundaries))
 
     y_train, y_val, y_test = (dataset.labels[s] for s in (split.train, split.val, split.test))
+    # SupCon augments inside its train step (two views per image), so its feed stays raw.
+    supcon = config.arch == "supcon"
+    total_epochs = config.epochs + (config.head_epochs if supcon else 0)
     if stem is None:
-        feed = _PixelFeed(pixels[split.train], y_train, config)
+        feed_config = TrainConfig(**{**asdict(config), "augment": False}) if supcon else config
+        feed = _PixelFeed(pixels[split.train], y_train, feed_config)
         val_set = _PixelFeed.inputs(pixels[split.val], config.batch_size, y_val)
         test_inputs = _PixelFeed.inputs(pixels[split.test], config.batch_size)
     else:
@@ -431,14 +443,25 @@ def _fit_one_split(
         _class_weight(y_train, len(dataset.class_names)) if config.class_weights else None
     )
     started, first_epoch = time.time(), state["epoch"] + 1
-    for epoch in range(first_epoch, config.epochs):
-        lr = cosine_lr(config.lr, epoch, config.epochs)
+    for epoch in range(first_epoch, total_epochs):
+        in_contrastive_stage = supcon and epoch < config.epochs
+        if supcon:
+            trainable.set_stage("contrastive" if in_contrastive_stage else "classifier")
+            # each stage gets its own cosine cycle
+            stage_epoch, stage_len = (
+                (epoch, config.epochs)
+                if in_contrastive_stage
+                else (epoch - config.epochs, config.head_epochs)
+            )
+            lr = cosine_lr(config.lr, stage_epoch, stage_len)
+        else:
+            lr = cosine_lr(config.lr, epoch, config.epochs)
         optimizer.learning_rate.assign(lr)
         tick = time.time()
-        log.info("epoch %d/%d (lr %.2e)", epoch + 1, config.epochs, lr)
+        log.info("epoch %d/%d (lr %.2e)", epoch + 1, total_epochs, lr)
         fitted = trainable.fit(
             feed.epoch(epoch),
-            validation_data=val_set if len(split.val) else None,
+            validation_data=val_set if len(split.val) and not in_contrastive_stage else None,
             epochs=epoch + 1,
             initial_epoch=epoch,
             class_weight=class_weight,
@@ -455,16 +478,18 @@ def _fit_one_split(
                 "val_accuracy": logs.get("val_accuracy"),
                 "learning_rate": lr,
                 "seconds": round(seconds, 2),
+                "stage": "contrastive" if in_contrastive_stage else "supervised",
             }
         )
         write_csv(
             run_dir / "history.csv",
             HISTORY_COLUMNS,
-            [[row[c] for c in HISTORY_COLUMNS] for row in history],
+            [[row.get(c, "") for c in HISTORY_COLUMNS] for row in history],
         )
-        # Without a validation part (tiny datasets) the latest epoch counts as the best.
+        # Without a validation part (tiny datasets) the latest epoch counts as the best;
+        # contrastive epochs have no classifier to validate yet.
         val_accuracy = logs.get("val_accuracy", float(epoch))
-        if val_accuracy > state["best_val_accuracy"]:
+        if not in_contrastive_stage and val_accuracy > state["best_val_accuracy"]:
             state.update(best_val_accuracy=val_accuracy, best_epoch=epoch + 1)
             best = ckpt_dir / "best.weights.h5"
             ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -473,7 +498,7 @@ def _fit_one_split(
         state["epoch"] = epoch
         _save_checkpoint(ckpt_dir, epoch, trainable, optimizer, state)
         per_epoch = (time.time() - started) / (epoch + 1 - first_epoch)
-        remaining = per_epoch * (config.epochs - epoch - 1)
+        remaining = per_epoch * (total_epochs - epoch - 1)
         _update_run(run_dir, epochs_done=epoch + 1, eta_s=round(remaining, 1))
 
     if (ckpt_dir / "best.weights.h5").is_file():
@@ -519,8 +544,12 @@ def _activation_cache(config, dataset, image_size, boundaries, init_record) -> P
 def _read_history(run_dir: Path) -> list[dict]:
     from .store import read_csv
 
-    rows = read_csv(run_dir / "history.csv")
-    return [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in rows]
+    def parse(key: str, value: str):
+        if key == "stage" or value in ("", None):
+            return value or None
+        return float(value)
+
+    return [{k: parse(k, v) for k, v in r.items()} for r in read_csv(run_dir / "history.csv")]
 
 
 def _write_predictions(run_dir: Path, dataset: Dataset, indices, probabilities) -> None:

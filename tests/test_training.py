@@ -179,3 +179,37 @@ def test_smote_balances_classes_with_plausible_samples():
     assert np.bincount(ys).tolist() == [40, 40]
     synthetic = xs[len(x) :]
     assert np.all(synthetic.mean(axis=1) > 2.5)  # interpolated within the minority class
+
+
+def test_supcon_loss_rewards_class_clusters():
+    import tensorflow as tf
+
+    from bcclassify.supcon import supervised_contrastive_loss
+
+    labels = tf.constant([0, 0, 1, 1])
+    clustered = tf.math.l2_normalize(
+        tf.constant([[1.0, 0.1], [1.0, -0.1], [-1.0, 0.1], [-1.0, -0.1]]), axis=1
+    )
+    mixed = tf.gather(clustered, [0, 2, 1, 3])
+    assert float(supervised_contrastive_loss(clustered, labels)) < float(
+        supervised_contrastive_loss(mixed, labels)
+    )
+
+
+def test_supcon_trains_contrastive_then_classifier(tmp_path, monkeypatch):
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path / "store"))
+    config = TrainConfig(
+        arch="supcon",
+        data=str(FIXTURE_IMAGES),
+        image_size=32,
+        epochs=1,
+        head_epochs=1,
+        batch_size=8,
+        backbone_weights="none",
+        cache_dir=str(tmp_path / "cache"),
+        run_id="supcon",
+    )
+    run_dir = train(config)
+    stages = [row["stage"] for row in read_csv(run_dir / "history.csv")]
+    assert stages == ["contrastive", "supervised"]
+    assert read_json(run_dir / "run.json")["status"] == "finished"
