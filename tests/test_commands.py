@@ -1,0 +1,102 @@
+"""evaluate, promote, list and bench through the command line, against the tiny store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import FIXTURE_IMAGES, REPO
+
+from bcclassify.store import read_json
+
+
+def run_cli(args, env, check=True):
+    result = subprocess.run(
+        [sys.executable, "-m", "bcclassify", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def test_evaluate_run_reproduces_the_recorded_test_metrics(tiny_store, store_env):
+    result = run_cli(
+        ["evaluate", "--run", "fixture-cnn-32px", "--data", str(FIXTURE_IMAGES), "--json"],
+        store_env,
+    )
+    metrics = json.loads(result.stdout)
+    recorded = read_json(tiny_store / "runs" / "fixture-cnn-32px" / "metrics.json")
+    assert metrics["scope"] == "the run's test split"
+    assert metrics["confusion_matrix"] == recorded["confusion_matrix"]
+    assert metrics["accuracy"] == pytest.approx(recorded["accuracy"])
+
+
+def test_evaluate_model_on_another_folder_scores_every_image(store_env, tmp_path):
+    import shutil
+
+    folder = tmp_path / "other"
+    shutil.copytree(FIXTURE_IMAGES / "platelet", folder / "platelet")
+    result = run_cli(["evaluate", "--model", "tiny-cnn", "--data", str(folder)], store_env)
+    assert "every image in the folder (2 images)" in result.stdout
+    assert "confusion matrix" in result.stdout
+
+
+def test_promote_writes_a_verified_card_and_can_set_the_default(tiny_store, store_env, tmp_path):
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    env = {**store_env, "BCCLASSIFY_STORE": str(store)}
+    summary = json.loads(
+        run_cli(["promote", "fixture-cnn-32px", "--name", "cnn-b", "--default"], env).stdout
+    )
+    assert summary["architecture"] == "cnn" and summary["image_size"] == 32
+    card = read_json(store / "models" / "cnn-b" / "card.json")
+    assert card["class_names"][3] == "ig" and card["training_run"] == "fixture-cnn-32px"
+    assert set(card["files_sha256"]) >= {"model.json", "weights-000.npz"}
+    assert card["test_metrics"]["accuracy"] is not None and card["low_confidence_threshold"] == 0.6
+    assert read_json(store / "default.json") == {"default": "cnn-b"}
+    listing = run_cli(["list"], env).stdout
+    assert "cnn-b (default)" in listing and "fixture-cnn-32px" in listing
+    refused = run_cli(["promote", "no-such-run", "--name", "x"], env, check=False)
+    assert refused.returncode == 2 and "no run" in refused.stderr
+
+
+def test_bench_reports_every_field(store_env):
+    result = run_cli(["bench", "--model", "tiny-cnn", "--json"], store_env)
+    line = result.stdout.strip().splitlines()
+    assert len(line) == 1
+    bench = json.loads(line[0])
+    for key in (
+        "model",
+        "image_size",
+        "load_s",
+        "predict_single_s",
+        "predict_batch_img_per_s",
+        "explain_single_s",
+        "flops_per_image",
+        "cpu",
+        "threads",
+    ):
+        assert key in bench
+    assert bench["image_size"] == 32 and bench["flops_per_image"] > 1e6
+    assert bench["predict_single_s"] > 0 and bench["predict_batch_img_per_s"] > 0
+
+
+def test_every_command_has_help():
+    for command in ("train", "evaluate", "promote", "list", "predict", "explain", "bench"):
+        out = subprocess.run(
+            [sys.executable, "-m", "bcclassify", command, "--help"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0 and "usage:" in out.stdout
