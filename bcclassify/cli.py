@@ -325,13 +325,17 @@ def _add_bench(sub) -> None:
     p.add_argument("--model", help="installed model name (default: the default model)")
     p.add_argument("--repeats", type=int, default=20, help="single-image calls to time")
     p.add_argument("--json", action="store_true", help="one JSON line")
+    p.add_argument("--save", action="store_true", help="also write bench.json beside the model")
 
 
 def _cmd_bench(args) -> int:
     from .bench import run_benchmark
+    from .store import models_dir, write_json
 
     name = _load_classifier(args.model).name
     result = run_benchmark(name, repeats=max(args.repeats, 20))
+    if args.save:
+        write_json(models_dir() / name / "bench.json", result)
     if args.json:
         print(json.dumps(result))
     else:

@@ -85,6 +85,22 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def run_is_alive(run: dict) -> bool:
+    """Whether the process recorded in a run.json is still running (on this host)."""
+    import platform
+
+    pid = run.get("pid")
+    if not pid or run.get("host", platform.node()) != platform.node():
+        return run.get("status") == "running"  # another host: trust the record
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def list_runs() -> list[dict]:
     """Summaries of every run record, newest first (what ``list --json`` prints)."""
     rows = []
@@ -104,6 +120,8 @@ def list_runs() -> list[dict]:
                 "arch": run.get("arch") or config.get("arch"),
                 "image_size": config.get("image_size"),
                 "status": run.get("status"),
+                # a "running" record whose process is gone was interrupted: resume it
+                "interrupted": run.get("status") == "running" and not run_is_alive(run),
                 "epochs": config.get("epochs"),
                 "epochs_done": run.get("epochs_done"),
                 "folds": config.get("folds"),

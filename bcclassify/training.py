@@ -597,7 +597,7 @@ def train(config: TrainConfig) -> Path:
         stored = read_json(run_dir / "config.json")
         if stored["data_manifest_sha256"] != dataset.manifest_hash():
             raise ValueError(f"{config.data}: data differs from the data run {run_id} started on")
-        _update_run(run_dir, status="running", pid=os.getpid())
+        _update_run(run_dir, status="running", pid=os.getpid(), host=platform.node())
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(
@@ -624,6 +624,7 @@ def train(config: TrainConfig) -> Path:
                 "status": "running",
                 "created": _now(),
                 "pid": os.getpid(),
+                "host": platform.node(),
                 "epochs_done": 0,
             },
         )

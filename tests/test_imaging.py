@@ -47,7 +47,7 @@ ACCEPTED = {
     "grayscale": lambda: _encode(_cell("L"), "PNG"),
     "palette": lambda: _encode(_cell().quantize(64), "PNG"),
     "16-bit": lambda: _encode(
-        Image.fromarray((np.asarray(_cell("L"), dtype=np.uint16) * 257)), "PNG"
+        Image.fromarray(np.asarray(_cell("L"), dtype=np.uint16) * 257), "PNG"
     ),
     "float": lambda: _encode(
         Image.fromarray(np.asarray(_cell("L"), dtype=np.float32) / 255.0, mode="F"), "TIFF"
