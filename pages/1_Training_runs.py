@@ -72,8 +72,14 @@ def main() -> None:
     shown = filters_ui(table)
     runs_table_ui(shown)
     running = [r["run_id"] for r in runs if r.get("status") == "running"]
-    for run_id in running:
-        progress_ui(ui.load_run(run_id))
+    for run in runs:
+        if run.get("interrupted"):
+            st.warning(
+                f"{run['run_id']} stopped before finishing (its process is gone). Continue it "
+                f"with `python -m bcclassify train --resume {run['run_id']}`."
+            )
+        elif run.get("status") == "running":
+            progress_ui(ui.load_run(run["run_id"]))
 
     st.subheader("Learning curves")
     ids = list(shown["run id"])
