@@ -38,12 +38,105 @@ class Explanation:
         return self.maps["fused"]
 
 
+JOINT_LAYER = "explain_joint"
+# Architectures whose head is Dense(concat(GAP(map) for each explained map)): their maps can be
+# computed on the fast explain view below. The others (unet, supcon) use the full model.
+POOLED_HEAD_ARCHITECTURES = {
+    "hybrid",
+    "xception",
+    "inceptionv3",
+    "mobilenetv2",
+    "resnet50",
+    "densenet201",
+    "vgg16",
+    "cnn",
+}
+
+
+def _compiled_features_layer(extractor):
+    """A layer that runs ``extractor`` (input -> explained maps) as one compiled call.
+
+    Grad-CAM needs gradients from the class score back to the explained maps only, i.e. through
+    the head; the trunks below the maps need no eager gradient tape. Running them compiled makes
+    an explanation cost about one forward pass instead of an eager pass layer by layer.
+    """
+    import keras
+    import tensorflow as tf
+
+    class CompiledFeatures(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(trainable=False, **kwargs)
+            self.extractor = extractor
+            self._run = tf.function(lambda x: self.extractor(x, training=False))
+
+        def call(self, inputs):
+            outputs = self._run(inputs)
+            return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+        def compute_output_spec(self, inputs):
+            return [keras.KerasTensor(t.shape, t.dtype) for t in self.extractor.outputs]
+
+    return CompiledFeatures(name="explain_trunks")
+
+
+def explain_view(model, layers: list[str], head_layer: str = "predictions"):
+    """The same network, rebuilt for tf-keras-vis, with every explained map on ONE layer.
+
+    Trunks run compiled (see :func:`_compiled_features_layer`); each explained map is upsampled
+    (nearest, integer factor) to the largest map's grid and concatenated as ``explain_joint``;
+    the head pools slices of that layer and applies a copy of the classifier's weights with a
+    linear output (what tf-keras-vis's ReplaceToLinear would do), so the serving model is never
+    touched. Nearest upsampling by an integer factor leaves the pooled features unchanged, so the
+    view's softmax equals the model's output. One tf-keras-vis pass over a batch holding the
+    image once per map yields every map, each sample masking the other maps' gradients.
+    Returns None when the grids are not integer multiples of each other.
+    """
+    import keras
+
+    maps = [model.get_layer(name).output for name in layers]
+    sides = [int(m.shape[1]) for m in maps]
+    side = max(sides)
+    if any(side % s or s != int(m.shape[2]) for s, m in zip(sides, maps)):
+        return None
+    extractor = keras.Model(model.inputs, maps, name="explain_extractor")
+    pixels = keras.Input(model.input_shape[1:], name="pixels")
+    features = _compiled_features_layer(extractor)(pixels)
+    upsampled = [
+        keras.layers.UpSampling2D(side // s, name=f"explain_up_{i}")(f) if side > s else f
+        for i, (f, s) in enumerate(zip(features, sides))
+    ]
+    if len(upsampled) > 1:
+        joint = keras.layers.Concatenate(name=JOINT_LAYER)(upsampled)
+    else:
+        joint = keras.layers.Identity(name=JOINT_LAYER)(upsampled[0])
+    pooled, start = [], 0
+    for i, m in enumerate(maps):
+        channels = int(m.shape[-1])
+        pooled.append(
+            keras.layers.GlobalAveragePooling2D(name=f"explain_pool_{i}")(
+                joint[..., start : start + channels]
+            )
+        )
+        start += channels
+    joined = (
+        keras.layers.Concatenate(name="explain_features")(pooled)
+        if len(pooled) > 1
+        else (pooled[0])
+    )
+    head = model.get_layer(head_layer)
+    logits_layer = keras.layers.Dense(head.units, activation=None, name="explain_logits")
+    logits = logits_layer(joined)
+    logits_layer.set_weights(head.get_weights())
+    return keras.Model(pixels, logits, name=f"{model.name}_explain_view")
+
+
 class Explainer:
     """Explainers for one loaded model; each tf-keras-vis object is built once and reused."""
 
     def __init__(self, classifier) -> None:
         self.classifier = classifier
         self._visualizers: dict[str, object] = {}
+        self._joint_channels: list[int] | None = None
         self._lock = threading.Lock()  # tf-keras-vis objects are not safe to share across threads
 
     @property
@@ -55,6 +148,9 @@ class Explainer:
             layers = list(get_architecture(self.classifier.architecture).explain_layers)
         return layers
 
+    def _uses_joint_view(self, method: str) -> bool:
+        return method != "scorecam" and self.classifier.architecture in POOLED_HEAD_ARCHITECTURES
+
     def _visualizer(self, method: str):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -65,10 +161,62 @@ class Explainer:
             from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 
             cls = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus, "scorecam": Scorecam}[method]
-            self._visualizers[method] = cls(
-                self.classifier.model, model_modifier=ReplaceToLinear(), clone=True
-            )
+            use_view = self._uses_joint_view(method)
+            view = explain_view(self.classifier.model, self.layers) if use_view else None
+            if view is not None:
+                # The view owns a linear copy of the head: nothing to modify, nothing to clone.
+                self._joint_channels = [
+                    int(self.classifier.model.get_layer(n).output.shape[-1]) for n in self.layers
+                ]
+                self._visualizers[method] = cls(view, model_modifier=None, clone=False)
+            else:
+                self._visualizers[method] = cls(
+                    self.classifier.model, model_modifier=ReplaceToLinear(), clone=True
+                )
         return self._visualizers[method]
+
+    def _joint_maps(
+        self, visualizer, batch: np.ndarray, index: int, method: str
+    ) -> dict[str, np.ndarray]:
+        """All maps from one pass: sample i keeps only map i's gradients.
+
+        Each map is taken back to its own grid (the joint grid repeats it by an integer factor)
+        and expanded to the input size with the same linear zoom tf-keras-vis applies.
+        """
+        import tensorflow as tf
+        from scipy.ndimage import zoom
+        from tf_keras_vis.utils.scores import CategoricalScore
+
+        n = len(self.layers)
+        mask = np.zeros((n, 1, 1, sum(self._joint_channels)), dtype=np.float32)
+        start = 0
+        for i, channels in enumerate(self._joint_channels):
+            mask[i, ..., start : start + channels] = 1.0
+            start += channels
+        mask = tf.constant(mask)
+        cams = visualizer(
+            CategoricalScore([index] * n),
+            np.repeat(batch, n, axis=0),
+            penultimate_layer=JOINT_LAYER,
+            seek_penultimate_conv_layer=False,  # the joint layer is a Concatenate, on purpose
+            gradient_modifier=lambda grads: grads * mask,
+            expand_cam=False,
+            normalize_cam=False,
+        )
+        cams = np.asarray(cams, dtype=np.float32)
+        size = batch.shape[1:3]
+        maps = {}
+        for i, layer in enumerate(self.layers):
+            native = int(self.classifier.model.get_layer(layer).output.shape[1])
+            step = cams.shape[1] // native
+            cam = cams[i, ::step, ::step]
+            if method == "gradcam":
+                # Upsampling spreads each position's gradient over step**2 copies, so Grad-CAM's
+                # mean-gradient weights shrink by step**2 (Grad-CAM++'s weights do not).
+                cam = cam * step**2
+            expanded = zoom(cam, (size[0] / cam.shape[0], size[1] / cam.shape[1]), order=1)
+            maps[layer] = normalize_map(np.nan_to_num(expanded))
+        return maps
 
     def _scorecam_channels(self, layer: str) -> int:
         channels = self.classifier.model.get_layer(layer).output.shape[-1]
@@ -102,10 +250,17 @@ class Explainer:
         maps: dict[str, np.ndarray] = {}
         with self._lock:
             visualizer = self._visualizer(method)
-            for layer in self.layers:
+            if self._joint_channels is not None and self._uses_joint_view(method):
+                maps = self._joint_maps(visualizer, batch, index, method)
+            for layer in [] if maps else self.layers:
                 kwargs = {"max_N": self._scorecam_channels(layer)} if method == "scorecam" else {}
+                # The layer is named on purpose: never let tf-keras-vis seek another one.
                 cam = visualizer(
-                    CategoricalScore([index]), batch, penultimate_layer=layer, **kwargs
+                    CategoricalScore([index]),
+                    batch,
+                    penultimate_layer=layer,
+                    seek_penultimate_conv_layer=False,
+                    **kwargs,
                 )
                 maps[layer] = np.nan_to_num(np.asarray(cam, dtype=np.float32)[0])
         maps["fused"] = normalize_map(np.mean(list(maps.values()), axis=0))
@@ -115,10 +270,9 @@ class Explainer:
 
 
 def normalize_map(heatmap: np.ndarray) -> np.ndarray:
+    """Min-max scale to [0, 1] with the same epsilon as tf-keras-vis (a flat map becomes 0)."""
     low, high = float(np.min(heatmap)), float(np.max(heatmap))
-    if high - low < 1e-12:
-        return np.zeros_like(heatmap, dtype=np.float32)
-    return ((heatmap - low) / (high - low)).astype(np.float32)
+    return ((heatmap - low) / (high - low + 1e-7)).astype(np.float32)
 
 
 def resize_map(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -51,7 +51,7 @@ TRUNKS = {
     ),
     "resnet50": Trunk("ResNet50", None, SCALE_MINUS1_1, "conv5_block3_out", 32),
     "densenet201": Trunk("DenseNet201", None, SCALE_MINUS1_1, "relu", 32),
-    "vgg16": Trunk("VGG16", None, SCALE_MINUS1_1, "block5_conv3", 32),
+    "vgg16": Trunk("VGG16", None, SCALE_MINUS1_1, "block5_pool", 32),
 }
 
 

@@ -97,3 +97,16 @@ def test_explain_command_writes_a_labelled_figure(store_env, tmp_path):
     assert summary["class"] == "monocyte" and summary["maps"][-1] == "fused"
     with Image.open(out) as figure:
         assert figure.width == 4 * 256  # input + two trunk maps + fused
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_fast_explain_view_gives_the_same_maps_as_tf_keras_vis_on_the_full_model(hybrid, method):
+    pixels = hybrid.load(CELL)
+    fast = Explainer(hybrid)
+    reference = Explainer(hybrid)
+    reference._uses_joint_view = lambda _method: False  # plain tf-keras-vis, one layer at a time
+    a = fast.explain_pixels(pixels, method, target="neutrophil")
+    b = reference.explain_pixels(pixels, method, target="neutrophil")
+    assert fast._joint_channels == [2048, 2048]  # the fast path was taken
+    for layer in b.maps:
+        np.testing.assert_allclose(a.maps[layer], b.maps[layer], atol=1e-4)
