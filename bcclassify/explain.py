@@ -175,9 +175,7 @@ class Explainer:
                 )
         return self._visualizers[method]
 
-    def _joint_maps(
-        self, visualizer, batch: np.ndarray, index: int, method: str
-    ) -> dict[str, np.ndarray]:
+    def _joint_maps(self, visualizer, batch: np.ndarray, index: int) -> dict[str, np.ndarray]:
         """All maps from one pass: sample i keeps only map i's gradients.
 
         Each map is taken back to its own grid (the joint grid repeats it by an integer factor)
@@ -210,10 +208,9 @@ class Explainer:
             native = int(self.classifier.model.get_layer(layer).output.shape[1])
             step = cams.shape[1] // native
             cam = cams[i, ::step, ::step]
-            if method == "gradcam":
-                # Upsampling spreads each position's gradient over step**2 copies, so Grad-CAM's
-                # mean-gradient weights shrink by step**2 (Grad-CAM++'s weights do not).
-                cam = cam * step**2
+            # Upsampling spreads each position's gradient over step**2 copies, which shrinks the
+            # channel weights of Grad-CAM and Grad-CAM++ alike by step**2: undo it exactly.
+            cam = cam * step**2
             expanded = zoom(cam, (size[0] / cam.shape[0], size[1] / cam.shape[1]), order=1)
             maps[layer] = normalize_map(np.nan_to_num(expanded))
         return maps
@@ -251,7 +248,7 @@ class Explainer:
         with self._lock:
             visualizer = self._visualizer(method)
             if self._joint_channels is not None and self._uses_joint_view(method):
-                maps = self._joint_maps(visualizer, batch, index, method)
+                maps = self._joint_maps(visualizer, batch, index)
             for layer in [] if maps else self.layers:
                 kwargs = {"max_N": self._scorecam_channels(layer)} if method == "scorecam" else {}
                 # The layer is named on purpose: never let tf-keras-vis seek another one.
