@@ -42,6 +42,9 @@ def _add_train(sub) -> None:
         "uses the architecture's default) and train the rest on cached activations",
     )
     p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run")
+    p.add_argument(
+        "--init-from", metavar="RUN_ID", help="start from another run's final weights (fine-tune)"
+    )
     p.add_argument("--strategy", choices=("auto", "mirrored", "multiworker"), default="auto")
     p.add_argument("--backbone-weights", metavar="DIR", help="folder of ImageNet-derived weights")
     p.add_argument("--limit-per-class", type=int, help="use at most N images per class")

@@ -67,6 +67,7 @@ class TrainConfig:
     backbone_weights: str | None = None
     limit_per_class: int | None = None
     aug_copies: int = 2
+    init_from: str | None = None
     head_epochs: int = 3
     cache_dir: str | None = "cache"
     note: str = ""
@@ -401,7 +402,22 @@ def _fit_one_split(
         )
         if config.arch == "supcon":
             optimizer.build(trainable.trainable_variables)
-    _update_run(run_dir, initialisation=init_record, boundaries=list(boundaries))
+    if config.init_from:
+        # Continue from another run's final model (same architecture and input size).
+        source = runs_dir() / config.init_from / "model.keras"
+        if not source.is_file():
+            raise FileNotFoundError(f"--init-from {config.init_from}: no {source}")
+        stem_before = _weights_digest(stem) if stem is not None else None
+        model.set_weights(keras.models.load_model(source, safe_mode=True).get_weights())
+        if stem is not None and _weights_digest(stem) != stem_before:
+            # Different frozen layers give different cached activations: key the cache on them.
+            init_record["stem_weights_sha256"] = _weights_digest(stem)
+    _update_run(
+        run_dir,
+        initialisation=init_record,
+        init_from=config.init_from,
+        boundaries=list(boundaries),
+    )
 
     y_train, y_val, y_test = (dataset.labels[s] for s in (split.train, split.val, split.test))
     # SupCon augments inside its train step (two views per image), so its feed stays raw.
@@ -525,6 +541,13 @@ def _boundaries(config: TrainConfig, arch) -> tuple[str, ...]:
             raise ValueError(f"{arch.name} has no default --freeze-until boundary; name a layer")
         return arch.finetune_boundaries
     return tuple(s.strip() for s in config.freeze_until.split(",") if s.strip())
+
+
+def _weights_digest(model) -> str:
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        digest.update(np.asarray(variable).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _indices_key(indices: np.ndarray) -> str:
