@@ -213,3 +213,33 @@ def test_supcon_trains_contrastive_then_classifier(tmp_path, monkeypatch):
     stages = [row["stage"] for row in read_csv(run_dir / "history.csv")]
     assert stages == ["contrastive", "supervised"]
     assert read_json(run_dir / "run.json")["status"] == "finished"
+
+
+def test_init_from_starts_from_another_runs_weights(tiny_store, tmp_path, monkeypatch):
+    import shutil
+
+    import keras
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store / "runs", store / "runs")
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    config = TrainConfig(
+        arch="cnn",
+        data=str(FIXTURE_IMAGES),
+        image_size=32,
+        epochs=1,
+        lr=0.0,
+        batch_size=8,
+        augment=False,
+        init_from="fixture-cnn-32px",
+        cache_dir=str(tmp_path / "cache"),
+        run_id="continued",
+    )
+    run_dir = train(config)
+    assert read_json(run_dir / "run.json")["init_from"] == "fixture-cnn-32px"
+    source = keras.models.load_model(store / "runs" / "fixture-cnn-32px" / "model.keras")
+    continued = keras.models.load_model(run_dir / "model.keras")
+    trainable = [w.path for w in continued.trainable_weights]
+    for a, b in zip(source.weights, continued.weights):
+        if a.path in trainable:  # lr 0: trainable weights unchanged (BN statistics may move)
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
