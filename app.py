@@ -306,28 +306,26 @@ def gallery_ui(cells: list[tuple[ui.CellInput, Prediction]], reviewed: dict[str,
                 )
 
 
+def _count_table(rows: list[dict], percent_label: str) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "class": [ui.class_label(r["class"]) for r in rows],
+            "count": [r["count"] for r in rows],
+            percent_label: [round(r["percent"], 1) for r in rows],
+        }
+    )
+
+
 def differential_ui(labels: list[str]) -> None:
     """Counts per class and the leukocyte differential, as a report gives them."""
     counts = differential_count(labels)
     st.subheader(f"Differential count · {counts['total_cells']} cells")
-    all_cells = pd.DataFrame(
-        {
-            "class": [ui.class_label(r["class"]) for r in counts["all_cells"]],
-            "count": [r["count"] for r in counts["all_cells"]],
-            "% of all cells": [round(r["percent"], 1) for r in counts["all_cells"]],
-        }
-    )
+    all_cells = _count_table(counts["all_cells"], "% of all cells")
     left, right = st.columns([2, 3])
     left.dataframe(all_cells, hide_index=True, key="differential_all")
     right.plotly_chart(ui.count_figure(counts["all_cells"], "All cells"), key="count_all")
     st.markdown(f"**Leukocyte differential** ({counts['leukocytes']} leukocytes)")
-    leukocytes = pd.DataFrame(
-        {
-            "class": [ui.class_label(r["class"]) for r in counts["leukocyte_differential"]],
-            "count": [r["count"] for r in counts["leukocyte_differential"]],
-            "% of leukocytes": [round(r["percent"], 1) for r in counts["leukocyte_differential"]],
-        }
-    )
+    leukocytes = _count_table(counts["leukocyte_differential"], "% of leukocytes")
     left, right = st.columns([2, 3])
     left.dataframe(leukocytes, hide_index=True, key="differential_wbc")
     nrbc = counts["erythroblasts_per_100_leukocytes"]

@@ -74,5 +74,23 @@ def store_env(tiny_store) -> dict:
     return {**os.environ, "BCCLASSIFY_STORE": str(tiny_store), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
+def run_cli(args: list[str], env: dict, check: bool = False):
+    """``python -m bcclassify ARGS`` in a subprocess from the repository root."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "bcclassify", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
 def needs_shared_data():
     return pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data/pbc224 not present")

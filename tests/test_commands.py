@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import conftest
 import pytest
 from conftest import FIXTURE_IMAGES, REPO
 
@@ -13,17 +14,7 @@ from bcclassify.store import read_json
 
 
 def run_cli(args, env, check=True):
-    result = subprocess.run(
-        [sys.executable, "-m", "bcclassify", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr[-2000:]
-    return result
+    return conftest.run_cli(args, env, check)
 
 
 def test_evaluate_run_reproduces_the_recorded_test_metrics(tiny_store, store_env):

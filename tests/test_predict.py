@@ -6,12 +6,10 @@ import csv
 import io
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import FIXTURE_IMAGES, REPO
+from conftest import FIXTURE_IMAGES, run_cli
 from test_imaging import ACCEPTED, REFUSED
 
 from bcclassify import CLASS_NAMES
@@ -20,17 +18,6 @@ HEADER = (
     "path,label,confidence,flag,error,basophil,eosinophil,erythroblast,ig,lymphocyte,"
     "monocyte,neutrophil,platelet"
 )
-
-
-def run_cli(args, env):
-    return subprocess.run(
-        [sys.executable, "-m", "bcclassify", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")
