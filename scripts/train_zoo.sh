@@ -1,28 +1,46 @@
 #!/usr/bin/env bash
 # The reference work's model zoo and studies, as bundled-training-module runs (issue 4).
-# Costs come from ../shared/docs/compute.md (2 CPU cores); every run checkpoints each epoch, so
-# `python -m bcclassify train --resume RUN_ID` continues one that a session end interrupted.
-# Architectures without ImageNet weights here (cnn, unet, resnet50, densenet201, vgg16) train from
-# scratch at a smaller input size; their run records say so.
+# Sized from ../shared/docs/compute.md for 2 CPU cores: pretrained trunks fine-tune their top
+# blocks on cached stem activations; the architectures without ImageNet weights here (cnn, unet,
+# resnet50, densenet201, vgg16) train from scratch at a small input size, which their run records
+# say. Every run checkpoints each epoch: `python -m bcclassify train --resume RUN_ID` continues one
+# that a session end interrupted. `all` runs the queue in order of what the app needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/pbc224}
-train() { python -m bcclassify train --data "$DATA" "$@"; }
+PY=${PYTHON:-python}
+train() { "$PY" -m bcclassify train --data "$DATA" "$@"; }
 
-case "${1:-help}" in
-  hybrid)       train --arch hybrid --image-size 128 --epochs 4 --lr 3e-4 --freeze-until auto --aug-copies 1 ;;
-  xception)     train --arch xception --image-size 128 --epochs 4 --lr 3e-4 --freeze-until auto --aug-copies 1 ;;
-  inceptionv3)  train --arch inceptionv3 --image-size 128 --epochs 4 --lr 3e-4 --freeze-until auto --aug-copies 1 ;;
-  mobilenetv2)  train --arch mobilenetv2 --image-size 96 --epochs 6 --lr 1e-3 ;;
-  supcon)       train --arch supcon --image-size 96 --epochs 4 --head-epochs 2 --lr 1e-3 ;;
-  cnn-cv)       train --arch cnn --image-size 48 --epochs 8 --folds 5 ;;
-  unet)         train --arch unet --image-size 48 --epochs 8 ;;
-  resnet50)     train --arch resnet50 --image-size 48 --epochs 6 ;;
-  densenet201)  train --arch densenet201 --image-size 48 --epochs 6 ;;
-  vgg16)        train --arch vgg16 --image-size 48 --epochs 6 ;;
-  smote-study)  train --arch mobilenetv2 --image-size 128 --epochs 4 --no-augment --note "SMOTE study: without"
-                train --arch mobilenetv2 --image-size 128 --epochs 4 --no-augment --smote --note "SMOTE study: with" ;;
-  shuffle-study) train --arch cnn --image-size 48 --epochs 8 --note "shuffle study: shuffled"
-                 train --arch cnn --image-size 48 --epochs 8 --no-shuffle --note "shuffle study: class order" ;;
-  *) echo "usage: $0 hybrid|xception|inceptionv3|mobilenetv2|supcon|cnn-cv|unet|resnet50|densenet201|vgg16|smote-study|shuffle-study" ;;
-esac
+run() {
+  case "$1" in
+    hybrid)       train --arch hybrid --image-size 128 --epochs 4 --lr 3e-4 --freeze-until auto --aug-copies 1 ;;
+    mobilenetv2)  train --arch mobilenetv2 --image-size 96 --epochs 4 --lr 1e-3 ;;
+    xception)     train --arch xception --image-size 128 --epochs 3 --lr 3e-4 --freeze-until auto --aug-copies 1 ;;
+    inceptionv3)  train --arch inceptionv3 --image-size 128 --epochs 3 --lr 3e-4 --freeze-until auto --aug-copies 1 ;;
+    supcon)       train --arch supcon --image-size 96 --epochs 3 --head-epochs 2 --lr 1e-3 ;;
+    cnn-cv)       train --arch cnn --image-size 48 --epochs 5 --folds 5 ;;
+    unet)         train --arch unet --image-size 48 --epochs 5 ;;
+    resnet50)     train --arch resnet50 --image-size 32 --epochs 3 ;;
+    densenet201)  train --arch densenet201 --image-size 32 --epochs 3 ;;
+    vgg16)        train --arch vgg16 --image-size 32 --epochs 3 --lr 1e-4 ;;
+    smote-study)
+      # As the reference: 128 px, no augmentation; MobileNetV2 fine-tuned above block 12 on
+      # cached activations, SMOTE oversampling those activations (training part only).
+      train --arch mobilenetv2 --image-size 128 --epochs 2 --no-augment --freeze-until block_12_add --note "SMOTE study: without SMOTE"
+      train --arch mobilenetv2 --image-size 128 --epochs 2 --no-augment --freeze-until block_12_add --smote --note "SMOTE study: with SMOTE" ;;
+    shuffle-study)
+      train --arch cnn --image-size 48 --epochs 5 --note "shuffle study: shuffled batches"
+      train --arch cnn --image-size 48 --epochs 5 --no-shuffle --note "shuffle study: batches in class order" ;;
+    *) echo "usage: $0 all|hybrid|mobilenetv2|xception|inceptionv3|supcon|cnn-cv|unet|resnet50|densenet201|vgg16|smote-study|shuffle-study" >&2
+       return 2 ;;
+  esac
+}
+
+if [ "${1:-}" = all ]; then
+  for name in mobilenetv2 xception cnn-cv unet supcon inceptionv3 smote-study shuffle-study \
+              resnet50 densenet201 vgg16; do
+    run "$name" || echo "train_zoo: $name failed; going on" >&2
+  done
+else
+  run "${1:-help}"
+fi
