@@ -94,6 +94,14 @@ def _verify(folder: Path, card: dict) -> None:
             )
 
 
+def verify_model_files(name: str | None = None) -> dict:
+    """Check every file of an installed model against its card; returns the card."""
+    folder = models_dir() / resolve_model_name(name)
+    card = read_json(folder / "card.json")
+    _verify(folder, card)
+    return card
+
+
 def installed_model_names() -> list[str]:
     root = models_dir()
     if not root.is_dir():

@@ -1,0 +1,94 @@
+"""The repository's own model_store: what the app and `predict` ship with must be whole.
+
+These checks read files only (no TensorFlow): the cards' checksums, the storage limits, and that
+every shipped run record agrees with itself (metrics recomputed from its predictions.csv).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bcclassify import CLASS_NAMES
+from bcclassify.metrics import classification_metrics
+from bcclassify.store import read_csv, read_json
+
+STORE = Path(__file__).resolve().parent.parent / "model_store"
+MAX_FILE_MB = 95
+MAX_STORE_MB = 300
+
+pytestmark = pytest.mark.skipif(not STORE.is_dir(), reason="no bundled model_store")
+
+
+@pytest.fixture
+def bundled_store(monkeypatch):
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(STORE))
+    return STORE
+
+
+def _models() -> list[Path]:
+    return sorted(p.parent for p in (STORE / "models").glob("*/card.json"))
+
+
+def _scored_records() -> list[Path]:
+    """Every folder under runs/ with test metrics and predictions (a run, or a fold of one)."""
+    return sorted(
+        p.parent
+        for p in (STORE / "runs").rglob("metrics.json")
+        if (p.parent / "predictions.csv").is_file()
+    )
+
+
+def test_the_default_model_is_an_installed_hybrid(bundled_store):
+    from bcclassify.serving import resolve_model_name
+
+    name = resolve_model_name(None)
+    card = read_json(STORE / "models" / name / "card.json")
+    assert card["architecture"] == "hybrid"
+    assert card["class_names"] == list(CLASS_NAMES)
+
+
+@pytest.mark.parametrize("folder", _models(), ids=lambda p: p.name)
+def test_installed_model_files_match_their_card(bundled_store, folder):
+    from bcclassify.serving import verify_model_files
+
+    card = verify_model_files(folder.name)
+    weight_files = {p.name for p in folder.iterdir()} - {"card.json", "bench.json"}
+    assert weight_files == set(card["files_sha256"]), "every weight file is checksummed"
+    assert (STORE / "runs" / card["training_run"] / "metrics.json").is_file()
+    run_metrics = read_json(STORE / "runs" / card["training_run"] / "metrics.json")
+    assert card["test_metrics"]["accuracy"] == pytest.approx(run_metrics["accuracy"])
+
+
+def test_storage_limits():
+    # Checkpoints and run-local model.keras files are git-ignored: count what is shipped.
+    sizes = [
+        p.stat().st_size
+        for p in STORE.rglob("*")
+        if p.is_file() and "checkpoints" not in p.parts and p.name != "model.keras"
+    ]
+    largest = max(sizes) / 2**20
+    assert largest < MAX_FILE_MB, f"a file of {largest:.1f} MB"
+    assert sum(sizes) / 2**20 < MAX_STORE_MB
+
+
+@pytest.mark.parametrize(
+    "record", _scored_records(), ids=lambda p: str(p.relative_to(STORE / "runs"))
+)
+def test_run_metrics_agree_with_their_predictions(record):
+    metrics = read_json(record / "metrics.json")
+    rows = read_csv(record / "predictions.csv")
+    names = metrics["class_names"]
+    index = {name: i for i, name in enumerate(names)}
+    y_true = np.array([index[r["true"]] for r in rows])
+    y_pred = np.array([index[r["predicted"]] for r in rows])
+    recomputed = classification_metrics(y_true, y_pred, names)
+    assert len(rows) == metrics["num_samples"]
+    assert recomputed["confusion_matrix"] == metrics["confusion_matrix"]
+    assert recomputed["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert recomputed["macro_f1"] == pytest.approx(metrics["macro_f1"])
+    probabilities = np.array([[float(r[n]) for n in names] for r in rows])
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    assert (probabilities.argmax(axis=1) == y_pred).all()
