@@ -24,6 +24,7 @@ from .reviews import DATA_DIR_ENV
 from .store import (
     REPO_ROOT,
     default_model_name,
+    initialisation_summary,
     list_models,
     list_runs,
     models_dir,
@@ -170,6 +171,7 @@ def leaderboard() -> pd.DataFrame:
                 "parameters": f"{card['parameters']:,}" if card.get("parameters") else MISSING,
                 "latency ms": MISSING if latency is None else f"{1000 * latency:.0f}",
                 "Grad-CAM ms": MISSING if explain is None else f"{1000 * explain:.0f}",
+                "initialisation": initialisation_summary(card.get("initialisation")) or MISSING,
                 "source": card.get("training_run") or MISSING,
             }
         )
@@ -188,6 +190,7 @@ def leaderboard() -> pd.DataFrame:
                 "parameters": MISSING,
                 "latency ms": MISSING,
                 "Grad-CAM ms": MISSING,
+                "initialisation": run.get("initialisation") or MISSING,
                 "source": f"{run['folds']}-fold CV" if run.get("folds") else "train/test split",
             }
         )
@@ -224,6 +227,7 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
                 "SMOTE": bool(run.get("smote")),
                 "augmentation": bool(run.get("augment")),
                 "shuffle": bool(run.get("shuffle")),
+                "initialisation": run.get("initialisation") or "",
                 "status": run.get("status"),
                 "duration": duration(run.get("duration_s")),
                 "test accuracy": run.get("test_accuracy"),

@@ -101,6 +101,16 @@ def run_is_alive(run: dict) -> bool:
     return True
 
 
+def initialisation_summary(record: dict | None) -> str | None:
+    """One word for a run's per-trunk initialisation record (None when it was not recorded)."""
+    if not record:
+        return None
+    pretrained = [str(v).startswith("pretrained") for v in record.values()]
+    if all(pretrained):
+        return "pretrained"
+    return "partly pretrained" if any(pretrained) else "from scratch"
+
+
 def list_runs() -> list[dict]:
     """Summaries of every run record, newest first (what ``list --json`` prints)."""
     rows = []
@@ -133,6 +143,8 @@ def list_runs() -> list[dict]:
                 "duration_s": metrics.get("duration_s") or run.get("duration_s"),
                 "created": run.get("created"),
                 "note": config.get("note", ""),
+                "initialisation": initialisation_summary(run.get("initialisation")),
+                "init_from": run.get("init_from"),
                 "has_weights": (folder / "model.keras").is_file(),
             }
         )

@@ -1,0 +1,31 @@
+"""Run-record summaries (what `list --json` and the pages show)."""
+
+from __future__ import annotations
+
+from bcclassify.store import initialisation_summary, list_runs, write_json
+
+
+def test_initialisation_summary_names_pretrained_scratch_and_mixed():
+    assert initialisation_summary({"xception": "pretrained: x.h5"}) == "pretrained"
+    assert initialisation_summary({"cnn": "from scratch"}) == "from scratch"
+    mixed = {"inceptionv3": "pretrained: i.h5", "xception": "from scratch (no weights)"}
+    assert initialisation_summary(mixed) == "partly pretrained"
+    assert initialisation_summary(None) is None
+
+
+def test_list_runs_reports_initialisation_and_continuation(tmp_path, monkeypatch):
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path))
+    folder = tmp_path / "runs" / "r1"
+    folder.mkdir(parents=True)
+    write_json(
+        folder / "run.json",
+        {
+            "arch": "resnet50",
+            "status": "finished",
+            "initialisation": {"resnet50": "from scratch (no ImageNet weights available here)"},
+            "init_from": "r0",
+        },
+    )
+    write_json(folder / "config.json", {"image_size": 32, "arch": "resnet50"})
+    [run] = list_runs()
+    assert (run["run_id"], run["initialisation"], run["init_from"]) == ("r1", "from scratch", "r0")
