@@ -245,7 +245,11 @@ def _cmd_promote(args) -> int:
 
 def _add_list(sub) -> None:
     p = sub.add_parser("list", help="training runs and installed models")
-    p.add_argument("--json", action="store_true", help="JSON list of runs")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="JSON list of runs")
+    form.add_argument(
+        "--markdown", action="store_true", help="Markdown tables of runs and models (the README's)"
+    )
 
 
 def _cmd_list(args) -> int:
@@ -255,9 +259,9 @@ def _cmd_list(args) -> int:
     if args.json:
         print(json.dumps(runs, indent=2))
         return EXIT_OK
-
-    def pct(value):
-        return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else "-"
+    if args.markdown:
+        print(markdown_tables(runs, list_models()))
+        return EXIT_OK
 
     print(f"{'run_id':<40}{'arch':<13}{'size':>5} {'status':<10}{'test acc':>9}{'macro F1':>9}")
     for r in runs:
@@ -274,6 +278,103 @@ def _cmd_list(args) -> int:
             f"test accuracy {pct(acc)}, {m.get('size_mb')} MB"
         )
     return EXIT_OK
+
+
+def pct(value) -> str:
+    return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else "-"
+
+
+def _markdown(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown_tables(runs: list[dict], models: list[dict]) -> str:
+    """The runs (finished ones, by architecture) and the installed models with their bench."""
+    from .store import models_dir, read_json
+
+    def yes(flag) -> str:
+        return "yes" if flag else "no"
+
+    finished = sorted(
+        (r for r in runs if r["status"] == "finished"), key=lambda r: (r["arch"], r["created"])
+    )
+    run_rows = [
+        [
+            f"`{r['run_id']}`",
+            r["arch"],
+            r["image_size"],
+            r.get("initialisation") or "-",
+            r["epochs"],
+            f"{r['folds']}-fold CV" if r.get("folds") else "70/30",
+            yes(r["augment"]),
+            yes(r["smote"]),
+            yes(r["shuffle"]),
+            pct(r["test_accuracy"]),
+            pct(r["macro_f1"]),
+            f"{(r['duration_s'] or 0) / 60:.0f} min",
+        ]
+        for r in finished
+    ]
+    model_rows = []
+    for m in models:
+        bench = read_json(models_dir() / m["name"] / "bench.json", {}) or {}
+        metrics = m.get("test_metrics") or {}
+
+        def ms(key, bench=bench) -> str:
+            return f"{1000 * bench[key]:.0f} ms" if key in bench else "-"
+
+        model_rows.append(
+            [
+                f"**{m['name']}** (default)" if m["default"] else m["name"],
+                m.get("architecture"),
+                m.get("image_size"),
+                pct(metrics.get("accuracy")),
+                pct(metrics.get("macro_f1")),
+                f"{m.get('size_mb')} MB",
+                ms("predict_single_s"),
+                ms("explain_single_s"),
+                bench.get("predict_batch_img_per_s", "-"),
+                f"`{m.get('training_run')}`",
+            ]
+        )
+    return "\n\n".join(
+        [
+            _markdown(
+                [
+                    "model",
+                    "architecture",
+                    "input px",
+                    "test accuracy",
+                    "macro-F1",
+                    "size",
+                    "predict (1 image)",
+                    "Grad-CAM (1 image)",
+                    "batch img/s",
+                    "training run",
+                ],
+                model_rows,
+            ),
+            _markdown(
+                [
+                    "run",
+                    "architecture",
+                    "input px",
+                    "initialisation",
+                    "epochs",
+                    "split",
+                    "augment",
+                    "SMOTE",
+                    "shuffle",
+                    "test accuracy",
+                    "macro-F1",
+                    "duration",
+                ],
+                run_rows,
+            ),
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------- explain, bench

@@ -56,6 +56,12 @@ def test_promote_writes_a_verified_card_and_can_set_the_default(tiny_store, stor
     assert read_json(store / "default.json") == {"default": "cnn-b"}
     listing = run_cli(["list"], env).stdout
     assert "cnn-b (default)" in listing and "fixture-cnn-32px" in listing
+    tables = run_cli(["list", "--markdown"], env).stdout.split("\n\n")
+    models_table, runs_table = (t.strip().splitlines() for t in tables)
+    assert models_table[0].startswith("| model | architecture | input px | test accuracy")
+    assert any(row.startswith("| **cnn-b** (default) | cnn | 32 |") for row in models_table[2:])
+    [run_row] = [row for row in runs_table[2:] if "`fixture-cnn-32px`" in row]
+    assert "| cnn | 32 | from scratch | 2 | 70/30 |" in run_row
     refused = run_cli(["promote", "no-such-run", "--name", "x"], env, check=False)
     assert refused.returncode == 2 and "no run" in refused.stderr
 
