@@ -218,6 +218,15 @@ def format_metrics(metrics: dict) -> str:
         + ")",
     ]
     lines += ["  " + " ".join(f"{v:>5d}" for v in row) for row in metrics["confusion_matrix"]]
+    if metrics.get("by_confidence"):
+        lines += ["", "top probability under a threshold: flagged for review; accuracy of the rest"]
+        for row in metrics["by_confidence"]:
+            kept = row["accuracy_of_kept"]
+            lines.append(
+                f"  < {row['threshold']:.2f}: {row['flagged']} flagged "
+                f"({100 * row['flagged_fraction']:.1f}%), accuracy of the rest "
+                + ("-" if kept is None else f"{100 * kept:.2f}%")
+            )
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import load_pixels, scan_dataset, train_val_test_split
-from .metrics import classification_metrics
+from .metrics import classification_metrics, confidence_coverage
 from .serving import DEFAULT_THRESHOLD, card_for_run, export_model, load_model
 from .store import default_model_name, models_dir, read_json, runs_dir, set_default_model
 
@@ -81,7 +81,12 @@ def evaluate(
     probabilities = predict(pixels)
     labels = dataset.labels[indices][kept]
     metrics = classification_metrics(labels, probabilities.argmax(axis=1), dataset.class_names)
-    metrics.update(scope=scope, source=source, data=str(data))
+    metrics.update(
+        scope=scope,
+        source=source,
+        data=str(data),
+        by_confidence=confidence_coverage(labels, probabilities),
+    )
     return metrics
 
 

@@ -85,3 +85,26 @@ def row_normalize(matrix: np.ndarray) -> np.ndarray:
     """Each row divided by its total (recall view of a confusion matrix); empty rows stay 0."""
     matrix = np.asarray(matrix, dtype=np.float64)
     return _safe_divide(matrix, matrix.sum(axis=1, keepdims=True))
+
+
+def confidence_coverage(
+    y_true: np.ndarray, probabilities: np.ndarray, thresholds: tuple[float, ...] = (0.6, 0.8, 0.9)
+) -> list[dict]:
+    """For each threshold: how many cells fall under it (flagged for review, as an analyser's
+    "unidentified" cells) and the accuracy on the cells kept."""
+    y_true = np.asarray(y_true)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    top = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == y_true
+    rows = []
+    for threshold in thresholds:
+        kept = top >= threshold
+        rows.append(
+            {
+                "threshold": float(threshold),
+                "flagged": int((~kept).sum()),
+                "flagged_fraction": float((~kept).mean()) if len(top) else 0.0,
+                "accuracy_of_kept": float(correct[kept].mean()) if kept.any() else None,
+            }
+        )
+    return rows

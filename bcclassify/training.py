@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import Dataset, Split, cached_pixels, kfold_splits, scan_dataset, train_val_test_split
-from .metrics import classification_metrics, summarize_folds
+from .metrics import classification_metrics, confidence_coverage, summarize_folds
 from .store import read_json, runs_dir, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -526,6 +526,7 @@ def _fit_one_split(
         best_epoch=state["best_epoch"],
         best_val_accuracy=state["best_val_accuracy"],
         split_sizes=split.sizes(),
+        by_confidence=confidence_coverage(y_test, probabilities),
     )
     _write_predictions(run_dir, dataset, split.test, probabilities)
     model.save(run_dir / "model.keras")

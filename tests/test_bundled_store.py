@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bcclassify import CLASS_NAMES
-from bcclassify.metrics import classification_metrics
+from bcclassify.metrics import classification_metrics, confidence_coverage
 from bcclassify.store import read_csv, read_json
 
 STORE = Path(__file__).resolve().parent.parent / "model_store"
@@ -92,3 +92,9 @@ def test_run_metrics_agree_with_their_predictions(record):
     probabilities = np.array([[float(r[n]) for n in names] for r in rows])
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
     assert (probabilities.argmax(axis=1) == y_pred).all()
+    if "by_confidence" in metrics:  # recorded by runs since 2026-11-26
+        thresholds = tuple(row["threshold"] for row in metrics["by_confidence"])
+        recomputed = confidence_coverage(y_true, probabilities, thresholds)
+        assert [r["flagged"] for r in recomputed] == [
+            r["flagged"] for r in metrics["by_confidence"]
+        ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -37,6 +38,7 @@ def test_evaluate_model_on_another_folder_scores_every_image(store_env, tmp_path
     result = run_cli(["evaluate", "--model", "tiny-cnn", "--data", str(folder)], store_env)
     assert "every image in the folder (2 images)" in result.stdout
     assert "confusion matrix" in result.stdout
+    assert re.search(r"< 0\.60: \d+ flagged \(\d+\.\d%\)", result.stdout)
 
 
 def test_promote_writes_a_verified_card_and_can_set_the_default(tiny_store, store_env, tmp_path):

@@ -8,6 +8,7 @@ from sklearn import metrics as skm
 
 from bcclassify.metrics import (
     classification_metrics,
+    confidence_coverage,
     confusion_matrix,
     row_normalize,
     summarize_folds,
@@ -48,6 +49,23 @@ def test_known_small_case():
     assert matrix.tolist() == [[1, 1], [0, 2]]
     np.testing.assert_allclose(row_normalize(matrix), [[0.5, 0.5], [0.0, 1.0]])
     np.testing.assert_allclose(row_normalize(np.zeros((2, 2))), np.zeros((2, 2)))
+
+
+def test_confidence_coverage_flags_low_top_probabilities():
+    probabilities = np.array(
+        [
+            [0.95, 0.05],  # right, confident
+            [0.70, 0.30],  # right, under 0.8
+            [0.20, 0.80],  # wrong, exactly 0.8: kept at 0.8
+            [0.55, 0.45],  # wrong, under 0.6
+        ]
+    )
+    y_true = np.array([0, 0, 0, 1])
+    at_06, at_08, at_099 = confidence_coverage(y_true, probabilities, (0.6, 0.8, 0.99))
+    assert (at_06["flagged"], at_06["accuracy_of_kept"]) == (1, pytest.approx(2 / 3))
+    assert (at_08["flagged"], at_08["accuracy_of_kept"]) == (2, pytest.approx(1 / 2))
+    assert at_08["flagged_fraction"] == pytest.approx(0.5)
+    assert (at_099["flagged"], at_099["accuracy_of_kept"]) == (4, None)
 
 
 def test_shape_mismatch_is_refused():
