@@ -14,10 +14,10 @@ train() { "$PY" -m bcclassify train --data "$DATA" "$@"; }
 run() {
   case "$1" in
     hybrid)       train --arch hybrid --image-size 128 --epochs 4 --lr 3e-4 --freeze-until auto --aug-copies 1 ;;
-    mobilenetv2)  train --arch mobilenetv2 --image-size 96 --epochs 3 --lr 1e-3 --freeze-bn ;;
+    mobilenetv2)  train --arch mobilenetv2 --image-size 96 --epochs 3 --lr 1e-4 --freeze-bn ;;
     xception)     train --arch xception --image-size 128 --epochs 3 --lr 3e-4 --freeze-until auto --aug-copies 1 ;;
     inceptionv3)  train --arch inceptionv3 --image-size 128 --epochs 3 --lr 3e-4 --freeze-until auto --aug-copies 1 ;;
-    supcon)       train --arch supcon --image-size 96 --epochs 2 --head-epochs 1 --lr 1e-3 --freeze-bn ;;
+    supcon)       train --arch supcon --image-size 96 --epochs 2 --head-epochs 1 --lr 1e-4 --freeze-bn ;;
     cnn-cv)       train --arch cnn --image-size 48 --epochs 5 --folds 5 ;;
     unet)         train --arch unet --image-size 48 --epochs 5 ;;
     resnet50)     train --arch resnet50 --image-size 32 --epochs 3 ;;
