@@ -120,8 +120,20 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+# run folder -> (duration recorded by earlier processes, this process's start): every update
+# refreshes duration_s, so a run killed with kill -9 still accounts for its time up to then.
+_CLOCKS: dict[str, tuple[float, float]] = {}
+
+
+def _elapsed(run_dir: Path) -> float:
+    before, started = _CLOCKS[str(run_dir)]
+    return round(before + time.time() - started, 1)
+
+
 def _update_run(run_dir: Path, **changes) -> dict:
     run = read_json(run_dir / "run.json", {}) or {}
+    if str(run_dir) in _CLOCKS and "duration_s" not in changes:
+        changes["duration_s"] = _elapsed(run_dir)
     run.update(changes, updated=_now())
     write_json(run_dir / "run.json", run)
     return run
@@ -672,7 +684,8 @@ def train(config: TrainConfig) -> Path:
                 "epochs_done": 0,
             },
         )
-    started = time.time()
+    previous = (read_json(run_dir / "run.json", {}) or {}).get("duration_s", 0.0) or 0.0
+    _CLOCKS[str(run_dir)] = (float(previous), time.time())
     try:
         pixels, kept = cached_pixels(
             dataset, image_size, Path(config.cache_dir) / "pixels" if config.cache_dir else None
@@ -701,19 +714,11 @@ def train(config: TrainConfig) -> Path:
             }
         else:
             metrics = _fit_one_split(run_dir, config, dataset, splits[0], pixels)
-        previous = (read_json(run_dir / "run.json", {}) or {}).get("duration_s", 0.0) or 0.0
-        duration = previous + time.time() - started
-        metrics["duration_s"] = round(duration, 1)
+        metrics["duration_s"] = _elapsed(run_dir)
         write_json(run_dir / "metrics.json", metrics)
-        _update_run(run_dir, status="finished", duration_s=round(duration, 1), finished=_now())
+        _update_run(run_dir, status="finished", finished=_now())
     except BaseException as exc:
-        previous = (read_json(run_dir / "run.json", {}) or {}).get("duration_s", 0.0) or 0.0
-        _update_run(
-            run_dir,
-            status="failed",
-            error=f"{type(exc).__name__}: {exc}",
-            duration_s=round(previous + time.time() - started, 1),
-        )
+        _update_run(run_dir, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     return run_dir
 

@@ -108,6 +108,9 @@ def test_resume_after_kill_minus_nine(tmp_path, store_env):
         process.wait(30)
     interrupted = read_json(run_dir / "run.json")
     assert interrupted["status"] == "running"  # killed: never got to write anything else
+    # the time spent before the kill is on record, and the resumed run adds to it
+    killed_after = interrupted["duration_s"]
+    assert killed_after > 0
     done_before = len(read_csv(run_dir / "history.csv"))
     assert done_before >= 2
     config_before = read_json(run_dir / "config.json")
@@ -122,7 +125,9 @@ def test_resume_after_kill_minus_nine(tmp_path, store_env):
     assert result.returncode == 0, result.stderr[-2000:]
     history = read_csv(run_dir / "history.csv")
     assert [int(float(r["epoch"])) for r in history] == list(range(1, 21))
-    assert read_json(run_dir / "run.json")["status"] == "finished"
+    finished = read_json(run_dir / "run.json")
+    assert finished["status"] == "finished" and finished["duration_s"] > killed_after
+    assert read_json(run_dir / "metrics.json")["duration_s"] == finished["duration_s"]
     assert read_json(run_dir / "config.json")["split_sizes"] == config_before["split_sizes"]
 
 
