@@ -34,7 +34,7 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--freeze-bn",
         action="store_true",
-        help="keep pretrained trunks' batch-norm statistics fixed while fine-tuning",
+        help="keep pretrained trunks' batch-norm statistics fixed (use a small --lr, e.g. 1e-4)",
     )
     p.add_argument("--folds", type=int, default=0, help="stratified K-fold cross-validation")
     p.add_argument(

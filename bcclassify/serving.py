@@ -302,6 +302,7 @@ def card_for_run(run_dir: Path, name: str, threshold: float = DEFAULT_THRESHOLD)
                 "shuffle",
                 "seed",
                 "freeze_until",
+                "freeze_bn",
                 "aug_copies",
             )
         },
