@@ -6,6 +6,7 @@ import csv
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,9 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.paths)
 
-    @property
+    @cached_property
     def relative_paths(self) -> list[str]:
+        # cached: callers index it per row (predictions.csv), and datasets are never mutated
         return [p.relative_to(self.root).as_posix() for p in self.paths]
 
     def manifest_hash(self) -> str:

@@ -610,12 +610,11 @@ def _read_history(run_dir: Path) -> list[dict]:
 
 def _write_predictions(run_dir: Path, dataset: Dataset, indices, probabilities) -> None:
     names = dataset.class_names
-    relative_paths = dataset.relative_paths  # a property that walks every path: once, not per row
     rows = []
     for i, probs in zip(indices, probabilities):
         rows.append(
             [
-                relative_paths[i],
+                dataset.relative_paths[i],
                 names[dataset.labels[i]],
                 names[int(np.argmax(probs))],
                 *[f"{p:.6f}" for p in probs],
