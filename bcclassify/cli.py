@@ -36,6 +36,14 @@ def _add_train(sub) -> None:
         action="store_true",
         help="keep pretrained trunks' batch-norm statistics fixed (use a small --lr, e.g. 1e-4)",
     )
+    p.add_argument(
+        "--center-crop",
+        type=float,
+        default=1.0,
+        metavar="FRACTION",
+        help="the network sees only the central FRACTION of its input (a layer in the model; "
+        "PBC crops centre the cell, so 0.75 gives it more pixels at the same cost)",
+    )
     p.add_argument("--folds", type=int, default=0, help="stratified K-fold cross-validation")
     p.add_argument(
         "--no-shuffle", dest="shuffle", action="store_false", help="training batches in class order"

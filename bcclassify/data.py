@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -256,7 +257,8 @@ def cached_pixels(
         with np.load(target) as stored:
             return stored["pixels"], stored["kept"]
     pixels, kept = load_pixels(dataset.paths, image_size, progress=True)
-    partial = target.with_suffix(".tmp.npz")
+    # Per-process temporary name: two runs filling the same cache never write one file.
+    partial = target.with_name(f"{target.stem}.{os.getpid()}.tmp.npz")
     np.savez(partial, pixels=pixels, kept=kept)
     partial.replace(target)  # atomic: a killed process never leaves a half-written cache
     return pixels, kept

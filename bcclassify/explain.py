@@ -260,10 +260,36 @@ class Explainer:
                     **kwargs,
                 )
                 maps[layer] = np.nan_to_num(np.asarray(cam, dtype=np.float32)[0])
+        seen = seen_side(self.classifier.model)
+        if seen is not None:
+            # The maps cover only the centre the network saw; tf-keras-vis stretched them over
+            # the whole input, so put them back where they belong.
+            maps = {k: place_in_frame(v, seen, batch.shape[1]) for k, v in maps.items()}
         maps["fused"] = normalize_map(np.mean(list(maps.values()), axis=0))
         if output_size is not None:
             maps = {k: resize_map(v, output_size) for k, v in maps.items()}
         return Explanation(method, index, names[index], float(probs[index]), maps)
+
+
+def seen_side(model) -> int | None:
+    """Side of the central square a centre-cropping model sees; None without a crop layer."""
+    from .models import CENTER_CROP_LAYER
+
+    try:
+        return int(model.get_layer(CENTER_CROP_LAYER).output.shape[1])
+    except ValueError:
+        return None
+
+
+def place_in_frame(heatmap: np.ndarray, seen: int, frame: int) -> np.ndarray:
+    """A map of the central ``seen`` square, placed in a ``frame`` square (zero outside).
+
+    Keras's CenterCrop starts at (frame - seen) // 2 on both axes.
+    """
+    framed = np.zeros((frame, frame), dtype=np.float32)
+    start = (frame - seen) // 2
+    framed[start : start + seen, start : start + seen] = resize_map(heatmap, (seen, seen))
+    return framed
 
 
 def normalize_map(heatmap: np.ndarray) -> np.ndarray:

@@ -274,7 +274,9 @@ def card_for_run(run_dir: Path, name: str, threshold: float = DEFAULT_THRESHOLD)
         "architecture": arch.name,
         "description": arch.description,
         "image_size": config["image_size"],
-        "input": "RGB pixels 0-255, float32, shape (N, S, S, 3); scaling is inside the model",
+        "center_crop": config.get("center_crop", 1.0),
+        "input": "RGB pixels 0-255, float32, shape (N, S, S, 3); scaling (and any centre crop) "
+        "is inside the model",
         "preprocessing": {t: TRUNKS[t].scaling for t in arch.trunks}
         or {"model": "x / 127.5 - 1 (range [-1, 1])"},
         "resize": "Lanczos to S x S (bcclassify.imaging.load_image)",
@@ -303,6 +305,7 @@ def card_for_run(run_dir: Path, name: str, threshold: float = DEFAULT_THRESHOLD)
                 "seed",
                 "freeze_until",
                 "freeze_bn",
+                "center_crop",
                 "aug_copies",
             )
         },

@@ -64,6 +64,7 @@ class TrainConfig:
     seed: int = 42
     freeze_until: str | None = None
     freeze_bn: bool = False
+    center_crop: float = 1.0
     strategy: str = "auto"
     backbone_weights: str | None = None
     limit_per_class: int | None = None
@@ -362,7 +363,7 @@ def _stem_activations(
         result = [result] if not isinstance(result, list) else result
         parts = [np.asarray(r, dtype=np.float16) for r in result]
         if target is not None:
-            partial = target.with_name(target.stem + ".tmp.npz")
+            partial = target.with_name(f"{target.stem}.{os.getpid()}.tmp.npz")
             np.savez(partial, *parts)
             partial.replace(target)
         outputs.append(parts)
@@ -397,7 +398,12 @@ def _fit_one_split(
     init_record: dict = {}
     with strategy.scope():
         model = build(
-            config.arch, image_size, len(dataset.class_names), config.backbone_weights, init_record
+            config.arch,
+            image_size,
+            len(dataset.class_names),
+            config.backbone_weights,
+            init_record,
+            center_crop=config.center_crop,
         )
         if config.freeze_bn:
             _freeze_pretrained_batch_norm(model, init_record)
@@ -588,10 +594,10 @@ def _indices_key(indices: np.ndarray) -> str:
 
 
 def _activation_cache(config, dataset, image_size, boundaries, init_record) -> Path:
-    key = json.dumps(
-        [config.arch, image_size, list(boundaries), init_record, dataset.manifest_hash()],
-        sort_keys=True,
-    )
+    parts = [config.arch, image_size, list(boundaries), init_record, dataset.manifest_hash()]
+    if config.center_crop < 1.0:  # appended only when set, so existing caches keep their keys
+        parts.append(config.center_crop)
+    key = json.dumps(parts, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     root = Path(config.cache_dir or "cache") / "activations" / f"{config.arch}-{digest}"
     return root
@@ -628,7 +634,8 @@ def _write_predictions(run_dir: Path, dataset: Dataset, indices, probabilities) 
 
 def new_run_id(config: TrainConfig, image_size: int) -> str:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{config.arch}-{image_size}px"
+    crop = f"-crop{round(config.center_crop * 100)}" if config.center_crop < 1.0 else ""
+    return f"{stamp}-{config.arch}-{image_size}px{crop}"
 
 
 def train(config: TrainConfig) -> Path:

@@ -140,3 +140,21 @@ def test_fast_hybrid_maps_equal_plain_tf_keras_vis(hybrid, method):
             np.testing.assert_allclose(fast.maps[layer], cam, atol=2e-3)
             compared[layer] += bool(cam.max() > 0.5)
     assert all(compared.values()), compared
+
+
+def test_centre_cropping_model_maps_cover_only_the_centre(tmp_path):
+    """Maps of a centre-cropping model sit on the square it saw, zero around it."""
+    from bcclassify.models import build
+    from bcclassify.serving import ClassifierModel
+
+    model = build("cnn", 64, weights="none", center_crop=0.5)
+    classifier = ClassifierModel("crop", tmp_path, {"image_size": 64, "architecture": "cnn"}, model)
+    pixels = np.asarray(Image.open(CELL).convert("RGB").resize((64, 64)))
+    for method in ("gradcam", "scorecam"):
+        explanation = Explainer(classifier).explain_pixels(pixels, method)
+        for heatmap in explanation.maps.values():
+            assert heatmap.shape == (64, 64)
+            inside, outside = heatmap[16:48, 16:48], heatmap.copy()
+            outside[16:48, 16:48] = 0.0
+            assert np.all(outside == 0.0)
+            assert inside.max() > 0.5  # the normalised map peaks inside the seen square

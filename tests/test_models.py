@@ -111,3 +111,34 @@ def test_keras_round_trip_is_identical_in_a_fresh_process(tmp_path):
 
 def test_registry_lists_every_reference_architecture():
     assert set(REGISTRY) == set(ARCHITECTURES)
+
+
+def test_centre_crop_model_sees_only_the_centre_of_its_input():
+    cropping = build("cnn", 48, weights="none", center_crop=0.75)
+    assert cropping.input_shape == (None, 48, 48, 3)  # serving feeds whole 48 px images
+    plain = build("cnn", 36, weights="none")
+    plain.set_weights(cropping.get_weights())
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 255, (3, 48, 48, 3)).astype("float32")
+    centre = x[:, 6:42, 6:42]  # (48 - 36) // 2 = 6 on each side
+    np.testing.assert_allclose(
+        np.asarray(cropping(x, training=False)),
+        np.asarray(plain(centre, training=False)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    border_changed = x.copy()
+    border_changed[:, :6] = 0.0
+    border_changed[:, :, 42:] = 255.0
+    np.testing.assert_allclose(
+        np.asarray(cropping(border_changed, training=False)),
+        np.asarray(cropping(x, training=False)),
+        rtol=1e-6,
+    )
+
+
+def test_centre_crop_is_checked():
+    with pytest.raises(ValueError, match="center_crop"):
+        build("cnn", 48, weights="none", center_crop=1.5)
+    with pytest.raises(ValueError, match=r"0.75 of 80 px"):
+        build("xception", 80, weights="none", center_crop=0.75)  # sees 60 px < 71

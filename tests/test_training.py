@@ -273,3 +273,28 @@ def test_freeze_bn_keeps_pretrained_statistics_and_spares_scratch_layers():
     model.train_on_batch(rng.uniform(0, 255, (4, 32, 32, 3)), np.arange(4))
     for layer, mean in zip(norms, before):
         np.testing.assert_array_equal(np.array(layer.moving_mean), mean)
+
+
+def test_centre_crop_run_is_recorded_and_served_with_the_crop(tmp_path, monkeypatch):
+    from bcclassify.evaluation import promote
+    from bcclassify.serving import load_model
+
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path / "store"))
+    config = TrainConfig(
+        arch="cnn",
+        data=str(FIXTURE_IMAGES),
+        image_size=40,
+        center_crop=0.8,
+        epochs=1,
+        batch_size=8,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    run_dir = train(config)
+    assert run_dir.name.endswith("-cnn-40px-crop80")
+    assert read_json(run_dir / "config.json")["center_crop"] == 0.8
+    promote(run_dir.name, "cropped")
+    classifier = load_model("cropped")
+    assert classifier.card["center_crop"] == 0.8 and classifier.image_size == 40
+    assert classifier.model.get_layer("center_crop").output.shape[1] == 32
+    results = classifier.classify([(p.name, p) for p in sorted(FIXTURE_IMAGES.rglob("*.jpg"))[:3]])
+    assert all(r.error is None and r.label in classifier.class_names for r in results)
