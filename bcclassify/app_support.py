@@ -19,6 +19,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from . import CLASS_LABELS, CLASS_NAMES
+from .imaging import input_label
 from .metrics import per_class_scores, row_normalize
 from .reviews import DATA_DIR_ENV
 from .store import (
@@ -142,7 +143,8 @@ def model_cards() -> dict[str, dict]:
 def model_summary(card: dict) -> str:
     metrics = card.get("test_metrics") or {}
     return (
-        f"{card.get('architecture', '?')} · {card.get('image_size', '?')} px input · "
+        f"{card.get('architecture', '?')} · "
+        f"{input_label(card.get('image_size'), card.get('center_crop'))} px input · "
         f"test accuracy {percent(metrics.get('accuracy'))}"
     )
 
@@ -164,7 +166,7 @@ def leaderboard() -> pd.DataFrame:
                 "kind": "model",
                 "name": name + (" (default)" if card.get("default") else ""),
                 "architecture": card.get("architecture"),
-                "input px": card.get("image_size"),
+                "input px": input_label(card.get("image_size"), card.get("center_crop")),
                 "test accuracy": percent(metrics.get("accuracy"), 2),
                 "macro-F1": percent(metrics.get("macro_f1"), 2),
                 "size MB": MISSING if card.get("size_mb") is None else f"{card['size_mb']:.1f}",
@@ -183,7 +185,7 @@ def leaderboard() -> pd.DataFrame:
                 "kind": "run",
                 "name": run["run_id"],
                 "architecture": run.get("arch"),
-                "input px": run.get("image_size"),
+                "input px": input_label(run.get("image_size"), run.get("center_crop")),
                 "test accuracy": percent(run.get("test_accuracy"), 2),
                 "macro-F1": percent(run.get("macro_f1"), 2),
                 "size MB": MISSING,
@@ -221,7 +223,7 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
             {
                 "run id": run["run_id"],
                 "architecture": run.get("arch"),
-                "input px": run.get("image_size"),
+                "input px": input_label(run.get("image_size"), run.get("center_crop")),
                 "epochs": run.get("epochs"),
                 "folds": run.get("folds") or 0,
                 "SMOTE": bool(run.get("smote")),

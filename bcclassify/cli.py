@@ -314,6 +314,7 @@ def _markdown(header: list[str], rows: list[list]) -> str:
 
 def markdown_tables(runs: list[dict], models: list[dict]) -> str:
     """The runs (finished ones, by architecture) and the installed models with their bench."""
+    from .imaging import input_label
     from .store import models_dir, read_json
 
     def yes(flag) -> str:
@@ -326,7 +327,7 @@ def markdown_tables(runs: list[dict], models: list[dict]) -> str:
         [
             f"`{r['run_id']}`",
             r["arch"],
-            r["image_size"],
+            input_label(r["image_size"], r.get("center_crop")),
             r.get("initialisation") or "-",
             r["epochs"],
             f"{r['folds']}-fold CV" if r.get("folds") else "70/30",
@@ -351,7 +352,7 @@ def markdown_tables(runs: list[dict], models: list[dict]) -> str:
             [
                 f"**{m['name']}** (default)" if m["default"] else m["name"],
                 m.get("architecture"),
-                m.get("image_size"),
+                input_label(m.get("image_size"), m.get("center_crop")),
                 pct(metrics.get("accuracy")),
                 pct(metrics.get("macro_f1")),
                 f"{m.get('size_mb')} MB",

@@ -27,6 +27,20 @@ RESAMPLE = Image.Resampling.LANCZOS
 ImageSource = str | Path | bytes | BinaryIO
 
 
+def cropped_size(image_size: int, center_crop: float) -> int:
+    """Side of the central square a model with ``center_crop`` sees of an ``image_size`` input."""
+    return int(round(image_size * center_crop))
+
+
+def input_label(image_size: int | None, center_crop: float | None = 1.0) -> str:
+    """How tables show a model's input: ``128``, or ``171 (centre 128)`` for a cropping model."""
+    if not image_size:
+        return "-"
+    if center_crop and center_crop < 1.0:
+        return f"{image_size} (centre {cropped_size(image_size, center_crop)})"
+    return str(image_size)
+
+
 class ImageLoadError(ValueError):
     """An input that is not an acceptable cell image. The message names the file and the rule."""
 

@@ -17,6 +17,7 @@ import keras
 from keras import layers
 
 from . import ARCHITECTURES, CLASS_NAMES
+from .imaging import cropped_size
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +119,6 @@ def _trunk(key: str, inputs, weights_dir: Path | None, init_record: dict):
 
 
 CENTER_CROP_LAYER = "center_crop"
-
-
-def cropped_size(image_size: int, center_crop: float) -> int:
-    """Side of the central square the network sees, for an input of ``image_size``."""
-    return int(round(image_size * center_crop))
 
 
 def _inputs(image_size: int, center_crop: float):

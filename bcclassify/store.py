@@ -129,6 +129,7 @@ def list_runs() -> list[dict]:
                 "run_id": folder.name,
                 "arch": run.get("arch") or config.get("arch"),
                 "image_size": config.get("image_size"),
+                "center_crop": config.get("center_crop", 1.0),
                 "status": run.get("status"),
                 # a "running" record whose process is gone was interrupted: resume it
                 "interrupted": run.get("status") == "running" and not run_is_alive(run),

@@ -53,8 +53,8 @@ elif [ "${1:-}" = lanes ]; then
   # Two queues, each pinned to one core: small from-scratch models use two threads poorly, so
   # two one-core runs side by side finish sooner than the same runs one after another.
   mkdir -p logs
-  taskset -c 0 bash "$SELF" queue ${LANE_A:-cnn-cv shuffle-study unet vgg16} > logs/zoo-lane-a.log 2>&1 &
-  taskset -c 1 bash "$SELF" queue ${LANE_B:-resnet50 densenet201 smote-study inceptionv3 supcon} \
+  taskset -c 0 bash "$SELF" queue ${LANE_A:-cnn-cv shuffle-study unet vgg16 supcon} > logs/zoo-lane-a.log 2>&1 &
+  taskset -c 1 bash "$SELF" queue ${LANE_B:-resnet50 smote-study densenet201 inceptionv3} \
     > logs/zoo-lane-b.log 2>&1 &
   wait
 elif [ "${1:-}" = queue ]; then

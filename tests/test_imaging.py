@@ -125,3 +125,12 @@ def test_collect_paths_recurses_sorts_and_skips_hidden(tmp_path):
         (tmp_path / rel).write_bytes(b"x")
     found = collect_image_paths([tmp_path])
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.png", "b/2.png"]
+
+
+def test_input_label_names_the_centre_a_cropping_model_sees():
+    from bcclassify.imaging import cropped_size, input_label
+
+    assert input_label(128) == "128" and input_label(128, 1.0) == "128"
+    assert cropped_size(171, 0.75) == 128
+    assert input_label(171, 0.75) == "171 (centre 128)"
+    assert input_label(None) == "-"

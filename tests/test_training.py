@@ -292,6 +292,11 @@ def test_centre_crop_run_is_recorded_and_served_with_the_crop(tmp_path, monkeypa
     run_dir = train(config)
     assert run_dir.name.endswith("-cnn-40px-crop80")
     assert read_json(run_dir / "config.json")["center_crop"] == 0.8
+    listed = {r["run_id"]: r for r in list_runs()}[run_dir.name]
+    assert listed["center_crop"] == 0.8
+    from bcclassify.cli import markdown_tables
+
+    assert f"| `{run_dir.name}` | cnn | 40 (centre 32) |" in markdown_tables([listed], [])
     promote(run_dir.name, "cropped")
     classifier = load_model("cropped")
     assert classifier.card["center_crop"] == 0.8 and classifier.image_size == 40
