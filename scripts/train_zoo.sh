@@ -21,15 +21,15 @@ run() {
     mobilenetv2)  train --arch mobilenetv2 --image-size 96 --epochs 3 --lr 1e-4 --freeze-bn ;;
     xception)     train --arch xception --image-size 128 --epochs 3 --lr 3e-4 --freeze-until auto --aug-copies 1 ;;
     inceptionv3)  train --arch inceptionv3 --image-size 128 --epochs 2 --lr 3e-4 --freeze-until auto --aug-copies 1 ;;
-    supcon)       train --arch supcon --image-size 96 --epochs 2 --head-epochs 1 --lr 1e-4 --freeze-bn ;;
+    supcon)       train --arch supcon --image-size 64 --epochs 2 --head-epochs 1 --lr 1e-4 --freeze-bn ;;
     # From scratch: 32 px and 2-3 epochs. At 48 px one CNN epoch took 200 s on 2 cores, so 5 folds
     # x 5 epochs would take 80 minutes; 32 px costs (32/48)^2 = 0.44 of that per epoch. The deep
-    # from-scratch nets barely get faster below 64 px (per-layer overhead: ResNet50 at 32 px took
-    # 15 minutes an epoch on one core), hence DenseNet-201's 2 epochs.
+    # from-scratch nets barely get faster below 64 px (per-layer overhead: on one core an epoch
+    # took 15 minutes for ResNet50 and 21 for VGG-16 at 32 px), hence DenseNet-201's one epoch.
     cnn-cv)       train --arch cnn --image-size 32 --epochs 3 --folds 5 ;;
     unet)         train --arch unet --image-size 32 --epochs 3 ;;
     resnet50)     train --arch resnet50 --image-size 32 --epochs 3 ;;
-    densenet201)  train --arch densenet201 --image-size 32 --epochs 2 ;;
+    densenet201)  train --arch densenet201 --image-size 32 --epochs 1 ;;
     vgg16)        train --arch vgg16 --image-size 32 --epochs 3 --lr 1e-4 ;;
     smote-study)
       # As the reference: 128 px, no augmentation; MobileNetV2 fine-tuned above block 12 on
@@ -58,8 +58,8 @@ elif [ "${1:-}" = lanes ]; then
   # Two queues, each pinned to one core: small from-scratch models use two threads poorly, so
   # two one-core runs side by side finish sooner than the same runs one after another.
   mkdir -p logs
-  taskset -c 0 bash "$SELF" queue ${LANE_A:-cnn-cv shuffle-study unet vgg16 supcon} > logs/zoo-lane-a.log 2>&1 &
-  taskset -c 1 bash "$SELF" queue ${LANE_B:-resnet50 smote-study inceptionv3 densenet201} \
+  taskset -c 0 bash "$SELF" queue ${LANE_A:-cnn-cv shuffle-study unet vgg16} > logs/zoo-lane-a.log 2>&1 &
+  taskset -c 1 bash "$SELF" queue ${LANE_B:-resnet50 smote-study inceptionv3 supcon densenet201} \
     > logs/zoo-lane-b.log 2>&1 &
   wait
 elif [ "${1:-}" = queue ]; then
