@@ -63,6 +63,12 @@ def _add_train(sub) -> None:
     p.add_argument("--limit-per-class", type=int, help="use at most N images per class")
     p.add_argument("--aug-copies", type=int, default=2, help="augmented copies (cached mode)")
     p.add_argument("--head-epochs", type=int, default=3, help="supcon: classifier epochs")
+    p.add_argument(
+        "--head-lr",
+        type=float,
+        help="supcon: peak learning rate of the linear classifier on the frozen embedding "
+        "(default: --lr; a linear probe wants a larger one than the encoder)",
+    )
     p.add_argument("--cache-dir", default="cache", help="where decoded pixels/activations go")
     p.add_argument("--note", default="", help="free text kept in the run record")
     p.add_argument("--run-id", help="name for the run folder (default: time-arch-size)")

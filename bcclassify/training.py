@@ -71,6 +71,7 @@ class TrainConfig:
     aug_copies: int = 2
     init_from: str | None = None
     head_epochs: int = 3
+    head_lr: float | None = None  # supcon classifier stage; None: the same as lr
     cache_dir: str | None = "cache"
     note: str = ""
     run_id: str | None = None
@@ -485,12 +486,12 @@ def _fit_one_split(
         if supcon:
             trainable.set_stage("contrastive" if in_contrastive_stage else "classifier")
             # each stage gets its own cosine cycle
-            stage_epoch, stage_len = (
-                (epoch, config.epochs)
+            stage_epoch, stage_len, stage_lr = (
+                (epoch, config.epochs, config.lr)
                 if in_contrastive_stage
-                else (epoch - config.epochs, config.head_epochs)
+                else (epoch - config.epochs, config.head_epochs, config.head_lr or config.lr)
             )
-            lr = cosine_lr(config.lr, stage_epoch, stage_len)
+            lr = cosine_lr(stage_lr, stage_epoch, stage_len)
         else:
             lr = cosine_lr(config.lr, epoch, config.epochs)
         optimizer.learning_rate.assign(lr)

@@ -209,14 +209,18 @@ def test_supcon_trains_contrastive_then_classifier(tmp_path, monkeypatch):
         image_size=32,
         epochs=1,
         head_epochs=1,
+        lr=1e-4,
+        head_lr=3e-3,
         batch_size=8,
         backbone_weights="none",
         cache_dir=str(tmp_path / "cache"),
         run_id="supcon",
     )
     run_dir = train(config)
-    stages = [row["stage"] for row in read_csv(run_dir / "history.csv")]
-    assert stages == ["contrastive", "supervised"]
+    history = read_csv(run_dir / "history.csv")
+    assert [row["stage"] for row in history] == ["contrastive", "supervised"]
+    # each stage starts its own cosine cycle at its own peak rate
+    assert [float(row["learning_rate"]) for row in history] == [1e-4, 3e-3]
     assert read_json(run_dir / "run.json")["status"] == "finished"
 
 
