@@ -21,7 +21,7 @@ run() {
     mobilenetv2)  train --arch mobilenetv2 --image-size 96 --epochs 3 --lr 1e-4 --freeze-bn ;;
     xception)     train --arch xception --image-size 128 --epochs 3 --lr 3e-4 --freeze-until auto --aug-copies 1 ;;
     inceptionv3)  train --arch inceptionv3 --image-size 128 --epochs 2 --lr 3e-4 --freeze-until auto --aug-copies 1 ;;
-    supcon)       train --arch supcon --image-size 64 --epochs 2 --head-epochs 1 --lr 1e-4 --freeze-bn ;;
+    supcon)       train --arch supcon --image-size 64 --epochs 2 --head-epochs 5 --lr 1e-4 --head-lr 1e-3 --freeze-bn ;;
     # From scratch: 32 px and 2-3 epochs. At 48 px one CNN epoch took 200 s on 2 cores, so 5 folds
     # x 5 epochs would take 80 minutes; 32 px costs (32/48)^2 = 0.44 of that per epoch. The deep
     # from-scratch nets barely get faster below 64 px (per-layer overhead: on one core an epoch
