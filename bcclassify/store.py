@@ -144,13 +144,21 @@ def list_runs() -> list[dict]:
                 "duration_s": metrics.get("duration_s") or run.get("duration_s"),
                 "created": run.get("created"),
                 "note": config.get("note", ""),
-                "initialisation": initialisation_summary(run.get("initialisation")),
+                "initialisation": initialisation_summary(_initialisation(folder, run)),
                 "init_from": run.get("init_from"),
                 "has_weights": (folder / "model.keras").is_file(),
             }
         )
     rows.sort(key=lambda r: r.get("created") or "", reverse=True)
     return rows
+
+
+def _initialisation(folder: Path, run: dict) -> dict | None:
+    """How the run's model was initialised; a cross-validated run records it in each fold."""
+    if run.get("initialisation") is not None:
+        return run["initialisation"]
+    first_fold = read_json(folder / "fold-1" / "run.json", {}) or {}
+    return first_fold.get("initialisation")
 
 
 def _mean_or_value(value: Any) -> float | None:

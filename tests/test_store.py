@@ -29,3 +29,16 @@ def test_list_runs_reports_initialisation_and_continuation(tmp_path, monkeypatch
     write_json(folder / "config.json", {"image_size": 32, "arch": "resnet50"})
     [run] = list_runs()
     assert (run["run_id"], run["initialisation"], run["init_from"]) == ("r1", "from scratch", "r0")
+
+
+def test_list_runs_reads_a_cross_validated_runs_initialisation_from_its_folds(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path))
+    folder = tmp_path / "runs" / "cv"
+    (folder / "fold-1").mkdir(parents=True)
+    write_json(folder / "run.json", {"arch": "cnn", "status": "finished"})
+    write_json(folder / "config.json", {"image_size": 32, "arch": "cnn", "folds": 5})
+    write_json(folder / "fold-1" / "run.json", {"initialisation": {"cnn": "from scratch"}})
+    [run] = list_runs()
+    assert run["initialisation"] == "from scratch" and run["folds"] == 5
