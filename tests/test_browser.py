@@ -88,6 +88,15 @@ def app_url(tiny_store, tmp_path):
         log.close()
 
 
+def _wait_until_drawn(page) -> None:
+    """Wait for the script run to finish and its tables (canvas grids) to be on screen."""
+    running = page.locator('[data-testid="stStatusWidgetRunningIcon"]')
+    running.wait_for(state="detached", timeout=SLOW_MS)
+    for table in page.locator('[data-testid="stDataFrame"] canvas').all():
+        table.wait_for(state="visible", timeout=60_000)
+    page.wait_for_timeout(1500)  # plotly and the grids paint after their elements appear
+
+
 def _screenshot(page, name: str) -> None:
     folder = os.environ.get("BCCLASSIFY_SCREENSHOTS")
     if folder:
@@ -127,7 +136,7 @@ def test_upload_classify_and_open_every_page(app_url):
             for link, (name, heading_text) in PAGES.items():
                 page.get_by_role("link", name=link).click()
                 page.get_by_role("heading", name=heading_text).first.wait_for(timeout=60_000)
-                page.wait_for_timeout(1500)
+                _wait_until_drawn(page)
                 assert not page.locator('[data-testid="stException"]').count(), link
                 _screenshot(page, name)
             # Tables are drawn on a canvas, so check the reference section's heading instead.
