@@ -281,7 +281,7 @@ def _add_list(sub) -> None:
 
 
 def _cmd_list(args) -> int:
-    from .store import list_models, list_runs
+    from .store import list_models, list_runs, run_state
 
     runs = list_runs()
     if args.json:
@@ -291,11 +291,11 @@ def _cmd_list(args) -> int:
         print(markdown_tables(runs, list_models()))
         return EXIT_OK
 
-    print(f"{'run_id':<40}{'arch':<13}{'size':>5} {'status':<10}{'test acc':>9}{'macro F1':>9}")
+    print(f"{'run_id':<40}{'arch':<13}{'size':>5} {'status':<12}{'test acc':>9}{'macro F1':>9}")
     for r in runs:
         print(
             f"{r['run_id']:<40}{r['arch'] or '':<13}{r['image_size'] or '':>5} "
-            f"{r['status'] or '':<10}{pct(r['test_accuracy']):>9}{pct(r['macro_f1']):>9}"
+            f"{run_state(r):<12}{pct(r['test_accuracy']):>9}{pct(r['macro_f1']):>9}"
         )
     print("\nmodels:")
     for m in list_models():

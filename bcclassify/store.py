@@ -85,6 +85,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def run_state(row: dict) -> str:
+    """What a `list_runs` row's run is now: its recorded status, or "interrupted"."""
+    return "interrupted" if row.get("interrupted") else row.get("status") or ""
+
+
 def run_is_alive(run: dict) -> bool:
     """Whether the process recorded in a run.json is still running (on this host)."""
     import platform

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bcclassify.store import initialisation_summary, list_runs, write_json
+from bcclassify.store import initialisation_summary, list_runs, run_state, write_json
 
 
 def test_initialisation_summary_names_pretrained_scratch_and_mixed():
@@ -42,3 +42,24 @@ def test_list_runs_reads_a_cross_validated_runs_initialisation_from_its_folds(
     write_json(folder / "fold-1" / "run.json", {"initialisation": {"cnn": "from scratch"}})
     [run] = list_runs()
     assert run["initialisation"] == "from scratch" and run["folds"] == 5
+
+
+def test_a_running_record_whose_process_is_gone_lists_as_interrupted(tmp_path, monkeypatch):
+    import platform
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path))
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    gone_pid = int(finished.stdout)  # a process that has exited
+    for name, status in (("done", "finished"), ("killed", "running")):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        record = {"arch": "cnn", "status": status, "pid": gone_pid, "host": platform.node()}
+        write_json(tmp_path / "runs" / name / "run.json", record)
+    states = {row["run_id"]: run_state(row) for row in list_runs()}
+    assert states == {"done": "finished", "killed": "interrupted"}
