@@ -14,10 +14,11 @@ train() { "$PY" -m bcclassify train --data "$DATA" "$@"; }
 
 run() {
   case "$1" in
-    hybrid)       train --arch hybrid --image-size 128 --epochs 4 --lr 3e-4 --freeze-until auto --aug-copies 1 ;;
-    # Next for the default model: the same compute as the 128 px run, but the network sees the
-    # central 75% of a 171 px image, so the centred cell gets 1.33x the linear resolution.
-    hybrid-crop)  train --arch hybrid --image-size 171 --center-crop 0.75 --epochs 4 --lr 3e-4 --freeze-until auto --aug-copies 2 --note "hybrid on the central 128 px of a 171 px image" ;;
+    # The default model (20261126-072251): the network sees the central 75% of a 171 px image,
+    # so the centred cell gets 1.33x the linear resolution of a 128 px model at its compute.
+    hybrid)       train --arch hybrid --image-size 171 --center-crop 0.75 --epochs 4 --lr 3e-4 --freeze-until auto --aug-copies 2 --note "hybrid on the central 128 px of a 171 px image" ;;
+    # The first default (20261125-201729): the whole frame at 128 px.
+    hybrid-128)   train --arch hybrid --image-size 128 --epochs 4 --lr 3e-4 --freeze-until auto --aug-copies 1 ;;
     mobilenetv2)  train --arch mobilenetv2 --image-size 96 --epochs 3 --lr 1e-4 --freeze-bn ;;
     xception)     train --arch xception --image-size 128 --epochs 3 --lr 3e-4 --freeze-until auto --aug-copies 1 ;;
     inceptionv3)  train --arch inceptionv3 --image-size 128 --epochs 2 --lr 3e-4 --freeze-until auto --aug-copies 1 ;;
@@ -25,21 +26,26 @@ run() {
     # From scratch: 32 px and 2-3 epochs. At 48 px one CNN epoch took 200 s on 2 cores, so 5 folds
     # x 5 epochs would take 80 minutes; 32 px costs (32/48)^2 = 0.44 of that per epoch. The deep
     # from-scratch nets barely get faster below 64 px (per-layer overhead: on one core an epoch
-    # took 15 minutes for ResNet50 and 21 for VGG-16 at 32 px), hence DenseNet-201's one epoch.
+    # took 15 minutes for ResNet50 and 21 for VGG-16 at 32 px); DenseNet-201's 3 epochs took 22.
     cnn-cv)       train --arch cnn --image-size 32 --epochs 3 --folds 5 ;;
     unet)         train --arch unet --image-size 32 --epochs 3 ;;
     resnet50)     train --arch resnet50 --image-size 32 --epochs 3 ;;
-    densenet201)  train --arch densenet201 --image-size 32 --epochs 1 ;;
+    densenet201)  train --arch densenet201 --image-size 32 --epochs 3 ;;
     vgg16)        train --arch vgg16 --image-size 32 --epochs 3 --lr 1e-4 ;;
     smote-study)
       # As the reference: 128 px, no augmentation; MobileNetV2 fine-tuned above block 12 on
       # cached activations, SMOTE oversampling those activations (training part only).
       train --arch mobilenetv2 --image-size 128 --epochs 2 --no-augment --freeze-until block_12_add --note "SMOTE study: without SMOTE"
       train --arch mobilenetv2 --image-size 128 --epochs 2 --no-augment --freeze-until block_12_add --smote --note "SMOTE study: with SMOTE" ;;
+    smote-study-frozen-bn)
+      # The fair pair: batch-norm statistics frozen and lr 1e-4, the setting that kept
+      # MobileNetV2's fine-tuning from drifting (the pair above learned at 1e-3 with them updating).
+      train --arch mobilenetv2 --image-size 128 --epochs 2 --no-augment --freeze-until block_12_add --freeze-bn --lr 1e-4 --note "SMOTE study, frozen BN, lr 1e-4: without SMOTE"
+      train --arch mobilenetv2 --image-size 128 --epochs 2 --no-augment --freeze-until block_12_add --freeze-bn --lr 1e-4 --smote --note "SMOTE study, frozen BN, lr 1e-4: with SMOTE" ;;
     shuffle-study)
       train --arch cnn --image-size 32 --epochs 3 --note "shuffle study: shuffled batches"
       train --arch cnn --image-size 32 --epochs 3 --no-shuffle --note "shuffle study: batches in class order" ;;
-    *) echo "usage: $0 all|lanes|hybrid|hybrid-crop|mobilenetv2|xception|inceptionv3|supcon|cnn-cv|unet|resnet50|densenet201|vgg16|smote-study|shuffle-study" >&2
+    *) echo "usage: $0 all|lanes|hybrid|hybrid-128|mobilenetv2|xception|inceptionv3|supcon|cnn-cv|unet|resnet50|densenet201|vgg16|smote-study|smote-study-frozen-bn|shuffle-study" >&2
        return 2 ;;
   esac
 }
