@@ -31,6 +31,7 @@ from .store import (
     models_dir,
     read_csv,
     read_json,
+    run_state,
     runs_dir,
     store_root,
 )
@@ -230,7 +231,7 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
                 "augmentation": bool(run.get("augment")),
                 "shuffle": bool(run.get("shuffle")),
                 "initialisation": run.get("initialisation") or "",
-                "status": run.get("status"),
+                "status": run_state(run),
                 "duration": duration(run.get("duration_s")),
                 "test accuracy": run.get("test_accuracy"),
                 "macro-F1": run.get("macro_f1"),

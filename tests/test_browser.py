@@ -92,9 +92,13 @@ def _wait_until_drawn(page) -> None:
     """Wait for the script run to finish and its tables (canvas grids) to be on screen."""
     running = page.locator('[data-testid="stStatusWidgetRunningIcon"]')
     running.wait_for(state="detached", timeout=SLOW_MS)
-    for table in page.locator('[data-testid="stDataFrame"] canvas').all():
-        table.wait_for(state="visible", timeout=60_000)
-    page.wait_for_timeout(1500)  # plotly and the grids paint after their elements appear
+    # A grid is a thin empty bar until its data arrives; a drawn one has at least a header row.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stDataFrame\"]')]"
+        ".every(grid => grid.getBoundingClientRect().height > 60)",
+        timeout=60_000,
+    )
+    page.wait_for_timeout(3000)  # plotly and the grids paint after their elements appear
 
 
 def _screenshot(page, name: str) -> None:
