@@ -63,14 +63,26 @@ def _compiled_features_layer(extractor):
     import keras
     import tensorflow as tf
 
+    run = tf.function(lambda x: extractor(x, training=False))
+
+    @tf.custom_gradient
+    def _inference_only(pixels):
+        # tf-keras-vis watches the pixels; without this, TF would run the compiled trunks in
+        # their differentiable form (keeping every intermediate) for a gradient nobody reads.
+        outputs = run(pixels)
+
+        def no_gradient(*upstream, variables=None):
+            return tf.zeros_like(pixels), [None] * len(variables or [])
+
+        return outputs, no_gradient
+
     class CompiledFeatures(keras.layers.Layer):
         def __init__(self, **kwargs):
             super().__init__(trainable=False, **kwargs)
             self.extractor = extractor
-            self._run = tf.function(lambda x: self.extractor(x, training=False))
 
         def call(self, inputs):
-            outputs = self._run(inputs)
+            outputs = _inference_only(inputs)
             return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
         def compute_output_spec(self, inputs):
