@@ -147,6 +147,11 @@ def model_summary(card: dict) -> str:
         f"{card.get('architecture', '?')} · "
         f"{input_label(card.get('image_size'), card.get('center_crop'))} px input · "
         f"test accuracy {percent(metrics.get('accuracy'))}"
+        + (
+            f" · averages {len(card['test_time_views'])} flipped/rotated views"
+            if len(card.get("test_time_views") or []) > 1
+            else ""
+        )
     )
 
 

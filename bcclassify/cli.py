@@ -195,7 +195,22 @@ def _add_evaluate(sub) -> None:
     group.add_argument("--model", metavar="NAME")
     p.add_argument("--data", required=True, help="image-folder dataset")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--views",
+        type=_view_list,
+        help="test-time views to average, comma-separated (e.g. identity,flip_lr,flip_ud,"
+        "rot180); default: a run's image as given, an installed model's card",
+    )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def _view_list(text: str) -> list[str]:
+    from .serving import check_views
+
+    try:
+        return list(check_views([v.strip() for v in text.split(",") if v.strip()]))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_evaluate(args) -> int:
@@ -203,7 +218,11 @@ def _cmd_evaluate(args) -> int:
 
     try:
         metrics = evaluate(
-            run_id=args.run, model_name=args.model, data=args.data, batch_size=args.batch_size
+            run_id=args.run,
+            model_name=args.model,
+            data=args.data,
+            batch_size=args.batch_size,
+            views=args.views,
         )
     except (FileNotFoundError, LookupError, ValueError) as exc:
         raise UsageError(str(exc)) from None
@@ -217,6 +236,7 @@ def _cmd_evaluate(args) -> int:
 def format_metrics(metrics: dict) -> str:
     lines = [
         f"scored on: {metrics.get('scope', '')} ({metrics['num_samples']} images)",
+        "test-time views averaged: " + ", ".join(metrics.get("test_time_views") or ["identity"]),
         f"accuracy: {metrics['accuracy']:.4f}",
         f"macro precision/recall/F1: {metrics['macro_precision']:.4f} / "
         f"{metrics['macro_recall']:.4f} / {metrics['macro_f1']:.4f}",
@@ -258,13 +278,25 @@ def _add_promote(sub) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--default", action="store_true", help="make it the default model")
     p.add_argument("--threshold", type=float, help="low-confidence threshold (default 0.6)")
+    p.add_argument(
+        "--views",
+        type=_view_list,
+        help="test-time views the installed model averages, comma-separated; the run's test "
+        "split is scored again with them for the card",
+    )
 
 
 def _cmd_promote(args) -> int:
     from .evaluation import promote
 
     try:
-        card = promote(args.run_id, args.name, make_default=args.default, threshold=args.threshold)
+        card = promote(
+            args.run_id,
+            args.name,
+            make_default=args.default,
+            threshold=args.threshold,
+            views=args.views,
+        )
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     print(json.dumps({k: card[k] for k in ("name", "architecture", "image_size", "size_mb")}))

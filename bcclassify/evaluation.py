@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .data import load_pixels, scan_dataset, train_val_test_split
 from .metrics import classification_metrics, confidence_coverage
-from .serving import DEFAULT_THRESHOLD, card_for_run, export_model, load_model
+from .serving import (
+    DEFAULT_THRESHOLD,
+    SINGLE_VIEW,
+    card_for_run,
+    check_views,
+    export_model,
+    load_model,
+    predict_with_views,
+)
 from .store import default_model_name, models_dir, read_json, runs_dir, set_default_model
 
 
@@ -36,8 +45,13 @@ def evaluate(
     model_name: str | None = None,
     data: str | Path = "",
     batch_size: int = 32,
+    views: Sequence[str] | None = None,
 ) -> dict:
-    """Recompute the test metrics of a run (its model.keras) or of an installed model."""
+    """Recompute the test metrics of a run (its model.keras) or of an installed model.
+
+    ``views``: test-time views whose probabilities are averaged (default: for a run, the image
+    as given; for an installed model, its card's).
+    """
     dataset = scan_dataset(data)
     if run_id:
         import keras
@@ -56,8 +70,12 @@ def evaluate(
             config.get("limit_per_class"),
         )
 
+        views = check_views(views)
+
         def predict(pixels):
-            return model.predict(pixels.astype(np.float32), batch_size=batch_size, verbose=0)
+            return predict_with_views(
+                lambda x: model.predict(x, batch_size=batch_size, verbose=0), pixels, views
+            )
 
         source = run_id
     else:
@@ -66,11 +84,12 @@ def evaluate(
         trained_on = classifier.card.get("training_data") or {}
         train_cfg = classifier.card.get("training_config") or {}
         manifest, seed, limit = trained_on.get("manifest_sha256"), train_cfg.get("seed", 42), None
+        views = classifier.test_time_views if views is None else check_views(views)
 
         def predict(pixels):
             return np.concatenate(
                 [
-                    classifier.predict_pixels(pixels[i : i + batch_size])
+                    classifier.predict_pixels(pixels[i : i + batch_size], views=views)
                     for i in range(0, len(pixels), batch_size)
                 ]
             )
@@ -85,15 +104,25 @@ def evaluate(
         scope=scope,
         source=source,
         data=str(data),
+        test_time_views=list(views),
         by_confidence=confidence_coverage(labels, probabilities),
     )
     return metrics
 
 
 def promote(
-    run_id: str, name: str, make_default: bool = False, threshold: float | None = None
+    run_id: str,
+    name: str,
+    make_default: bool = False,
+    threshold: float | None = None,
+    views: Sequence[str] | None = None,
 ) -> dict:
-    """Install a finished run's model as ``model_store/models/<name>/`` with its card."""
+    """Install a finished run's model as ``model_store/models/<name>/`` with its card.
+
+    With test-time ``views``, the run's test split is scored again with them first (the card's
+    test metrics must describe what the installed model serves); the run's own single-view
+    metrics stay in the card as ``single_view_test_metrics``.
+    """
     import keras
 
     folder = _run_dir(run_id)
@@ -106,6 +135,24 @@ def promote(
         raise ValueError(f"model name {name!r}: use letters, digits, '-' and '_'")
     model = keras.models.load_model(folder / "model.keras", safe_mode=True)
     card = card_for_run(folder, name, DEFAULT_THRESHOLD if threshold is None else threshold)
+    views = check_views(views)
+    if views != SINGLE_VIEW:
+        config = read_json(folder / "config.json")
+        served = evaluate(run_id=run_id, data=config["data"], views=views)
+        card["single_view_test_metrics"] = card["test_metrics"]
+        card["test_metrics"] = {
+            key: served[key]
+            for key in (
+                "accuracy",
+                "macro_f1",
+                "macro_precision",
+                "macro_recall",
+                "weighted_f1",
+                "per_class",
+                "num_samples",
+            )
+        } | {"test_time_views": list(views)}
+        card["test_time_views"] = list(views)
     target = models_dir() / name
     staging = models_dir() / f".{name}.staging"
     if staging.exists():

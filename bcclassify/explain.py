@@ -240,8 +240,10 @@ class Explainer:
     ) -> Explanation:
         """Explain one image given at the model's input size (uint8 ``(S, S, 3)``).
 
-        ``target``: class index or name (default: the predicted class). ``output_size``:
-        (height, width) the maps are resized to, e.g. the original image's.
+        ``target``: class index or name (default: the predicted class, from the probabilities
+        the model serves, i.e. averaged over its card's test-time views). The maps are always
+        those of the image as given. ``output_size``: (height, width) the maps are resized to,
+        e.g. the original image's.
         """
         from tf_keras_vis.utils.scores import CategoricalScore
 

@@ -34,6 +34,45 @@ DEFAULT_THRESHOLD = 0.60  # below this top probability a cell is flagged low_con
 SHARD_BYTES = 80 * 1024 * 1024
 HALF_PRECISION_MIN_SIZE = 4096
 
+# The symmetries of the square, on (N, H, W, C) batches. A cell has no up, down, left or right,
+# and training augments with all eight; a model card may name some of them as test-time views,
+# whose class probabilities are averaged (``test_time_views``; default: the image as given).
+VIEW_TRANSFORMS = {
+    "identity": lambda b: b,
+    "flip_lr": lambda b: b[:, :, ::-1],
+    "flip_ud": lambda b: b[:, ::-1],
+    "rot180": lambda b: b[:, ::-1, ::-1],
+    "transpose": lambda b: b.transpose(0, 2, 1, 3),
+    "rot90": lambda b: b.transpose(0, 2, 1, 3)[:, ::-1],
+    "rot270": lambda b: b.transpose(0, 2, 1, 3)[:, :, ::-1],
+    "anti_transpose": lambda b: b.transpose(0, 2, 1, 3)[:, ::-1, ::-1],
+}
+SINGLE_VIEW = ("identity",)
+
+
+def check_views(views: Iterable[str] | None) -> tuple[str, ...]:
+    """Validated test-time view names (None or empty: the image as given)."""
+    chosen = tuple(views or SINGLE_VIEW)
+    unknown = [v for v in chosen if v not in VIEW_TRANSFORMS]
+    if unknown:
+        raise ValueError(
+            f"unknown test-time view(s) {', '.join(unknown)}; choose from "
+            + ", ".join(VIEW_TRANSFORMS)
+        )
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"test-time views repeat: {', '.join(chosen)}")
+    return chosen
+
+
+def predict_with_views(forward, pixels: np.ndarray, views: Sequence[str]) -> np.ndarray:
+    """Mean class probabilities of ``forward`` over the given views of each image."""
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if tuple(views) == SINGLE_VIEW:
+        return np.asarray(forward(pixels), dtype=np.float64)
+    stacked = np.concatenate([VIEW_TRANSFORMS[v](pixels) for v in views])
+    probs = np.asarray(forward(stacked), dtype=np.float64)
+    return probs.reshape(len(views), len(pixels), -1).mean(axis=0)
+
 
 class ModelNotFoundError(LookupError):
     pass
@@ -180,16 +219,23 @@ class ClassifierModel:
     def architecture(self) -> str:
         return self.card.get("architecture", "")
 
-    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Probabilities for a uint8/float batch ``(N, S, S, 3)`` already at the input size."""
+    @property
+    def test_time_views(self) -> tuple[str, ...]:
+        return check_views(self.card.get("test_time_views"))
+
+    def predict_pixels(self, pixels: np.ndarray, views: Sequence[str] | None = None) -> np.ndarray:
+        """Probabilities for a uint8/float batch ``(N, S, S, 3)`` already at the input size.
+
+        Averaged over the card's test-time views, or over ``views`` when given.
+        """
         import tensorflow as tf
 
         if self._forward is None:
             self._forward = tf.function(
                 lambda x: self.model(x, training=False), reduce_retracing=True
             )
-        probs = self._forward(tf.convert_to_tensor(np.asarray(pixels, dtype=np.float32)))
-        probs = np.asarray(probs, dtype=np.float64)
+        views = self.test_time_views if views is None else check_views(views)
+        probs = predict_with_views(lambda x: self._forward(tf.convert_to_tensor(x)), pixels, views)
         return probs / probs.sum(axis=1, keepdims=True)  # exact sum to 1 after float32 softmax
 
     def load(self, source: ImageSource, name: str | None = None) -> np.ndarray:
