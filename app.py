@@ -106,7 +106,9 @@ def classify_inputs(model_name: str, items: list[ui.CellInput]) -> list[Predicti
     return [cache[(model_name, item.sha256, item.name)] for item in items]
 
 
-def explanation_for(model_name: str, item: ui.CellInput, method: str, target: str):
+def explanation_for(
+    model_name: str, item: ui.CellInput, method: str, target: str, probabilities: np.ndarray
+):
     """Grad-CAM maps at the original image's size, cached in the session."""
     cache: dict = st.session_state.setdefault("explanations", {})
     key = (model_name, item.sha256, method, target)
@@ -120,6 +122,7 @@ def explanation_for(model_name: str, item: ui.CellInput, method: str, target: st
                 method=method,
                 target=target,
                 output_size=original.shape[:2],
+                probabilities=probabilities,
             )
     return cache[key]
 
@@ -184,7 +187,7 @@ def gradcam_ui(model_name: str, item: ui.CellInput, prediction: Prediction, cell
         help="Default: the predicted class. Pick another to see what argues for it.",
     )
     opacity = c3.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key="cam_opacity")
-    explanation = explanation_for(model_name, item, method, target)
+    explanation = explanation_for(model_name, item, method, target, prediction.probabilities)
     original = load_image(item.data, name=item.name)
     trunk_maps = [layer for layer in explanation.maps if layer != "fused"]
     # A one-trunk model's fused map is its only map; show both trunks only for the hybrid.

@@ -237,19 +237,25 @@ class Explainer:
         method: str = "gradcam",
         target: int | str | None = None,
         output_size: tuple[int, int] | None = None,
+        probabilities: np.ndarray | None = None,
     ) -> Explanation:
         """Explain one image given at the model's input size (uint8 ``(S, S, 3)``).
 
         ``target``: class index or name (default: the predicted class, from the probabilities
         the model serves, i.e. averaged over its card's test-time views). The maps are always
         those of the image as given. ``output_size``: (height, width) the maps are resized to,
-        e.g. the original image's.
+        e.g. the original image's. ``probabilities``: the served probabilities of this image
+        when the caller already has them (they are not computed again).
         """
         from tf_keras_vis.utils.scores import CategoricalScore
 
         names = self.classifier.class_names
         batch = np.asarray(pixels, dtype=np.float32)[None]
-        probs = self.classifier.predict_pixels(batch)[0]
+        probs = (
+            self.classifier.predict_pixels(batch)[0]
+            if probabilities is None
+            else np.asarray(probabilities, dtype=np.float64)
+        )
         if target is None:
             index = int(np.argmax(probs))
         elif isinstance(target, str):

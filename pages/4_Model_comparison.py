@@ -68,7 +68,7 @@ def side_by_side_ui(item: ui.CellInput, names: list[str], method: str, opacity: 
                 st.warning("Low confidence: unidentified")
             with st.spinner(f"{METHODS[method]} for {name}…"):
                 explanation = ui.cached_explainer(name).explain_pixels(
-                    pixels, method=method, output_size=original.shape[:2]
+                    pixels, method=method, output_size=original.shape[:2], probabilities=probs
                 )
             st.image(
                 overlay(original, explanation.fused, opacity),

@@ -58,6 +58,20 @@ def test_maps_differ_between_target_classes(cnn, method):
     assert np.abs(maps[0] - maps[1]).max() > 1e-3
 
 
+def test_given_probabilities_pick_the_target_and_leave_the_maps_alone(cnn):
+    explainer = Explainer(cnn)
+    pixels = cnn.load(CELL)
+    computed = explainer.explain_pixels(pixels)
+    given = np.full(len(cnn.class_names), 0.02)
+    given[cnn.class_names.index("monocyte")] = 0.86  # as if averaged views had chosen monocyte
+    reused = explainer.explain_pixels(pixels, probabilities=given)
+    assert reused.target_class == "monocyte" and reused.probability == pytest.approx(0.86)
+    same_target = explainer.explain_pixels(
+        pixels, target=computed.target_index, probabilities=given
+    )
+    np.testing.assert_allclose(same_target.fused, computed.fused, atol=1e-6)
+
+
 def test_unknown_target_is_refused(cnn):
     with pytest.raises(ValueError, match="unknown class"):
         Explainer(cnn).explain_pixels(cnn.load(CELL), target="blast")
