@@ -127,7 +127,8 @@ def run_benchmark(name: str, repeats: int = 20, explain_repeats: int = 5) -> dic
         lambda: explainer.explain_pixels(pixels, probabilities=probs), explain_repeats
     )
 
-    flops = forward_flops(classifier.model)
+    # One classified image costs one forward pass per test-time view.
+    flops = forward_flops(classifier.model) * len(classifier.test_time_views)
     cpu = cpu_info()
     peak = cpu["cores"] * (cpu["mhz"] or 0) * 1e6 * FLOP_PER_CYCLE_FP32_AVX2
     bound = peak / flops if flops and peak else None
