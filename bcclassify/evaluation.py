@@ -13,13 +13,22 @@ from .metrics import classification_metrics, confidence_coverage
 from .serving import (
     DEFAULT_THRESHOLD,
     SINGLE_VIEW,
+    ClassifierModel,
     card_for_run,
     check_views,
     export_model,
     load_model,
+    load_model_folder,
     predict_with_views,
 )
-from .store import default_model_name, models_dir, read_json, runs_dir, set_default_model
+from .store import (
+    default_model_name,
+    models_dir,
+    read_json,
+    runs_dir,
+    set_default_model,
+    write_json,
+)
 
 
 def _run_dir(run_id: str) -> Path:
@@ -52,7 +61,6 @@ def evaluate(
     ``views``: test-time views whose probabilities are averaged (default: for a run, the image
     as given; for an installed model, its card's).
     """
-    dataset = scan_dataset(data)
     if run_id:
         import keras
 
@@ -63,13 +71,6 @@ def evaluate(
         if not (folder / "model.keras").is_file():
             raise FileNotFoundError(f"{run_id} has no model.keras (unfinished, or not kept)")
         model = keras.models.load_model(folder / "model.keras", safe_mode=True)
-        image_size = int(config["image_size"])
-        manifest, seed, limit = (
-            config.get("data_manifest_sha256"),
-            config.get("seed", 42),
-            config.get("limit_per_class"),
-        )
-
         views = check_views(views)
 
         def predict(pixels):
@@ -77,25 +78,40 @@ def evaluate(
                 lambda x: model.predict(x, batch_size=batch_size, verbose=0), pixels, views
             )
 
-        source = run_id
-    else:
-        classifier = load_model(model_name)
-        image_size = classifier.image_size
-        trained_on = classifier.card.get("training_data") or {}
-        train_cfg = classifier.card.get("training_config") or {}
-        manifest, seed, limit = trained_on.get("manifest_sha256"), train_cfg.get("seed", 42), None
-        views = classifier.test_time_views if views is None else check_views(views)
+        split_of = (
+            config.get("data_manifest_sha256"),
+            config.get("seed", 42),
+            config.get("limit_per_class"),
+        )
+        return _score(predict, int(config["image_size"]), split_of, data, run_id, views)
+    return evaluate_installed(load_model(model_name), data, batch_size, views)
 
-        def predict(pixels):
-            return np.concatenate(
-                [
-                    classifier.predict_pixels(pixels[i : i + batch_size], views=views)
-                    for i in range(0, len(pixels), batch_size)
-                ]
-            )
 
-        source = classifier.name
-    dataset, indices, scope = _scope(dataset, manifest, seed, limit)
+def evaluate_installed(
+    classifier: ClassifierModel,
+    data: str | Path,
+    batch_size: int = 32,
+    views: Sequence[str] | None = None,
+) -> dict:
+    """Metrics of a loaded installed model: its run's test split when ``data`` is its data."""
+    views = classifier.test_time_views if views is None else check_views(views)
+    trained_on = classifier.card.get("training_data") or {}
+    train_cfg = classifier.card.get("training_config") or {}
+    split_of = (trained_on.get("manifest_sha256"), train_cfg.get("seed", 42), None)
+
+    def predict(pixels):
+        return np.concatenate(
+            [
+                classifier.predict_pixels(pixels[i : i + batch_size], views=views)
+                for i in range(0, len(pixels), batch_size)
+            ]
+        )
+
+    return _score(predict, classifier.image_size, split_of, data, classifier.name, views)
+
+
+def _score(predict, image_size: int, split_of: tuple, data, source: str, views) -> dict:
+    dataset, indices, scope = _scope(scan_dataset(data), *split_of)
     pixels, kept = load_pixels([dataset.paths[i] for i in indices], image_size, progress=True)
     probabilities = predict(pixels)
     labels = dataset.labels[indices][kept]
@@ -110,6 +126,19 @@ def evaluate(
     return metrics
 
 
+SERVED_METRICS = (
+    "accuracy",
+    "macro_f1",
+    "macro_precision",
+    "macro_recall",
+    "weighted_f1",
+    "per_class",
+    "num_samples",
+    "test_time_views",
+    "by_confidence",
+)
+
+
 def promote(
     run_id: str,
     name: str,
@@ -119,9 +148,10 @@ def promote(
 ) -> dict:
     """Install a finished run's model as ``model_store/models/<name>/`` with its card.
 
-    With test-time ``views``, the run's test split is scored again with them first (the card's
-    test metrics must describe what the installed model serves); the run's own single-view
-    metrics stay in the card as ``single_view_test_metrics``.
+    With test-time ``views``, the exported model (float16 weights and all) is scored on the
+    run's test split with them before it is installed, so the card's test metrics describe what
+    the installed model serves; the run's own single-view metrics stay in the card as
+    ``single_view_test_metrics``.
     """
     import keras
 
@@ -133,31 +163,23 @@ def promote(
         raise FileNotFoundError(f"{run_id} has no model.keras to promote")
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"model name {name!r}: use letters, digits, '-' and '_'")
+    views = check_views(views)
     model = keras.models.load_model(folder / "model.keras", safe_mode=True)
     card = card_for_run(folder, name, DEFAULT_THRESHOLD if threshold is None else threshold)
-    views = check_views(views)
     if views != SINGLE_VIEW:
-        config = read_json(folder / "config.json")
-        served = evaluate(run_id=run_id, data=config["data"], views=views)
-        card["single_view_test_metrics"] = card["test_metrics"]
-        card["test_metrics"] = {
-            key: served[key]
-            for key in (
-                "accuracy",
-                "macro_f1",
-                "macro_precision",
-                "macro_recall",
-                "weighted_f1",
-                "per_class",
-                "num_samples",
-            )
-        } | {"test_time_views": list(views)}
         card["test_time_views"] = list(views)
     target = models_dir() / name
     staging = models_dir() / f".{name}.staging"
     if staging.exists():
         shutil.rmtree(staging)
     card = export_model(model, staging, card)
+    if views != SINGLE_VIEW:
+        served = evaluate_installed(
+            load_model_folder(staging, name), read_json(folder / "config.json")["data"]
+        )
+        card["single_view_test_metrics"] = card["test_metrics"]
+        card["test_metrics"] = {key: served[key] for key in SERVED_METRICS}
+        write_json(staging / "card.json", card)
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)

@@ -277,10 +277,15 @@ class ClassifierModel:
 
 def load_model(name: str | None = None, verify: bool = True) -> ClassifierModel:
     """Load an installed model (the default when ``name`` is None), checking every checksum."""
+    chosen = resolve_model_name(name)
+    return load_model_folder(models_dir() / chosen, chosen, verify)
+
+
+def load_model_folder(folder: Path, name: str, verify: bool = True) -> ClassifierModel:
+    """Load the exported model in ``folder`` (installed or being installed) as ``name``."""
     import keras
 
-    chosen = resolve_model_name(name)
-    folder = models_dir() / chosen
+    chosen = name
     card = read_json(folder / "card.json")
     if verify:
         _verify(folder, card)

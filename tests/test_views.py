@@ -88,6 +88,7 @@ def test_promote_with_views_scores_the_served_model_and_evaluate_reproduces_it(
     recorded = read_json(store / "runs" / "fixture-cnn-32px" / "metrics.json")
     assert card["test_time_views"] == views.split(",")
     assert card["test_metrics"]["test_time_views"] == views.split(",")
+    assert card["test_metrics"]["by_confidence"][0]["threshold"] == pytest.approx(0.6)
     assert card["single_view_test_metrics"]["accuracy"] == pytest.approx(recorded["accuracy"])
     served = json.loads(
         run_cli(
