@@ -27,6 +27,7 @@ from .store import (
     read_json,
     runs_dir,
     set_default_model,
+    sha256_file,
     write_json,
 )
 
@@ -92,8 +93,12 @@ def evaluate_installed(
     data: str | Path,
     batch_size: int = 32,
     views: Sequence[str] | None = None,
+    predictions_to: Path | None = None,
 ) -> dict:
-    """Metrics of a loaded installed model: its run's test split when ``data`` is its data."""
+    """Metrics of a loaded installed model: its run's test split when ``data`` is its data.
+
+    ``predictions_to``: also write each image's probabilities there (predictions.csv format).
+    """
     views = classifier.test_time_views if views is None else check_views(views)
     trained_on = classifier.card.get("training_data") or {}
     train_cfg = classifier.card.get("training_config") or {}
@@ -107,14 +112,22 @@ def evaluate_installed(
             ]
         )
 
-    return _score(predict, classifier.image_size, split_of, data, classifier.name, views)
+    return _score(
+        predict, classifier.image_size, split_of, data, classifier.name, views, predictions_to
+    )
 
 
-def _score(predict, image_size: int, split_of: tuple, data, source: str, views) -> dict:
+def _score(
+    predict, image_size: int, split_of: tuple, data, source: str, views, predictions_to=None
+) -> dict:
+    from .training import write_predictions
+
     dataset, indices, scope = _scope(scan_dataset(data), *split_of)
     pixels, kept = load_pixels([dataset.paths[i] for i in indices], image_size, progress=True)
     probabilities = predict(pixels)
     labels = dataset.labels[indices][kept]
+    if predictions_to is not None:
+        write_predictions(predictions_to, dataset, indices[kept], probabilities)
     metrics = classification_metrics(labels, probabilities.argmax(axis=1), dataset.class_names)
     metrics.update(
         scope=scope,
@@ -126,6 +139,8 @@ def _score(predict, image_size: int, split_of: tuple, data, source: str, views) 
     return metrics
 
 
+# The installed model's own test predictions, written when they differ from its run's.
+SERVED_PREDICTIONS = "test_predictions.csv"
 SERVED_METRICS = (
     "accuracy",
     "macro_f1",
@@ -175,10 +190,13 @@ def promote(
     card = export_model(model, staging, card)
     if views != SINGLE_VIEW:
         served = evaluate_installed(
-            load_model_folder(staging, name), read_json(folder / "config.json")["data"]
+            load_model_folder(staging, name),
+            read_json(folder / "config.json")["data"],
+            predictions_to=staging / SERVED_PREDICTIONS,
         )
         card["single_view_test_metrics"] = card["test_metrics"]
         card["test_metrics"] = {key: served[key] for key in SERVED_METRICS}
+        card["files_sha256"][SERVED_PREDICTIONS] = sha256_file(staging / SERVED_PREDICTIONS)
         write_json(staging / "card.json", card)
     if target.exists():
         shutil.rmtree(target)

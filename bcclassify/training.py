@@ -550,7 +550,7 @@ def _fit_one_split(
         split_sizes=split.sizes(),
         by_confidence=confidence_coverage(y_test, probabilities),
     )
-    _write_predictions(run_dir, dataset, split.test, probabilities)
+    write_predictions(run_dir / "predictions.csv", dataset, split.test, probabilities)
     model.save(run_dir / "model.keras")
     write_json(run_dir / "metrics.json", metrics)
     return metrics
@@ -615,7 +615,8 @@ def _read_history(run_dir: Path) -> list[dict]:
     return [{k: parse(k, v) for k, v in r.items()} for r in read_csv(run_dir / "history.csv")]
 
 
-def _write_predictions(run_dir: Path, dataset: Dataset, indices, probabilities) -> None:
+def write_predictions(path: Path, dataset: Dataset, indices, probabilities) -> None:
+    """predictions.csv: file (relative to the data folder), true, predicted, probabilities."""
     names = dataset.class_names
     rows = []
     for i, probs in zip(indices, probabilities):
@@ -627,7 +628,7 @@ def _write_predictions(run_dir: Path, dataset: Dataset, indices, probabilities) 
                 *[f"{p:.6f}" for p in probs],
             ]
         )
-    write_csv(run_dir / "predictions.csv", ["file", "true", "predicted", *names], rows)
+    write_csv(path, ["file", "true", "predicted", *names], rows)
 
 
 # ----------------------------------------------------------------------------- runs

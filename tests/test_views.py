@@ -16,7 +16,7 @@ from bcclassify.serving import (
     load_model,
     predict_with_views,
 )
-from bcclassify.store import read_json
+from bcclassify.store import read_csv, read_json
 
 
 def _asymmetric_batch() -> np.ndarray:
@@ -89,6 +89,11 @@ def test_promote_with_views_scores_the_served_model_and_evaluate_reproduces_it(
     assert card["test_time_views"] == views.split(",")
     assert card["test_metrics"]["test_time_views"] == views.split(",")
     assert card["test_metrics"]["by_confidence"][0]["threshold"] == pytest.approx(0.6)
+    rows = read_csv(store / "models" / "cnn-tta" / "test_predictions.csv")
+    assert len(rows) == card["test_metrics"]["num_samples"]
+    correct = sum(r["true"] == r["predicted"] for r in rows)
+    assert correct / len(rows) == pytest.approx(card["test_metrics"]["accuracy"])
+    assert "test_predictions.csv" in card["files_sha256"]
     assert card["single_view_test_metrics"]["accuracy"] == pytest.approx(recorded["accuracy"])
     served = json.loads(
         run_cli(
