@@ -397,6 +397,7 @@ def markdown_tables(runs: list[dict], models: list[dict]) -> str:
                 ms("predict_single_s"),
                 ms("explain_single_s"),
                 bench.get("predict_batch_img_per_s", "-"),
+                len(m.get("test_time_views") or ["identity"]),
                 f"`{m.get('training_run')}`",
             ]
         )
@@ -413,6 +414,7 @@ def markdown_tables(runs: list[dict], models: list[dict]) -> str:
                     "predict (1 image)",
                     "Grad-CAM (1 image)",
                     "batch img/s",
+                    "views averaged",
                     "training run",
                 ],
                 model_rows,

@@ -145,7 +145,11 @@ def installed_model_names() -> list[str]:
     root = models_dir()
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / "card.json").is_file())
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if (p / "card.json").is_file() and not p.name.startswith(".")  # skip promote's staging
+    )
 
 
 def resolve_model_name(name: str | None) -> str:

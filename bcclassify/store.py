@@ -179,6 +179,8 @@ def list_models() -> list[dict]:
     if not root.is_dir():
         return out
     for folder in sorted(root.iterdir()):
+        if folder.name.startswith("."):  # a model being installed (promote's staging folder)
+            continue
         card = read_json(folder / "card.json")
         if isinstance(card, dict):
             out.append({**card, "name": folder.name, "default": folder.name == default})
