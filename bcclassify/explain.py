@@ -10,6 +10,7 @@ work on their own clone, so the model that serves predictions is never changed.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ class Explanation:
 
 
 JOINT_LAYER = "explain_joint"
+MAX_JOINT_SIDE = 64  # beyond this the joint grid costs more than it saves: explain map by map
 # Architectures whose head is Dense(concat(GAP(map) for each explained map)): their maps can be
 # computed on the fast explain view below. The others (unet, supcon) use the full model.
 POOLED_HEAD_ARCHITECTURES = {
@@ -95,20 +97,22 @@ def explain_view(model, layers: list[str], head_layer: str = "predictions"):
     """The same network, rebuilt for tf-keras-vis, with every explained map on ONE layer.
 
     Trunks run compiled (see :func:`_compiled_features_layer`); each explained map is upsampled
-    (nearest, integer factor) to the largest map's grid and concatenated as ``explain_joint``;
+    (nearest, integer factor) to a common grid and concatenated as ``explain_joint``;
     the head pools slices of that layer and applies a copy of the classifier's weights with a
     linear output (what tf-keras-vis's ReplaceToLinear would do), so the serving model is never
     touched. Nearest upsampling by an integer factor leaves the pooled features unchanged, so the
     view's softmax equals the model's output. One tf-keras-vis pass over a batch holding the
     image once per map yields every map, each sample masking the other maps' gradients.
-    Returns None when the grids are not integer multiples of each other.
+    Returns None for non-square maps or a joint grid over ``MAX_JOINT_SIDE``.
     """
     import keras
 
     maps = [model.get_layer(name).output for name in layers]
     sides = [int(m.shape[1]) for m in maps]
-    side = max(sides)
-    if any(side % s or s != int(m.shape[2]) for s, m in zip(sides, maps)):
+    # The joint grid is the least common multiple of the maps' grids (InceptionV3 gives 3x3 and
+    # Xception 5x5 at 160 px: 15x15), so every map is repeated by a whole factor.
+    side = math.lcm(*sides)
+    if side > MAX_JOINT_SIDE or any(s != int(m.shape[2]) for s, m in zip(sides, maps)):
         return None
     extractor = keras.Model(model.inputs, maps, name="explain_extractor")
     pixels = keras.Input(model.input_shape[1:], name="pixels")

@@ -172,3 +172,27 @@ def test_centre_cropping_model_maps_cover_only_the_centre(tmp_path):
             outside[16:48, 16:48] = 0.0
             assert np.all(outside == 0.0)
             assert inside.max() > 0.5  # the normalised map peaks inside the seen square
+
+
+def test_fast_view_handles_grids_that_are_not_multiples_of_each_other(tiny_store):
+    """At 139 px (like the default's 160) InceptionV3 gives 3x3 maps and Xception 5x5."""
+    from bcclassify import CLASS_NAMES
+    from bcclassify.models import build
+    from bcclassify.serving import ClassifierModel
+
+    model = build("hybrid", 139, len(CLASS_NAMES), weights="none")
+    card = {
+        "architecture": "hybrid",
+        "image_size": 139,
+        "explain_layers": ["mixed10", "block14_sepconv2_act"],
+    }
+    classifier = ClassifierModel("grid-3-5", REPO, card, model)
+    pixels = classifier.load(CELL)
+    fast = Explainer(classifier)
+    reference = Explainer(classifier)
+    reference._uses_joint_view = lambda _method: False
+    a = fast.explain_pixels(pixels, "gradcam", target="ig")
+    b = reference.explain_pixels(pixels, "gradcam", target="ig")
+    assert fast._joint_channels == [2048, 2048]  # the joint view (15x15 grid) was used
+    for layer in b.maps:
+        np.testing.assert_allclose(a.maps[layer], b.maps[layer], atol=1e-4)
