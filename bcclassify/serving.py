@@ -289,7 +289,6 @@ def load_model_folder(folder: Path, name: str, verify: bool = True) -> Classifie
     """Load the exported model in ``folder`` (installed or being installed) as ``name``."""
     import keras
 
-    chosen = name
     card = read_json(folder / "card.json")
     if verify:
         _verify(folder, card)
@@ -303,7 +302,7 @@ def load_model_folder(folder: Path, name: str, verify: bool = True) -> Classifie
         for key in sorted(arrays)
     ]
     model.set_weights(ordered)
-    return ClassifierModel(chosen, folder, card, model, tuple(card.get("class_names", CLASS_NAMES)))
+    return ClassifierModel(name, folder, card, model, tuple(card.get("class_names", CLASS_NAMES)))
 
 
 def iter_sources(paths: Iterable[Path]) -> list[tuple[str, ImageSource]]:
