@@ -725,7 +725,8 @@ def train(config: TrainConfig) -> Path:
             metrics = _fit_one_split(run_dir, config, dataset, splits[0], pixels)
         metrics["duration_s"] = _elapsed(run_dir)
         write_json(run_dir / "metrics.json", metrics)
-        _update_run(run_dir, status="finished", finished=_now())
+        # the same figure in both records (re-reading the clock here could differ by 0.1 s)
+        _update_run(run_dir, status="finished", finished=_now(), duration_s=metrics["duration_s"])
     except BaseException as exc:
         _update_run(run_dir, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
