@@ -1,14 +1,15 @@
-"""Differential counts as a hematology report gives them."""
+"""Differential counts as a hematology report gives them, and safe CSV cells for exports."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from . import CLASS_NAMES
 
 # The leukocyte differential: the five mature leukocyte classes plus immature granulocytes.
 LEUKOCYTE_CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "ig")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def differential_count(labels: Iterable[str]) -> dict:
@@ -46,3 +47,64 @@ def differential_count(labels: Iterable[str]) -> dict:
         ),
         "platelets": counts["platelet"],
     }
+
+
+# Flags that keep a cell out of the count until a reviewer gives it a class, in the order the
+# app shows their groups. Any other non-empty flag except "error" is held back the same way.
+REVIEW_FLAGS = ("unidentified", "low_confidence")
+
+
+def needs_review(prediction) -> bool:
+    """True for a classified cell whose flag says the model's class must not be trusted as is."""
+    return prediction.flag not in ("", "error") and prediction.label is not None
+
+
+def final_class(prediction, decision: str | None) -> str | None:
+    """The class a cell counts as: the reviewer's if any, else the model's unless flagged.
+
+    ``None`` means the cell is not counted (refused file, or flagged and not yet reviewed).
+    """
+    if prediction.flag == "error" or prediction.label is None:
+        return None
+    if decision in CLASS_NAMES:
+        return decision
+    return None if needs_review(prediction) else prediction.label
+
+
+def reviewed_differential(
+    cells: Iterable[tuple[str, object]], decisions: Mapping[str, str]
+) -> dict:
+    """The differential of a batch, flagged cells held back until reviewed.
+
+    ``cells`` are ``(key, prediction)`` pairs (a prediction has ``label`` and ``flag``);
+    ``decisions`` maps a key to the reviewer's class. A reviewer's class always counts; an
+    unreviewed flagged cell (``unidentified``, ``low_confidence``) does not, and is reported as
+    awaiting review instead, so a doubtful cell never silently moves the differential.
+    """
+    labels: list[str] = []
+    awaiting = {flag: 0 for flag in REVIEW_FLAGS}
+    reviewed = 0
+    for key, prediction in cells:
+        decision = decisions.get(key)
+        label = final_class(prediction, decision)
+        if label is not None:
+            labels.append(label)
+            reviewed += decision in CLASS_NAMES
+        elif needs_review(prediction):
+            awaiting[prediction.flag] = awaiting.get(prediction.flag, 0) + 1
+    counts = differential_count(labels)
+    counts["awaiting_review"] = sum(awaiting.values())
+    counts["awaiting_by_flag"] = awaiting
+    counts["reviewed"] = reviewed
+    return counts
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A CSV cell that a spreadsheet will not run as a formula (OWASP CSV injection advice).
+
+    Text starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading
+    apostrophe; numbers and other text are returned unchanged.
+    """
+    if isinstance(value, str) and value[:1] in FORMULA_STARTS:
+        return "'" + value
+    return value

@@ -93,3 +93,51 @@ def test_differential_count_reports_like_a_hematology_report():
     assert report["erythroblasts_per_100_leukocytes"] == pytest.approx(20.0)
     assert report["platelets"] == 4
     assert differential_count([])["erythroblasts_per_100_leukocytes"] is None
+
+
+def _pred(label: str | None, flag: str = ""):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(label=label, flag=flag)
+
+
+def test_flagged_cells_wait_for_a_reviewer_before_they_count():
+    from bcclassify.report import reviewed_differential
+
+    cells = [
+        ("a", _pred("lymphocyte")),
+        ("b", _pred("neutrophil", "low_confidence")),
+        ("c", _pred("platelet", "unidentified")),
+        ("d", _pred("ig", "unidentified")),
+        ("e", _pred(None, "error")),
+        ("f", _pred("monocyte")),
+    ]
+    report = reviewed_differential(cells, {"d": "eosinophil", "f": "basophil"})
+    counted = {r["class"]: r["count"] for r in report["all_cells"] if r["count"]}
+    assert counted == {"lymphocyte": 1, "eosinophil": 1, "basophil": 1}
+    assert report["total_cells"] == 3 and report["reviewed"] == 2
+    assert report["awaiting_review"] == 2
+    assert report["awaiting_by_flag"] == {"unidentified": 1, "low_confidence": 1}
+
+
+def test_reviewed_differential_with_real_predictions():
+    import numpy as np
+
+    from bcclassify.report import reviewed_differential
+    from bcclassify.serving import Prediction
+
+    sure = Prediction("a.png", probabilities=np.eye(8)[4])  # lymphocyte at 1.0
+    unsure = Prediction("b.png", probabilities=np.full(8, 1 / 8))  # low confidence
+    report = reviewed_differential([("a", sure), ("b", unsure)], {})
+    assert report["total_cells"] == 1 and report["awaiting_review"] == 1
+    report = reviewed_differential([("a", sure), ("b", unsure)], {"b": "monocyte"})
+    assert report["total_cells"] == 2 and report["awaiting_review"] == 0
+
+
+def test_spreadsheet_safe_escapes_formula_starts_only():
+    from bcclassify.report import spreadsheet_safe
+
+    for text in ("=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"):
+        assert spreadsheet_safe(text) == "'" + text
+    assert spreadsheet_safe("lymphocyte") == "lymphocyte"
+    assert spreadsheet_safe(0.5) == 0.5 and spreadsheet_safe("") == ""

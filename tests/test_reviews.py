@@ -1,25 +1,35 @@
-"""The review log is a real SQLite file: decisions persist, append, and survive concurrency."""
+"""The review log is a real SQLite file: decisions persist, append only, and survive concurrency."""
 
 from __future__ import annotations
 
 import csv
 import io
 import multiprocessing
+import os
 import sqlite3
 
 import pytest
 
 from bcclassify import CLASS_NAMES
-from bcclassify.reviews import EXPORT_COLUMNS, ReviewLog
+from bcclassify.reviews import EXPORT_COLUMNS, ReviewLog, ReviewLogUnavailable
 
 PROBS = [0.05, 0.05, 0.05, 0.05, 0.6, 0.1, 0.05, 0.05]
 
 
 def test_decisions_persist_and_export(tmp_path):
     log = ReviewLog(tmp_path)
-    log.record("a.jpg", "sha-a", "hybrid", "lymphocyte", PROBS, "lymphocyte")
+    log.record("a.jpg", "sha-a", "hybrid", "lymphocyte", PROBS, "lymphocyte", reviewer="qa")
     log.record(
-        "b.jpg", "sha-b", "hybrid", "lymphocyte", PROBS, "monocyte", comment="kidney nucleus"
+        "b.jpg",
+        "sha-b",
+        "hybrid",
+        "lymphocyte",
+        PROBS,
+        "monocyte",
+        comment="kidney nucleus",
+        reviewer="qa",
+        model_card_sha256="c" * 64,
+        training_run="run-7",
     )
     reopened = ReviewLog(tmp_path)  # a new process would see the same file
     rows = reopened.entries()
@@ -29,12 +39,14 @@ def test_decisions_persist_and_export(tmp_path):
     assert list(exported[0]) == EXPORT_COLUMNS
     assert exported[1]["reviewer_class"] == "monocyte"
     assert '"lymphocyte": 0.6' in exported[1]["probabilities"]
+    assert exported[1]["model_card_sha256"] == "c" * 64
+    assert exported[1]["training_run"] == "run-7"
 
 
 def test_later_decision_supersedes_without_erasing(tmp_path):
     log = ReviewLog(tmp_path)
-    log.record("a.jpg", "sha-a", "hybrid", "ig", PROBS, "ig")
-    log.record("a.jpg", "sha-a", "hybrid", "ig", PROBS, "neutrophil")
+    log.record("a.jpg", "sha-a", "hybrid", "ig", PROBS, "ig", reviewer="qa")
+    log.record("a.jpg", "sha-a", "hybrid", "ig", PROBS, "neutrophil", reviewer="qa")
     assert len(log.entries()) == 2
     latest = log.entries(latest_only=True)
     assert len(latest) == 1 and latest[0]["reviewer_class"] == "neutrophil"
@@ -42,7 +54,12 @@ def test_later_decision_supersedes_without_erasing(tmp_path):
 
 def test_unknown_class_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not one of"):
-        ReviewLog(tmp_path).record("a.jpg", "s", "m", "blast", PROBS, "ig")
+        ReviewLog(tmp_path).record("a.jpg", "s", "m", "blast", PROBS, "ig", reviewer="qa")
+
+
+def test_a_decision_needs_its_reviewer(tmp_path):
+    with pytest.raises(ValueError, match="reviewer"):
+        ReviewLog(tmp_path).record("a.jpg", "s", "m", "ig", PROBS, "ig", reviewer="  ")
 
 
 def _writer(folder, worker, count):
@@ -55,6 +72,7 @@ def _writer(folder, worker, count):
             CLASS_NAMES[i % 8],
             PROBS,
             CLASS_NAMES[(i + worker) % 8],
+            reviewer=f"worker-{worker}",
         )
 
 
@@ -72,3 +90,89 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     with sqlite3.connect(tmp_path / "reviews.sqlite3") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_rows_cannot_be_changed_or_deleted(tmp_path):
+    log = ReviewLog(tmp_path)
+    log.record("a.jpg", "sha-a", "hybrid", "ig", PROBS, "ig", reviewer="qa")
+    with sqlite3.connect(log.path) as db:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.execute("UPDATE reviews SET reviewer_class = 'basophil'")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.execute("DELETE FROM reviews")
+    assert [r["reviewer_class"] for r in log.entries()] == ["ig"]
+
+
+OLD_SCHEMA = """
+CREATE TABLE reviews (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, file_name TEXT NOT NULL, image_sha256 TEXT NOT NULL,
+    model TEXT NOT NULL, predicted_class TEXT NOT NULL, probabilities TEXT NOT NULL,
+    reviewer_class TEXT NOT NULL,
+    decision TEXT NOT NULL CHECK (decision IN ('confirmed', 'corrected')),
+    comment TEXT NOT NULL DEFAULT '', reviewer TEXT NOT NULL DEFAULT '', time TEXT NOT NULL
+);
+INSERT INTO reviews VALUES (1, 'old.jpg', 'sha-old', 'hybrid', 'ig', '{}', 'monocyte',
+    'corrected', 'kept', 'QA', '2026-01-01T00:00:00.000+00:00');
+"""
+
+
+def test_an_older_log_gains_the_model_columns_and_keeps_its_rows(tmp_path):
+    with sqlite3.connect(tmp_path / "reviews.sqlite3") as db:
+        db.executescript(OLD_SCHEMA)
+    log = ReviewLog(tmp_path)
+    log.record(
+        "new.jpg", "sha-new", "hybrid", "ig", PROBS, "ig", reviewer="qa", training_run="run-8"
+    )
+    old, new = log.entries()
+    assert (old["file_name"], old["comment"], old["reviewer_class"]) == (
+        "old.jpg",
+        "kept",
+        "monocyte",
+    )
+    assert old["model_card_sha256"] == "" and old["training_run"] == ""
+    assert new["training_run"] == "run-8"
+    assert len(ReviewLog(tmp_path).entries()) == 2  # reopening migrates nothing twice
+
+
+def test_log_files_are_private(tmp_path):
+    folder = tmp_path / "fresh" / "data"
+    log = ReviewLog(folder)
+    log.record("a.jpg", "sha-a", "hybrid", "ig", PROBS, "ig", reviewer="qa")
+    assert folder.stat().st_mode & 0o777 == 0o700
+    for path in folder.iterdir():  # the database and its -wal/-shm companions
+        assert path.stat().st_mode & 0o077 == 0, path.name
+
+
+def test_a_damaged_or_unwritable_log_is_reported_in_one_line(tmp_path):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "reviews.sqlite3").write_bytes(b"this is not an sqlite database" * 100)
+    with pytest.raises(ReviewLogUnavailable, match="damaged"):
+        ReviewLog(damaged)
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    with pytest.raises(ReviewLogUnavailable, match="cannot be created"):
+        ReviewLog(not_a_folder)
+    if os.getuid() != 0:  # root writes through read-only modes
+        readonly = tmp_path / "readonly"
+        ReviewLog(readonly)
+        os.chmod(readonly / "reviews.sqlite3", 0o400)
+        os.chmod(readonly, 0o500)
+        try:
+            with pytest.raises(ReviewLogUnavailable):
+                ReviewLog(readonly).record("a.jpg", "s", "m", "ig", PROBS, "ig", reviewer="qa")
+        finally:
+            os.chmod(readonly, 0o700)
+
+
+def test_export_escapes_spreadsheet_formulas(tmp_path):
+    log = ReviewLog(tmp_path)
+    hostile = ['=HYPERLINK("http://x")', "+SUM(1,1)", "-1+2", "@cmd", "\tx", "\rx"]
+    for i, text in enumerate(hostile):
+        log.record(text, f"sha-{i}", "hybrid", "ig", PROBS, "ig", comment=text, reviewer=text)
+    rows = list(csv.DictReader(io.StringIO(log.export_csv(), newline="")))
+    for row, text in zip(rows, hostile):
+        for column in ("file_name", "comment", "reviewer"):
+            if column != "reviewer" or text == text.strip():  # a name is saved stripped
+                assert row[column] == "'" + text, (column, row[column])
+    assert rows[0]["probabilities"].startswith("{")  # ordinary cells are left alone
