@@ -511,6 +511,57 @@ def _cmd_bench(args) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------- users
+
+
+def _add_users(sub) -> None:
+    p = sub.add_parser(
+        "users",
+        help="local reviewer accounts for the app (add, list, remove)",
+        description="Reviewer accounts for the app's log-in where no single sign-on provider is "
+        "configured: salted Argon2id hashes in accounts.json in the data directory "
+        "($BCCLASSIFY_DATA_DIR, default ~/.bcclassify) or at $BCCLASSIFY_ACCOUNTS.",
+    )
+    actions = p.add_subparsers(dest="users_command", required=True)
+    add = actions.add_parser("add", help="create an account (the password is asked for)")
+    add.add_argument("name")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin (one line)"
+    )
+    add.add_argument("--replace", action="store_true", help="set a new password for NAME")
+    actions.add_parser("list", help="account names and when they were created")
+    remove = actions.add_parser("remove", help="delete an account")
+    remove.add_argument("name")
+
+
+def _cmd_users(args) -> int:
+    import getpass
+
+    from .accounts import AccountError, accounts_path, add_user, list_users, remove_user
+
+    path = accounts_path()
+    try:
+        if args.users_command == "list":
+            for user in list_users(path):
+                print(f"{user['name']}\t{user['created']}")
+        elif args.users_command == "remove":
+            remove_user(path, args.name)
+            print(f"removed {args.name} from {path}", file=sys.stderr)
+        else:
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\r\n")
+            else:
+                password = getpass.getpass(f"Password for {args.name}: ")
+                if getpass.getpass("Repeat it: ") != password:
+                    raise UsageError("the two passwords differ; nothing was changed")
+            add_user(path, args.name, password, replace=args.replace)
+            verb = "updated" if args.replace else "added"
+            print(f"{verb} {args.name} in {path}", file=sys.stderr)
+    except AccountError as exc:
+        raise UsageError(str(exc)) from None
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bcclassify",
@@ -526,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_predict,
         _add_explain,
         _add_bench,
+        _add_users,
     ):
         add(sub)
     return parser
@@ -539,6 +591,7 @@ COMMANDS = {
     "predict": _cmd_predict,
     "explain": _cmd_explain,
     "bench": _cmd_bench,
+    "users": _cmd_users,
 }
 
 
@@ -552,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "train":
         logging.getLogger("bcclassify").setLevel(logging.INFO)
-    if args.command != "list":
+    if args.command not in ("list", "users"):  # these need no TensorFlow
         if not args.verbose:
             os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
         import_tensorflow_quietly()
