@@ -7,10 +7,15 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from ._tf import import_tensorflow_quietly
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+# Exit statuses (README, "Exit statuses"): 1 is only ever "some inputs refused", so a script can
+# tell it from a crash (3) or a mistake in the call, an unknown or unverifiable model (2).
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+DEBUG_ENV = "BCCLASSIFY_DEBUG"  # set to 1 (or pass --debug) for the traceback of an internal error
 
 
 class UsageError(Exception):
@@ -98,8 +103,11 @@ def _add_predict(sub) -> None:
         "predict",
         help="classify image files or folders; CSV (or JSON) on stdout",
         description="Classify cell images. Folders are searched recursively (hidden files "
-        "skipped); one row per file, sorted by path. Exit 0: all classified; 1: some files "
-        "refused (each named on stderr); 2: usage error.",
+        "skipped); one row per file, sorted by path; CSV rows are written (and flushed) batch by "
+        "batch, so an interrupted run keeps its finished rows; JSON is written at the end. A "
+        "progress bar goes to stderr when it is a terminal. Exit 0: all classified; 1: some "
+        "files or folders refused (each named on stderr and in its row); 2: usage error or a "
+        "model that fails its integrity check; 3: internal error.",
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
     p.add_argument("--model", help="installed model name (default: the default model)")
@@ -130,17 +138,33 @@ def prediction_rows(predictions, class_names) -> list[dict]:
     return rows
 
 
-def write_prediction_csv(rows: list[dict], class_names, stream) -> None:
+def write_prediction_csv(rows: list[dict], class_names, stream, header: bool = True) -> None:
     import csv
 
     writer = csv.DictWriter(
         stream, fieldnames=PREDICT_HEADER + list(class_names), lineterminator="\n"
     )
-    writer.writeheader()
+    if header:
+        writer.writeheader()
     writer.writerows(rows)
 
 
+def _prediction_json(pred, names) -> dict:
+    return {
+        "path": pred.path,
+        "label": pred.label,
+        "confidence": pred.confidence,
+        "flag": pred.flag,
+        "error": pred.error,
+        "probabilities": None
+        if not pred.ok
+        else {c: float(p) for c, p in zip(names, pred.probabilities)},
+    }
+
+
 def _cmd_predict(args) -> int:
+    from tqdm import tqdm
+
     from .imaging import collect_image_paths
     from .serving import iter_sources
 
@@ -148,35 +172,45 @@ def _cmd_predict(args) -> int:
         raise UsageError("--batch-size must be at least 1")
     if not args.paths:
         raise UsageError("no inputs: give one or more image files or folders")
-    paths = collect_image_paths(args.paths)
+    paths = collect_image_paths(args.paths)  # sorted: rows can be written as soon as final
     if not paths:
         raise UsageError(f"no files found in {', '.join(args.paths)}")
     classifier = _load_classifier(args.model)
-    predictions = classifier.classify(iter_sources(paths), batch_size=args.batch_size)
     names = classifier.class_names
-    rows = prediction_rows(predictions, names)
-    if args.format == "csv":
-        write_prediction_csv(rows, names, sys.stdout)
-    else:
-        payload = []
-        for pred in predictions:
-            payload.append(
-                {
-                    "path": pred.path,
-                    "label": pred.label,
-                    "confidence": pred.confidence,
-                    "flag": pred.flag,
-                    "error": pred.error,
-                    "probabilities": None
-                    if not pred.ok
-                    else {c: float(p) for c, p in zip(names, pred.probabilities)},
-                }
-            )
+    csv_out = args.format == "csv"
+    if csv_out:
+        write_prediction_csv([], names, sys.stdout)
+        sys.stdout.flush()
+    payload: list[dict] = []
+    refused = 0
+    # On a terminal only (disable=None): a log or pipe keeps exactly one line per refused input.
+    bar = tqdm(
+        total=len(paths),
+        desc="classifying",
+        unit="image",
+        file=sys.stderr,
+        disable=None if len(paths) > 1 else True,
+    )
+    with bar:
+        for start in range(0, len(paths), args.batch_size):
+            batch = paths[start : start + args.batch_size]
+            predictions = classifier.classify(iter_sources(batch), batch_size=args.batch_size)
+            if csv_out:
+                # Flushed per batch, so a killed run leaves every finished row behind it.
+                write_prediction_csv(
+                    prediction_rows(predictions, names), names, sys.stdout, header=False
+                )
+                sys.stdout.flush()
+            else:
+                payload.extend(_prediction_json(pred, names) for pred in predictions)
+            for pred in predictions:
+                if not pred.ok:
+                    refused += 1
+                    bar.write(f"refused: {' '.join(pred.error.split())}", file=sys.stderr)
+            bar.update(len(batch))
+    if not csv_out:
         json.dump(payload, sys.stdout, indent=2)
         sys.stdout.write("\n")
-    refused = [p for p in predictions if not p.ok]
-    for pred in refused:
-        print(f"refused: {' '.join(pred.error.split())}", file=sys.stderr)
     return EXIT_REFUSED if refused else EXIT_OK
 
 
@@ -193,7 +227,13 @@ def _add_evaluate(sub) -> None:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--run", metavar="RUN_ID")
     group.add_argument("--model", metavar="NAME")
-    p.add_argument("--data", required=True, help="image-folder dataset")
+    p.add_argument("--data", help="image-folder dataset (class folders)")
+    p.add_argument(
+        "--ood",
+        metavar="DIR",
+        help="with --model: a folder of images that are NOT blood cells; reports the share "
+        "the model flags (unidentified, low confidence, refused), by sub-folder",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
         "--views",
@@ -216,6 +256,10 @@ def _view_list(text: str) -> list[str]:
 def _cmd_evaluate(args) -> int:
     from .evaluation import evaluate
 
+    if args.ood:
+        return _evaluate_ood(args)
+    if not args.data:
+        raise UsageError("give --data DIR (a dataset with class folders) or, with --model, --ood")
     try:
         metrics = evaluate(
             run_id=args.run,
@@ -231,6 +275,45 @@ def _cmd_evaluate(args) -> int:
     else:
         print(format_metrics(metrics))
     return EXIT_OK
+
+
+def _evaluate_ood(args) -> int:
+    from .evaluation import evaluate_ood
+
+    if not args.model:
+        raise UsageError("--ood needs --model NAME (an installed model)")
+    if not Path(args.ood).is_dir():
+        raise UsageError(f"--ood {args.ood}: not a folder")
+    result = evaluate_ood(_load_classifier(args.model), args.ood, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    rows = [("all", result)] + list(result["by_folder"].items())
+    print(f"non-cell images in {args.ood}, model {result['source']}:")
+    print(f"  {'folder':<16}{'images':>7}{'flagged':>9}{'unidentified':>14}{'low conf.':>11}"
+          f"{'refused':>9}")
+    for name, r in rows:
+        print(
+            f"  {name:<16}{r['num_images']:>7d}{100 * r['flagged_fraction']:>8.1f}%"
+            f"{100 * r['unidentified_fraction']:>13.1f}%{100 * r['low_confidence_fraction']:>10.1f}%"
+            f"{100 * r['refused_fraction']:>8.1f}%"
+        )
+    return EXIT_OK
+
+
+def format_trust(trust: dict) -> list[str]:
+    """The reviewer-facing figures of a served model on a labelled set."""
+    pct_of = lambda key: f"{100 * trust[key]:.2f}%"  # noqa: E731
+    unflagged = trust.get("accuracy_of_unflagged")
+    return [
+        "",
+        "served answers (calibrated probabilities; flags as predict writes them):",
+        f"  unidentified {pct_of('unidentified_fraction')}, low confidence "
+        f"{pct_of('low_confidence_fraction')}, flagged in all {pct_of('flagged_fraction')}",
+        "  accuracy of the unflagged: " + ("-" if unflagged is None else f"{100 * unflagged:.2f}%"),
+        f"  wrong and unflagged: {pct_of('wrong_and_unflagged_fraction')} of all cells",
+        f"  ECE {100 * trust['ece']:.2f}%, Brier {trust['brier']:.4f}",
+    ]
 
 
 def format_metrics(metrics: dict) -> str:
@@ -266,7 +349,61 @@ def format_metrics(metrics: dict) -> str:
                 f"({100 * row['flagged_fraction']:.1f}%), accuracy of the rest "
                 + ("-" if kept is None else f"{100 * kept:.2f}%")
             )
+    if metrics.get("trust"):
+        lines += format_trust(metrics["trust"])
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- calibrate
+
+
+def _add_calibrate(sub) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="fit an installed model's confidence calibration and 'unidentified' detector",
+        description="On the model's own training data (its split is recomputed from the card): "
+        "a novelty detector on training-split features, a temperature and the unidentified "
+        "threshold on the validation split; figures on the test split and on an optional "
+        "folder of non-cell images. Writes novelty-*.npz and the card's calibration and "
+        "novelty sections (checksummed). Features are cached under cache/trust/.",
+    )
+    p.add_argument("--model", metavar="NAME", help="installed model (default: the default)")
+    p.add_argument("--data", required=True, help="the model's training data (class folders)")
+    p.add_argument("--noncell", metavar="DIR", help="non-cell images to report figures on")
+    p.add_argument("--method", choices=("mahalanobis", "knn"), default="mahalanobis")
+    p.add_argument("--dims", type=int, default=128, help="principal components kept")
+    p.add_argument(
+        "--quantile",
+        type=float,
+        default=0.99,
+        help="validation cells under the unidentified threshold (default 0.99: 1%% flagged)",
+    )
+    p.add_argument("--train-limit", type=int, default=4000, help="training cells to fit on")
+
+
+def _cmd_calibrate(args) -> int:
+    from .trust import calibrate_model
+
+    if not 0.5 <= args.quantile < 1.0:
+        raise UsageError("--quantile must be in [0.5, 1)")
+    if args.noncell and not Path(args.noncell).is_dir():
+        raise UsageError(f"--noncell {args.noncell}: not a folder")
+    from .serving import ModelIntegrityError, ModelNotFoundError
+
+    try:
+        card = calibrate_model(
+            args.model,
+            args.data,
+            noncell=args.noncell,
+            method=args.method,
+            dims=args.dims,
+            quantile=args.quantile,
+            train_limit=args.train_limit,
+        )
+    except (FileNotFoundError, ValueError, ModelNotFoundError, ModelIntegrityError) as exc:
+        raise UsageError(str(exc)) from None
+    print(json.dumps({k: card[k] for k in ("calibration", "novelty")}, indent=2))
+    return EXIT_OK
 
 
 # ----------------------------------------------------------------------------- promote, list
@@ -568,6 +705,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Peripheral blood cell classification (PBC classes) with Grad-CAM.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"print the traceback of an internal error (exit 3); also {DEBUG_ENV}=1",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (
         _add_train,
@@ -578,6 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_explain,
         _add_bench,
         _add_users,
+        _add_calibrate,
     ):
         add(sub)
     return parser
@@ -592,12 +735,57 @@ COMMANDS = {
     "explain": _cmd_explain,
     "bench": _cmd_bench,
     "users": _cmd_users,
+    "calibrate": _cmd_calibrate,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command and return its exit status (0 ok, 1 refused inputs, 2 usage, 3 internal).
+
+    An unexpected exception is reported in one line on stderr and exits 3; its traceback is
+    printed only with ``--debug`` or ``BCCLASSIFY_DEBUG=1``.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader went away (`... | head`): not an error of ours; silence the flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the one place that turns a crash into a status
+        if _is_integrity_error(exc):  # however a command reached the model
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        return _internal_error(exc, args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"))
+
+
+def _is_integrity_error(exc: BaseException) -> bool:
+    try:
+        from .serving import ModelIntegrityError
+    except Exception:  # noqa: BLE001 - the crash may be that very import
+        return False
+    return isinstance(exc, ModelIntegrityError)
+
+
+def _internal_error(exc: BaseException, debug: bool) -> int:
+    import traceback
+
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    detail = " ".join(str(exc).split()) or "no message"
+    hint = "" if debug else f"; rerun with --debug (or {DEBUG_ENV}=1) for the traceback"
+    print(f"internal error: {type(exc).__name__}: {detail}{hint}", file=sys.stderr)
+    return EXIT_INTERNAL
+
+
+def _run(args) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -609,12 +797,4 @@ def main(argv: list[str] | None = None) -> int:
         if not args.verbose:
             os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
         import_tensorflow_quietly()
-    try:
-        return COMMANDS[args.command](args)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except BrokenPipeError:
-        # The reader went away (`... | head`): not an error of ours; silence the flush at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
+    return COMMANDS[args.command](args)

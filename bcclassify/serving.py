@@ -120,8 +120,63 @@ def export_model(model, folder: Path, card: dict) -> dict:
     return card
 
 
+WEIGHT_FILES = "weights-*.npz"
+REINSTALL = "reinstall the model with `python -m bcclassify promote RUN_ID --name NAME`"
+
+
+def read_card(folder: Path) -> dict:
+    """``folder/card.json`` as a dict, or :class:`ModelIntegrityError` saying why it is unusable."""
+    path = folder / "card.json"
+    try:
+        card = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelIntegrityError(f"{path}: missing; {REINSTALL}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ModelIntegrityError(f"{path}: cannot be read ({reason}); {REINSTALL}") from None
+    if not isinstance(card, dict):
+        raise ModelIntegrityError(f"{path}: not a model card (a JSON object); {REINSTALL}")
+    return card
+
+
+def listed_files(folder: Path, card: dict) -> dict[str, str]:
+    """The card's ``files_sha256``, checked to describe this folder completely.
+
+    The card is the only list of what makes up the model: a card without checksums, a name that
+    is not a plain file name, a missing ``model.json`` or weight file, or a ``weights-*.npz`` in
+    the folder that the card does not list (an extra shard would silently change the weights)
+    is refused with :class:`ModelIntegrityError`.
+    """
+    card_path = folder / "card.json"
+    files = card.get("files_sha256")
+    if not isinstance(files, dict) or not files:
+        raise ModelIntegrityError(
+            f"{card_path}: no files_sha256 checksums, so the model files cannot be verified; "
+            + REINSTALL
+        )
+    for name, digest in files.items():
+        if Path(name).name != name or name in ("", ".", "..") or not isinstance(digest, str):
+            raise ModelIntegrityError(
+                f"{card_path}: files_sha256 entry {name!r} is not a plain file name with a "
+                f"checksum; {REINSTALL}"
+            )
+    if "model.json" not in files or not any(Path(n).match(WEIGHT_FILES) for n in files):
+        raise ModelIntegrityError(
+            f"{card_path}: files_sha256 must list model.json and the weights-*.npz files; "
+            + REINSTALL
+        )
+    unlisted = sorted(p.name for p in folder.glob(WEIGHT_FILES) if p.name not in files)
+    if unlisted:
+        raise ModelIntegrityError(
+            f"{folder / unlisted[0]}: weight file not listed in {card_path} "
+            f"({len(unlisted)} unlisted); remove it or {REINSTALL}"
+        )
+    return files
+
+
 def _verify(folder: Path, card: dict) -> None:
-    for name, expected in card.get("files_sha256", {}).items():
+    """Every file the card lists exists and matches its sha256 (see :func:`listed_files`)."""
+    for name, expected in listed_files(folder, card).items():
         path = folder / name
         if not path.is_file():
             raise ModelIntegrityError(f"{path}: missing (listed in {folder / 'card.json'})")
@@ -136,7 +191,7 @@ def _verify(folder: Path, card: dict) -> None:
 def verify_model_files(name: str | None = None) -> dict:
     """Check every file of an installed model against its card; returns the card."""
     folder = models_dir() / resolve_model_name(name)
-    card = read_json(folder / "card.json")
+    card = read_card(folder)
     _verify(folder, card)
     return card
 
@@ -289,12 +344,13 @@ def load_model_folder(folder: Path, name: str, verify: bool = True) -> Classifie
     """Load the exported model in ``folder`` (installed or being installed) as ``name``."""
     import keras
 
-    card = read_json(folder / "card.json")
+    card = read_card(folder)
+    files = listed_files(folder, card)  # always: only the card's files are ever loaded
     if verify:
         _verify(folder, card)
     model = keras.models.model_from_json((folder / "model.json").read_text())
     arrays: dict[str, np.ndarray] = {}
-    for shard in sorted(folder.glob("weights-*.npz")):
+    for shard in sorted(folder / n for n in files if Path(n).match(WEIGHT_FILES)):
         with np.load(shard) as stored:
             arrays.update({key: stored[key] for key in stored.files})
     ordered = [
