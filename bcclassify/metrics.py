@@ -108,3 +108,70 @@ def confidence_coverage(
             }
         )
     return rows
+
+
+def expected_calibration_error(
+    y_true: np.ndarray, probabilities: np.ndarray, bins: int = 15
+) -> float:
+    """ECE: the gap between confidence and accuracy, averaged over equal-width confidence bins
+    weighted by their share of cells (Guo et al., "On Calibration of Modern Neural Networks",
+    ICML 2017)."""
+    table = reliability_table(y_true, probabilities, bins)
+    total = sum(row["count"] for row in table)
+    if not total:
+        return 0.0
+    return float(
+        sum(row["count"] * abs(row["accuracy"] - row["confidence"]) for row in table) / total
+    )
+
+
+def reliability_table(
+    y_true: np.ndarray, probabilities: np.ndarray, bins: int = 15
+) -> list[dict]:
+    """Per confidence bin (equal width on [0, 1]): cells, mean confidence, accuracy.
+
+    Empty bins are left out; the rows are what a reliability diagram draws.
+    """
+    y_true = np.asarray(y_true)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    top = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, top, side="left") - 1, 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            rows.append(
+                {
+                    "low": float(edges[b]),
+                    "high": float(edges[b + 1]),
+                    "count": int(members.sum()),
+                    "confidence": float(top[members].mean()),
+                    "accuracy": float(correct[members].mean()),
+                }
+            )
+    return rows
+
+
+def brier_score(y_true: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean squared distance between the probability vector and the one-hot truth."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    onehot = np.zeros_like(probabilities)
+    onehot[np.arange(len(probabilities)), np.asarray(y_true, dtype=np.int64)] = 1.0
+    return float(np.mean(np.sum((probabilities - onehot) ** 2, axis=1))) if len(onehot) else 0.0
+
+
+def auroc(scores_negative: np.ndarray, scores_positive: np.ndarray) -> float:
+    """Area under the ROC curve for telling positives (higher scores) from negatives: the
+    chance a random positive outscores a random negative, ties counting half."""
+    neg = np.asarray(scores_negative, dtype=np.float64)
+    pos = np.asarray(scores_positive, dtype=np.float64)
+    if not len(neg) or not len(pos):
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([neg, pos]))  # ties get their average rank
+    pos_rank_sum = ranks[len(neg) :].sum()
+    return float((pos_rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
