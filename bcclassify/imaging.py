@@ -23,6 +23,9 @@ ACCEPTED = (
 )
 # Lanczos matches how the 224 px training images were derived from the 360x363 originals.
 RESAMPLE = Image.Resampling.LANCZOS
+# How the training images (../shared/data/pbc224) were made from the originals.
+TRAINING_COPY_PX = 224
+TRAINING_COPY_JPEG_QUALITY = 90
 
 ImageSource = str | Path | bytes | BinaryIO
 
@@ -134,9 +137,30 @@ def load_image(source: ImageSource, size: int | None = None, name: str | None = 
     if min(img.size) < MIN_SIDE_PX:
         raise ImageLoadError(label, f"{img.size[0]}x{img.size[1]} px is too small")
     rgb = _to_rgb_array(img)
-    if size is not None and rgb.shape[:2] != (size, size):
-        rgb = np.asarray(Image.fromarray(rgb).resize((size, size), RESAMPLE))
+    if size is not None:
+        rgb = as_training_copy(rgb)
+        if rgb.shape[:2] != (size, size):
+            rgb = np.asarray(Image.fromarray(rgb).resize((size, size), RESAMPLE))
     return np.ascontiguousarray(rgb)
+
+
+def as_training_copy(rgb: np.ndarray) -> np.ndarray:
+    """Bring a decoded image to the form the training images had before the model's resize.
+
+    The models train on 224 px copies of the analyser's 360x363 originals, made with Lanczos
+    and saved as JPEG quality 90. An input of any other size goes through the same two steps, so
+    an original and its training copy reach the model as the same pixels (Pillow reproduces the
+    copies bit for bit) and a model's answer does not depend on which one a user uploads.
+    An image already at 224 px is taken as such a copy and left alone.
+    """
+    if rgb.shape[:2] == (TRAINING_COPY_PX, TRAINING_COPY_PX):
+        return rgb
+    copy = Image.fromarray(rgb).resize((TRAINING_COPY_PX, TRAINING_COPY_PX), RESAMPLE)
+    buffer = io.BytesIO()
+    copy.save(buffer, format="JPEG", quality=TRAINING_COPY_JPEG_QUALITY)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return np.asarray(decoded.convert("RGB"))
 
 
 def is_hidden(path: Path) -> bool:
