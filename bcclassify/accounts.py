@@ -36,6 +36,25 @@ class AccountError(ValueError):
     """A refused account operation (bad name, short password, unknown user, unreadable file)."""
 
 
+def streamlit_secrets() -> dict:
+    """Top-level keys of the app's secrets files (global, then the project's), as the app sees
+    them, so ``users`` commands find the same account file as the app without Streamlit."""
+    import tomllib
+
+    from .store import REPO_ROOT
+
+    merged: dict = {}
+    for path in (
+        Path.home() / ".streamlit" / "secrets.toml",
+        REPO_ROOT / ".streamlit" / "secrets.toml",
+    ):
+        try:
+            merged.update(tomllib.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    return merged
+
+
 def accounts_path(secrets: dict | None = None) -> Path:
     """$BCCLASSIFY_ACCOUNTS, else that secret, else ``accounts.json`` in the data directory."""
     value = os.environ.get(ACCOUNTS_ENV) or (secrets or {}).get(ACCOUNTS_ENV)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from plotly.subplots import make_subplots
 from . import CLASS_LABELS, CLASS_NAMES
 from .imaging import input_label
 from .metrics import per_class_scores, row_normalize
+from .report import spreadsheet_safe
 from .reviews import DATA_DIR_ENV
 from .store import (
     REPO_ROOT,
@@ -33,6 +35,7 @@ from .store import (
     read_json,
     run_state,
     runs_dir,
+    sha256_file,
     store_root,
 )
 
@@ -94,11 +97,18 @@ class CellInput:
 
 
 def results_csv(predictions, class_names) -> str:
-    """A batch's results with the same columns as ``python -m bcclassify predict``."""
+    """A batch's results with the columns of ``python -m bcclassify predict``, formula-safe.
+
+    File names come from the browser, so cells a spreadsheet would run as formulas are escaped.
+    """
     from .cli import prediction_rows, write_prediction_csv
 
+    rows = [
+        {k: spreadsheet_safe(v) for k, v in row.items()}
+        for row in prediction_rows(predictions, class_names)
+    ]
     buffer = io.StringIO()
-    write_prediction_csv(prediction_rows(predictions, class_names), class_names, buffer)
+    write_prediction_csv(rows, class_names, buffer)
     return buffer.getvalue()
 
 
@@ -122,6 +132,39 @@ def unique_inputs(inputs: list[CellInput]) -> list[CellInput]:
             seen.add((item.name, item.sha256))
             kept.append(item)
     return kept
+
+
+def app_secrets() -> dict:
+    """The app's secrets (``.streamlit/secrets.toml``), or none when there is no such file."""
+    try:
+        return dict(st.secrets) if st.secrets.load_if_toml_exists() else {}
+    except Exception:  # noqa: BLE001 - an unreadable secrets file must not stop the app
+        return {}
+
+
+def oidc_providers(secrets: dict) -> list[str | None] | None:
+    """OpenID Connect providers of an ``[auth]`` section: ``[None]`` for a single unnamed one,
+    the names of ``[auth.NAME]`` sub-sections otherwise; None when log-in is not configured."""
+    auth = secrets.get("auth")
+    if not isinstance(auth, Mapping) or not auth:
+        return None
+    named = [k for k, v in auth.items() if isinstance(v, Mapping)]
+    return named or [None]
+
+
+def oidc_reviewer(user: Mapping) -> str | None:
+    """The reviewer name for a user logged in through OpenID Connect (e-mail, else name)."""
+    if user.get("is_logged_in") is not True:
+        return None
+    return str(user.get("email") or user.get("name") or user.get("sub") or "") or None
+
+
+def card_sha256(name: str) -> str:
+    """sha256 of the installed model's card.json ('' when it cannot be read)."""
+    try:
+        return sha256_file(models_dir() / name / "card.json")
+    except OSError:
+        return ""
 
 
 def configured_data_dir(secrets: dict | None = None) -> Path:
@@ -580,11 +623,12 @@ def store_description() -> str:
 
 # ----------------------------------------------------------------------------- cached resources
 # The caches live here, not in the pages, so every page shares one loaded copy per server process.
-# ``store`` is part of each key: the same model name in another store is another model.
+# ``store`` and the card's sha256 are part of each key: the same name in another store, or
+# re-promoted with new weights, is another model, so a re-promote is loaded afresh.
 
 
 @st.cache_resource(show_spinner="Loading TensorFlow and the model (first use only)…", max_entries=4)
-def _cached_model(name: str, store: str):
+def _cached_model(name: str, store: str, card_sha256: str):
     from ._tf import import_tensorflow_quietly
     from .serving import load_model
 
@@ -593,17 +637,17 @@ def _cached_model(name: str, store: str):
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _cached_explainer(name: str, store: str):
+def _cached_explainer(name: str, store: str, card_sha256: str):
     from .explain import Explainer
 
-    return Explainer(_cached_model(name, store))
+    return Explainer(_cached_model(name, store, card_sha256))
 
 
 def cached_model(name: str):
-    """The installed model ``name`` from the current store, loaded once per server process."""
-    return _cached_model(name, str(store_root()))
+    """The installed model ``name`` from the current store, loaded once per card version."""
+    return _cached_model(name, str(store_root()), card_sha256(name))
 
 
 def cached_explainer(name: str):
-    """The Grad-CAM explainer of ``name``, built once per server process."""
-    return _cached_explainer(name, str(store_root()))
+    """The Grad-CAM explainer of ``name``, built once per card version."""
+    return _cached_explainer(name, str(store_root()), card_sha256(name))

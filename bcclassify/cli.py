@@ -674,9 +674,16 @@ def _add_users(sub) -> None:
 def _cmd_users(args) -> int:
     import getpass
 
-    from .accounts import AccountError, accounts_path, add_user, list_users, remove_user
+    from .accounts import (
+        AccountError,
+        accounts_path,
+        add_user,
+        list_users,
+        remove_user,
+        streamlit_secrets,
+    )
 
-    path = accounts_path()
+    path = accounts_path(streamlit_secrets())
     try:
         if args.users_command == "list":
             for user in list_users(path):

@@ -190,7 +190,9 @@ def classify_uploads(
     return out
 
 
-def explain_copy(classifier, explainer, copy: WorkingCopy, method: str, target: str, probabilities):
+def explain_copy(
+    classifier, explainer, copy: WorkingCopy, method: str, target: str | None, probabilities
+):
     """Grad-CAM maps for a working copy, at the working copy's size (never the original's)."""
     return explainer.explain_pixels(
         classifier.load(copy.source, name=copy.name),

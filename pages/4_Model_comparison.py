@@ -6,7 +6,8 @@ import streamlit as st
 
 from bcclassify import app_support as ui
 from bcclassify.explain import METHODS, overlay
-from bcclassify.imaging import ImageLoadError, load_image
+from bcclassify.imaging import ImageLoadError
+from bcclassify.uploads import UploadLimits, WorkingCopy, explain_copy, working_copy
 
 
 def leaderboard_ui() -> None:
@@ -49,17 +50,12 @@ def image_ui() -> ui.CellInput | None:
     return None
 
 
-def side_by_side_ui(item: ui.CellInput, names: list[str], method: str, opacity: float) -> None:
-    try:
-        original = load_image(item.data, name=item.name)
-    except ImageLoadError as exc:
-        st.error(str(exc))
-        return
+def side_by_side_ui(copy: WorkingCopy, names: list[str], method: str, opacity: float) -> None:
     columns = st.columns(len(names))
     for column, name in zip(columns, names):
         with column:
             classifier = ui.cached_model(name)
-            pixels = classifier.load(item.data, name=item.name)
+            pixels = classifier.load(copy.source, name=copy.name)
             probs = classifier.predict_pixels(pixels[None])[0]
             top = classifier.class_names[int(probs.argmax())]
             st.markdown(f"#### {name}")
@@ -67,11 +63,11 @@ def side_by_side_ui(item: ui.CellInput, names: list[str], method: str, opacity: 
             if probs.max() < classifier.threshold:
                 st.warning("Low confidence: unidentified")
             with st.spinner(f"{METHODS[method]} for {name}…"):
-                explanation = ui.cached_explainer(name).explain_pixels(
-                    pixels, method=method, output_size=original.shape[:2], probabilities=probs
+                explanation = explain_copy(
+                    classifier, ui.cached_explainer(name), copy, method, None, probs
                 )
             st.image(
-                overlay(original, explanation.fused, opacity),
+                overlay(copy.pixels, explanation.fused, opacity),
                 caption=f"{METHODS[method]} · fused map",
                 width="stretch",
             )
@@ -103,8 +99,16 @@ def main() -> None:
     if item is None or not names:
         st.info("Choose an image and at least one model (two or more to compare).")
         return
-    st.image(load_image(item.data, name=item.name), caption=item.name, width=200)
-    side_by_side_ui(item, names, method, opacity)
+    try:
+        # Decoded once, within the upload caps; a bad file is a message, not a crash.
+        copy = working_copy(item.name, item.data, UploadLimits.from_env())
+    except ImageLoadError as exc:
+        st.error("This image cannot be used.")
+        st.text(str(exc))  # names the file: plain text
+        return
+    st.image(copy.pixels, width=200)
+    st.text(item.name)
+    side_by_side_ui(copy, names, method, opacity)
 
 
 main()

@@ -6,12 +6,17 @@ the first test that classifies pays for TensorFlow and later ones reuse it.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import sqlite3
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from bcclassify import CLASS_LABELS
+from bcclassify import CLASS_LABELS, accounts
+from bcclassify.serving import Prediction
 
 REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "app.py"
@@ -25,9 +30,28 @@ TIMEOUT = 180  # seconds per script run: TensorFlow start-up on a busy 2-core ma
 EXAMPLES = REPO / "tests" / "data" / "pbc"
 
 
-def _start(monkeypatch, data_dir: Path) -> AppTest:
+PASSWORD = "a long test password"
+
+
+def _start(monkeypatch, data_dir: Path, secrets: dict | None = None, user=None) -> AppTest:
     monkeypatch.setenv("BCCLASSIFY_DATA_DIR", str(data_dir))
-    return AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    monkeypatch.delenv("BCCLASSIFY_ACCOUNTS", raising=False)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    for key, value in (secrets or {}).items():
+        at.secrets[key] = value
+    if user is not None:
+        at.user = user
+    return at.run()
+
+
+def _log_in(at: AppTest, name: str, password: str = PASSWORD) -> AppTest:
+    at.text_input(key="login_user").set_value(name)
+    next(t for t in at.text_input if t.label == "Password").set_value(password)
+    return next(b for b in at.button if b.label == "Log in").click().run()
+
+
+def _save_buttons(at: AppTest) -> list:
+    return [b for b in at.button if b.label.startswith("Save decision")]
 
 
 def _no_exception(at: AppTest) -> None:
@@ -115,43 +139,167 @@ def test_classify_one_example_explain_and_review(tiny_store, tmp_path, monkeypat
     assert any("Grad-CAM · Fused" in c for c in captions)
     assert at.get("plotly_chart"), "probability bar chart"
 
+    # Anonymous: classified and explained, but nothing to save or export, and it says so.
+    assert not _save_buttons(at)
+    assert "Log in" in _texts(at.info)
+    assert not any(b.label.startswith("Export review") for b in at.get("download_button"))
+    assert not any(t.key in ("reviewer", "data_dir") for t in at.text_input)  # no typed names
+    assert not (tmp_path / "data" / "reviews.sqlite3").exists()
+
+    accounts.add_user(tmp_path / "data" / "accounts.json", "qa.lead", PASSWORD)
+    at = _log_in(at.run(), "qa.lead", "wrong password!")
+    assert "wrong password" in _texts(at.error) and not _save_buttons(at)
+    at = _log_in(at, "qa.lead")
+    _no_exception(at)
+    assert "Logged in as qa.lead" in _texts(at.text)
+
     target = next(k for k in at.session_state.to_dict() if str(k).startswith("review_class-"))
     comment = target.replace("review_class-", "review_comment-")
     at.selectbox(key=target).set_value("eosinophil")
-    at.text_input(key=comment).set_value("granules look eosinophilic")
-    at.text_input(key="reviewer").set_value("QA")
-    next(b for b in at.button if b.label.startswith("Save decision")).click().run()
+    at.text_input(key=comment).set_value('=HYPERLINK("http://x")')
+    _save_buttons(at)[0].click().run()
     _no_exception(at)
     assert "Eosinophil" in _texts(at.success)
 
     with sqlite3.connect(tmp_path / "data" / "reviews.sqlite3") as db:
         rows = db.execute(
-            "SELECT file_name, model, reviewer_class, comment, reviewer FROM reviews"
+            "SELECT file_name, model, reviewer_class, reviewer, model_card_sha256, training_run"
+            " FROM reviews"
         ).fetchall()
+    card_sha = rows[0][4]
+    assert len(card_sha) == 64
     assert rows == [
-        ("basophil/BA_112418.jpg", "tiny-hybrid", "eosinophil", "granules look eosinophilic", "QA")
+        (
+            "basophil/BA_112418.jpg",
+            "tiny-hybrid",
+            "eosinophil",
+            "qa.lead",
+            card_sha,
+            "fixture-cnn-32px",
+        )
     ]
     assert len(_frame(at, "reviewer_class")) == 1
+    exported = next(b for b in at.get("download_button") if b.label.startswith("Export review"))
+    assert exported.proto.disabled is False
+
+    next(b for b in at.button if b.label == "Log out").click().run()
+    assert not _save_buttons(at)
 
 
-def test_classify_batch_with_a_bad_file(tiny_store, tmp_path, monkeypatch):
+def test_oidc_login_when_an_auth_section_is_configured(tmp_path, monkeypatch):
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path / "store"))  # no model: a fast page
+    auth = {
+        "redirect_uri": "https://cells.example.org/oauth2callback",
+        "cookie_secret": "x" * 32,
+        "client_id": "bcclassify",
+        "client_secret": "s",
+        "server_metadata_url": "https://id.example.org/.well-known/openid-configuration",
+    }
+    at = _start(monkeypatch, tmp_path / "data", {"auth": auth}, {"is_logged_in": False})
+    _no_exception(at)
+    assert any(b.label == "Log in" for b in at.button)
+    assert not any(t.key == "login_user" for t in at.text_input)  # no local form beside OIDC
+    at = _start(
+        monkeypatch,
+        tmp_path / "data",
+        {"auth": auth},
+        {"is_logged_in": True, "email": "dr.ana@lab.example.org"},
+    )
+    _no_exception(at)
+    assert "Logged in as dr.ana@lab.example.org" in _texts(at.text)
+
+
+def test_a_damaged_review_log_is_a_banner_and_classification_goes_on(
+    tiny_store, tmp_path, monkeypatch
+):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "reviews.sqlite3").write_bytes(b"not a database " * 200)
+    accounts.add_user(data / "accounts.json", "qa", PASSWORD)
+    at = _log_in(_start(monkeypatch, data), "qa")
+    _no_exception(at)
+    assert "cannot be opened" in _texts(at.error)
+    at.multiselect(key="examples").set_value(["monocyte/MO_104742.jpg"]).run()
+    _no_exception(at)
+    assert at.get("plotly_chart"), "classified despite the log"
+    assert not _save_buttons(at)
+
+
+def _big_png(side: int = 6000) -> bytes:
+    ramp = np.linspace(0, 255, side, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.broadcast_to(ramp, (side, side)).copy()).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_classify_batch_with_bad_and_oversized_files(tiny_store, tmp_path, monkeypatch):
     at = _start(monkeypatch, tmp_path / "data")
     at.selectbox(key="model").set_value("tiny-cnn").run()
     files = [(p.name, p.read_bytes(), "image/jpeg") for p in sorted(EXAMPLES.rglob("*.jpg"))]
     files.append(("broken.jpg", b"\xff\xd8\xff\xe0 not a jpeg at all", "image/jpeg"))
+    files.append(("=field.png", _big_png(), "image/png"))  # 36 MP: over the 25 MP cap
     at.file_uploader(key="uploads").set_value(files).run()
     _no_exception(at)
 
-    errors = _texts(at.error)
-    assert "broken.jpg" in errors and "damaged" in errors
-    assert "16 of 17 image(s) classified" in _texts(at.success)
+    refused = _frame(at, "reason")
+    assert list(refused["file"]) == ["broken.jpg", "=field.png"]
+    assert "damaged" in refused["reason"][0] and "25 million" in refused["reason"][1]
+    assert "16 of 18 image(s) classified" in _texts(at.success)
     differential = _frame(at, "% of all cells")
-    assert len(differential) == 8 and differential["count"].sum() == 16
+    awaiting = next(m.value for m in at.metric if m.label == "Awaiting review")
+    assert len(differential) == 8 and differential["count"].sum() + int(awaiting) == 16
     assert len(_frame(at, "% of leukocytes")) == 6
     assert any(b.label.startswith("Download results") for b in at.get("download_button"))
 
     # Reruns reuse the session's results rather than classifying again.
-    cached = dict(at.session_state["predictions"])
-    assert len(cached) == 17
+    cache = at.session_state["predictions"]
+    assert len(cache) == 18
+    before = list(cache.values())
     at.run()
-    assert all(at.session_state["predictions"][k] is v for k, v in cached.items())
+    assert all(a is b for a, b in zip(at.session_state["predictions"].values(), before))
+    assert len(at.session_state["working_copies"]) <= 8  # a bounded per-session cache
+
+
+def test_flagged_cells_are_grouped_first_and_left_out_of_the_count(
+    tiny_store, tmp_path, monkeypatch
+):
+    # Stand in for the novelty detector: basophils come back unidentified, eosinophils
+    # low-confidence, the rest unflagged.
+    def flag(self):
+        if self.error:
+            return "error"
+        if "BA_" in self.path:
+            return "unidentified"
+        return "low_confidence" if "EO_" in self.path else ""
+
+    monkeypatch.setattr(Prediction, "flag", property(flag))
+    at = _start(monkeypatch, tmp_path / "data")
+    at.selectbox(key="model").set_value("tiny-cnn").run()
+    files = [(p.name, p.read_bytes(), "image/jpeg") for p in sorted(EXAMPLES.rglob("*.jpg"))]
+    at.file_uploader(key="uploads").set_value(files).run()
+    _no_exception(at)
+
+    groups = [m.value for m in at.markdown if m.value.startswith("**") and "cell(s)" in m.value]
+    assert groups[0].startswith("**Unidentified — not like the cells this model was trained on**")
+    assert "2 awaiting review" in groups[0]
+    assert groups[1].startswith("**Low confidence — needs review**")
+    differential = _frame(at, "% of all cells")
+    assert differential["count"].sum() == 12
+    assert "4 cell(s) awaiting review" in _texts(at.warning)
+
+    basophil = sorted(EXAMPLES.glob("basophil/*.jpg"))[0]
+    sha = hashlib.sha256(basophil.read_bytes()).hexdigest()
+    at.selectbox(key="selected_cell").set_value(f"{sha}|{basophil.name}").run()
+    _no_exception(at)
+    assert "### Unidentified — not like the cells this model was trained on" in _texts(at.markdown)
+    assert at.expander, "the probabilities are collapsed"
+
+
+def test_model_comparison_reports_a_bad_upload(tiny_store, tmp_path, monkeypatch):
+    at = _start(monkeypatch, tmp_path / "data")
+    at.switch_page(PAGES[3]).run()
+    at.file_uploader(key="compare_upload").set_value(
+        ("broken.png", b"\x89PNG\r\n\x1a\n not a png", "image/png")
+    ).run()
+    _no_exception(at)
+    assert "broken.png" in _texts(at.error) + _texts(at.text)
