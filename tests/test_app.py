@@ -179,6 +179,8 @@ def test_classify_one_example_explain_and_review(tiny_store, tmp_path, monkeypat
         )
     ]
     assert len(_frame(at, "reviewer_class")) == 1
+    at.run()  # the next run shows the last decision, its reviewer as plain text
+    assert "by qa.lead" in _texts(at.text) and "qa.lead" not in _texts(at.caption)
     exported = next(b for b in at.get("download_button") if b.label.startswith("Export review"))
     assert exported.proto.disabled is False
 

@@ -67,3 +67,22 @@ def test_run_progress_reports_epochs_and_eta(tmp_path):
     )
     fraction, text = ui.run_progress(record)
     assert fraction == 0.3 and "epoch 3/10" in text and "2m 05s" in text
+
+
+def test_batch_csv_escapes_spreadsheet_formulas_in_file_names():
+    hostile = Prediction("=HYPERLINK(1).png", probabilities=np.full(8, 1 / 8))
+    line = ui.results_csv([hostile], CLASS_NAMES).splitlines()[1]
+    assert line.startswith("'=HYPERLINK(1).png,")
+
+
+def test_the_model_cache_reloads_a_re_promoted_model(tiny_store, tmp_path, monkeypatch):
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store / "models" / "tiny-cnn", store / "models" / "tiny-cnn")
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    first = ui.cached_model("tiny-cnn")
+    assert ui.cached_model("tiny-cnn") is first
+    card = store / "models" / "tiny-cnn" / "card.json"
+    card.write_text(card.read_text().replace("{", '{"note": "re-promoted",', 1))
+    assert ui.cached_model("tiny-cnn") is not first  # same name, new card: loaded afresh
