@@ -55,13 +55,21 @@ def side_by_side_ui(copy: WorkingCopy, names: list[str], method: str, opacity: f
     for column, name in zip(columns, names):
         with column:
             classifier = ui.cached_model(name)
-            pixels = classifier.load(copy.source, name=copy.name)
-            probs = classifier.predict_pixels(pixels[None])[0]
-            top = classifier.class_names[int(probs.argmax())]
+            # Through classify, so each model's flags (low confidence, unidentified) apply here too.
+            prediction = classifier.classify([(copy.name, copy.source)])[0]
+            if not prediction.ok:
+                st.error(f"{name}: not classified")
+                st.text(prediction.error)
+                continue
+            probs = prediction.probabilities
             st.markdown(f"#### {name}")
-            st.markdown(f"**{ui.class_label(top)}** · {ui.percent(float(probs.max()), 1)}")
-            if probs.max() < classifier.threshold:
-                st.warning("Low confidence: unidentified")
+            if prediction.flag == "unidentified":
+                st.markdown("**Unidentified** — not like the cells this model was trained on")
+            else:
+                top = ui.class_label(prediction.label)
+                st.markdown(f"**{top}** · {ui.percent(prediction.confidence, 1)}")
+            if prediction.flag == "low_confidence":
+                st.warning("Low confidence — needs review")
             with st.spinner(f"{METHODS[method]} for {name}…"):
                 explanation = explain_copy(
                     classifier, ui.cached_explainer(name), copy, method, None, probs
