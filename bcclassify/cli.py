@@ -295,7 +295,8 @@ def _evaluate_ood(args) -> int:
     for name, r in rows:
         print(
             f"  {name:<16}{r['num_images']:>7d}{100 * r['flagged_fraction']:>8.1f}%"
-            f"{100 * r['unidentified_fraction']:>13.1f}%{100 * r['low_confidence_fraction']:>10.1f}%"
+            f"{100 * r['unidentified_fraction']:>13.1f}%"
+            f"{100 * r['low_confidence_fraction']:>10.1f}%"
             f"{100 * r['refused_fraction']:>8.1f}%"
         )
     return EXIT_OK

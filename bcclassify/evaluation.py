@@ -84,7 +84,7 @@ def evaluate(
             config.get("seed", 42),
             config.get("limit_per_class"),
         )
-        return _score(predict, int(config["image_size"]), split_of, data, run_id, views)
+        return _score(predict, int(config["image_size"]), split_of, data, run_id, views)[0]
     return evaluate_installed(load_model(model_name), data, batch_size, views)
 
 
@@ -104,22 +104,84 @@ def evaluate_installed(
     train_cfg = classifier.card.get("training_config") or {}
     split_of = (trained_on.get("manifest_sha256"), train_cfg.get("seed", 42), None)
 
-    def predict(pixels):
-        return np.concatenate(
-            [
-                classifier.predict_pixels(pixels[i : i + batch_size], views=views)
-                for i in range(0, len(pixels), batch_size)
-            ]
-        )
+    novelty: list[np.ndarray] = []
+    assess = views == classifier.test_time_views and classifier.novelty is not None
 
-    return _score(
+    def predict(pixels):
+        parts = []
+        for i in range(0, len(pixels), batch_size):
+            batch = pixels[i : i + batch_size]
+            if assess:  # the served answer: calibrated probabilities and novelty scores
+                probs, scores = classifier.assess_pixels(batch)
+                novelty.append(scores)
+            else:
+                probs = classifier.predict_pixels(batch, views=views)
+            parts.append(probs)
+        return np.concatenate(parts)
+
+    metrics, labels, probabilities = _score(
         predict, classifier.image_size, split_of, data, classifier.name, views, predictions_to
     )
+    if assess:
+        from .metrics import brier_score, expected_calibration_error
+        from .trust import trust_figures
+
+        metrics["trust"] = {
+            **trust_figures(
+                labels,
+                probabilities,
+                np.concatenate(novelty),
+                classifier.novelty.threshold,
+                classifier.threshold,
+            ),
+            "ece": expected_calibration_error(labels, probabilities),
+            "brier": brier_score(labels, probabilities),
+        }
+    return metrics
+
+
+def evaluate_ood(classifier: ClassifierModel, folder: str | Path, batch_size: int = 32) -> dict:
+    """How much of a folder of images that are NOT blood cells the model flags.
+
+    Every file counts: a refused file (not an image) is as good as flagged, and is reported as
+    such; by sub-folder when the folder has them.
+    """
+    from .imaging import collect_image_paths
+    from .serving import iter_sources
+
+    root = Path(folder)
+    paths = collect_image_paths([root])
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no files found")
+    predictions = classifier.classify(iter_sources(paths), batch_size=batch_size)
+    groups: dict[str, list] = {}
+    for path, pred in zip(paths, predictions):
+        rel = path.relative_to(root).parts
+        groups.setdefault(rel[0] if len(rel) > 1 else ".", []).append(pred.flag)
+
+    def share(flags: list[str]) -> dict:
+        n = len(flags)
+        return {
+            "num_images": n,
+            "unidentified_fraction": flags.count("unidentified") / n,
+            "low_confidence_fraction": flags.count("low_confidence") / n,
+            "refused_fraction": flags.count("error") / n,
+            "flagged_fraction": sum(f != "" for f in flags) / n,
+        }
+
+    every = [f for flags in groups.values() for f in flags]
+    return {
+        "source": classifier.name,
+        "data": str(folder),
+        **share(every),
+        "by_folder": {k: share(v) for k, v in sorted(groups.items())} if len(groups) > 1 else {},
+    }
 
 
 def _score(
     predict, image_size: int, split_of: tuple, data, source: str, views, predictions_to=None
-) -> dict:
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Metrics, and the true labels and probabilities they come from."""
     from .training import write_predictions
 
     dataset, indices, scope = _scope(scan_dataset(data), *split_of)
@@ -136,7 +198,7 @@ def _score(
         test_time_views=list(views),
         by_confidence=confidence_coverage(labels, probabilities),
     )
-    return metrics
+    return metrics, labels, probabilities
 
 
 # The installed model's own test predictions, written when they differ from its run's.

@@ -31,6 +31,7 @@ from .store import (
 log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.60  # below this top probability a cell is flagged low_confidence
+NOVELTY_FILE = "novelty.npz"  # the novelty detector and its threshold (bcclassify.trust)
 SHARD_BYTES = 80 * 1024 * 1024
 HALF_PRECISION_MIN_SIZE = 4096
 
@@ -231,6 +232,9 @@ class Prediction:
     error: str | None = None
     threshold: float = DEFAULT_THRESHOLD
     class_names: tuple[str, ...] = CLASS_NAMES
+    # How unlike the training cells the image is, and where "unidentified" starts (the card's).
+    novelty: float | None = None
+    novelty_threshold: float = float("inf")
 
     @property
     def ok(self) -> bool:
@@ -252,7 +256,14 @@ class Prediction:
     def flag(self) -> str:
         if self.error:
             return "error"
+        if self.unidentified:
+            return "unidentified"
         return "low_confidence" if self.confidence < self.threshold else ""
+
+    @property
+    def unidentified(self) -> bool:
+        """Not like the cells the model was trained on: no class should be shown as its answer."""
+        return self.novelty is not None and self.novelty > self.novelty_threshold
 
 
 @dataclass
@@ -265,6 +276,16 @@ class ClassifierModel:
     model: object
     class_names: tuple[str, ...] = CLASS_NAMES
     _forward: object = field(default=None, repr=False)
+    _feature_forward: object = field(default=None, repr=False)
+    novelty: object = None  # trust.NoveltyDetector when the card has one (novelty.npz)
+
+    def feature_forward(self):
+        """The compiled pixels -> (head features, probabilities) function, built once."""
+        if self._feature_forward is None:
+            from .trust import feature_forward
+
+            self._feature_forward = feature_forward(self.model)
+        return self._feature_forward
 
     @property
     def image_size(self) -> int:
@@ -282,6 +303,11 @@ class ClassifierModel:
     def test_time_views(self) -> tuple[str, ...]:
         return check_views(self.card.get("test_time_views"))
 
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature of the card (1.0: probabilities served as computed)."""
+        return float((self.card.get("calibration") or {}).get("temperature", 1.0))
+
     def predict_pixels(self, pixels: np.ndarray, views: Sequence[str] | None = None) -> np.ndarray:
         """Probabilities for a uint8/float batch ``(N, S, S, 3)`` already at the input size.
 
@@ -295,7 +321,24 @@ class ClassifierModel:
             )
         views = self.test_time_views if views is None else check_views(views)
         probs = predict_with_views(lambda x: self._forward(tf.convert_to_tensor(x)), pixels, views)
+        return self._calibrated(probs)
+
+    def _calibrated(self, probs: np.ndarray) -> np.ndarray:
+        from .trust import temper
+
+        if self.temperature != 1.0:
+            probs = temper(probs, self.temperature)
         return probs / probs.sum(axis=1, keepdims=True)  # exact sum to 1 after float32 softmax
+
+    def assess_pixels(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities over the card's views and, with a novelty detector, each
+        image's novelty score (None without one); one forward pass serves both."""
+        if self.novelty is None:
+            return self.predict_pixels(pixels), None
+        from .trust import features_and_probabilities
+
+        features, _, served = features_and_probabilities(self, pixels)
+        return self._calibrated(served), self.novelty.score(features)
 
     def load(self, source: ImageSource, name: str | None = None) -> np.ndarray:
         return load_image(source, self.image_size, name=name)
@@ -313,9 +356,12 @@ class ClassifierModel:
         def flush() -> None:
             if not pending:
                 return
-            probs = self.predict_pixels(np.stack([p for _, p in pending]))
-            for (index, _), row in zip(pending, probs):
+            probs, novelty = self.assess_pixels(np.stack([p for _, p in pending]))
+            for n, ((index, _), row) in enumerate(zip(pending, probs)):
                 results[index].probabilities = row
+                if novelty is not None:
+                    results[index].novelty = float(novelty[n])
+                    results[index].novelty_threshold = self.novelty.threshold
             pending.clear()
 
         for done, (label, source) in enumerate(sources, start=1):
@@ -358,7 +404,30 @@ def load_model_folder(folder: Path, name: str, verify: bool = True) -> Classifie
         for key in sorted(arrays)
     ]
     model.set_weights(ordered)
-    return ClassifierModel(name, folder, card, model, tuple(card.get("class_names", CLASS_NAMES)))
+    classifier = ClassifierModel(
+        name, folder, card, model, tuple(card.get("class_names", CLASS_NAMES))
+    )
+    classifier.novelty = _load_novelty(folder, card, files)
+    return classifier
+
+
+def _load_novelty(folder: Path, card: dict, files: dict[str, str]):
+    """The card's novelty detector (``unidentified`` flag), from a file the card checksums."""
+    from .trust import NoveltyDetector
+
+    section = card.get("novelty")
+    if not section:
+        return None
+    file_name = section.get("file", NOVELTY_FILE)
+    if file_name not in files:
+        raise ModelIntegrityError(
+            f"{folder / 'card.json'}: the novelty detector {file_name} is not in files_sha256; "
+            + REINSTALL
+        )
+    with np.load(folder / file_name, allow_pickle=False) as stored:
+        detector = NoveltyDetector.from_arrays(stored)
+    detector.threshold = float(section["threshold"])  # the card is what a reader sees
+    return detector
 
 
 def iter_sources(paths: Iterable[Path]) -> list[tuple[str, ImageSource]]:

@@ -7,10 +7,10 @@ import io
 
 import numpy as np
 import pytest
+from conftest import SHARED
 from PIL import Image
 
 from bcclassify.imaging import as_training_copy, load_image
-from conftest import SHARED
 
 ORIGINALS = SHARED / "data" / "pbc-originals"
 COPIES = SHARED / "data" / "pbc224"
