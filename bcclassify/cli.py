@@ -22,6 +22,15 @@ class UsageError(Exception):
     """A mistake in how the command was called (exit status 2)."""
 
 
+def _tensorflow() -> None:
+    """Import TensorFlow (muted) once a command's arguments are known to be valid.
+
+    Commands call this after their own checks, so a usage error answers in a second instead of
+    paying the TensorFlow start-up first.
+    """
+    import_tensorflow_quietly()
+
+
 def _add_train(sub) -> None:
     from . import ARCHITECTURES
 
@@ -80,13 +89,14 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args) -> int:
+    if not args.resume and (not args.arch or not args.data):
+        raise UsageError("train needs --arch and --data (or --resume RUN_ID)")
+    _tensorflow()
     from .training import TrainConfig, resume, train
 
     if args.resume:
         run_dir = resume(args.resume)
     else:
-        if not args.arch or not args.data:
-            raise UsageError("train needs --arch and --data (or --resume RUN_ID)")
         fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
         run_dir = train(TrainConfig(**fields))
     print(run_dir.name)
@@ -116,6 +126,7 @@ def _add_predict(sub) -> None:
 
 
 def _load_classifier(name: str | None):
+    _tensorflow()
     from .serving import ModelIntegrityError, ModelNotFoundError, load_model
 
     try:
@@ -260,6 +271,7 @@ def _cmd_evaluate(args) -> int:
         return _evaluate_ood(args)
     if not args.data:
         raise UsageError("give --data DIR (a dataset with class folders) or, with --model, --ood")
+    _tensorflow()
     try:
         metrics = evaluate(
             run_id=args.run,
@@ -389,6 +401,7 @@ def _cmd_calibrate(args) -> int:
         raise UsageError("--quantile must be in [0.5, 1)")
     if args.noncell and not Path(args.noncell).is_dir():
         raise UsageError(f"--noncell {args.noncell}: not a folder")
+    _tensorflow()
     from .serving import ModelIntegrityError, ModelNotFoundError
 
     try:
@@ -427,6 +440,7 @@ def _add_promote(sub) -> None:
 def _cmd_promote(args) -> int:
     from .evaluation import promote
 
+    _tensorflow()
     try:
         card = promote(
             args.run_id,
@@ -801,8 +815,6 @@ def _run(args) -> int:
     )
     if args.command == "train":
         logging.getLogger("bcclassify").setLevel(logging.INFO)
-    if args.command not in ("list", "users"):  # these need no TensorFlow
-        if not args.verbose:
-            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-        import_tensorflow_quietly()
+    if not args.verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # before any command imports TensorFlow
     return COMMANDS[args.command](args)

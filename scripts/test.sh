@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command of the README: the whole suite, on whatever Python is first on PATH.
+# CI's test command: the whole suite, slow and browser tests included (-m "" lifts the default
+# "not slow and not browser" of pyproject.toml), the slowest tests listed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec python -m pytest -q "$@"
+exec python -m pytest -q -m "" --durations=25 "$@"

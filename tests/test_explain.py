@@ -86,6 +86,7 @@ def test_overlay_blends_in_image_coordinates():
     assert not np.array_equal(out[0, 0], out[-1, -1])
 
 
+@pytest.mark.slow
 def test_explain_command_writes_a_labelled_figure(store_env, tmp_path):
     out = tmp_path / "cam.png"
     result = subprocess.run(
@@ -113,6 +114,7 @@ def test_explain_command_writes_a_labelled_figure(store_env, tmp_path):
         assert figure.width == 4 * 256  # input + two trunk maps + fused
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
 def test_fast_explain_view_gives_the_same_maps_as_tf_keras_vis_on_the_full_model(hybrid, method):
     pixels = hybrid.load(CELL)
@@ -126,6 +128,7 @@ def test_fast_explain_view_gives_the_same_maps_as_tf_keras_vis_on_the_full_model
         np.testing.assert_allclose(a.maps[layer], b.maps[layer], atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
 def test_fast_hybrid_maps_equal_plain_tf_keras_vis(hybrid, method):
     """The one-pass explain view must give exactly what tf-keras-vis gives layer by layer."""
@@ -174,6 +177,7 @@ def test_centre_cropping_model_maps_cover_only_the_centre(tmp_path):
             assert inside.max() > 0.5  # the normalised map peaks inside the seen square
 
 
+@pytest.mark.slow
 def test_fast_view_handles_grids_that_are_not_multiples_of_each_other(tiny_store):
     """At 139 px (like the default's 160) InceptionV3 gives 3x3 maps and Xception 5x5."""
     from bcclassify import CLASS_NAMES

@@ -1,4 +1,5 @@
-"""The predict contract, end to end through `python -m bcclassify predict` in a subprocess."""
+"""The predict contract: `python -m bcclassify predict` in a fresh process (its stderr holds
+nothing but refusals, TensorFlow's start-up included), the other cases in this process."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def mixed_result(mixed_folder, tiny_store):
     env = {"BCCLASSIFY_STORE": str(tiny_store), "TF_CPP_MIN_LOG_LEVEL": "0"}
     import os
 
-    return run_cli(["predict", "--batch-size", "5", str(mixed_folder)], {**os.environ, **env})
+    args = ["predict", "--model", "tiny-cnn", "--batch-size", "5", str(mixed_folder)]
+    return run_cli(args, {**os.environ, **env})
 
 
 def test_csv_header_rows_and_order(mixed_result, mixed_folder):
@@ -60,7 +62,7 @@ def test_classified_rows_are_complete_probabilities(mixed_result):
     for row in rows:
         probs = np.array([float(row[c]) for c in CLASS_NAMES])
         assert probs.sum() == pytest.approx(1.0, abs=1e-5)
-        # The label is the most probable class (ties possible: the default test model is untrained).
+        # The label is the most probable class (ties possible: a barely trained test model).
         assert probs[CLASS_NAMES.index(row["label"])] == pytest.approx(probs.max(), abs=1e-6)
         assert float(row["confidence"]) == pytest.approx(probs.max(), abs=1e-6)
         assert row["error"] == ""
@@ -80,9 +82,9 @@ def test_refused_rows_exit_status_and_stderr(mixed_result):
     assert "Traceback" not in mixed_result.stderr
 
 
-def test_exit_zero_and_json_format(store_env):
+def test_exit_zero_and_json_format(cli):
     files = [str(p) for p in sorted(FIXTURE_IMAGES.rglob("*.jpg"))[:3]]
-    result = run_cli(["predict", "--format", "json", "--model", "tiny-cnn", *files], store_env)
+    result = cli(["predict", "--format", "json", "--model", "tiny-cnn", *files])
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert [item["path"] for item in payload] == sorted(files)
@@ -99,20 +101,19 @@ def test_exit_zero_and_json_format(store_env):
         (["predict", "EMPTY_DIR"], "no files found"),
     ],
 )
-def test_usage_errors_exit_two(args, message, store_env, tmp_path):
+def test_usage_errors_exit_two(args, message, cli, tmp_path):
     args = [str(tmp_path) if a == "EMPTY_DIR" else a for a in args]
-    result = run_cli(args, store_env)
+    result = cli(args)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""
 
 
-def test_damaged_model_file_is_refused_clearly(tiny_store, store_env, tmp_path):
+def test_damaged_model_file_is_refused_clearly(tiny_store, cli, tmp_path):
     damaged = tmp_path / "store"
-    shutil.copytree(tiny_store, damaged)
+    shutil.copytree(tiny_store / "models" / "tiny-cnn", damaged / "models" / "tiny-cnn")
     weights = sorted((damaged / "models" / "tiny-cnn").glob("weights-*.npz"))[0]
     weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
-    env = {**store_env, "BCCLASSIFY_STORE": str(damaged)}
-    result = run_cli(["predict", "--model", "tiny-cnn", str(FIXTURE_IMAGES)], env)
+    result = cli(["predict", "--model", "tiny-cnn", str(FIXTURE_IMAGES)], store=damaged)
     assert result.returncode == 2
     assert "does not match the card" in result.stderr

@@ -76,6 +76,7 @@ def _writer(folder, worker, count):
         )
 
 
+@pytest.mark.slow
 def test_concurrent_writers_lose_nothing(tmp_path):
     ReviewLog(tmp_path)
     ctx = multiprocessing.get_context("spawn")

@@ -54,19 +54,12 @@ def test_run_record_is_complete(tiny_store):
     } <= set(listed)
 
 
-def test_list_json_command(store_env):
-    out = subprocess.run(
-        [sys.executable, "-m", "bcclassify", "list", "--json"],
-        cwd=REPO,
-        env=store_env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    runs = json.loads(out.stdout)
+def test_list_json_command(cli):
+    runs = json.loads(cli(["list", "--json"], check=True).stdout)
     assert any(r["run_id"] == "fixture-cnn-32px" and r["status"] == "finished" for r in runs)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_minus_nine(tmp_path, store_env):
     env = {**store_env, "BCCLASSIFY_STORE": str(tmp_path / "store")}
     run_id = "killed-run"
@@ -131,6 +124,7 @@ def test_resume_after_kill_minus_nine(tmp_path, store_env):
     assert read_json(run_dir / "config.json")["split_sizes"] == config_before["split_sizes"]
 
 
+@pytest.mark.slow
 def test_cached_activation_training_on_the_hybrid(tmp_path, monkeypatch):
     monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path / "store"))
     config = TrainConfig(
@@ -201,6 +195,7 @@ def test_supcon_loss_rewards_class_clusters():
     )
 
 
+@pytest.mark.slow
 def test_supcon_trains_contrastive_then_classifier(tmp_path, monkeypatch):
     monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path / "store"))
     config = TrainConfig(

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import FIXTURE_IMAGES, run_cli
+from conftest import FIXTURE_IMAGES
 
 from bcclassify.serving import (
     VIEW_TRANSFORMS,
@@ -77,13 +77,12 @@ def test_installed_model_averages_the_views_given(tiny_store):
 
 
 def test_promote_with_views_scores_the_served_model_and_evaluate_reproduces_it(
-    tiny_store, store_env, tmp_path
+    tiny_store, cli, tmp_path
 ):
     store = tmp_path / "store"
-    shutil.copytree(tiny_store, store)
-    env = {**store_env, "BCCLASSIFY_STORE": str(store)}
+    shutil.copytree(tiny_store / "runs", store / "runs")  # promote needs the run only
     views = "identity,flip_lr,flip_ud,rot180"
-    run_cli(["promote", "fixture-cnn-32px", "--name", "cnn-tta", "--views", views], env, True)
+    cli(["promote", "fixture-cnn-32px", "--name", "cnn-tta", "--views", views], store, True)
     card = read_json(store / "models" / "cnn-tta" / "card.json")
     recorded = read_json(store / "runs" / "fixture-cnn-32px" / "metrics.json")
     assert card["test_time_views"] == views.split(",")
@@ -96,15 +95,15 @@ def test_promote_with_views_scores_the_served_model_and_evaluate_reproduces_it(
     assert "test_predictions.csv" in card["files_sha256"]
     assert card["single_view_test_metrics"]["accuracy"] == pytest.approx(recorded["accuracy"])
     served = json.loads(
-        run_cli(
-            ["evaluate", "--model", "cnn-tta", "--data", str(FIXTURE_IMAGES), "--json"], env, True
+        cli(
+            ["evaluate", "--model", "cnn-tta", "--data", str(FIXTURE_IMAGES), "--json"], store, True
         ).stdout
     )
     assert served["scope"] == "the run's test split"
     assert served["test_time_views"] == views.split(",")
     assert served["accuracy"] == pytest.approx(card["test_metrics"]["accuracy"])
     assert served["macro_f1"] == pytest.approx(card["test_metrics"]["macro_f1"])
-    refused = run_cli(
-        ["promote", "fixture-cnn-32px", "--name", "x", "--views", "identity,sideways"], env
+    refused = cli(
+        ["promote", "fixture-cnn-32px", "--name", "x", "--views", "identity,sideways"], store
     )
     assert refused.returncode == 2 and "sideways" in refused.stderr
