@@ -184,20 +184,6 @@ def model_cards() -> dict[str, dict]:
     return {name: cards[name] for name in order}
 
 
-def model_summary(card: dict) -> str:
-    metrics = card.get("test_metrics") or {}
-    return (
-        f"{card.get('architecture', '?')} · "
-        f"{input_label(card.get('image_size'), card.get('center_crop'))} px input · "
-        f"test accuracy {percent(metrics.get('accuracy'))}"
-        + (
-            f" · averages {len(card['test_time_views'])} flipped/rotated views"
-            if len(card.get("test_time_views") or []) > 1
-            else ""
-        )
-    )
-
-
 def bench_record(name: str) -> dict:
     return read_json(models_dir() / name / "bench.json", {}) or {}
 

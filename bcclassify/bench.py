@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -155,7 +154,3 @@ def run_benchmark(name: str, repeats: int = 20, explain_repeats: int = 5) -> dic
         },
         "repeats": repeats,
     }
-
-
-def main() -> None:  # pragma: no cover - convenience for `python -m bcclassify.bench NAME`
-    print(json.dumps(run_benchmark(sys.argv[1])))

@@ -216,7 +216,7 @@ def _build_supcon(
 ):
     """Supervised-contrastive encoder (MobileNetV2 trunk + embedding) with a linear classifier.
 
-    Training (``training.train_supcon``) first fits the encoder with a supervised contrastive loss
+    Training (``supcon.SupConTrainer``) first fits the encoder with a supervised contrastive loss
     on a projection of ``supcon_embedding``, then fits ``predictions`` on the frozen embedding.
     """
     pixels, seen = _inputs(image_size, center_crop)

@@ -499,7 +499,3 @@ def card_for_run(run_dir: Path, name: str, threshold: float = DEFAULT_THRESHOLD)
         },
         "dataset_credit": "PBC dataset (Acevedo et al., Data in Brief 30, 2020), CC BY 4.0",
     }
-
-
-def json_dumps(payload) -> str:
-    return json.dumps(payload, indent=2)

@@ -1,4 +1,4 @@
-"""Build the non-cell image sets of the trust study (issue 11) from what installs here.
+"""Build the non-cell image sets of the trust study from what installs here.
 
 Two disjoint sets, written as PNG/JPEG files under ``cache/noncell/{fit,dev}/<kind>/``:
 

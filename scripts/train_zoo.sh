@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reference work's model zoo and studies, as bundled-training-module runs (issue 4).
+# The reference work's model zoo and studies, as runs of the bundled training module.
 # Sized from ../shared/docs/compute.md for 2 CPU cores: pretrained trunks fine-tune their top
 # blocks on cached stem activations; the architectures without ImageNet weights here (cnn, unet,
 # resnet50, densenet201, vgg16) train from scratch at a small input size, which their run records

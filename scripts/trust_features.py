@@ -1,4 +1,4 @@
-"""Cache the installed model's features and served probabilities for the trust study (issue 11).
+"""Cache the installed model's features and served probabilities for the trust study.
 
 For each image set it writes ``cache/trust/<model>/<set>.npz`` with, per image: the pooled
 features the classifier head reads (image as given), the single-view probabilities, and the
