@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from plotly.subplots import make_subplots
 
 from . import CLASS_LABELS, CLASS_NAMES
 from .imaging import input_label
-from .metrics import per_class_scores, row_normalize
+from .metrics import classification_metrics, per_class_scores, row_normalize
 from .report import spreadsheet_safe
 from .reviews import DATA_DIR_ENV
 from .store import (
@@ -45,7 +46,7 @@ EXAMPLE_CREDIT = (
 )
 TRAIN_HINT = "python -m bcclassify train --arch hybrid --data PATH/TO/PBC --epochs 10"
 PROMOTE_HINT = "python -m bcclassify promote RUN_ID --name NAME --default"
-BENCH_HINT = "python -m bcclassify bench --model NAME --json > model_store/models/NAME/bench.json"
+BENCH_HINT = "python -m bcclassify bench --model NAME --save"
 MISSING = "—"
 
 # Published test accuracies of the reference work; shown apart from what this project measured.
@@ -190,9 +191,10 @@ def bench_record(name: str) -> dict:
 
 def leaderboard() -> pd.DataFrame:
     """Installed models and finished runs with their measured scores; '—' where unknown."""
-    rows = []
+    rows, accuracy = [], []
     for name, card in model_cards().items():
         metrics = card.get("test_metrics") or {}
+        accuracy.append(metrics.get("accuracy"))
         bench = bench_record(name)
         latency = bench.get("predict_single_s")
         explain = bench.get("explain_single_s")
@@ -215,6 +217,7 @@ def leaderboard() -> pd.DataFrame:
     for run in list_runs():
         if run.get("status") != "finished":
             continue
+        accuracy.append(run.get("test_accuracy"))
         rows.append(
             {
                 "kind": "run",
@@ -231,7 +234,9 @@ def leaderboard() -> pd.DataFrame:
                 "source": f"{run['folds']}-fold CV" if run.get("folds") else "train/test split",
             }
         )
-    return pd.DataFrame(rows)
+    # Best first; the shown accuracy is text, so the order comes from the numbers.
+    order = sorted(range(len(rows)), key=lambda i: -(accuracy[i] or 0.0))
+    return pd.DataFrame([rows[i] for i in order])
 
 
 def reference_table() -> pd.DataFrame:
@@ -257,6 +262,8 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
         rows.append(
             {
                 "run id": run["run_id"],
+                "test accuracy": run.get("test_accuracy"),
+                "macro-F1": run.get("macro_f1"),
                 "architecture": run.get("arch"),
                 "input px": input_label(run.get("image_size"), run.get("center_crop")),
                 "epochs": run.get("epochs"),
@@ -267,13 +274,50 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
                 "initialisation": run.get("initialisation") or "",
                 "status": run_state(run),
                 "duration": duration(run.get("duration_s")),
-                "test accuracy": run.get("test_accuracy"),
-                "macro-F1": run.get("macro_f1"),
                 "created": run.get("created"),
                 "note": run.get("note") or "",
             }
         )
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    # What a reader compares first: the best runs on top, runs without a score last.
+    return frame.sort_values(
+        "test accuracy", ascending=False, na_position="last", kind="stable"
+    ).reset_index(drop=True)
+
+
+def table_height(rows: int) -> int:
+    """Pixels for st.dataframe to show ``rows`` rows and the header without scrolling."""
+    return 35 * (rows + 1) + 3
+
+
+_MACHINE_PATH = re.compile(r"(?<![\w.~:/-])(?:/|[A-Za-z]:\\)[^\s'\",;]+")
+
+
+def without_machine_paths(value):
+    """A copy of a JSON value whose absolute paths are shown relative to the repository.
+
+    Run records keep the command line and folders of the machine that trained them; a page shows
+    them without that machine's layout (paths outside the repository keep only their name).
+    """
+    if isinstance(value, dict):
+        return {key: without_machine_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_machine_paths(item) for item in value]
+    if isinstance(value, str):
+        return _MACHINE_PATH.sub(_shown_path, value)
+    return value
+
+
+def _shown_path(match: re.Match) -> str:
+    path = Path(match.group(0))
+    if path.parts[-2:] == ("bcclassify", "__main__.py"):
+        return "python -m bcclassify"
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return f"…/{path.name}"
 
 
 @dataclass
@@ -288,6 +332,9 @@ class RunRecord:
     metrics: dict
     history: pd.DataFrame
     folds: list[dict]  # {"fold": k, "metrics": ..., "history": DataFrame, "folder": Path}
+    # An installed model's figures (see model_figures): its own predictions file, else the run's.
+    predictions_file: Path | None = None
+    kind: str = "run"  # "run" or "model": whose figures these are
 
     @property
     def is_cv(self) -> bool:
@@ -392,6 +439,76 @@ def evaluated_runs() -> list[dict]:
     return [r for r in list_runs() if (runs_dir() / r["run_id"] / "metrics.json").is_file()]
 
 
+def model_figures(name: str) -> RunRecord | None:
+    """An installed model's own test figures, in the shape the run pages read (None: none).
+
+    A model promoted with test-time views was scored as served: its test_predictions.csv holds
+    its own answers, and the matrix and per-class scores come from that file. Otherwise the card's
+    figures are its training run's single-view ones, so the run's predictions are the model's.
+    """
+    folder = models_dir() / name
+    card = read_json(folder / "card.json", {}) or {}
+    run_id = card.get("training_run")
+    run = load_run(run_id) if run_id and (runs_dir() / run_id).is_dir() else None
+    names = list(card.get("class_names") or CLASS_NAMES)
+    own = folder / "test_predictions.csv"
+    if own.is_file():
+        rows = [r for r in read_csv(own) if r.get("true") in names and r.get("predicted") in names]
+        if not rows:
+            return None
+        metrics = classification_metrics(
+            np.array([names.index(r["true"]) for r in rows]),
+            np.array([names.index(r["predicted"]) for r in rows]),
+            names,
+        )
+        predictions = own
+    elif run is not None and run.metrics and not run.is_cv:
+        metrics, predictions = run.metrics, run.folder / "predictions.csv"
+    else:
+        return None
+    return RunRecord(
+        run_id=name,
+        folder=folder,
+        run=run.run if run else {},
+        config=run.config if run else {},
+        environment={},
+        metrics={
+            **metrics,
+            "class_names": names,
+            "test_time_views": card.get("test_time_views") or ["identity"],
+        },
+        history=pd.DataFrame(),
+        folds=[],
+        predictions_file=predictions,
+        kind="model",
+    )
+
+
+def figure_sources() -> list[str]:
+    """Choices for the figure pages: installed models (their own figures), then evaluated runs."""
+    models = [f"model: {name}" for name in model_cards() if model_figures(name) is not None]
+    return models + [f"run: {r['run_id']}" for r in evaluated_runs()]
+
+
+def load_figures(choice: str) -> RunRecord:
+    """The record behind a ``figure_sources`` choice."""
+    kind, name = choice.split(": ", 1)
+    record = model_figures(name) if kind == "model" else load_run(name)
+    if record is None:
+        raise LookupError(f"no test figures for {choice}")
+    return record
+
+
+def figures_caption(record: RunRecord) -> str:
+    """Whose figures a page shows: a model's as served, or a run's."""
+    if record.kind != "model":
+        return f"Training run {record.run_id}: its test split, the image as given."
+    views = record.metrics.get("test_time_views") or ["identity"]
+    how = "as served" + (f", {len(views)} views averaged" if len(views) > 1 else "")
+    run = record.run.get("run_id") or record.config.get("run_id") or "its training run"
+    return f"Installed model {record.run_id} ({how}), on the test split of {run}."
+
+
 def run_confusion(record: RunRecord, fold: int | None = None) -> np.ndarray:
     """The run's test confusion matrix; for CV, one fold's or (fold None) the sum over folds."""
     metrics = record.metrics
@@ -402,12 +519,14 @@ def run_confusion(record: RunRecord, fold: int | None = None) -> np.ndarray:
 
 def run_predictions(record: RunRecord, fold: int | None = None) -> pd.DataFrame:
     """predictions.csv rows (every fold's for CV when ``fold`` is None) with a resolved path."""
-    folders = (
-        [f["folder"] for f in record.folds if fold is None or f["fold"] == fold]
-        if record.is_cv
-        else [record.folder]
-    )
-    frames = [pd.DataFrame(read_csv(folder / "predictions.csv")) for folder in folders]
+    if record.predictions_file is not None:
+        files = [record.predictions_file]
+    elif record.is_cv:
+        folds = [f for f in record.folds if fold is None or f["fold"] == fold]
+        files = [f["folder"] / "predictions.csv" for f in folds]
+    else:
+        files = [record.folder / "predictions.csv"]
+    frames = [pd.DataFrame(read_csv(path)) for path in files]
     frames = [f for f in frames if not f.empty]
     if not frames:
         return pd.DataFrame(columns=["file", "true", "predicted", *record.class_names, "image"])

@@ -90,6 +90,18 @@ def run_state(row: dict) -> str:
     return "interrupted" if row.get("interrupted") else row.get("status") or ""
 
 
+def can_resume(row: dict) -> bool:
+    """Whether ``train --resume`` can continue a `list_runs` row's run here.
+
+    Only an interrupted run (not one stopped on purpose) whose training data is on this machine:
+    resuming re-reads the data to rebuild the same split.
+    """
+    if not row.get("interrupted"):
+        return False
+    data = Path(row.get("data") or "")
+    return bool(row.get("data")) and (data if data.is_absolute() else REPO_ROOT / data).is_dir()
+
+
 def run_is_alive(run: dict) -> bool:
     """Whether the process recorded in a run.json is still running (on this host)."""
     import platform
@@ -138,6 +150,9 @@ def list_runs() -> list[dict]:
                 "status": run.get("status"),
                 # a "running" record whose process is gone was interrupted: resume it
                 "interrupted": run.get("status") == "running" and not run_is_alive(run),
+                # why a run was stopped by hand ("status": "stopped"): not to be resumed
+                "stopped_on_purpose": run.get("stopped_on_purpose"),
+                "data": config.get("data"),
                 "epochs": config.get("epochs"),
                 "epochs_done": run.get("epochs_done"),
                 "folds": config.get("folds"),

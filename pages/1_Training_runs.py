@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from bcclassify import app_support as ui
-from bcclassify.store import list_runs, runs_dir
+from bcclassify.store import can_resume, list_runs, runs_dir
 
 
 def filters_ui(table):
@@ -32,12 +32,13 @@ def runs_table_ui(table) -> None:
         table,
         hide_index=True,
         key="runs_table",
+        height=ui.table_height(len(table)),
         column_config={
             "test accuracy": st.column_config.NumberColumn(format="percent"),
             "macro-F1": st.column_config.NumberColumn(format="percent"),
         },
     )
-    st.caption("Click a column header to sort.")
+    st.caption("Best test accuracy first; click a column header to sort by another.")
 
 
 def progress_ui(record: ui.RunRecord) -> None:
@@ -54,9 +55,10 @@ def details_ui(record: ui.RunRecord) -> None:
         st.markdown("**Cross-validation folds**")
         st.dataframe(ui.fold_table(record), hide_index=True, key=f"folds-{record.run_id}")
     config_tab, env_tab, run_tab = st.tabs(["Configuration", "Environment", "Run record"])
-    config_tab.json(record.config, expanded=1)
-    env_tab.json(record.environment, expanded=1)
-    run_tab.json(record.run, expanded=1)
+    # The records as written, without the training machine's folders.
+    config_tab.json(ui.without_machine_paths(record.config), expanded=1)
+    env_tab.json(ui.without_machine_paths(record.environment), expanded=1)
+    run_tab.json(ui.without_machine_paths(record.run), expanded=1)
 
 
 def main() -> None:
@@ -73,10 +75,16 @@ def main() -> None:
     runs_table_ui(shown)
     running = [r["run_id"] for r in runs if r.get("status") == "running"]
     for run in runs:
-        if run.get("interrupted"):
+        if can_resume(run):
             st.warning(
                 f"{run['run_id']} stopped before finishing (its process is gone). Continue it "
                 f"with `python -m bcclassify train --resume {run['run_id']}`."
+            )
+        elif run.get("interrupted"):
+            st.warning(
+                f"{run['run_id']} stopped before finishing (its process is gone); resuming it "
+                f"needs its training data, `{ui.without_machine_paths(run.get('data'))}`, "
+                "on this machine."
             )
         elif run.get("status") == "running":
             progress_ui(ui.load_run(run["run_id"]))

@@ -1,4 +1,4 @@
-"""Confusion matrices: a run's (or a model's training run's) test matrix; the images per cell."""
+"""Confusion matrices: an installed model's own test matrix or a run's; the images per cell."""
 
 from __future__ import annotations
 
@@ -12,23 +12,17 @@ MAX_THUMBNAILS = 48
 
 
 def source_ui() -> ui.RunRecord | None:
-    """A run, chosen directly or through an installed model's training run."""
-    runs = [r["run_id"] for r in ui.evaluated_runs()]
-    models = {
-        name: card.get("training_run")
-        for name, card in ui.model_cards().items()
-        if card.get("training_run") in runs
-    }
-    options = [f"model: {m}" for m in models] + [f"run: {r}" for r in runs]
+    """An installed model (its own figures, as served) or a run."""
+    options = ui.figure_sources()
     if not options:
         st.info(
             "No evaluated runs yet: a confusion matrix appears once a training run has finished. "
             f"Start one with\n\n```\n{ui.TRAIN_HINT}\n```"
         )
         return None
-    choice = st.selectbox("Run or model", options, key="cm_source")
-    kind, name = choice.split(": ", 1)
-    return ui.load_run(models[name] if kind == "model" else name)
+    record = ui.load_figures(st.selectbox("Model or run", options, key="cm_source"))
+    st.caption(ui.figures_caption(record))
+    return record
 
 
 def cell_from_chart(event, labels: list[str]) -> None:
@@ -56,7 +50,7 @@ def images_ui(record: ui.RunRecord, fold: int | None, true: str, predicted: str)
     if local.empty:
         st.caption(
             f"The images are not available on this machine (looked in "
-            f"`{record.config.get('data')}`); probabilities only."
+            f"`{ui.without_machine_paths(record.config.get('data'))}`); probabilities only."
         )
     else:
         columns = st.columns(8)

@@ -1,4 +1,4 @@
-"""Per-class metrics: precision, recall, F1 and support of a run; runs compared class by class."""
+"""Per-class metrics of an installed model (its own figures) or a run; compared class by class."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from bcclassify import app_support as ui
 
 def main() -> None:
     st.title("Per-class metrics")
-    runs = [r["run_id"] for r in ui.evaluated_runs()]
-    if not runs:
+    sources = ui.figure_sources()
+    if not sources:
         st.info(
             "No evaluated runs yet: per-class metrics appear once a training run has finished. "
             f"Start one with\n\n```\n{ui.TRAIN_HINT}\n```"
         )
         return
-    run_id = st.selectbox("Run", runs, key="metrics_run")
-    record = ui.load_run(run_id)
+    record = ui.load_figures(st.selectbox("Model or run", sources, key="metrics_run"))
+    st.caption(ui.figures_caption(record))
     table = ui.per_class_table(record)
     if record.is_cv:
         st.caption("Cross-validation run: scores from the confusion matrix pooled over its folds.")
@@ -30,11 +30,13 @@ def main() -> None:
         },
     )
 
-    st.subheader("Compare runs class by class")
-    compared = st.multiselect("Runs", runs, default=runs[:2], key="metrics_compare")
+    st.subheader("Compare models and runs class by class")
+    compared = st.multiselect(
+        "Models and runs", sources, default=sources[:2], key="metrics_compare"
+    )
     metric = st.radio("Metric", ["F1", "precision", "recall"], horizontal=True, key="metric")
     if compared:
-        tables = {r: ui.per_class_table(ui.load_run(r)) for r in compared}
+        tables = {s: ui.per_class_table(ui.load_figures(s)) for s in compared}
         st.plotly_chart(ui.per_class_comparison_figure(tables, metric), key="per_class_chart")
 
 

@@ -19,8 +19,17 @@ def leaderboard_ui() -> None:
             f"{ui.PROMOTE_HINT}\n```"
         )
     else:
-        st.dataframe(board, hide_index=True, key="leaderboard")
-        st.caption(f"Latency: median single-image prediction from `bench.json` ({ui.BENCH_HINT}).")
+        st.dataframe(
+            board, hide_index=True, key="leaderboard", height=ui.table_height(len(board)),
+            column_config={column: st.column_config.Column(width="small") for column in (
+                "kind", "input px", "size MB", "latency ms", "Grad-CAM ms",
+            )},
+        )  # fmt: skip
+        st.caption("Best test accuracy first.")
+        st.caption(
+            f"Latency: median single-image prediction from the model's `bench.json`, written by "
+            f"`{ui.BENCH_HINT}`."
+        )
     st.subheader("Reference results (published, not measured here)")
     st.dataframe(ui.reference_table(), hide_index=True, key="reference")
     st.caption(

@@ -86,3 +86,70 @@ def test_the_model_cache_reloads_a_re_promoted_model(tiny_store, tmp_path, monke
     card = store / "models" / "tiny-cnn" / "card.json"
     card.write_text(card.read_text().replace("{", '{"note": "re-promoted",', 1))
     assert ui.cached_model("tiny-cnn") is not first  # same name, new card: loaded afresh
+
+
+def test_runs_table_puts_the_best_run_first_and_unscored_runs_last():
+    runs = [
+        {"run_id": "a", "test_accuracy": 0.91, "status": "finished"},
+        {"run_id": "b", "test_accuracy": None, "status": "running"},
+        {"run_id": "c", "test_accuracy": 0.97, "status": "finished"},
+    ]
+    table = ui.runs_table(runs)
+    assert list(table["run id"]) == ["c", "a", "b"]
+    assert list(table.columns[:3]) == ["run id", "test accuracy", "macro-F1"]
+    assert ui.table_height(len(table)) > ui.table_height(2)
+
+
+def test_machine_paths_are_not_shown():
+    record = {
+        "command": "/work/main/bcclassify/__main__.py train --data ../shared/data/pbc224",
+        "folders": ["/home/ana/weights/xception.h5", "relative/kept.txt"],
+        "url": "https://example.org/a/b",
+        "ratio": "1/255",
+        "epochs": 4,
+    }
+    shown = ui.without_machine_paths(record)
+    assert shown["command"] == "python -m bcclassify train --data ../shared/data/pbc224"
+    assert shown["folders"] == ["…/xception.h5", "relative/kept.txt"]
+    assert shown["url"] == record["url"] and shown["ratio"] == "1/255" and shown["epochs"] == 4
+    inside = str(ui.REPO_ROOT / "cache" / "x.npz")
+    assert ui.without_machine_paths(inside) == "cache/x.npz"
+
+
+def test_a_model_shows_its_own_figures_and_a_run_its_own(tiny_store, tmp_path, monkeypatch):
+    import shutil
+
+    from bcclassify.evaluation import promote
+    from bcclassify.store import read_csv, read_json
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store / "runs", store / "runs")
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    promote("fixture-cnn-32px", "plain")
+    promote("fixture-cnn-32px", "viewed", views=["identity", "flip_lr", "rot90"])
+    # The served model's own answers, made to differ from the run's so the source is visible.
+    own = store / "models" / "viewed" / "test_predictions.csv"
+    rows = read_csv(own)
+    rows[0]["predicted"] = next(c for c in CLASS_NAMES if c != rows[0]["predicted"])
+    pd.DataFrame(rows).to_csv(own, index=False)
+
+    assert {"model: plain", "model: viewed", "run: fixture-cnn-32px"} <= set(ui.figure_sources())
+    run = ui.load_figures("run: fixture-cnn-32px")
+    viewed = ui.load_figures("model: viewed")
+    plain = ui.load_figures("model: plain")
+    run_matrix = np.asarray(read_json(store / "runs" / "fixture-cnn-32px" / "metrics.json")[
+        "confusion_matrix"])  # fmt: skip
+    assert np.array_equal(ui.run_confusion(run), run_matrix)
+    assert np.array_equal(ui.run_confusion(plain), run_matrix)  # single view: the run's figures
+    served = ui.run_confusion(viewed)
+    assert served.sum() == len(rows) and not np.array_equal(served, run_matrix)
+    assert list(ui.run_predictions(viewed)["predicted"]) == [r["predicted"] for r in rows]
+    assert "Installed model viewed" in ui.figures_caption(viewed)
+    assert "3 views averaged" in ui.figures_caption(viewed)
+    assert "Training run fixture-cnn-32px" in ui.figures_caption(run)
+
+
+def test_leaderboard_puts_the_best_first(tiny_store):
+    board = ui.leaderboard()
+    accuracy = [float(a.rstrip("%")) for a in board["test accuracy"] if a != ui.MISSING]
+    assert len(accuracy) >= 3 and accuracy == sorted(accuracy, reverse=True)

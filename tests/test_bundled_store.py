@@ -113,3 +113,21 @@ def test_run_metrics_agree_with_their_predictions(record):
         assert [r["flagged"] for r in recomputed] == [
             r["flagged"] for r in metrics["by_confidence"]
         ]
+
+
+@pytest.mark.parametrize("folder", _models(), ids=lambda p: p.name)
+def test_figure_pages_show_each_models_own_test_figures(bundled_store, folder):
+    from bcclassify import app_support as ui
+
+    card = read_json(folder / "card.json")
+    matrix = ui.run_confusion(ui.load_figures(f"model: {folder.name}"))
+    assert matrix.trace() / matrix.sum() == pytest.approx(card["test_metrics"]["accuracy"])
+    assert matrix.sum() == card["test_metrics"]["num_samples"]
+
+
+def test_runs_stopped_on_purpose_get_no_resume_advice(bundled_store):
+    from bcclassify.store import can_resume, list_runs
+
+    stopped = [r for r in list_runs() if r["stopped_on_purpose"]]
+    assert len(stopped) == 2 and all(r["status"] == "stopped" for r in stopped)
+    assert not any(can_resume(r) for r in stopped)

@@ -67,3 +67,30 @@ def test_a_running_record_whose_process_is_gone_lists_as_interrupted(tmp_path, m
 
     table = runs_table(list_runs())
     assert dict(zip(table["run id"], table["status"])) == states
+
+
+def test_only_an_interrupted_run_with_its_data_here_can_be_resumed(tmp_path, monkeypatch):
+    import platform
+
+    from bcclassify.store import can_resume
+
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path))
+    data = tmp_path / "data"
+    data.mkdir()
+    gone = {"arch": "cnn", "status": "running", "pid": 2**22 + 7, "host": platform.node()}
+    records = {
+        "killed": (gone, str(data)),
+        "killed-elsewhere": (gone, str(tmp_path / "not-here")),
+        "stopped": ({**gone, "status": "stopped", "stopped_on_purpose": "no better"}, str(data)),
+    }
+    for name, (record, folder) in records.items():
+        write_json(tmp_path / "runs" / name / "run.json", record)
+        write_json(tmp_path / "runs" / name / "config.json", {"arch": "cnn", "data": folder})
+    rows = {row["run_id"]: row for row in list_runs()}
+    assert {name: can_resume(row) for name, row in rows.items()} == {
+        "killed": True,
+        "killed-elsewhere": False,
+        "stopped": False,
+    }
+    assert run_state(rows["stopped"]) == "stopped"
+    assert rows["stopped"]["stopped_on_purpose"] == "no better"
