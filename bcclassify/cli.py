@@ -663,6 +663,62 @@ def _cmd_bench(args) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------- faithfulness
+
+
+def _add_faithfulness(sub) -> None:
+    p = sub.add_parser(
+        "faithfulness",
+        help="score saliency methods and layers: deletion, insertion, pointing",
+        description="On a fixed, seeded sample of the model's test split (all classes), one "
+        "view per cell: deletion and insertion areas under the curve (Petsiuk et al. 2018) of "
+        "each configuration's fused map, and the share of maps whose peak lies on the centre "
+        "white cell. Each cell is checkpointed under cache/faithfulness/, so a rerun resumes.",
+    )
+    p.add_argument("--model", metavar="NAME", help="installed model (default: the default)")
+    p.add_argument("--data", required=True, help="the model's training data (class folders)")
+    p.add_argument("--cells", type=int, default=200, help="cells to score (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=10, help="deletion/insertion steps")
+    p.add_argument(
+        "--save",
+        metavar="DOCS_DIR",
+        help="write faithfulness-<model>.json to this folder (e.g. docs)",
+    )
+    p.add_argument(
+        "--set-default",
+        metavar="CONFIG",
+        help="with --save: make this configuration the card's explain_layers/explain_method",
+    )
+
+
+def _cmd_faithfulness(args) -> int:
+    from .faithfulness import record, run, table_markdown
+    from .serving import ModelIntegrityError, ModelNotFoundError
+
+    if args.cells < 1 or args.steps < 2:
+        raise UsageError("--cells must be at least 1 and --steps at least 2")
+    if args.set_default and not args.save:
+        raise UsageError("--set-default needs --save")
+    try:
+        result = run(
+            args.model, args.data, args.cells, args.seed, args.steps, progress=sys.stderr.isatty()
+        )
+    except (FileNotFoundError, ModelNotFoundError, ModelIntegrityError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.set_default and args.set_default not in result["table"]:
+        raise UsageError(f"--set-default: choose one of {', '.join(result['table'])}")
+    if args.save:
+        from .serving import load_model
+
+        folder = load_model(result["model"]).folder
+        out = record(folder, result, args.set_default, Path(args.save))
+        print(f"wrote {out}", file=sys.stderr)
+    print(table_markdown(result["table"]))
+    print(f"\n{result['cells']} cells ({result['scope']}), seed {result['seed']}")
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- users
 
 
@@ -741,6 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_predict,
         _add_explain,
         _add_bench,
+        _add_faithfulness,
         _add_users,
         _add_calibrate,
     ):
@@ -756,6 +813,7 @@ COMMANDS = {
     "predict": _cmd_predict,
     "explain": _cmd_explain,
     "bench": _cmd_bench,
+    "faithfulness": _cmd_faithfulness,
     "users": _cmd_users,
     "calibrate": _cmd_calibrate,
 }

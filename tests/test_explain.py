@@ -200,3 +200,91 @@ def test_fast_view_handles_grids_that_are_not_multiples_of_each_other(tiny_store
     assert fast._joint_channels == [2048, 2048]  # the joint view (15x15 grid) was used
     for layer in b.maps:
         np.testing.assert_allclose(a.maps[layer], b.maps[layer], atol=1e-4)
+
+
+FINE = ["mixed7", "block13_sepconv2_act"]  # 5x5 and 7x7 at the tiny hybrid's 107 px
+
+
+def test_cut_reads_xception_residual_above_the_finer_layers(hybrid):
+    """Above block13_sepconv2_act, block 13 adds its input back: the cut must carry it."""
+    from bcclassify.explain import _cut
+
+    model = hybrid.model
+    head = model.get_layer("predictions").input
+    coarse = _cut(model, ["mixed10", "block14_sepconv2_act"], head)
+    fine = _cut(model, FINE, head)
+    assert len(coarse) == 2  # the maps themselves feed the pooled head
+    assert len(fine) == 3 and [tuple(t.shape[1:3]) for t in fine[:2]] == [(5, 5), (7, 7)]
+    assert _cut(model, ["mixed7", "mixed10"], head) is None  # one below the other: no split
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam"])
+def test_fine_layer_maps_equal_plain_tf_keras_vis(hybrid, method, monkeypatch):
+    """Layers inside the trunks (not the last maps) stay on the fast path, and exact.
+
+    The untrained Xception's block-13 maps are tiny (about 1e-10), which tf-keras-vis's
+    normalisation flattens to zero, so the maps are compared before normalisation.
+    """
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.layercam import Layercam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    from bcclassify import explain
+
+    monkeypatch.setattr(explain, "normalize_map", lambda heatmap: heatmap.astype(np.float32))
+    pixels = hybrid.load(CELL)
+    batch = np.asarray(pixels, dtype=np.float32)[None]
+    explainer = Explainer(hybrid, FINE)
+    cls = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus, "layercam": Layercam}[method]
+    plain = cls(hybrid.model, model_modifier=ReplaceToLinear(), clone=True)
+    compared = dict.fromkeys(FINE, 0)
+    # For some classes an untrained trunk's map is empty (every weight negative): try several.
+    for target in range(3):
+        fast = explainer.explain_pixels(pixels, method, target=target)
+        assert list(fast.maps) == [*FINE, "fused"]
+        for layer in FINE:
+            cam = plain(
+                CategoricalScore([target]),
+                batch,
+                penultimate_layer=layer,
+                seek_penultimate_conv_layer=False,
+                normalize_cam=False,
+            )[0]
+            scale = float(cam.max()) or 1.0
+            np.testing.assert_allclose(fast.maps[layer] / scale, cam / scale, atol=2e-3)
+            compared[layer] += bool(cam.max() > 0)
+    assert explainer._joint_channels == [768, 728]  # the fast path was taken
+    assert all(compared.values()), compared  # real maps among them, not only empty ones
+
+
+def test_card_names_the_default_method(hybrid):
+    """explain_method in the card is what an explanation without a method uses."""
+    from bcclassify.serving import ClassifierModel
+
+    card = {**hybrid.card, "explain_method": "layercam", "explain_layers": FINE}
+    classifier = ClassifierModel("layercam-card", hybrid.folder, card, hybrid.model)
+    explainer = Explainer(classifier)
+    assert explainer.default_method == "layercam" and explainer.layers == FINE
+    explanation = explainer.explain_pixels(hybrid.load(CELL), target=0)
+    assert explanation.method == "layercam"
+    unknown = ClassifierModel("odd", hybrid.folder, {**card, "explain_method": "x"}, hybrid.model)
+    assert Explainer(unknown).default_method == "gradcam"
+
+
+def test_overlay_leaves_the_unseen_border_uncoloured_and_outlines_the_square():
+    from bcclassify.explain import colour_bar, seen_square
+
+    image = np.full((100, 100, 3), 120, dtype=np.uint8)
+    heatmap = np.zeros((100, 100), dtype=np.float32)  # zero everywhere: cold blue if painted
+    out = overlay(image, heatmap, opacity=0.5, seen_fraction=0.6)
+    top, left, bottom, right = seen_square((100, 100), 0.6)
+    assert (top, left, bottom, right) == (20, 20, 80, 80)
+    corner = out[5, 5].astype(int)
+    assert corner[0] == corner[1] == corner[2] > 120  # faded grey, no hue
+    inside = out[50, 50].astype(int)
+    assert inside[2] > inside[0]  # the map's own colour (blue at zero) inside the square
+    assert out[19, 50].min() >= 240  # the outline just outside the square
+    bar = colour_bar(64, 4)
+    assert bar.shape == (4, 64, 3) and bar[0, 0, 2] > bar[0, 0, 0] and bar[0, -1, 0] > bar[0, -1, 2]
