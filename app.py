@@ -13,7 +13,14 @@ import streamlit as st
 
 from bcclassify import CLASS_NAMES, DATASET_CREDIT, accounts
 from bcclassify import app_support as ui
-from bcclassify.explain import METHODS, map_title, overlay
+from bcclassify.explain import (
+    COLOUR_BAR_CAPTION,
+    METHODS,
+    SEEN_CAPTION,
+    colour_bar_figure,
+    map_caption,
+    overlay,
+)
 from bcclassify.imaging import ImageLoadError, load_image
 from bcclassify.report import needs_review, reviewed_differential
 from bcclassify.reviews import ReviewLog, ReviewLogUnavailable
@@ -292,7 +299,16 @@ def gradcam_ui(model_key, item: ui.CellInput, copy, prediction: Prediction, cell
     st.subheader("Where the model looked")
     names = list(prediction.class_names)
     c1, c2, c3 = st.columns(3)
-    method = c1.selectbox("Method", list(METHODS), format_func=METHODS.get, key="cam_method")
+    methods = list(METHODS)
+    # The card's method is the one its faithfulness measurement chose (README, Model comparison).
+    default = ui.cached_explainer(model_key[0]).default_method
+    method = c1.selectbox(
+        "Method",
+        methods,
+        index=methods.index(default),
+        format_func=lambda m: f"{METHODS[m]} (measured default)" if m == default else METHODS[m],
+        key="cam_method",
+    )
     target = c2.selectbox(
         "Target class",
         names,
@@ -311,15 +327,18 @@ def gradcam_ui(model_key, item: ui.CellInput, copy, prediction: Prediction, cell
     columns = st.columns(len(shown) + 1)
     columns[0].image(copy.pixels, caption="Original", width="stretch")
     for column, layer in zip(columns[1:], shown):
-        title = map_title(layer) if len(trunk_maps) > 1 else map_title(trunk_maps[0])
+        titled = layer if len(trunk_maps) > 1 else trunk_maps[0]
         column.image(
-            overlay(copy.pixels, explanation.maps[layer], opacity),
-            caption=f"{METHODS[method]} · {title}",
+            overlay(copy.pixels, explanation.maps[layer], opacity, explanation.seen_fraction),
+            caption=map_caption(explanation, titled, ui.class_label),
             width="stretch",
         )
-    st.caption(
-        f"{METHODS[method]} for {ui.class_label(explanation.target_class)} "
-        f"(p = {explanation.probability:.3f}); red marks what raised its score."
+    bar, note = st.columns([1, 2])
+    bar.image(colour_bar_figure(), width="stretch")
+    note.caption(
+        f"{COLOUR_BAR_CAPTION} Red marks what raised the score of "
+        f"{ui.class_label(explanation.target_class)} (p = {explanation.probability:.3f})."
+        + (f" {SEEN_CAPTION}" if explanation.seen_fraction else "")
     )
 
 

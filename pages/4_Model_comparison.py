@@ -5,7 +5,15 @@ from __future__ import annotations
 import streamlit as st
 
 from bcclassify import app_support as ui
-from bcclassify.explain import METHODS, overlay
+from bcclassify.explain import (
+    COLOUR_BAR_CAPTION,
+    DEFAULT_METHOD,
+    METHODS,
+    SEEN_CAPTION,
+    colour_bar_figure,
+    overlay,
+)
+from bcclassify.faithfulness import table_rows
 from bcclassify.imaging import ImageLoadError
 from bcclassify.uploads import UploadLimits, WorkingCopy, explain_copy, working_copy
 
@@ -35,6 +43,28 @@ def leaderboard_ui() -> None:
     st.caption(
         "Test accuracies reported by the reference work on the PBC dataset, for context only."
     )
+
+
+def faithfulness_ui(cards: dict[str, dict]) -> None:
+    st.subheader("Saliency maps: how faithful (measured in this project)")
+    measured = {n: card["faithfulness"] for n, card in cards.items() if "faithfulness" in card}
+    if not measured:
+        st.info(
+            "No saliency method measured yet. Measure one with\n\n```\npython -m bcclassify "
+            "faithfulness --model NAME --data DATA --save docs --set-default CONFIG\n```"
+        )
+        return
+    for name, summary in measured.items():
+        st.markdown(f"**{name}**")
+        st.dataframe(table_rows(summary), hide_index=True, key=f"faithfulness-{name}")
+        st.caption(
+            f"{summary['cells']} cells from {summary['scope']} (all classes, seed "
+            f"{summary['seed']}, one view each). Deletion/insertion: the class probability as "
+            f"the most salient pixels are blacked out / restored into a blurred copy, "
+            f"{summary['steps']} steps, area under the curve. Pointing: share of maps whose peak "
+            "lies on the centre white cell. ✓: the default, chosen by this measurement. "
+            f"Rerun: `{summary['command']}`."
+        )
 
 
 def image_ui() -> ui.CellInput | None:
@@ -84,10 +114,13 @@ def side_by_side_ui(copy: WorkingCopy, names: list[str], method: str, opacity: f
                     classifier, ui.cached_explainer(name), copy, method, None, probs
                 )
             st.image(
-                overlay(copy.pixels, explanation.fused, opacity),
-                caption=f"{METHODS[method]} · fused map",
+                overlay(copy.pixels, explanation.fused, opacity, explanation.seen_fraction),
+                caption=f"{METHODS[method]} · fused map — for "
+                f"{ui.class_label(explanation.target_class)}, p = {explanation.probability:.3f}",
                 width="stretch",
             )
+            if explanation.seen_fraction:
+                st.caption(SEEN_CAPTION)
             st.plotly_chart(
                 ui.probability_figure(probs, classifier.class_names, classifier.threshold),
                 key=f"compare-probs-{name}",
@@ -97,8 +130,9 @@ def side_by_side_ui(copy: WorkingCopy, names: list[str], method: str, opacity: f
 def main() -> None:
     st.title("Model comparison")
     leaderboard_ui()
-    st.subheader("One image, several models")
     cards = ui.model_cards()
+    faithfulness_ui(cards)
+    st.subheader("One image, several models")
     if len(cards) < 1:
         st.info(f"No model installed. Install one with\n\n```\n{ui.PROMOTE_HINT}\n```")
         return
@@ -110,7 +144,15 @@ def main() -> None:
         help="Pick two or more to compare.",
     )
     a, b = st.columns(2)
-    method = a.selectbox("Method", list(METHODS), format_func=METHODS.get, key="compare_method")
+    methods = list(METHODS)
+    default = next(iter(cards.values())).get("explain_method", DEFAULT_METHOD)  # default model's
+    method = a.selectbox(
+        "Method",
+        methods,
+        index=methods.index(default if default in METHODS else DEFAULT_METHOD),
+        format_func=METHODS.get,
+        key="compare_method",
+    )
     opacity = b.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key="compare_opacity")
     item = image_ui()
     if item is None or not names:
@@ -126,6 +168,9 @@ def main() -> None:
     st.image(copy.pixels, width=200)
     st.text(item.name)
     side_by_side_ui(copy, names, method, opacity)
+    bar, note = st.columns([1, 2])
+    bar.image(colour_bar_figure(), width="stretch")
+    note.caption(COLOUR_BAR_CAPTION)
 
 
 main()

@@ -137,6 +137,8 @@ def test_classify_one_example_explain_and_review(tiny_store, tmp_path, monkeypat
     assert any("InceptionV3" in c for c in captions)
     assert any("Xception" in c for c in captions)
     assert any("Grad-CAM · Fused" in c for c in captions)
+    assert any(" — for " in c and "p = " in c for c in captions)  # target and probability
+    assert "blue (low) to red (highest)" in _texts(at.caption)  # beside the colour bar
     assert at.get("plotly_chart"), "probability bar chart"
 
     # Anonymous: classified and explained, but nothing to save or export, and it says so.
