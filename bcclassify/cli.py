@@ -382,14 +382,32 @@ def _add_calibrate(sub) -> None:
     )
     p.add_argument("--model", metavar="NAME", help="installed model (default: the default)")
     p.add_argument("--data", required=True, help="the model's training data (class folders)")
-    p.add_argument("--noncell", metavar="DIR", help="non-cell images to report figures on")
-    p.add_argument("--method", choices=("mahalanobis", "knn"), default="mahalanobis")
-    p.add_argument("--dims", type=int, default=128, help="principal components kept")
+    p.add_argument(
+        "--outliers", metavar="DIR", help="non-cell images to fit the outlier-exposure part on"
+    )
+    p.add_argument(
+        "--noncell", metavar="DIR", help="other non-cell images, only to report figures on"
+    )
+    p.add_argument(
+        "--shifted", metavar="DIR", help="cells from another lab (class folders), figures only"
+    )
+    p.add_argument(
+        "--method",
+        choices=("knn+oe", "knn", "mahalanobis"),
+        default="knn+oe",
+        help="novelty score (knn+oe needs --outliers)",
+    )
     p.add_argument(
         "--quantile",
         type=float,
-        default=0.99,
-        help="validation cells under the unidentified threshold (default 0.99: 1%% flagged)",
+        default=0.995,
+        help="validation cells under the unidentified threshold (default 0.995: 0.5%% flagged)",
+    )
+    p.add_argument(
+        "--low-confidence",
+        type=float,
+        help="calibrated top probability under which a cell is flagged low_confidence "
+        "(default: keep the card's)",
     )
     p.add_argument("--train-limit", type=int, default=4000, help="training cells to fit on")
 
@@ -399,8 +417,14 @@ def _cmd_calibrate(args) -> int:
 
     if not 0.5 <= args.quantile < 1.0:
         raise UsageError("--quantile must be in [0.5, 1)")
-    if args.noncell and not Path(args.noncell).is_dir():
-        raise UsageError(f"--noncell {args.noncell}: not a folder")
+    if args.low_confidence is not None and not 0.0 < args.low_confidence < 1.0:
+        raise UsageError("--low-confidence must be in (0, 1)")
+    for option in ("outliers", "noncell", "shifted"):
+        value = getattr(args, option)
+        if value and not Path(value).is_dir():
+            raise UsageError(f"--{option} {value}: not a folder")
+    if args.method == "knn+oe" and not args.outliers:
+        raise UsageError("--method knn+oe needs --outliers DIR (non-cell images)")
     _tensorflow()
     from .serving import ModelIntegrityError, ModelNotFoundError
 
@@ -408,10 +432,12 @@ def _cmd_calibrate(args) -> int:
         card = calibrate_model(
             args.model,
             args.data,
+            outliers=args.outliers,
             noncell=args.noncell,
+            shifted=args.shifted,
             method=args.method,
-            dims=args.dims,
             quantile=args.quantile,
+            low_confidence=args.low_confidence,
             train_limit=args.train_limit,
         )
     except (FileNotFoundError, ValueError, ModelNotFoundError, ModelIntegrityError) as exc:

@@ -96,10 +96,41 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 # ----------------------------------------------------------------------------- novelty
 
+NOVELTY_METHODS = ("knn+oe", "knn", "mahalanobis")
+
 
 def _l2_normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_distance(bank: np.ndarray, features: np.ndarray, k: int) -> np.ndarray:
+    """1 - cosine similarity to the k-th nearest of the (L2-normalised) training features
+    (Sun et al., "Out-of-Distribution Detection with Deep Nearest Neighbors", ICML 2022)."""
+    sims = _l2_normalise(features) @ np.asarray(bank, dtype=np.float64).T
+    k = min(k, sims.shape[1])
+    return 1.0 + np.partition(-sims, k - 1, axis=1)[:, k - 1]
+
+
+def mahalanobis_distance(arrays: dict, features: np.ndarray) -> np.ndarray:
+    """Smallest class-conditional Mahalanobis distance, shared covariance, in the top principal
+    components of the training features (Lee et al., NeurIPS 2018)."""
+    z = (np.asarray(features, dtype=np.float64) - arrays["center"]) @ arrays["components"]
+    means, precision = arrays["class_means"], arrays["precision"]
+    # (z - m)' P (z - m) for every class mean m, expanded into three matrix products.
+    zp = z @ precision
+    dist = (
+        np.einsum("nk,nk->n", zp, z)[:, None]
+        - 2.0 * zp @ means.T
+        + np.einsum("ck,kl,cl->c", means, precision, means)[None, :]
+    )
+    return np.sqrt(np.maximum(dist.min(axis=1), 0.0))
+
+
+def outlier_logit(arrays: dict, features: np.ndarray) -> np.ndarray:
+    """A linear cell-vs-non-cell score on normalised features, fitted with outlier exposure
+    (Hendrycks et al., "Deep Anomaly Detection with Outlier Exposure", ICLR 2019)."""
+    return _l2_normalise(features) @ arrays["oe_weights"] + float(arrays["oe_bias"])
 
 
 @dataclass
@@ -107,103 +138,124 @@ class NoveltyDetector:
     """How unlike the training cells an image's features are (higher: more novel).
 
     ``method``:
-    - ``mahalanobis``: the smallest class-conditional Mahalanobis distance with one shared
-      covariance (Lee et al., NeurIPS 2018), in the top ``dims`` principal components of the
-      training features (the full 4,096-dimensional covariance would need more cells than the
-      training split has, and 64 MB of storage);
-    - ``knn``: the distance to the k-th nearest training cell after L2 normalisation (Sun et al.,
-      "Out-of-Distribution Detection with Deep Nearest Neighbors", ICML 2022), on a bank of
-      training features projected the same way.
+    - ``knn``: the k-th nearest-neighbour distance to training cells;
+    - ``knn+oe``: the larger of that distance and an outlier-exposure score (a linear model of
+      training cells against a separate set of non-cell images), each put on a common scale by
+      its median and spread on the validation split, so either can raise the flag: the
+      distance catches anything unlike the cells, the linear model catches near misses such as
+      crops of red cells only, which sit close to platelet images;
+    - ``mahalanobis``: class-conditional Mahalanobis distance (kept for comparison).
+    ``arrays`` holds what the method needs; ``threshold`` comes from the validation split.
     """
 
     method: str
-    center: np.ndarray  # (D,) mean training feature
-    components: np.ndarray  # (D, K) principal directions
-    class_means: np.ndarray  # (C, K) in the projected space
-    precision: np.ndarray  # (K, K) inverse shared covariance in the projected space
-    bank: np.ndarray  # (N, K) L2-normalised projected training features (knn)
+    arrays: dict
     k: int = 10
     threshold: float = float("inf")
 
-    def project(self, features: np.ndarray) -> np.ndarray:
-        return (np.asarray(features, dtype=np.float64) - self.center) @ self.components
+    def components(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """The raw scores the method combines, by name."""
+        if self.method == "mahalanobis":
+            return {"mahalanobis": mahalanobis_distance(self.arrays, features)}
+        parts = {"knn": knn_distance(self.arrays["bank"], features, self.k)}
+        if self.method == "knn+oe":
+            parts["oe"] = outlier_logit(self.arrays, features)
+        return parts
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        z = self.project(features)
-        if self.method == "mahalanobis":
-            diffs = z[:, None, :] - self.class_means[None]  # (N, C, K)
-            dist = np.einsum("nck,kl,ncl->nc", diffs, self.precision, diffs)
-            return np.sqrt(np.maximum(dist.min(axis=1), 0.0))
-        if self.method == "knn":
-            sims = _l2_normalise(z) @ self.bank.T
-            kth = np.partition(-sims, self.k - 1, axis=1)[:, self.k - 1]
-            return 1.0 + kth  # 1 - cosine similarity of the k-th neighbour
-        raise ValueError(f"unknown novelty method {self.method!r}")
+        parts = self.components(features)
+        if self.method != "knn+oe":
+            return next(iter(parts.values()))
+        scale = self.arrays["scale"]  # [knn median, knn spread, oe median, oe spread]
+        return np.maximum((parts["knn"] - scale[0]) / scale[1], (parts["oe"] - scale[2]) / scale[3])
 
     def flags(self, features: np.ndarray) -> np.ndarray:
         return self.score(features) > self.threshold
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {
-            "method": np.asarray(self.method),
-            "center": self.center.astype(np.float32),
-            "components": self.components.astype(np.float32),
-            "class_means": self.class_means.astype(np.float32),
-            "precision": self.precision.astype(np.float32),
-            "bank": self.bank.astype(np.float16),
-            "k": np.asarray(self.k),
-            "threshold": np.asarray(self.threshold),
+        stored = {
+            key: value.astype(np.float16 if key == "bank" else np.float32)
+            for key, value in self.arrays.items()
         }
+        stored.update(
+            method=np.asarray(self.method),
+            k=np.asarray(self.k),
+            threshold=np.asarray(self.threshold),
+        )
+        return stored
 
     @classmethod
-    def from_arrays(cls, arrays) -> NoveltyDetector:
+    def from_arrays(cls, stored) -> NoveltyDetector:
+        meta = ("method", "k", "threshold")
         return cls(
-            method=str(arrays["method"]),
-            center=np.asarray(arrays["center"], dtype=np.float64),
-            components=np.asarray(arrays["components"], dtype=np.float64),
-            class_means=np.asarray(arrays["class_means"], dtype=np.float64),
-            precision=np.asarray(arrays["precision"], dtype=np.float64),
-            bank=np.asarray(arrays["bank"], dtype=np.float64),
-            k=int(arrays["k"]),
-            threshold=float(arrays["threshold"]),
+            method=str(stored["method"]),
+            arrays={
+                key: np.asarray(stored[key], dtype=np.float64) for key in stored if key not in meta
+            },
+            k=int(stored["k"]),
+            threshold=float(stored["threshold"]),
         )
 
 
 def fit_novelty(
     features: np.ndarray,
     labels: np.ndarray,
-    method: str = "mahalanobis",
-    dims: int = 256,
+    method: str = "knn+oe",
+    outliers: np.ndarray | None = None,
+    validation: np.ndarray | None = None,
     k: int = 10,
-    bank_size: int = 4000,
+    dims: int = 256,
     seed: int = 0,
 ) -> NoveltyDetector:
-    """Fit a :class:`NoveltyDetector` on training features (its threshold is set separately)."""
-    from sklearn.covariance import LedoitWolf
+    """Fit a :class:`NoveltyDetector` on training features (its threshold is set separately).
 
+    ``outliers``: features of non-cell images (``knn+oe`` only); ``validation``: features of
+    held-out cells that put the two scores of ``knn+oe`` on one scale.
+    """
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
+    if method not in NOVELTY_METHODS:
+        raise ValueError(f"unknown novelty method {method!r}; choose from {NOVELTY_METHODS}")
+    if method == "mahalanobis":
+        return NoveltyDetector(method, _fit_mahalanobis(features, labels, dims, seed))
+    detector = NoveltyDetector(method, {"bank": _l2_normalise(features)}, k=k)
+    if method == "knn+oe":
+        from sklearn.linear_model import LogisticRegression
+
+        if outliers is None or validation is None or not len(outliers):
+            raise ValueError("knn+oe needs non-cell features (outliers) and validation features")
+        inputs = np.concatenate([_l2_normalise(features), _l2_normalise(outliers)])
+        is_outlier = np.r_[np.zeros(len(features)), np.ones(len(outliers))]
+        model = LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced")
+        model.fit(inputs, is_outlier)
+        detector.arrays.update(oe_weights=model.coef_[0], oe_bias=np.asarray(model.intercept_[0]))
+        held_out = detector.components(validation)
+        detector.arrays["scale"] = np.asarray(
+            [
+                np.median(held_out["knn"]),
+                max(np.std(held_out["knn"]), 1e-9),
+                np.median(held_out["oe"]),
+                max(np.std(held_out["oe"]), 1e-9),
+            ]
+        )
+    return detector
+
+
+def _fit_mahalanobis(features: np.ndarray, labels: np.ndarray, dims: int, seed: int) -> dict:
+    from sklearn.covariance import LedoitWolf
+    from sklearn.utils.extmath import randomized_svd
+
     center = features.mean(axis=0)
-    # Principal directions from the SVD of the centred features.
-    _, _, vt = np.linalg.svd(features - center, full_matrices=False)
-    components = vt[: min(dims, vt.shape[0])].T
-    z = (features - center) @ components
+    # A randomised SVD finds the top ``dims`` directions in seconds, not minutes.
+    dims = min(dims, *features.shape)
+    _, _, vt = randomized_svd(features - center, dims, n_iter=6, random_state=seed)
+    z = (features - center) @ vt.T
     classes = np.unique(labels)
-    class_means = np.stack([z[labels == c].mean(axis=0) for c in classes])
-    within = z - class_means[np.searchsorted(classes, labels)]
+    means = np.stack([z[labels == c].mean(axis=0) for c in classes])
+    within = z - means[np.searchsorted(classes, labels)]
     # Ledoit-Wolf shrinkage keeps the shared covariance well conditioned.
     precision = LedoitWolf(assume_centered=True).fit(within).precision_
-    rng = np.random.default_rng(seed)
-    chosen = rng.permutation(len(z))[:bank_size]
-    return NoveltyDetector(
-        method=method,
-        center=center,
-        components=components,
-        class_means=class_means,
-        precision=precision,
-        bank=_l2_normalise(z[np.sort(chosen)]),
-        k=k,
-    )
+    return {"center": center, "components": vt.T, "class_means": means, "precision": precision}
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -317,9 +369,7 @@ def _weights_id(card: dict) -> str:
 
     listed = card.get("files_sha256") or {}
     text = "".join(
-        f"{k}={v}"
-        for k, v in sorted(listed.items())
-        if k.endswith((".npz", ".json")) and k != "novelty.npz"
+        f"{k}={v}" for k, v in sorted(listed.items()) if k == "model.json" or k.startswith("weights-")
     )
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -341,10 +391,12 @@ def _served_from_record(classifier, relative_paths: list[str]) -> np.ndarray | N
 def calibrate_model(
     name: str | None,
     data: str | Path,
+    outliers: str | Path | None = None,
     noncell: str | Path | None = None,
-    method: str = "mahalanobis",
-    dims: int = 128,
-    quantile: float = 0.99,
+    shifted: str | Path | None = None,
+    method: str = "knn+oe",
+    quantile: float = 0.995,
+    low_confidence: float | None = None,
     train_limit: int = 4000,
     cache_root: Path | None = None,
 ) -> dict:
@@ -353,8 +405,10 @@ def calibrate_model(
     On the model's own training data (``data`` must be it: the splits are recomputed from the
     card's manifest and seed): the detector on (up to ``train_limit``) training-split features,
     the temperature and the ``unidentified`` threshold (the ``quantile`` of validation novelty
-    scores) on the validation split. The test split and the optional ``noncell`` folder only
-    report figures. Writes ``novelty.npz`` and the card's ``calibration`` and ``novelty``
+    scores) on the validation split; ``outliers``, a folder of non-cell images, for the
+    outlier-exposure part of ``knn+oe``. The test split, the ``noncell`` folder (non-cell images
+    kept apart from ``outliers``) and ``shifted`` (cells from another lab, in class folders)
+    only report figures. Writes ``novelty-*.npz`` and the card's ``calibration`` and ``novelty``
     sections, checksummed; returns the new card.
     """
     from .data import scan_dataset, train_val_test_split
@@ -398,11 +452,28 @@ def calibrate_model(
         test, test_labels = labelled(split.test, True, "test-views")
         test_served = test["served"]
 
+    def folder(root, averaged, set_name):
+        paths = collect_image_paths([root])
+        got = extract(classifier, paths, averaged, cache / f"{set_name}.npz", desc=set_name)
+        return got, [paths[i] for i in got["kept"]]
+
+    outlier_features = None
+    if outliers is not None:
+        outlier_features = folder(outliers, False, f"outliers-{Path(outliers).name}")[0]["features"]
     temperature = fit_temperature(val["served"], val_labels)
-    detector = fit_novelty(train["features"], train_labels, method, dims=dims, seed=seed)
+    detector = fit_novelty(
+        train["features"],
+        train_labels,
+        method,
+        outliers=outlier_features,
+        validation=val["features"],
+        seed=seed,
+    )
     val_scores = detector.score(val["features"])
     detector.threshold = float(np.quantile(val_scores, quantile))
     test_scores = detector.score(test["features"])
+    if low_confidence is not None:
+        card["low_confidence_threshold"] = float(low_confidence)
     low = float(card.get("low_confidence_threshold", 0.6))
 
     def calibration(labels, probs):
@@ -426,10 +497,15 @@ def calibrate_model(
     }
     novelty = {
         "method": method,
-        "dims": dims,
         "k": detector.k,
         "features": "pooled features the classifier head reads, image as given",
-        "fitted_on": f"{len(train_labels)} training-split cells",
+        "fitted_on": f"{len(train_labels)} training-split cells"
+        + (
+            f"; outlier exposure: {len(outlier_features)} non-cell images ({Path(outliers).name}, "
+            "scripts/make_noncell_sets.py)"
+            if outlier_features is not None
+            else ""
+        ),
         "threshold": detector.threshold,
         "threshold_rule": f"the {quantile:.3f} quantile of the validation split's novelty scores "
         f"({len(val_labels)} cells)",
@@ -441,14 +517,11 @@ def calibrate_model(
         ),
     }
     if noncell is not None:
-        paths = collect_image_paths([noncell])
-        got = extract(
-            classifier, paths, True, cache / f"noncell-{Path(noncell).name}.npz", desc="non-cell"
-        )
+        got, paths = folder(noncell, True, f"noncell-{Path(noncell).name}")
         scores = detector.score(got["features"])
         served = temper(got["served"], temperature)
         rejected = (scores > detector.threshold) | (served.max(axis=1) < low)
-        kinds = np.asarray([paths[i].parent.name for i in got["kept"]])
+        kinds = np.asarray([p.parent.name for p in paths])
         novelty["noncell_development_set"] = {
             "note": NONCELL_FIGURES_NOTE,
             "num_images": int(len(scores)),
@@ -456,6 +529,26 @@ def calibrate_model(
             "unidentified_fraction": float(np.mean(scores > detector.threshold)),
             "flagged_fraction": float(rejected.mean()),
             "flagged_by_kind": {k: float(rejected[kinds == k].mean()) for k in sorted(set(kinds))},
+        }
+    if shifted is not None:
+        got, paths = folder(shifted, True, f"shifted-{Path(shifted).name}")
+        names = list(classifier.class_names)
+        known = np.asarray([p.relative_to(shifted).parts[0] in names for p in paths])
+        labels = np.asarray(
+            [
+                names.index(p.relative_to(shifted).parts[0]) if k else -1
+                for p, k in zip(paths, known)
+            ]
+        )
+        novelty["shifted_cells"] = {
+            "data": Path(shifted).name,
+            **trust_figures(
+                labels[known],
+                temper(got["served"][known], temperature),
+                detector.score(got["features"][known]),
+                detector.threshold,
+                low,
+            ),
         }
     # A new file name per fit, then the card (atomic), then the old file: a process killed at
     # any point leaves a card whose listed files all exist and match.

@@ -74,20 +74,53 @@ def test_auroc_matches_scikit_learn_with_ties():
     assert auroc(neg, pos) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("method", ["mahalanobis", "knn"])
-def test_novelty_scores_far_points_higher_and_round_trips(method):
-    rng = np.random.default_rng(0)
+def _clusters(seed: int = 0):
+    rng = np.random.default_rng(seed)
     centres = rng.normal(0, 5, size=(4, 32))
     labels = np.repeat(np.arange(4), 100)
-    features = centres[labels] + rng.normal(0, 1, size=(400, 32))
-    detector = fit_novelty(features, labels, method, dims=16, k=5)
+    return rng, centres, labels, centres[labels] + rng.normal(0, 1, size=(400, 32))
+
+
+@pytest.mark.parametrize("method", ["mahalanobis", "knn", "knn+oe"])
+def test_novelty_scores_far_points_higher_and_round_trips(method):
+    rng, centres, labels, features = _clusters()
+    validation = centres[labels[::4]] + rng.normal(0, 1, size=(100, 32))
+    outliers = rng.normal(0, 5, size=(60, 32)) + 40.0
+    detector = fit_novelty(
+        features, labels, method, outliers=outliers, validation=validation, k=5, dims=16
+    )
     near = centres[labels[:50]] + rng.normal(0, 1, size=(50, 32))
-    far = rng.normal(0, 5, size=(50, 32)) + 40.0
+    far = rng.normal(0, 5, size=(50, 32)) - 40.0  # not where the outliers were
     near_scores, far_scores = detector.score(near), detector.score(far)
     assert far_scores.min() > near_scores.max()
     restored = NoveltyDetector.from_arrays(detector.to_arrays())
     assert restored.method == method
-    assert np.allclose(restored.score(far), far_scores, rtol=1e-2)
+    assert np.allclose(restored.score(far), far_scores, rtol=1e-2, atol=1e-2)
+
+
+def test_outlier_exposure_catches_near_misses_the_distance_misses():
+    """Outliers close to one class (like red-cells-only crops next to platelet images) are
+    raised by the outlier-exposure score even where the neighbour distance stays low."""
+    rng, centres, labels, features = _clusters(1)
+    validation = centres[labels[::4]] + rng.normal(0, 1, size=(100, 32))
+    shift = np.zeros(32)
+    shift[0] = 6.0  # a consistent difference from class 0, small beside the class spread
+    near_miss = centres[0] + shift + rng.normal(0, 1, size=(200, 32))
+    detector = fit_novelty(
+        features, labels, "knn+oe", outliers=near_miss[:100], validation=validation, k=5
+    )
+    detector.threshold = float(np.quantile(detector.score(validation), 0.99))
+    plain = fit_novelty(features, labels, "knn", k=5)
+    plain.threshold = float(np.quantile(plain.score(validation), 0.99))
+    unseen = near_miss[100:]
+    assert detector.flags(unseen).mean() > 0.8
+    assert plain.flags(unseen).mean() < detector.flags(unseen).mean()
+
+
+def test_knn_plus_oe_needs_outliers():
+    _, _, labels, features = _clusters()
+    with pytest.raises(ValueError, match="outliers"):
+        fit_novelty(features, labels, "knn+oe")
 
 
 def test_unidentified_flag_takes_precedence_over_low_confidence():

@@ -1,0 +1,54 @@
+"""Train/serve parity on analyser originals (issue 11): answers on the 360x363 originals against
+answers on their 224 px training copies, for the originals in the validation and test splits.
+
+Needs the cached served probabilities of ``scripts/trust_features.py``: the copies' (``val``
+set; the test split's from the model's ``test_predictions.csv``) and the originals' loaded the
+old way, one Lanczos resize (``--raw``, set ``originals_raw``). With today's loader an original
+reaches the model as exactly the pixels of its copy (``tests/test_parity.py``), so its answer is
+the copy's.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from scripts.trust_study import served_test  # noqa: E402
+
+CACHE = REPO / "cache" / "trust" / "hybrid"
+COPIES = (REPO.parent / "shared" / "data" / "pbc224").resolve()
+ORIGINALS = (REPO.parent / "shared" / "data" / "pbc-originals").resolve()
+
+
+def main() -> None:
+    raw = dict(np.load(CACHE / "originals_raw.npz"))
+    val, test = dict(np.load(CACHE / "val.npz")), dict(np.load(CACHE / "test.npz"))
+    test["served"] = served_test("hybrid", test)
+    copy_of = {}
+    for part, data in (("val", val), ("test", test)):
+        for path, probs, label in zip(data["paths"], data["served"], data["labels"]):
+            copy_of[Path(path).resolve().relative_to(COPIES).as_posix()] = (part, probs, label)
+    rows = []
+    for path, probs, label in zip(raw["paths"], raw["served"], raw["labels"]):
+        part, copy_probs, copy_label = copy_of[Path(path).resolve().relative_to(ORIGINALS).as_posix()]
+        assert copy_label == label
+        rows.append((part, probs.argmax(), copy_probs.argmax(), label))
+    rows = np.asarray(rows)
+    for part in ("val", "test"):
+        r = rows[rows[:, 0] == part].astype(object)
+        original, copy, label = (r[:, i].astype(int) for i in (1, 2, 3))
+        print(
+            f"{part}: {len(r)} originals; answer differs from the copy's on "
+            f"{np.mean(original != copy):.2%} ({np.sum(original != copy)}); accuracy on originals "
+            f"(old loader) {np.mean(original == label):.2%}, on copies (= today's loader) "
+            f"{np.mean(copy == label):.2%}"
+        )
+
+
+if __name__ == "__main__":
+    main()
