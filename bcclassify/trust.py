@@ -369,7 +369,9 @@ def _weights_id(card: dict) -> str:
 
     listed = card.get("files_sha256") or {}
     text = "".join(
-        f"{k}={v}" for k, v in sorted(listed.items()) if k == "model.json" or k.startswith("weights-")
+        f"{k}={v}"
+        for k, v in sorted(listed.items())
+        if k == "model.json" or k.startswith("weights-")
     )
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -35,7 +35,9 @@ def main() -> None:
             copy_of[Path(path).resolve().relative_to(COPIES).as_posix()] = (part, probs, label)
     rows = []
     for path, probs, label in zip(raw["paths"], raw["served"], raw["labels"]):
-        part, copy_probs, copy_label = copy_of[Path(path).resolve().relative_to(ORIGINALS).as_posix()]
+        part, copy_probs, copy_label = copy_of[
+            Path(path).resolve().relative_to(ORIGINALS).as_posix()
+        ]
         assert copy_label == label
         rows.append((part, probs.argmax(), copy_probs.argmax(), label))
     rows = np.asarray(rows)
