@@ -382,7 +382,9 @@ def weights_id(card: dict) -> str:
     import hashlib
 
     files = card.get("files_sha256", {})
-    listed = "".join(f"{k}={v};" for k, v in sorted(files.items()) if k != "card.json")
+    # Only the network: calibration or novelty files added later do not change the maps.
+    network = {k: v for k, v in files.items() if k == "model.json" or k.startswith("weights-")}
+    listed = "".join(f"{k}={v};" for k, v in sorted(network.items()))
     return hashlib.sha256(listed.encode()).hexdigest()[:12]
 
 
