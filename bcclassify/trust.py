@@ -433,10 +433,19 @@ def calibrate_model(
             "training/validation/test split cannot be recomputed"
         )
     split = train_val_test_split(dataset.labels, dataset.hashes, seed)
+    if not (len(split.train) and len(split.val) and len(split.test)):
+        raise ValueError(
+            f"{data}: too few images to calibrate on (split {split.sizes()}); the training, "
+            "validation and test splits must all hold cells"
+        )
     train_idx = split.train
     if train_limit and len(train_idx) > train_limit:
         train_idx = np.sort(np.random.default_rng(seed).permutation(train_idx)[:train_limit])
-    cache = (cache_root or Path("cache") / "trust") / f"{classifier.name}-{_weights_id(card)}"
+    from .store import store_root
+
+    # Beside the store (the repository's cache/ for the bundled one), never inside a model.
+    cache_root = cache_root or store_root().resolve().parent / "cache" / "trust"
+    cache = cache_root / f"{classifier.name}-{_weights_id(card)}"
 
     def labelled(indices, averaged, set_name):
         got = extract(
