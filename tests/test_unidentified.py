@@ -95,6 +95,18 @@ def test_calibrate_installs_a_checksummed_detector_that_predict_uses(tmp_path, c
     for row in rows:  # calibrated probabilities are still a distribution
         assert sum(float(row[c]) for c in card["class_names"]) == pytest.approx(1.0, abs=1e-5)
 
+    # evaluate reports what a reviewer meets; --ood the share of non-cell images flagged.
+    scored = cli(["evaluate", "--model", "tiny-cnn", "--data", data, "--json"], store=store)
+    trust = json.loads(scored.stdout)["trust"]
+    assert 0.0 <= trust["flagged_fraction"] <= 1.0 and "ece" in trust
+    assert trust["wrong_and_unflagged_fraction"] <= 1.0 - trust["accuracy"] + 1e-9
+    ood = cli(["evaluate", "--model", "tiny-cnn", "--ood", outliers, "--json"], store=store)
+    shares = json.loads(ood.stdout)
+    assert shares["num_images"] == 12
+    assert shares["flagged_fraction"] == pytest.approx(
+        shares["unidentified_fraction"] + shares["low_confidence_fraction"]
+    )
+
     # The detector file is covered by the checksums like the weights.
     with (store / "models" / "tiny-cnn" / novelty["file"]).open("ab") as handle:
         handle.write(b"tampered")
