@@ -756,3 +756,94 @@ def cached_model(name: str):
 def cached_explainer(name: str):
     """The Grad-CAM explainer of ``name``, built once per card version."""
     return _cached_explainer(name, str(store_root()), card_sha256(name))
+
+
+def trust_summary(card: dict) -> pd.DataFrame | None:
+    """An installed model's calibration and flag figures (from its card), one row per set."""
+    calibration, novelty = card.get("calibration"), card.get("novelty")
+    if not calibration or not novelty:
+        return None
+    rows = []
+    for key, label in (("validation", "validation split"), ("test", "test split")):
+        figures, cal = novelty.get(key) or {}, calibration.get(key) or {}
+        rows.append(
+            {
+                "set": label,
+                "cells": figures.get("num_samples"),
+                "ECE before": cal.get("ece_before"),
+                "ECE after": cal.get("ece_after"),
+                "Brier after": cal.get("brier_after"),
+                "flagged": figures.get("flagged_fraction"),
+                "unidentified": figures.get("unidentified_fraction"),
+                "wrong, unflagged": figures.get("wrong_and_unflagged_fraction"),
+                "accuracy of unflagged": figures.get("accuracy_of_unflagged"),
+            }
+        )
+    shifted = novelty.get("shifted_cells")
+    if shifted:
+        rows.append(
+            {
+                "set": f"another lab ({shifted.get('data')})",
+                "cells": shifted.get("num_samples"),
+                "flagged": shifted.get("flagged_fraction"),
+                "unidentified": shifted.get("unidentified_fraction"),
+                "wrong, unflagged": shifted.get("wrong_and_unflagged_fraction"),
+                "accuracy of unflagged": shifted.get("accuracy_of_unflagged"),
+            }
+        )
+    noncell = novelty.get("noncell_development_set")
+    if noncell:
+        rows.append(
+            {
+                "set": "non-cell images (development set)",
+                "cells": noncell.get("num_images"),
+                "flagged": noncell.get("flagged_fraction"),
+                "unidentified": noncell.get("unidentified_fraction"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def reliability_figure(card: dict):
+    """Reliability diagram of the test split before and after calibration (None: no record).
+
+    Each point is a confidence bin: mean shown confidence against the share of right answers;
+    a calibrated model lies on the diagonal.
+    """
+    calibration = card.get("calibration") or {}
+    before = calibration.get("reliability_test_before")
+    after = calibration.get("reliability_test_after")
+    if not before or not after:
+        return None
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            name="perfect calibration",
+            line={"dash": "dot", "color": "#999"},
+        )
+    )
+    for rows, name, colour in ((before, "before", "#c9733d"), (after, "after (shown)", "#2a6f97")):
+        fig.add_trace(
+            go.Scatter(
+                x=[r["confidence"] for r in rows],
+                y=[r["accuracy"] for r in rows],
+                mode="lines+markers",
+                name=f"{name}",
+                marker={"size": [6 + 4 * np.log10(1 + r["count"]) for r in rows], "color": colour},
+                customdata=[r["count"] for r in rows],
+                hovertemplate="confidence %{x:.3f}<br>accuracy %{y:.3f}<br>%{customdata} cells",
+            )
+        )
+    fig.update_layout(
+        xaxis_title="shown confidence (bin mean)",
+        yaxis_title="share of right answers",
+        height=420,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        title=f"Test split, temperature {calibration.get('temperature', 1.0):.3f}",
+    )
+    fig.update_xaxes(range=[0, 1.02])
+    fig.update_yaxes(range=[0, 1.02])
+    return fig

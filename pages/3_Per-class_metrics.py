@@ -30,6 +30,9 @@ def main() -> None:
         },
     )
 
+    if record.kind == "model":
+        calibration_ui(ui.model_cards().get(record.run_id) or {})
+
     st.subheader("Compare models and runs class by class")
     compared = st.multiselect(
         "Models and runs", sources, default=sources[:2], key="metrics_compare"
@@ -38,6 +41,28 @@ def main() -> None:
     if compared:
         tables = {s: ui.per_class_table(ui.load_figures(s)) for s in compared}
         st.plotly_chart(ui.per_class_comparison_figure(tables, metric), key="per_class_chart")
+
+
+def calibration_ui(card: dict) -> None:
+    """The model's confidence calibration and its flags, as recorded in its card."""
+    figure = ui.reliability_figure(card)
+    summary = ui.trust_summary(card)
+    if figure is None or summary is None:
+        st.caption("This model has no calibration record (`python -m bcclassify calibrate`).")
+        return
+    st.subheader("Calibration and flags")
+    st.caption(
+        "The confidence the app shows is calibrated (temperature scaling fitted on the "
+        "validation split). Flagged cells are held out of the differential until reviewed."
+    )
+    st.plotly_chart(figure, key="reliability_chart")
+    percent = st.column_config.NumberColumn(format="percent")
+    st.dataframe(
+        summary,
+        hide_index=True,
+        key="trust_table",
+        column_config={c: percent for c in summary.columns if c not in ("set", "cells")},
+    )
 
 
 main()

@@ -153,3 +153,21 @@ def test_leaderboard_puts_the_best_first(tiny_store):
     board = ui.leaderboard()
     accuracy = [float(a.rstrip("%")) for a in board["test accuracy"] if a != ui.MISSING]
     assert len(accuracy) >= 3 and accuracy == sorted(accuracy, reverse=True)
+
+
+def test_calibration_figures_come_from_the_card():
+    import json
+
+    from bcclassify import app_support as ui
+    from conftest import REPO
+
+    card = json.loads((REPO / "model_store" / "models" / "hybrid" / "card.json").read_text())
+    figure = ui.reliability_figure(card)
+    assert [t.name for t in figure.data] == ["perfect calibration", "before", "after (shown)"]
+    after = card["calibration"]["reliability_test_after"]
+    assert list(figure.data[2].y) == [row["accuracy"] for row in after]
+    summary = ui.trust_summary(card)
+    test_row = summary[summary["set"] == "test split"].iloc[0]
+    assert test_row["flagged"] == card["novelty"]["test"]["flagged_fraction"]
+    assert test_row["ECE after"] == card["calibration"]["test"]["ece_after"]
+    assert ui.reliability_figure({}) is None and ui.trust_summary({}) is None
