@@ -158,8 +158,9 @@ def test_leaderboard_puts_the_best_first(tiny_store):
 def test_calibration_figures_come_from_the_card():
     import json
 
-    from bcclassify import app_support as ui
     from conftest import REPO
+
+    from bcclassify import app_support as ui
 
     card = json.loads((REPO / "model_store" / "models" / "hybrid" / "card.json").read_text())
     figure = ui.reliability_figure(card)
