@@ -102,25 +102,25 @@ def run_benchmark(name: str, repeats: int = 20, explain_repeats: int = 5) -> dic
 
     def single():
         pixels = classifier.load(raw, "bench") if raw else rng.integers(0, 255, (size, size, 3))
-        classifier.predict_pixels(pixels[None])
+        classifier.assess_pixels(pixels[None])  # as served: calibrated, with the novelty score
 
     for _ in range(3):
         single()  # warm-up: tracing and first-call allocation
     predict_single = _median_seconds(single, repeats)
 
     batch = rng.integers(0, 255, (32, size, size, 3)).astype(np.float32)
-    classifier.predict_pixels(batch)
+    classifier.assess_pixels(batch)
     batch_rounds = 3
     start = time.perf_counter()
     for _ in range(batch_rounds):
-        classifier.predict_pixels(batch)
+        classifier.assess_pixels(batch)
     batch_rate = batch_rounds * len(batch) / (time.perf_counter() - start)
 
     explainer = Explainer(classifier)
     pixels = classifier.load(raw, "bench") if raw else batch[0].astype(np.uint8)
     # As in the app: the cell has been classified, its Grad-CAM reuses those probabilities, so
     # predict + explain is the cost of one cell shown with its maps.
-    probs = classifier.predict_pixels(pixels[None])[0]
+    probs = classifier.assess_pixels(pixels[None])[0][0]
     explainer.explain_pixels(pixels, probabilities=probs)  # warm-up: builds the visualizer
     explain_single = _median_seconds(
         lambda: explainer.explain_pixels(pixels, probabilities=probs), explain_repeats
