@@ -64,17 +64,26 @@ POOLED_HEAD_ARCHITECTURES = {
 }
 
 
-def _compiled_features_layer(extractor):
+def _compiled_features_layer(extractor, same_image: bool = False):
     """A layer that runs ``extractor`` (input -> explained maps) as one compiled call.
 
     Grad-CAM needs gradients from the class score back to the explained maps only, i.e. through
     the head; the trunks below the maps need no eager gradient tape. Running them compiled makes
     an explanation cost about one forward pass instead of an eager pass layer by layer.
+    ``same_image``: every sample of a batch is the same image (tf-keras-vis gets it once per
+    map), so the trunks run on the first and their maps are repeated.
     """
     import keras
     import tensorflow as tf
 
-    run = tf.function(lambda x: extractor(x, training=False))
+    def extract(x):
+        if not same_image:
+            return extractor(x, training=False)
+        outputs = extractor(x[:1], training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        return [tf.repeat(o, tf.shape(x)[0], axis=0) for o in outputs]
+
+    run = tf.function(extract)
 
     @tf.custom_gradient
     def _inference_only(pixels):
@@ -175,7 +184,9 @@ def _compiled_upper_layer(upper):
     return CompiledUpper(name="explain_upper")
 
 
-def explain_view(model, layers: list[str], head_layer: str = "predictions"):
+def explain_view(
+    model, layers: list[str], head_layer: str = "predictions", same_image: bool = False
+):
     """The same network, rebuilt for tf-keras-vis, with every explained map on ONE layer.
 
     The network is cut at the explained maps (see :func:`_cut`). Below the cut runs compiled
@@ -187,6 +198,8 @@ def explain_view(model, layers: list[str], head_layer: str = "predictions"):
     the serving model is never touched. The view's softmax equals the model's output. One
     tf-keras-vis pass over a batch holding the image once per map yields every map, each sample
     masking the other maps' gradients.
+    ``same_image``: the view is only ever given one image repeated (as :class:`Explainer`
+    does), so the trunks below the cut run once per batch.
     Returns None for non-square maps, a joint grid over ``MAX_JOINT_SIDE`` or layers that
     cannot be cut apart.
     """
@@ -207,7 +220,7 @@ def explain_view(model, layers: list[str], head_layer: str = "predictions"):
     extractor = keras.Model(model.inputs, cut, name="explain_extractor")
     upper = keras.Model(cut, head.input, name="explain_upper_model")
     pixels = keras.Input(model.input_shape[1:], name="pixels")
-    features = _compiled_features_layer(extractor)(pixels)
+    features = _compiled_features_layer(extractor, same_image)(pixels)
     upsampled = [
         keras.layers.UpSampling2D(side // s, name=f"explain_up_{i}")(f) if side > s else f
         for i, (f, s) in enumerate(zip(features, sides))
@@ -281,7 +294,8 @@ class Explainer:
             view = None
             if self._uses_joint_view(method):
                 if not self._view_built:  # one view (and one trace) for every method
-                    self._view = explain_view(self.classifier.model, self.layers)
+                    # _joint_maps feeds it one image once per map: the trunks run once.
+                    self._view = explain_view(self.classifier.model, self.layers, same_image=True)
                     self._view_built = True
                 view = self._view
             if view is not None:

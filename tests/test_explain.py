@@ -218,7 +218,15 @@ def test_cut_reads_xception_residual_above_the_finer_layers(hybrid):
     assert _cut(model, ["mixed7", "mixed10"], head) is None  # one below the other: no split
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam"])
+@pytest.mark.parametrize(
+    "method",
+    # About 20 s each on 2 cores: the default's method always runs, the others with -m slow.
+    [
+        pytest.param("gradcam", marks=pytest.mark.slow),
+        pytest.param("gradcam++", marks=pytest.mark.slow),
+        "layercam",
+    ],
+)
 def test_fine_layer_maps_equal_plain_tf_keras_vis(hybrid, method, monkeypatch):
     """Layers inside the trunks (not the last maps) stay on the fast path, and exact.
 
