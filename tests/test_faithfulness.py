@@ -128,3 +128,44 @@ def test_record_writes_the_table_and_only_the_explain_keys_of_the_card(tmp_path)
     assert written["faithfulness"]["chosen"] == "layercam-fine"
     rows = fa.table_rows(written["faithfulness"])
     assert rows[0]["default"] == "✓" and rows[0]["pointing, fused map"] == 0.97
+
+
+@pytest.mark.slow
+def test_faithfulness_command_prints_the_table_and_saves_it(store_env, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    # Run from tmp_path so the checkpoints land in tmp_path/cache, not in the repository.
+    env = {**store_env, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "bcclassify", "faithfulness", "--model", "tiny-cnn"]
+    command += ["--data", str(FIXTURE_IMAGES), "--cells", "2", "--steps", "3"]
+    result = subprocess.run(
+        [*command, "--save", str(tmp_path / "docs")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| gradcam | cnn_block4_relu2 |" in result.stdout and "| layercam |" in result.stdout
+    saved = json.loads((tmp_path / "docs" / "faithfulness-tiny-cnn.json").read_text())
+    assert saved["cells"] == 2 and set(saved["table"]) == {"gradcam", "layercam"}
+    assert len(list((tmp_path / "cache" / "faithfulness").glob("tiny-cnn-*.jsonl"))) == 1
+    refused = subprocess.run(
+        [*command, "--set-default", "layercam"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert refused.returncode == 2 and "--set-default needs --save" in refused.stderr
+
+
+def test_checkpoints_follow_the_network_not_files_added_to_the_card_later():
+    card = {"files_sha256": {"model.json": "a", "weights-000.npz": "b"}}
+    calibrated = {"files_sha256": {**card["files_sha256"], "novelty-1.npz": "c"}}
+    retrained = {"files_sha256": {"model.json": "a", "weights-000.npz": "z"}}
+    assert fa.weights_id(card) == fa.weights_id(calibrated) != fa.weights_id(retrained)
