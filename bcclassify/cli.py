@@ -627,7 +627,11 @@ def _add_explain(sub) -> None:
     p = sub.add_parser("explain", help="save a Grad-CAM figure for one image")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--model", help="installed model name (default: the default model)")
-    p.add_argument("--method", choices=tuple(METHODS), default="gradcam")
+    p.add_argument(
+        "--method",
+        choices=tuple(METHODS),
+        help="saliency method (default: the model card's explain_method, chosen by measurement)",
+    )
     p.add_argument("--target", help="class to explain (default: the predicted class)")
     p.add_argument("--opacity", type=float, default=0.45)
     p.add_argument("--out", required=True, metavar="FILE.png")
@@ -803,6 +807,66 @@ def _cmd_users(args) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------- adapt
+
+
+def _add_adapt(sub) -> None:
+    p = sub.add_parser(
+        "adapt",
+        help="fit an installed model to another lab from a few labelled cells; install it",
+        description="Refit the classifier head of --from on at most --per-class cells of each "
+        "class folder of --cells (chosen by --seed; the others are not used), pulled toward the "
+        "source head; refit the temperature on cross-fitted probabilities and add the taken "
+        "cells to the novelty detector's bank; install the result as --name. The card lists "
+        "the sha256 of every cell used; the run is recorded under model_store/runs/. Exit 2 on "
+        "bad input (missing or empty folder, unknown class folder, unreadable image).",
+    )
+    p.add_argument("--from", dest="source", required=True, metavar="MODEL", help="installed model")
+    p.add_argument(
+        "--cells", required=True, metavar="DIR", help="class folders (any of the 8 class names)"
+    )
+    p.add_argument("--name", required=True, help="name of the adapted model to install")
+    p.add_argument("--per-class", type=int, default=10, metavar="K", help="cells a class (10)")
+    p.add_argument("--seed", type=int, default=0, help="which cells are taken (default 0)")
+    p.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="also score the source and the adapted model on the cells not taken",
+    )
+
+
+def _cmd_adapt(args) -> int:
+    from .adapt import AdaptConfig, AdaptError, adapt, choose_cells, scan_cells
+
+    config = AdaptConfig(
+        source=args.source,
+        cells=args.cells,
+        name=args.name,
+        per_class=args.per_class,
+        seed=args.seed,
+        evaluate=args.evaluate,
+    )
+    try:
+        choose_cells(scan_cells(Path(args.cells)), args.per_class, args.seed)  # before TensorFlow
+        _tensorflow()
+        done = adapt(config)
+    except AdaptError as exc:
+        raise UsageError(str(exc)) from None
+    summary = {
+        "name": done.name,
+        "source_model": done.card["source_model"]["name"],
+        "adaptation_run": done.run_dir.name,
+        "taken": done.taken,
+        "held_back": done.held_back,
+        "temperature": done.card["calibration"]["temperature"],
+        "seconds": done.seconds,
+    }
+    if done.figures is not None:
+        summary["held_back_figures"] = done.figures
+    print(json.dumps(summary, indent=2))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bcclassify",
@@ -826,6 +890,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_faithfulness,
         _add_users,
         _add_calibrate,
+        _add_adapt,
     ):
         add(sub)
     return parser
@@ -842,6 +907,7 @@ COMMANDS = {
     "faithfulness": _cmd_faithfulness,
     "users": _cmd_users,
     "calibrate": _cmd_calibrate,
+    "adapt": _cmd_adapt,
 }
 
 
