@@ -129,7 +129,7 @@ def test_upload_classify_review_and_open_every_page(app_url, tmp_path):
             heading = page.get_by_role("heading", level=3).filter(has_text=labels).first
             heading.wait_for(timeout=SLOW_MS)
             to_result = time.monotonic() - started
-            page.get_by_text("Grad-CAM · Fused").first.wait_for(timeout=SLOW_MS)
+            page.get_by_text("· Fused").first.wait_for(timeout=SLOW_MS)
             to_maps = time.monotonic() - started
             print(
                 f"\nupload -> result {to_result:.1f} s, upload -> maps {to_maps:.1f} s "
@@ -142,7 +142,7 @@ def test_upload_classify_review_and_open_every_page(app_url, tmp_path):
             page.get_by_text("Log in (sidebar) to confirm or correct").wait_for(timeout=60_000)
             assert not page.get_by_role("button", name="Save decision (confirm or correct)").count()
             # The overlays are real, decoded images (scrolled into view: images load lazily).
-            page.get_by_text("Grad-CAM · Fused").first.scroll_into_view_if_needed()
+            page.get_by_text("· Fused").first.scroll_into_view_if_needed()
             page.wait_for_function(
                 "() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
                 ".every(img => img.complete && img.naturalWidth > 0)",
