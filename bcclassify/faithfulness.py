@@ -495,22 +495,32 @@ def record(model_folder: Path, result: dict, chosen: str | None, docs_dir: Path)
 
 
 def table_rows(summary: dict) -> list[dict]:
-    """Rows for display (the app's Model comparison page) from a card's ``faithfulness``."""
-    from .explain import METHODS
+    """Rows for display (the app's Model comparison page) from a card's ``faithfulness``.
+
+    Per-trunk pointing goes under the trunk's name (InceptionV3, Xception), whatever its layer,
+    so configurations on different layers share columns.
+    """
+    from .explain import METHODS, TRUNK_OF_LAYER
+
+    def trunk(layer: str) -> str:
+        return next((name for prefix, name in TRUNK_OF_LAYER if layer.startswith(prefix)), layer)
 
     rows = []
     for name, row in summary.get("table", {}).items():
         pointing = row.get("pointing", {})
-        trunks = [k for k in pointing if k != "fused"]
         rows.append(
             {
                 "method": METHODS.get(row["method"], row["method"]),
                 "layers": " + ".join(row["layers"]),
                 "default": "✓" if name == summary.get("chosen") else "",
-                "deletion AUC (lower is better)": row["deletion_auc"],
-                "insertion AUC (higher is better)": row["insertion_auc"],
-                "pointing, fused map": pointing.get("fused"),
-                **{f"pointing, {k}": pointing[k] for k in trunks},
+                "deletion AUC (lower is better)": f"{row['deletion_auc']:.3f}",
+                "insertion AUC (higher is better)": f"{row['insertion_auc']:.3f}",
+                "pointing, fused map": f"{pointing['fused']:.0%}" if "fused" in pointing else "—",
+                **{
+                    f"pointing, {trunk(k)} map": f"{v:.0%}"
+                    for k, v in pointing.items()
+                    if k != "fused"
+                },
             }
         )
     return rows

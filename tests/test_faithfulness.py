@@ -127,7 +127,7 @@ def test_record_writes_the_table_and_only_the_explain_keys_of_the_card(tmp_path)
     assert written["calibration"] == {"t": 1.2} and written["files_sha256"] == {}
     assert written["faithfulness"]["chosen"] == "layercam-fine"
     rows = fa.table_rows(written["faithfulness"])
-    assert rows[0]["default"] == "✓" and rows[0]["pointing, fused map"] == 0.97
+    assert rows[0]["default"] == "✓" and rows[0]["pointing, fused map"] == "97%"
 
 
 @pytest.mark.slow
