@@ -632,6 +632,7 @@ def main() -> None:
             "pages/3_Per-class_metrics.py", title="Per-class metrics", icon=":material/bar_chart:"
         ),
         st.Page("pages/4_Model_comparison.py", title="Model comparison", icon=":material/compare:"),
+        st.Page("pages/5_Adapt_to_your_lab.py", title="Adapt to your lab", icon=":material/tune:"),
     ]
     page = st.navigation(pages)
     with st.sidebar:

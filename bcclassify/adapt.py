@@ -270,12 +270,15 @@ def adapt(
     config: AdaptConfig,
     cells: dict[str, list] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    install: bool = True,
 ) -> Adapted:
     """Adapt ``config.source`` to the cells of ``config.cells`` and install ``config.name``.
 
     ``cells``: the class -> items mapping to use instead of scanning ``config.cells`` (the app
     passes uploaded (name, bytes) pairs, so nothing is written to disk). ``progress(stage, done,
-    total)`` reports feature extraction. Raises :class:`AdaptError` on bad input.
+    total)`` reports feature extraction. With ``install`` False the model is left staged
+    (unlisted) until :func:`install_staged` or :func:`discard_staged`: the app shows the
+    before/after figures first. Raises :class:`AdaptError` on bad input.
     """
     from .serving import (
         NOVELTY_FILE,
@@ -342,7 +345,7 @@ def adapt(
             "model": config.name,
         },
     )
-    staging = models_dir() / f".{config.name}.adapting"
+    staging = _staging(config.name)
     try:
 
         def report(stage: str) -> Callable[[int, int], None] | None:
@@ -441,7 +444,8 @@ def adapt(
             }
             card["files_sha256"] = dict(sorted({**card["files_sha256"], file_name: digest}.items()))
             write_json(staging / "card.json", card)
-        staging.replace(models_dir() / config.name)
+        if install:
+            staging.replace(models_dir() / config.name)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         run = read_json(run_dir / "run.json", {}) or {}
@@ -451,8 +455,9 @@ def adapt(
     fit_seconds = round(time.time() - started, 1)
     figures = None
     if config.evaluate and rest:
+        adapted_folder = models_dir() / config.name if install else staging
         figures = evaluate_rest(
-            source, config.name, rest, (w0, b0), (w, b), report("held-back cells")
+            source, adapted_folder, rest, (w0, b0), (w, b), report("held-back cells")
         )
     seconds = round(time.time() - started, 1)
     metrics = {
@@ -482,7 +487,7 @@ def adapt(
 
 def evaluate_rest(
     source,
-    adapted_name: str,
+    adapted_folder: Path,
     rest: list,
     before: tuple[np.ndarray, np.ndarray],
     after: tuple[np.ndarray, np.ndarray],
@@ -494,10 +499,11 @@ def evaluate_rest(
     (``before``) and the adapted head as installed (``after``) on the same features, each with
     its model's temperature, novelty detector and low-confidence threshold.
     """
-    from .serving import load_model
+    from .serving import load_model_folder
+    from .store import read_json
     from .trust import temper, trust_figures
 
-    adapted = load_model(adapted_name)
+    adapted = load_model_folder(adapted_folder, read_json(adapted_folder / "card.json")["name"])
     names = list(source.class_names)
     labels = np.asarray([names.index(c) for _, c in rest])
     feats = view_features(source, [i for i, _ in rest], "held-back cells", progress)
@@ -511,3 +517,96 @@ def evaluate_rest(
             novelty, threshold = np.full(len(labels), -np.inf), np.inf
         out[key] = trust_figures(labels, probs, novelty, threshold, model.threshold)
     return out
+
+
+def _staging(name: str) -> Path:
+    from .store import models_dir
+
+    return models_dir() / f".{name}.adapting"
+
+
+def install_staged(name: str) -> Path:
+    """Install an adaptation left staged by ``adapt(..., install=False)``."""
+    from .serving import installed_model_names
+    from .store import models_dir
+
+    staged = _staging(name)
+    if not (staged / "card.json").is_file():
+        raise AdaptError(f"no staged adaptation named {name!r}")
+    if name in installed_model_names():
+        raise AdaptError(f"a model named {name!r} is already installed; choose another")
+    target = models_dir() / name
+    staged.replace(target)
+    return target
+
+
+def discard_staged(name: str) -> None:
+    shutil.rmtree(_staging(name), ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- uploads
+
+MAX_ZIP_BYTES = 100 * 1024 * 1024  # what the page accepts, compressed and uncompressed
+MAX_ZIP_FILES = 2000
+
+
+def read_zip_cells(data: bytes, max_bytes: int = MAX_ZIP_BYTES) -> dict[str, list[tuple]]:
+    """Class folders of a zip, in memory: class -> [("class/file", bytes)], sorted.
+
+    Entries are ``class/file`` or ``top/class/file`` (a zipped folder); hidden entries and
+    ``__MACOSX`` are skipped; anything else, an unknown class, more than ``MAX_ZIP_FILES``
+    files or more than ``max_bytes`` uncompressed is an :class:`AdaptError`. Nothing is written
+    to disk.
+    """
+    import io
+    import zipfile
+
+    if len(data) > max_bytes:
+        raise AdaptError(f"the zip is larger than {max_bytes // 2**20} MB")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        entries = [e for e in archive.infolist() if not e.is_dir()]
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise AdaptError(f"not a readable zip file ({exc})") from None
+    parts = {
+        e.filename: [p for p in e.filename.split("/") if p]
+        for e in entries
+        if not any(p.startswith(".") or p == "__MACOSX" for p in e.filename.split("/"))
+    }
+    kept = [e for e in entries if e.filename in parts]
+    if len(kept) > MAX_ZIP_FILES:
+        raise AdaptError(f"the zip holds more than {MAX_ZIP_FILES} files")
+    if sum(e.file_size for e in kept) > max_bytes:
+        raise AdaptError(f"the zip unpacks to more than {max_bytes // 2**20} MB")
+    tops = {parts[e.filename][0] for e in kept}
+    # A zipped folder adds one level (lab/neutrophil/x.png): drop it when it is the only one.
+    strip = len(tops) == 1 and next(iter(tops)) not in CLASS_NAMES
+    cells: dict[str, list[tuple]] = {}
+    for entry in kept:
+        path = parts[entry.filename][1:] if strip else parts[entry.filename]
+        if len(path) != 2:
+            raise AdaptError(
+                f"{entry.filename}: not in a class folder; the zip holds folders named after "
+                f"classes ({', '.join(CLASS_NAMES)}) with the cells inside"
+            )
+        if path[0] not in CLASS_NAMES:
+            raise AdaptError(
+                f"{entry.filename}: unknown class folder {path[0]!r}; class folders are named "
+                + ", ".join(CLASS_NAMES)
+            )
+        cells.setdefault(path[0], []).append(("/".join(path), archive.read(entry)))
+    if not any(cells.values()):
+        raise AdaptError("the zip holds no cells (expected class folders of images)")
+    return {c: sorted(v) for c, v in sorted(cells.items())}
+
+
+def keep_cells(cells: list[tuple], folder: Path) -> int:
+    """Write (name, bytes) cells under ``folder`` (opt-in in the app); returns how many."""
+    from .store import atomic_write_bytes
+
+    for name, data in cells:
+        target = folder / name
+        if not target.resolve().is_relative_to(folder.resolve()):
+            raise AdaptError(f"{name}: not a plain relative name")
+        atomic_write_bytes(target, data)
+    return len(cells)

@@ -1,0 +1,84 @@
+"""The "Adapt to your lab" page under streamlit.testing: log-in required, a zip of class folders
+in, before/after figures on the held-back cells, install (or discard); uploads not kept."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import zipfile
+
+from streamlit.testing.v1 import AppTest
+from test_app import APP, EXAMPLES, PASSWORD, TIMEOUT, _log_in, _no_exception, _texts
+
+from bcclassify import accounts
+
+PAGE = "pages/5_Adapt_to_your_lab.py"
+
+
+def _zip(classes: tuple[str, ...]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in classes:
+            for path in sorted((EXAMPLES / name).glob("*.jpg")):
+                archive.write(path, f"mylab/{name}/{path.name}")  # a zipped folder
+    return buffer.getvalue()
+
+
+def test_adapt_page_needs_a_log_in_then_adapts_and_installs(tiny_store, tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store / "models" / "tiny-cnn", store / "models" / "tiny-cnn")
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    data = tmp_path / "data"
+    monkeypatch.setenv("BCCLASSIFY_DATA_DIR", str(data))
+    monkeypatch.delenv("BCCLASSIFY_ACCOUNTS", raising=False)
+    accounts.add_user(data / "accounts.json", "qa.lead", PASSWORD)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    at.switch_page(PAGE).run()
+    _no_exception(at)
+    assert "Log in" in _texts(at.info) and not at.get("file_uploader")
+
+    at.switch_page("app.py").run()
+    at = _log_in(at, "qa.lead")
+    at.switch_page(PAGE).run()
+    _no_exception(at)
+    assert "not written to disk" in _texts(at.caption)
+    assert at.checkbox(key="adapt_keep").value is False  # keeping cells is opt-in
+    at.text_input(key="adapt_name").set_value("tiny-lab")
+    at.number_input(key="adapt_per_class").set_value(1)
+    at.file_uploader(key="adapt_zip").set_value(
+        ("lab.zip", _zip(("lymphocyte", "neutrophil")), "application/zip")
+    ).run()
+    _no_exception(at)
+    counts = next(d.value for d in at.dataframe if "to fit on" in d.value.columns)
+    assert list(counts["to fit on"]) == [1, 1] and list(counts["held back to score"]) == [1, 1]
+
+    next(b for b in at.button if b.label == "Adapt").click().run()
+    _no_exception(at)
+    figures = next(d.value for d in at.dataframe if "adapted model" in d.value.columns)
+    assert "Accuracy" in list(figures[""])
+    assert "tiny-lab" not in [p.name for p in (store / "models").iterdir()]  # not yet installed
+
+    next(b for b in at.button if b.label == "Install this model").click().run()
+    _no_exception(at)
+    assert "Installed tiny-lab" in _texts(at.success)
+    assert (store / "models" / "tiny-lab" / "card.json").is_file()
+    assert not (data / "lab-cells").exists()  # uploads were not kept
+    at.switch_page("app.py").run()
+    assert "tiny-lab" in at.selectbox(key="model").options
+
+
+def test_adapt_page_refuses_a_zip_without_class_folders(tiny_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("BCCLASSIFY_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("BCCLASSIFY_ACCOUNTS", raising=False)
+    accounts.add_user(tmp_path / "data" / "accounts.json", "qa", PASSWORD)
+    at = _log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT).run(), "qa")
+    at.switch_page(PAGE).run()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("cells/granulocyte/a.jpg", b"x")
+    at.file_uploader(key="adapt_zip").set_value(
+        ("lab.zip", buffer.getvalue(), "application/zip")
+    ).run()
+    _no_exception(at)
+    assert "unknown class folder" in _texts(at.error)
+    assert not any(b.label == "Adapt" for b in at.button)
