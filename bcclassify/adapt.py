@@ -546,7 +546,7 @@ def discard_staged(name: str) -> None:
 
 # ----------------------------------------------------------------------------- uploads
 
-MAX_ZIP_BYTES = 100 * 1024 * 1024  # what the page accepts, compressed and uncompressed
+MAX_ZIP_BYTES = 50 * 1024 * 1024  # as server.maxUploadSize; also the uncompressed total
 MAX_ZIP_FILES = 2000
 
 
