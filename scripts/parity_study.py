@@ -25,6 +25,41 @@ COPIES = (REPO.parent / "shared" / "data" / "pbc224").resolve()
 ORIGINALS = (REPO.parent / "shared" / "data" / "pbc-originals").resolve()
 
 
+def flags_on_originals(keep: set[str]) -> dict:
+    """The shipped model's flags on the originals of each split, as served today: an original
+    reaches the model as its copy's pixels, so the copy's features and probabilities are its."""
+    import json
+
+    from bcclassify.metrics import expected_calibration_error
+    from bcclassify.trust import NoveltyDetector, temper, trust_figures
+
+    folder = REPO / "model_store" / "models" / "hybrid"
+    card = json.loads((folder / "card.json").read_text())
+    with np.load(folder / card["novelty"]["file"]) as stored:
+        detector = NoveltyDetector.from_arrays(stored)
+    detector.threshold = card["novelty"]["threshold"]
+    out = {}
+    for part in ("val", "test"):
+        data = dict(np.load(CACHE / f"{part}.npz"))
+        if part == "test":
+            data["served"] = served_test("hybrid", data)
+        rel = [Path(p).resolve().relative_to(COPIES).as_posix() for p in data["paths"]]
+        mask = np.asarray([r in keep for r in rel])
+        probs = temper(data["served"][mask], card["calibration"]["temperature"])
+        labels = data["labels"][mask]
+        out[part] = {
+            **trust_figures(
+                labels,
+                probs,
+                detector.score(data["features"][mask]),
+                detector.threshold,
+                card["low_confidence_threshold"],
+            ),
+            "ece": expected_calibration_error(labels, probs),
+        }
+    return out
+
+
 def main() -> None:
     raw = dict(np.load(CACHE / "originals_raw.npz"))
     val, test = dict(np.load(CACHE / "val.npz")), dict(np.load(CACHE / "test.npz"))
@@ -50,6 +85,27 @@ def main() -> None:
             f"(old loader) {np.mean(original == label):.2%}, on copies (= today's loader) "
             f"{np.mean(copy == label):.2%}"
         )
+    keep = {Path(p).resolve().relative_to(ORIGINALS).as_posix() for p in raw["paths"]}
+    for part, figures in flags_on_originals(keep).items():
+        print(
+            f"{part} originals as served today: "
+            + ", ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()
+            )
+        )
+    if "--write-card" in sys.argv:
+        import json
+
+        from bcclassify.store import write_json
+
+        path = REPO / "model_store" / "models" / "hybrid" / "card.json"
+        card = json.loads(path.read_text())
+        card["novelty"]["pbc_originals"] = {
+            "note": "../shared/data/pbc-originals in the validation and test splits, as served "
+            "(python scripts/parity_study.py --write-card)",
+            **flags_on_originals(keep),
+        }
+        write_json(path, card)
 
 
 if __name__ == "__main__":
