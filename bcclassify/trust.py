@@ -331,12 +331,13 @@ def extract(
 
 
 def _atomic_savez(path: Path, arrays: dict) -> None:
-    import os
+    import io
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    from .store import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())  # whole or not at all, even if killed
 
 
 def trust_figures(
