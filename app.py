@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+import ui
 from bcclassify import CLASS_NAMES, DATASET_CREDIT, accounts
-from bcclassify import app_support as ui
 from bcclassify.explain import (
     COLOUR_BAR_CAPTION,
     METHODS,

@@ -1,7 +1,8 @@
-"""Presentation helpers for the Streamlit app: cached loaders, store readers, plotly figures.
+"""Data shaping for the app's pages: run folders, figures' data, page tables, inputs.
 
-Nothing here trains or classifies: it calls the library and shapes what comes back for display.
-The figure builders are pure functions of their inputs, so they are tested without a browser.
+Nothing here trains, classifies or draws: it reads the store through the library and shapes what
+comes back for display. Streamlit and plotly stay in the top-level ``ui`` package; the tables
+shared with the command line are in :mod:`bcclassify.tables`.
 """
 
 from __future__ import annotations
@@ -16,69 +17,36 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
-import streamlit as st
-from plotly.subplots import make_subplots
 
-from . import CLASS_LABELS, CLASS_NAMES
-from .imaging import input_label
-from .metrics import classification_metrics, per_class_scores, row_normalize
+from . import CLASS_NAMES, DATASET_CREDIT
+from .metrics import classification_metrics, per_class_scores
+from .records import ModelCard, installed_cards, run_summaries
 from .report import spreadsheet_safe
-from .reviews import DATA_DIR_ENV
+from .reviews import DATA_DIR_ENV, default_data_dir
 from .store import (
     REPO_ROOT,
     default_model_name,
-    initialisation_summary,
-    list_models,
-    list_runs,
     models_dir,
     read_csv,
     read_json,
-    run_state,
     runs_dir,
     sha256_file,
     store_root,
 )
+from .tables import (
+    MISSING,
+    class_label,
+    duration,
+    percent,
+    prediction_rows,
+    write_prediction_csv,
+)
 
 EXAMPLES_DIR = REPO_ROOT / "tests" / "data" / "pbc"
-EXAMPLE_CREDIT = (
-    "Example cells: PBC dataset (Acevedo et al., 2020), Hospital Clinic of Barcelona, CC BY 4.0"
-)
+EXAMPLE_CREDIT = f"Example cells: {DATASET_CREDIT}"
 TRAIN_HINT = "python -m bcclassify train --arch hybrid --data PATH/TO/PBC --epochs 10"
 PROMOTE_HINT = "python -m bcclassify promote RUN_ID --name NAME --default"
 BENCH_HINT = "python -m bcclassify bench --model NAME --save"
-MISSING = "—"
-
-# Published test accuracies of the reference work; shown apart from what this project measured.
-REFERENCE_RESULTS = [
-    {"model": "Hybrid InceptionV3 + Xception", "test_accuracy": 0.9851},
-    {"model": "Xception", "test_accuracy": 0.9789},
-    {"model": "Supervised contrastive learning", "test_accuracy": 0.9635},
-]
-
-# Calm clinical palette, one colour per class in canonical order (colour-blind friendly).
-CLASS_COLOURS = dict(
-    zip(
-        CLASS_NAMES,
-        ("#4c72b0", "#dd8452", "#c44e52", "#8172b3", "#55a868", "#937860", "#64b5cd", "#8c8c8c"),
-    )
-)
-
-
-def class_label(name: str | None) -> str:
-    return CLASS_LABELS.get(name or "", name or MISSING)
-
-
-def percent(value: float | None, digits: int = 1) -> str:
-    return MISSING if value is None else f"{100 * value:.{digits}f}%"
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return MISSING
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -102,8 +70,6 @@ def results_csv(predictions, class_names) -> str:
 
     File names come from the browser, so cells a spreadsheet would run as formulas are escaped.
     """
-    from .cli import prediction_rows, write_prediction_csv
-
     rows = [
         {k: spreadsheet_safe(v) for k, v in row.items()}
         for row in prediction_rows(predictions, class_names)
@@ -135,14 +101,6 @@ def unique_inputs(inputs: list[CellInput]) -> list[CellInput]:
     return kept
 
 
-def app_secrets() -> dict:
-    """The app's secrets (``.streamlit/secrets.toml``), or none when there is no such file."""
-    try:
-        return dict(st.secrets) if st.secrets.load_if_toml_exists() else {}
-    except Exception:  # noqa: BLE001 - an unreadable secrets file must not stop the app
-        return {}
-
-
 def oidc_providers(secrets: dict) -> list[str | None] | None:
     """OpenID Connect providers of an ``[auth]`` section: ``[None]`` for a single unnamed one,
     the names of ``[auth.NAME]`` sub-sections otherwise; None when log-in is not configured."""
@@ -171,125 +129,24 @@ def card_sha256(name: str) -> str:
 def configured_data_dir(secrets: dict | None = None) -> Path:
     """Where the review log lives: $BCCLASSIFY_DATA_DIR, else a secret of that name, else ~."""
     value = os.environ.get(DATA_DIR_ENV) or (secrets or {}).get(DATA_DIR_ENV)
-    return Path(value).expanduser() if value else Path.home() / ".bcclassify"
+    return Path(value).expanduser() if value else default_data_dir()
 
 
 # ----------------------------------------------------------------------------- models
 
 
 def model_cards() -> dict[str, dict]:
-    """Installed models by name, the default first."""
-    cards = {row["name"]: row for row in list_models()}
+    """Installed models by name, the default first: each card as written, with its ``name``
+    and whether it is the ``default`` (what the pages read optional sections from)."""
     default = default_model_name()
-    order = sorted(cards, key=lambda n: (n != default, n))
-    return {name: cards[name] for name in order}
+    return {name: _page_card(card, name == default) for name, card in installed_cards().items()}
 
 
-def bench_record(name: str) -> dict:
-    return read_json(models_dir() / name / "bench.json", {}) or {}
-
-
-def leaderboard() -> pd.DataFrame:
-    """Installed models and finished runs with their measured scores; '—' where unknown."""
-    rows, accuracy = [], []
-    for name, card in model_cards().items():
-        metrics = card.get("test_metrics") or {}
-        accuracy.append(metrics.get("accuracy"))
-        bench = bench_record(name)
-        latency = bench.get("predict_single_s")
-        explain = bench.get("explain_single_s")
-        rows.append(
-            {
-                "kind": "model",
-                "name": name + (" (default)" if card.get("default") else ""),
-                "architecture": card.get("architecture"),
-                "input px": input_label(card.get("image_size"), card.get("center_crop")),
-                "test accuracy": percent(metrics.get("accuracy"), 2),
-                "macro-F1": percent(metrics.get("macro_f1"), 2),
-                "size MB": MISSING if card.get("size_mb") is None else f"{card['size_mb']:.1f}",
-                "parameters": f"{card['parameters']:,}" if card.get("parameters") else MISSING,
-                "latency ms": MISSING if latency is None else f"{1000 * latency:.0f}",
-                "Grad-CAM ms": MISSING if explain is None else f"{1000 * explain:.0f}",
-                "initialisation": initialisation_summary(card.get("initialisation")) or MISSING,
-                "source": card.get("training_run") or MISSING,
-            }
-        )
-    for run in list_runs():
-        if run.get("status") != "finished":
-            continue
-        accuracy.append(run.get("test_accuracy"))
-        rows.append(
-            {
-                "kind": "run",
-                "name": run["run_id"],
-                "architecture": run.get("arch"),
-                "input px": input_label(run.get("image_size"), run.get("center_crop")),
-                "test accuracy": percent(run.get("test_accuracy"), 2),
-                "macro-F1": percent(run.get("macro_f1"), 2),
-                "size MB": MISSING,
-                "parameters": MISSING,
-                "latency ms": MISSING,
-                "Grad-CAM ms": MISSING,
-                "initialisation": run.get("initialisation") or MISSING,
-                "source": f"{run['folds']}-fold CV" if run.get("folds") else "train/test split",
-            }
-        )
-    # Best first; the shown accuracy is text, so the order comes from the numbers.
-    order = sorted(range(len(rows)), key=lambda i: -(accuracy[i] or 0.0))
-    return pd.DataFrame([rows[i] for i in order])
-
-
-def reference_table() -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            {
-                "model": r["model"],
-                "test accuracy": percent(r["test_accuracy"], 2),
-                "source": "published by the reference work (not measured here)",
-            }
-            for r in REFERENCE_RESULTS
-        ]
-    )
+def _page_card(card: ModelCard, default: bool) -> dict:
+    return {**card.to_json(), "name": card.name, "default": default}
 
 
 # ----------------------------------------------------------------------------- runs
-
-
-def runs_table(runs: list[dict]) -> pd.DataFrame:
-    """One row per run with the columns the Training runs page shows."""
-    rows = []
-    for run in runs:
-        rows.append(
-            {
-                "run id": run["run_id"],
-                "test accuracy": run.get("test_accuracy"),
-                "macro-F1": run.get("macro_f1"),
-                "architecture": run.get("arch"),
-                "input px": input_label(run.get("image_size"), run.get("center_crop")),
-                "epochs": run.get("epochs"),
-                "folds": run.get("folds") or 0,
-                "SMOTE": bool(run.get("smote")),
-                "augmentation": bool(run.get("augment")),
-                "shuffle": bool(run.get("shuffle")),
-                "initialisation": run.get("initialisation") or "",
-                "status": run_state(run),
-                "duration": duration(run.get("duration_s")),
-                "created": run.get("created"),
-                "note": run.get("note") or "",
-            }
-        )
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame
-    # What a reader compares first: the best runs on top, runs without a score last.
-    return frame.sort_values(
-        "test accuracy", ascending=False, na_position="last", kind="stable"
-    ).reset_index(drop=True)
-
-
-def table_height(rows: int) -> int:
-    """Pixels for st.dataframe to show ``rows`` rows and the header without scrolling."""
-    return 35 * (rows + 1) + 3
 
 
 _MACHINE_PATH = re.compile(r"(?<![\w.~:/-])(?:/|[A-Za-z]:\\)[^\s'\",;]+")
@@ -434,9 +291,9 @@ def fold_table(record: RunRecord) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def evaluated_runs() -> list[dict]:
-    """Runs with a confusion matrix to show (finished, with metrics)."""
-    return [r for r in list_runs() if (runs_dir() / r["run_id"] / "metrics.json").is_file()]
+def evaluated_runs() -> list[str]:
+    """Ids of the runs with a confusion matrix to show (finished, with metrics), newest first."""
+    return [r.run_id for r in run_summaries() if (runs_dir() / r.run_id / "metrics.json").is_file()]
 
 
 def model_figures(name: str) -> RunRecord | None:
@@ -447,10 +304,10 @@ def model_figures(name: str) -> RunRecord | None:
     figures are its training run's single-view ones, so the run's predictions are the model's.
     """
     folder = models_dir() / name
-    card = read_json(folder / "card.json", {}) or {}
-    run_id = card.get("training_run")
+    card = ModelCard.read(folder) or ModelCard()
+    run_id = card.training_run
     run = load_run(run_id) if run_id and (runs_dir() / run_id).is_dir() else None
-    names = list(card.get("class_names") or CLASS_NAMES)
+    names = list(card.class_names or CLASS_NAMES)
     own = folder / "test_predictions.csv"
     if own.is_file():
         rows = [r for r in read_csv(own) if r.get("true") in names and r.get("predicted") in names]
@@ -475,7 +332,7 @@ def model_figures(name: str) -> RunRecord | None:
         metrics={
             **metrics,
             "class_names": names,
-            "test_time_views": card.get("test_time_views") or ["identity"],
+            "test_time_views": card.views,
         },
         history=pd.DataFrame(),
         folds=[],
@@ -487,7 +344,7 @@ def model_figures(name: str) -> RunRecord | None:
 def figure_sources() -> list[str]:
     """Choices for the figure pages: installed models (their own figures), then evaluated runs."""
     models = [f"model: {name}" for name in model_cards() if model_figures(name) is not None]
-    return models + [f"run: {r['run_id']}" for r in evaluated_runs()]
+    return models + [f"run: {run_id}" for run_id in evaluated_runs()]
 
 
 def load_figures(choice: str) -> RunRecord:
@@ -592,170 +449,9 @@ def per_class_table(record: RunRecord) -> pd.DataFrame:
     return pd.concat([frame, averages], ignore_index=True)
 
 
-# ----------------------------------------------------------------------------- figures
-
-_LAYOUT = dict(template="plotly_white", margin=dict(l=10, r=10, t=40, b=10))
-
-
-def probability_figure(probabilities, class_names=CLASS_NAMES, threshold: float | None = None):
-    """Horizontal bars of all class probabilities, the top class highlighted."""
-    probs = np.asarray(probabilities, dtype=float)
-    top = int(np.argmax(probs))
-    labels = [class_label(n) for n in class_names]
-    colours = ["#2a6f97" if i == top else "#a9c6d9" for i in range(len(probs))]
-    fig = go.Figure(
-        go.Bar(
-            x=probs,
-            y=labels,
-            orientation="h",
-            marker_color=colours,
-            text=[f"{100 * p:.1f}%" for p in probs],
-            textposition="outside",
-            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
-        )
-    )
-    if threshold is not None:
-        fig.add_vline(
-            x=threshold,
-            line_dash="dot",
-            line_color="#b5651d",
-            annotation_text="low-confidence threshold",
-            annotation_position="top",
-        )
-    fig.update_layout(
-        **_LAYOUT,
-        height=320,
-        title="Class probabilities",
-        xaxis=dict(range=[0, 1.12], tickformat=".0%"),
-        yaxis=dict(autorange="reversed"),
-    )
-    return fig
-
-
-def count_figure(rows: list[dict], title: str):
-    """Bars of a differential count (rows as in ``report.differential_count``)."""
-    fig = go.Figure(
-        go.Bar(
-            x=[class_label(r["class"]) for r in rows],
-            y=[r["count"] for r in rows],
-            marker_color=[CLASS_COLOURS.get(r["class"], "#888") for r in rows],
-            text=[f"{r['percent']:.1f}%" for r in rows],
-            textposition="outside",
-        )
-    )
-    fig.update_layout(**_LAYOUT, height=300, title=title, yaxis_title="cells")
-    return fig
-
-
-def learning_curve_figure(curves: dict[str, pd.DataFrame]):
-    """Loss and accuracy per epoch, training solid and validation dashed, one colour per run."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"))
-    palette = ["#2a6f97", "#c44e52", "#55a868", "#8172b3", "#dd8452", "#937860", "#64b5cd"]
-    for i, (label, history) in enumerate(curves.items()):
-        colour = palette[i % len(palette)]
-        for col, metric in ((1, "loss"), (2, "accuracy")):
-            for prefix, dash, part in (("", "solid", "train"), ("val_", "dash", "val")):
-                column = prefix + metric
-                if column not in history or history[column].isna().all():
-                    continue
-                fig.add_trace(
-                    go.Scatter(
-                        x=history["epoch"],
-                        y=history[column],
-                        mode="lines+markers",
-                        name=f"{label} ({part})",
-                        line=dict(color=colour, dash=dash),
-                        legendgroup=label,
-                        showlegend=col == 1,
-                    ),
-                    row=1,
-                    col=col,
-                )
-    fig.update_xaxes(title_text="epoch")
-    fig.update_layout(**_LAYOUT, height=380, legend=dict(orientation="h", y=-0.25))
-    return fig
-
-
-def confusion_figure(matrix, class_names=CLASS_NAMES, normalized: bool = False):
-    """Heatmap with true classes on rows and predicted classes on columns."""
-    counts = np.asarray(matrix)
-    values = row_normalize(counts) if normalized else counts
-    labels = [class_label(n) for n in class_names]
-    text = [[f"{v:.2f}" if normalized else f"{int(v)}" for v in row] for row in values]
-    fig = go.Figure(
-        go.Heatmap(
-            z=values,
-            x=labels,
-            y=labels,
-            text=text,
-            texttemplate="%{text}",
-            colorscale="Blues",
-            zmin=0,
-            zmax=1 if normalized else None,
-            customdata=counts,
-            hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata} images<extra></extra>",
-        )
-    )
-    fig.update_layout(
-        **_LAYOUT,
-        height=520,
-        xaxis=dict(title="predicted class", side="bottom"),
-        yaxis=dict(title="true class", autorange="reversed"),
-    )
-    return fig
-
-
-def per_class_comparison_figure(tables: dict[str, pd.DataFrame], metric: str = "F1"):
-    """Grouped bars: one group per class, one bar per run."""
-    fig = go.Figure()
-    for run_id, table in tables.items():
-        classes = table[~table["class"].str.endswith("average")]
-        fig.add_trace(go.Bar(x=classes["class"], y=classes[metric], name=run_id))
-    fig.update_layout(
-        **_LAYOUT,
-        barmode="group",
-        height=420,
-        title=f"{metric} per class",
-        yaxis=dict(range=[0, 1.05]),
-        legend=dict(orientation="h", y=-0.2),
-    )
-    return fig
-
-
 def store_description() -> str:
-    return f"model store: `{store_root()}`"
-
-
-# ----------------------------------------------------------------------------- cached resources
-# The caches live here, not in the pages, so every page shares one loaded copy per server process.
-# ``store`` and the card's sha256 are part of each key: the same name in another store, or
-# re-promoted with new weights, is another model, so a re-promote is loaded afresh.
-
-
-@st.cache_resource(show_spinner="Loading TensorFlow and the model (first use only)…", max_entries=4)
-def _cached_model(name: str, store: str, card_sha256: str):
-    from ._tf import import_tensorflow_quietly
-    from .serving import load_model
-
-    import_tensorflow_quietly()
-    return load_model(name)
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _cached_explainer(name: str, store: str, card_sha256: str):
-    from .explain import Explainer
-
-    return Explainer(_cached_model(name, store, card_sha256))
-
-
-def cached_model(name: str):
-    """The installed model ``name`` from the current store, loaded once per card version."""
-    return _cached_model(name, str(store_root()), card_sha256(name))
-
-
-def cached_explainer(name: str):
-    """The Grad-CAM explainer of ``name``, built once per card version."""
-    return _cached_explainer(name, str(store_root()), card_sha256(name))
+    """Which store the app reads, without this machine's folders."""
+    return f"model store: `{without_machine_paths(str(store_root()))}`"
 
 
 def trust_summary(card: dict) -> pd.DataFrame | None:
@@ -802,48 +498,3 @@ def trust_summary(card: dict) -> pd.DataFrame | None:
             }
         )
     return pd.DataFrame(rows)
-
-
-def reliability_figure(card: dict):
-    """Reliability diagram of the test split before and after calibration (None: no record).
-
-    Each point is a confidence bin: mean shown confidence against the share of right answers;
-    a calibrated model lies on the diagonal.
-    """
-    calibration = card.get("calibration") or {}
-    before = calibration.get("reliability_test_before")
-    after = calibration.get("reliability_test_after")
-    if not before or not after:
-        return None
-    fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=[0, 1],
-            y=[0, 1],
-            mode="lines",
-            name="perfect calibration",
-            line={"dash": "dot", "color": "#999"},
-        )
-    )
-    for rows, name, colour in ((before, "before", "#c9733d"), (after, "after (shown)", "#2a6f97")):
-        fig.add_trace(
-            go.Scatter(
-                x=[r["confidence"] for r in rows],
-                y=[r["accuracy"] for r in rows],
-                mode="lines+markers",
-                name=f"{name}",
-                marker={"size": [6 + 4 * np.log10(1 + r["count"]) for r in rows], "color": colour},
-                customdata=[r["count"] for r in rows],
-                hovertemplate="confidence %{x:.3f}<br>accuracy %{y:.3f}<br>%{customdata} cells",
-            )
-        )
-    fig.update_layout(
-        xaxis_title="shown confidence (bin mean)",
-        yaxis_title="share of right answers",
-        height=420,
-        margin={"l": 10, "r": 10, "t": 30, "b": 10},
-        title=f"Test split, temperature {calibration.get('temperature', 1.0):.3f}",
-    )
-    fig.update_xaxes(range=[0, 1.02])
-    fig.update_yaxes(range=[0, 1.02])
-    return fig

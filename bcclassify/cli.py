@@ -105,8 +105,6 @@ def _cmd_train(args) -> int:
 
 # ----------------------------------------------------------------------------- predict
 
-PREDICT_HEADER = ["path", "label", "confidence", "flag", "error"]
-
 
 def _add_predict(sub) -> None:
     p = sub.add_parser(
@@ -135,31 +133,6 @@ def _load_classifier(name: str | None):
         raise UsageError(str(exc)) from None
 
 
-def prediction_rows(predictions, class_names) -> list[dict]:
-    rows = []
-    for pred in predictions:
-        row = {"path": pred.path, "label": "", "confidence": "", "flag": pred.flag, "error": ""}
-        if pred.ok:
-            row.update(label=pred.label, confidence=f"{pred.confidence:.6f}")
-            row.update({c: f"{p:.6f}" for c, p in zip(class_names, pred.probabilities)})
-        else:
-            row["error"] = " ".join(pred.error.split())  # always one line
-            row.update({c: "" for c in class_names})
-        rows.append(row)
-    return rows
-
-
-def write_prediction_csv(rows: list[dict], class_names, stream, header: bool = True) -> None:
-    import csv
-
-    writer = csv.DictWriter(
-        stream, fieldnames=PREDICT_HEADER + list(class_names), lineterminator="\n"
-    )
-    if header:
-        writer.writeheader()
-    writer.writerows(rows)
-
-
 def _prediction_json(pred, names) -> dict:
     return {
         "path": pred.path,
@@ -178,6 +151,7 @@ def _cmd_predict(args) -> int:
 
     from .imaging import collect_image_paths
     from .serving import iter_sources
+    from .tables import prediction_rows, write_prediction_csv
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
@@ -491,14 +465,16 @@ def _add_list(sub) -> None:
 
 
 def _cmd_list(args) -> int:
-    from .store import list_models, list_runs, run_state
+    from .records import installed_cards
+    from .store import default_model_name, list_runs, run_state
 
     runs = list_runs()
     if args.json:
         print(json.dumps(runs, indent=2))
         return EXIT_OK
+    cards = installed_cards()
     if args.markdown:
-        print(markdown_tables(runs, list_models()))
+        print(markdown_tables(runs, cards.values()))
         return EXIT_OK
 
     print(f"{'run_id':<40}{'arch':<13}{'size':>5} {'status':<12}{'test acc':>9}{'macro F1':>9}")
@@ -508,114 +484,34 @@ def _cmd_list(args) -> int:
             f"{run_state(r):<12}{pct(r['test_accuracy']):>9}{pct(r['macro_f1']):>9}"
         )
     print("\nmodels:")
-    for m in list_models():
-        acc = (m.get("test_metrics") or {}).get("accuracy")
-        star = " (default)" if m["default"] else ""
+    default = default_model_name()
+    for name, card in cards.items():
+        star = " (default)" if name == default else ""
         print(
-            f"  {m['name']}{star}: {m.get('architecture')} {m.get('image_size')}px, "
-            f"test accuracy {pct(acc)}, {m.get('size_mb')} MB"
+            f"  {name}{star}: {card.architecture} {card.image_size}px, "
+            f"test accuracy {pct(card.accuracy)}, {card.size_mb} MB"
         )
     return EXIT_OK
 
 
 def pct(value) -> str:
-    return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else "-"
+    from .tables import MISSING, percent
+
+    return percent(value, 2) if isinstance(value, (int, float)) else MISSING
 
 
-def _markdown(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+def markdown_tables(runs, cards) -> str:
+    """``list --markdown``: the installed models with their bench, then the finished runs.
 
+    ``runs``: ``list_runs`` rows; ``cards``: :class:`~bcclassify.records.ModelCard` objects.
+    """
+    from .records import bench_record
+    from .store import default_model_name
+    from .tables import markdown_tables as tables
 
-def markdown_tables(runs: list[dict], models: list[dict]) -> str:
-    """The runs (finished ones, by architecture) and the installed models with their bench."""
-    from .imaging import input_label
-    from .store import models_dir, read_json
-
-    def yes(flag) -> str:
-        return "yes" if flag else "no"
-
-    finished = sorted(
-        (r for r in runs if r["status"] == "finished"), key=lambda r: (r["arch"], r["created"])
-    )
-    run_rows = [
-        [
-            f"`{r['run_id']}`",
-            r["arch"],
-            input_label(r["image_size"], r.get("center_crop")),
-            r.get("initialisation") or "-",
-            r["epochs"],
-            f"{r['folds']}-fold CV" if r.get("folds") else "70/30",
-            yes(r["augment"]),
-            yes(r["smote"]),
-            yes(r["shuffle"]),
-            pct(r["test_accuracy"]),
-            pct(r["macro_f1"]),
-            f"{(r['duration_s'] or 0) / 60:.0f} min",
-        ]
-        for r in finished
-    ]
-    model_rows = []
-    for m in models:
-        bench = read_json(models_dir() / m["name"] / "bench.json", {}) or {}
-        metrics = m.get("test_metrics") or {}
-
-        def ms(key, bench=bench) -> str:
-            return f"{1000 * bench[key]:.0f} ms" if key in bench else "-"
-
-        model_rows.append(
-            [
-                f"**{m['name']}** (default)" if m["default"] else m["name"],
-                m.get("architecture"),
-                input_label(m.get("image_size"), m.get("center_crop")),
-                pct(metrics.get("accuracy")),
-                pct(metrics.get("macro_f1")),
-                f"{m.get('size_mb')} MB",
-                ms("predict_single_s"),
-                ms("explain_single_s"),
-                bench.get("predict_batch_img_per_s", "-"),
-                len(m.get("test_time_views") or ["identity"]),
-                f"`{m.get('training_run')}`",
-            ]
-        )
-    return "\n\n".join(
-        [
-            _markdown(
-                [
-                    "model",
-                    "architecture",
-                    "input px",
-                    "test accuracy",
-                    "macro-F1",
-                    "size",
-                    "predict (1 image)",
-                    "Grad-CAM (1 image)",
-                    "batch img/s",
-                    "views averaged",
-                    "training run",
-                ],
-                model_rows,
-            ),
-            _markdown(
-                [
-                    "run",
-                    "architecture",
-                    "input px",
-                    "initialisation",
-                    "epochs",
-                    "split",
-                    "augment",
-                    "SMOTE",
-                    "shuffle",
-                    "test accuracy",
-                    "macro-F1",
-                    "duration",
-                ],
-                run_rows,
-            ),
-        ]
-    )
+    by_name = {card.name: card for card in cards}
+    benches = {name: bench_record(name) for name in by_name}
+    return tables(runs, by_name, benches, default_model_name())
 
 
 # ----------------------------------------------------------------------------- explain, bench

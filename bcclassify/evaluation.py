@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from . import CLASS_NAMES, DATASET_CREDIT
 from .data import load_pixels, scan_dataset, train_val_test_split
 from .metrics import classification_metrics, confidence_coverage
+from .records import RunSummary, headline
 from .serving import (
     DEFAULT_THRESHOLD,
     SINGLE_VIEW,
     ClassifierModel,
-    card_for_run,
     check_views,
     export_model,
     load_model,
@@ -233,9 +234,10 @@ def promote(
     import keras
 
     folder = _run_dir(run_id)
-    run = read_json(folder / "run.json", {}) or {}
-    if run.get("status") != "finished":
-        raise ValueError(f"{run_id} is {run.get('status')!r}, not finished")
+    run = RunSummary.read(folder)
+    status = run.status if run else None
+    if status != "finished":
+        raise ValueError(f"{run_id} is {status!r}, not finished")
     if not (folder / "model.keras").is_file():
         raise FileNotFoundError(f"{run_id} has no model.keras to promote")
     if not name.replace("-", "").replace("_", "").isalnum():
@@ -266,3 +268,52 @@ def promote(
     if make_default or not default_model_name():
         set_default_model(name)
     return card
+
+
+# What a card keeps of its run's configuration and headline figures.
+TRAINING_CONFIG_KEYS = (
+    "epochs", "batch_size", "optimizer", "lr", "augment", "smote", "class_weights", "shuffle",
+    "seed", "freeze_until", "freeze_bn", "center_crop", "aug_copies",
+)  # fmt: skip
+HEADLINE_METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "weighted_f1")
+
+
+def card_for_run(run_dir: Path, name: str, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """The card fields that come from the training run record (``promote`` adds the rest)."""
+    from .models import TRUNKS, get_architecture
+
+    config = read_json(run_dir / "config.json", {}) or {}
+    metrics = read_json(run_dir / "metrics.json", {}) or {}
+    run = read_json(run_dir / "run.json", {}) or {}
+    arch = get_architecture(config["arch"])
+    figures = headline(metrics)
+    return {
+        "name": name,
+        "architecture": arch.name,
+        "description": arch.description,
+        "image_size": config["image_size"],
+        "center_crop": config.get("center_crop", 1.0),
+        "input": "RGB pixels 0-255, float32, shape (N, S, S, 3); scaling (and any centre crop) "
+        "is inside the model",
+        "preprocessing": {t: TRUNKS[t].scaling for t in arch.trunks}
+        or {"model": "x / 127.5 - 1 (range [-1, 1])"},
+        "resize": "Lanczos to S x S (bcclassify.imaging.load_image)",
+        "class_names": config.get("class_names", list(CLASS_NAMES)),
+        "explain_layers": list(arch.explain_layers),
+        "low_confidence_threshold": threshold,
+        "training_run": run_dir.name,
+        "initialisation": run.get("initialisation"),
+        "training_data": {
+            "path": config.get("data"),
+            "manifest_sha256": config.get("data_manifest_sha256"),
+            "num_images": config.get("num_images"),
+            "split_sizes": config.get("split_sizes"),
+        },
+        "training_config": {k: config.get(k) for k in TRAINING_CONFIG_KEYS},
+        "test_metrics": {
+            **{key: figures.get(key) for key in HEADLINE_METRICS},
+            "per_class": metrics.get("per_class"),
+            "num_samples": metrics.get("num_samples"),
+        },
+        "dataset_credit": DATASET_CREDIT,
+    }

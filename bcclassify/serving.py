@@ -23,7 +23,6 @@ from .imaging import ImageLoadError, ImageSource, load_image
 from .store import (
     default_model_name,
     models_dir,
-    read_json,
     sha256_file,
     write_json,
 )
@@ -432,70 +431,3 @@ def _load_novelty(folder: Path, card: dict, files: dict[str, str]):
 
 def iter_sources(paths: Iterable[Path]) -> list[tuple[str, ImageSource]]:
     return [(str(p), p) for p in paths]
-
-
-def card_for_run(run_dir: Path, name: str, threshold: float = DEFAULT_THRESHOLD) -> dict:
-    """The card fields that come from the training run record."""
-    config = read_json(run_dir / "config.json", {}) or {}
-    metrics = read_json(run_dir / "metrics.json", {}) or {}
-    run = read_json(run_dir / "run.json", {}) or {}
-    from .models import TRUNKS, get_architecture
-
-    arch = get_architecture(config["arch"])
-    headline = metrics.get("summary", metrics)
-
-    def value(key):
-        v = headline.get(key)
-        return v.get("mean") if isinstance(v, dict) else v
-
-    return {
-        "name": name,
-        "architecture": arch.name,
-        "description": arch.description,
-        "image_size": config["image_size"],
-        "center_crop": config.get("center_crop", 1.0),
-        "input": "RGB pixels 0-255, float32, shape (N, S, S, 3); scaling (and any centre crop) "
-        "is inside the model",
-        "preprocessing": {t: TRUNKS[t].scaling for t in arch.trunks}
-        or {"model": "x / 127.5 - 1 (range [-1, 1])"},
-        "resize": "Lanczos to S x S (bcclassify.imaging.load_image)",
-        "class_names": config.get("class_names", list(CLASS_NAMES)),
-        "explain_layers": list(arch.explain_layers),
-        "low_confidence_threshold": threshold,
-        "training_run": run_dir.name,
-        "initialisation": run.get("initialisation"),
-        "training_data": {
-            "path": config.get("data"),
-            "manifest_sha256": config.get("data_manifest_sha256"),
-            "num_images": config.get("num_images"),
-            "split_sizes": config.get("split_sizes"),
-        },
-        "training_config": {
-            k: config.get(k)
-            for k in (
-                "epochs",
-                "batch_size",
-                "optimizer",
-                "lr",
-                "augment",
-                "smote",
-                "class_weights",
-                "shuffle",
-                "seed",
-                "freeze_until",
-                "freeze_bn",
-                "center_crop",
-                "aug_copies",
-            )
-        },
-        "test_metrics": {
-            "accuracy": value("accuracy"),
-            "macro_f1": value("macro_f1"),
-            "macro_precision": value("macro_precision"),
-            "macro_recall": value("macro_recall"),
-            "weighted_f1": value("weighted_f1"),
-            "per_class": metrics.get("per_class"),
-            "num_samples": metrics.get("num_samples"),
-        },
-        "dataset_credit": "PBC dataset (Acevedo et al., Data in Brief 30, 2020), CC BY 4.0",
-    }

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,21 +86,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def run_state(row: dict) -> str:
+def run_state(row: Mapping[str, Any]) -> str:
     """What a `list_runs` row's run is now: its recorded status, or "interrupted"."""
-    return "interrupted" if row.get("interrupted") else row.get("status") or ""
+    from .records import RunSummary  # records reads the store through this module
+
+    return RunSummary.from_json(row).state
 
 
-def can_resume(row: dict) -> bool:
-    """Whether ``train --resume`` can continue a `list_runs` row's run here.
+def can_resume(row: Mapping[str, Any]) -> bool:
+    """Whether ``train --resume`` can continue a `list_runs` row's run here (see
+    :attr:`bcclassify.records.RunSummary.resumable`)."""
+    from .records import RunSummary
 
-    Only an interrupted run (not one stopped on purpose) whose training data is on this machine:
-    resuming re-reads the data to rebuild the same split.
-    """
-    if not row.get("interrupted"):
-        return False
-    data = Path(row.get("data") or "")
-    return bool(row.get("data")) and (data if data.is_absolute() else REPO_ROOT / data).is_dir()
+    return RunSummary.from_json(row).resumable
 
 
 def run_is_alive(run: dict) -> bool:
@@ -130,76 +129,9 @@ def initialisation_summary(record: dict | None) -> str | None:
 
 def list_runs() -> list[dict]:
     """Summaries of every run record, newest first (what ``list --json`` prints)."""
-    rows = []
-    root = runs_dir()
-    if not root.is_dir():
-        return rows
-    for folder in sorted(root.iterdir()):
-        run = read_json(folder / "run.json")
-        if not isinstance(run, dict):
-            continue
-        config = read_json(folder / "config.json", {}) or {}
-        metrics = read_json(folder / "metrics.json", {}) or {}
-        headline = metrics.get("summary", metrics)
-        rows.append(
-            {
-                "run_id": folder.name,
-                "arch": run.get("arch") or config.get("arch"),
-                "image_size": config.get("image_size"),
-                "center_crop": config.get("center_crop", 1.0),
-                "status": run.get("status"),
-                # a "running" record whose process is gone was interrupted: resume it
-                "interrupted": run.get("status") == "running" and not run_is_alive(run),
-                # why a run was stopped by hand ("status": "stopped"): not to be resumed
-                "stopped_on_purpose": run.get("stopped_on_purpose"),
-                "data": config.get("data"),
-                "epochs": config.get("epochs"),
-                "epochs_done": run.get("epochs_done"),
-                "folds": config.get("folds"),
-                "smote": config.get("smote"),
-                "augment": config.get("augment"),
-                "shuffle": config.get("shuffle"),
-                "test_accuracy": _mean_or_value(headline.get("accuracy")),
-                "macro_f1": _mean_or_value(headline.get("macro_f1")),
-                "duration_s": metrics.get("duration_s") or run.get("duration_s"),
-                "created": run.get("created"),
-                "note": config.get("note", ""),
-                "initialisation": initialisation_summary(_initialisation(folder, run)),
-                "init_from": run.get("init_from"),
-                "has_weights": (folder / "model.keras").is_file(),
-            }
-        )
-    rows.sort(key=lambda r: r.get("created") or "", reverse=True)
-    return rows
+    from .records import run_summaries
 
-
-def _initialisation(folder: Path, run: dict) -> dict | None:
-    """How the run's model was initialised; a cross-validated run records it in each fold."""
-    if run.get("initialisation") is not None:
-        return run["initialisation"]
-    first_fold = read_json(folder / "fold-1" / "run.json", {}) or {}
-    return first_fold.get("initialisation")
-
-
-def _mean_or_value(value: Any) -> float | None:
-    if isinstance(value, dict):
-        return value.get("mean")
-    return value
-
-
-def list_models() -> list[dict]:
-    root = models_dir()
-    default = default_model_name()
-    out = []
-    if not root.is_dir():
-        return out
-    for folder in sorted(root.iterdir()):
-        if folder.name.startswith("."):  # a model being installed (promote's staging folder)
-            continue
-        card = read_json(folder / "card.json")
-        if isinstance(card, dict):
-            out.append({**card, "name": folder.name, "default": folder.name == default})
-    return out
+    return [run.to_json() for run in run_summaries()]
 
 
 def default_model_name() -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from bcclassify import app_support as ui
+import ui
 from bcclassify.imaging import ImageLoadError, load_image
 
 MAX_THUMBNAILS = 48

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from bcclassify import app_support as ui
+import ui
 
 
 def main() -> None:

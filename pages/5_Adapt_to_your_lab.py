@@ -11,8 +11,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+import ui
 from bcclassify import accounts
-from bcclassify import app_support as ui
 from bcclassify.adapt import (
     DEFAULT_PER_CLASS,
     MAX_ZIP_BYTES,

@@ -37,9 +37,9 @@ def fixture_images() -> Path:
 def tiny_store(tmp_path_factory) -> Path:
     """A model store with a finished tiny run and two installed models; sets BCCLASSIFY_STORE."""
     from bcclassify import CLASS_NAMES
-    from bcclassify.evaluation import promote
+    from bcclassify.evaluation import card_for_run, promote
     from bcclassify.models import build
-    from bcclassify.serving import card_for_run, export_model
+    from bcclassify.serving import export_model
     from bcclassify.store import set_default_model
     from bcclassify.training import TrainConfig, train
 

@@ -1,14 +1,16 @@
-"""The app's pure helpers: CSV export, figures and tables, without a browser or TensorFlow."""
+"""The pages' helpers (``ui`` and the data it shows): CSV export, figures and tables, without a
+browser or TensorFlow."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
+import ui
 from bcclassify import CLASS_NAMES
-from bcclassify import app_support as ui
-from bcclassify.cli import PREDICT_HEADER
 from bcclassify.serving import Prediction
+from bcclassify.store import REPO_ROOT
+from bcclassify.tables import PREDICT_HEADER
 
 
 def test_batch_csv_has_the_predict_columns():
@@ -112,7 +114,7 @@ def test_machine_paths_are_not_shown():
     assert shown["command"] == "python -m bcclassify train --data ../shared/data/pbc224"
     assert shown["folders"] == ["…/xception.h5", "relative/kept.txt"]
     assert shown["url"] == record["url"] and shown["ratio"] == "1/255" and shown["epochs"] == 4
-    inside = str(ui.REPO_ROOT / "cache" / "x.npz")
+    inside = str(REPO_ROOT / "cache" / "x.npz")
     assert ui.without_machine_paths(inside) == "cache/x.npz"
 
 
@@ -159,8 +161,6 @@ def test_calibration_figures_come_from_the_card():
     import json
 
     from conftest import REPO
-
-    from bcclassify import app_support as ui
 
     card = json.loads((REPO / "model_store" / "models" / "hybrid" / "card.json").read_text())
     figure = ui.reliability_figure(card)

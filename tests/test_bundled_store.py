@@ -117,7 +117,7 @@ def test_run_metrics_agree_with_their_predictions(record):
 
 @pytest.mark.parametrize("folder", _models(), ids=lambda p: p.name)
 def test_figure_pages_show_each_models_own_test_figures(bundled_store, folder):
-    from bcclassify import app_support as ui
+    from bcclassify import app_support as ui  # the figure pages' data
 
     card = read_json(folder / "card.json")
     matrix = ui.run_confusion(ui.load_figures(f"model: {folder.name}"))

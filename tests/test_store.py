@@ -63,7 +63,7 @@ def test_a_running_record_whose_process_is_gone_lists_as_interrupted(tmp_path, m
         write_json(tmp_path / "runs" / name / "run.json", record)
     states = {row["run_id"]: run_state(row) for row in list_runs()}
     assert states == {"done": "finished", "killed": "interrupted"}
-    from bcclassify.app_support import runs_table  # the Training runs page's table
+    from bcclassify.tables import runs_table  # the Training runs page's table
 
     table = runs_table(list_runs())
     assert dict(zip(table["run id"], table["status"])) == states
