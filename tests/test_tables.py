@@ -49,3 +49,20 @@ def test_markdown_uses_the_same_rows_and_mark():
     assert "| - |" not in models + runs and "None" not in models + runs
     rows_from_json = markdown_tables([r.to_json() for r in RUNS], CARDS, {}, default="b")
     assert rows_from_json == markdown_tables(RUNS, CARDS, {}, default="b")
+
+
+def test_the_library_imports_neither_streamlit_nor_plotly_nor_the_cli():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = (
+        "import sys, bcclassify.app_support, bcclassify.tables, bcclassify.records, "
+        "bcclassify.evaluation; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('streamlit', 'plotly', 'ui') or m == 'bcclassify.cli'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -42,7 +42,6 @@ from bcclassify.app_support import (
 from bcclassify.tables import (
     MISSING,
     class_label,
-    duration,
     leaderboard,
     percent,
     reference_table,
@@ -50,7 +49,6 @@ from bcclassify.tables import (
 )
 
 from .figures import (
-    CLASS_COLOURS,
     confusion_figure,
     count_figure,
     learning_curve_figure,
@@ -62,7 +60,6 @@ from .session import app_secrets, cached_explainer, cached_model, table_height
 
 __all__ = [
     "BENCH_HINT",
-    "CLASS_COLOURS",
     "EXAMPLE_CREDIT",
     "EXAMPLES_DIR",
     "MISSING",
@@ -78,7 +75,6 @@ __all__ = [
     "configured_data_dir",
     "confusion_figure",
     "count_figure",
-    "duration",
     "example_images",
     "example_label",
     "figure_sources",
