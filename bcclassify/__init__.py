@@ -21,19 +21,6 @@ CLASS_NAMES: tuple[str, ...] = (
     "platelet",
 )
 
-# Every architecture of the reference work, in the order the comparison pages list them.
-ARCHITECTURES: tuple[str, ...] = (
-    "cnn",
-    "unet",
-    "resnet50",
-    "densenet201",
-    "vgg16",
-    "mobilenetv2",
-    "inceptionv3",
-    "xception",
-    "hybrid",
-    "supcon",
-)
 
 # Human-readable names for the app and reports.
 CLASS_LABELS: dict[str, str] = {
@@ -53,3 +40,18 @@ DATASET_CREDIT = (
     'recognition systems", Data in Brief 30 (2020) 105474, doi:10.1016/j.dib.2020.105474. '
     "Hospital Clinic of Barcelona. Licensed CC BY 4.0."
 )
+
+# Every registered architecture, in the order the comparison pages list them. Declared only: the
+# value comes from the registry (models.py) on first use, see __getattr__.
+ARCHITECTURES: tuple[str, ...]
+
+
+def __getattr__(name: str):
+    # Read on first use so that importing the package stays cheap; the registry imports Keras
+    # only to build.
+    if name == "ARCHITECTURES":
+        from .models import architecture_names
+
+        globals()["ARCHITECTURES"] = names = architecture_names()
+        return names
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

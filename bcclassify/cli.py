@@ -33,16 +33,19 @@ def _tensorflow() -> None:
 
 def _add_train(sub) -> None:
     from . import ARCHITECTURES
+    from .training import TrainConfig as Defaults  # one place for every default of a run
 
     p = sub.add_parser("train", help="train a model and record the run under model_store/runs")
     p.add_argument("--arch", choices=ARCHITECTURES, help="architecture (required unless --resume)")
     p.add_argument("--data", help="image-folder dataset: one sub-folder per class")
     p.add_argument("--image-size", type=int, help="input side in px (default: per architecture)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--optimizer", choices=("adam", "sgd", "rmsprop"), default="adam")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--epochs", type=int, default=Defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=Defaults.batch_size)
+    p.add_argument("--optimizer", choices=("adam", "sgd", "rmsprop"), default=Defaults.optimizer)
+    p.add_argument(
+        "--lr", type=float, default=Defaults.lr, help="peak learning rate (cosine decay)"
+    )
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=Defaults.augment)
     p.add_argument("--smote", action="store_true", help="SMOTE-oversample the training part")
     p.add_argument("--class-weights", action="store_true", help="weight the loss by class rarity")
     p.add_argument(
@@ -53,16 +56,18 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--center-crop",
         type=float,
-        default=1.0,
+        default=Defaults.center_crop,
         metavar="FRACTION",
         help="the network sees only the central FRACTION of its input (a layer in the model; "
         "PBC crops centre the cell, so 0.75 gives it more pixels at the same cost)",
     )
-    p.add_argument("--folds", type=int, default=0, help="stratified K-fold cross-validation")
+    p.add_argument(
+        "--folds", type=int, default=Defaults.folds, help="stratified K-fold cross-validation"
+    )
     p.add_argument(
         "--no-shuffle", dest="shuffle", action="store_false", help="training batches in class order"
     )
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=Defaults.seed)
     p.add_argument(
         "--freeze-until",
         help="freeze up to these layers (comma list; 'layer:input' cuts before a layer; 'auto' "
@@ -72,19 +77,30 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--init-from", metavar="RUN_ID", help="start from another run's final weights (fine-tune)"
     )
-    p.add_argument("--strategy", choices=("auto", "mirrored", "multiworker"), default="auto")
+    p.add_argument(
+        "--strategy", choices=("auto", "mirrored", "multiworker"), default=Defaults.strategy
+    )
     p.add_argument("--backbone-weights", metavar="DIR", help="folder of ImageNet-derived weights")
     p.add_argument("--limit-per-class", type=int, help="use at most N images per class")
-    p.add_argument("--aug-copies", type=int, default=2, help="augmented copies (cached mode)")
-    p.add_argument("--head-epochs", type=int, default=3, help="supcon: classifier epochs")
+    p.add_argument(
+        "--aug-copies",
+        type=int,
+        default=Defaults.aug_copies,
+        help="augmented copies (cached mode)",
+    )
+    p.add_argument(
+        "--head-epochs", type=int, default=Defaults.head_epochs, help="supcon: classifier epochs"
+    )
     p.add_argument(
         "--head-lr",
         type=float,
         help="supcon: peak learning rate of the linear classifier on the frozen embedding "
         "(default: --lr; a linear probe wants a larger one than the encoder)",
     )
-    p.add_argument("--cache-dir", default="cache", help="where decoded pixels/activations go")
-    p.add_argument("--note", default="", help="free text kept in the run record")
+    p.add_argument(
+        "--cache-dir", default=Defaults.cache_dir, help="where decoded pixels/activations go"
+    )
+    p.add_argument("--note", default=Defaults.note, help="free text kept in the run record")
     p.add_argument("--run-id", help="name for the run folder (default: time-arch-size)")
 
 

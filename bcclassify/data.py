@@ -16,6 +16,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from . import CLASS_NAMES
 from .imaging import ImageLoadError, is_hidden, load_image
+from .store import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -262,3 +263,31 @@ def cached_pixels(
     np.savez(partial, pixels=pixels, kept=kept)
     partial.replace(target)  # atomic: a killed process never leaves a half-written cache
     return pixels, kept
+
+
+def subsample(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+    """At most ``limit`` images per class, drawn with ``seed`` (the whole dataset when no limit)."""
+    if not limit:
+        return dataset
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in range(len(dataset.class_names)):
+        members = np.flatnonzero(dataset.labels == label)
+        keep.extend(rng.permutation(members)[:limit])
+    return dataset.subset(np.sort(np.asarray(keep, dtype=np.int64)))
+
+
+def write_predictions(path: Path, dataset: Dataset, indices, probabilities) -> None:
+    """predictions.csv: file (relative to the data folder), true, predicted, probabilities."""
+    names = dataset.class_names
+    rows = []
+    for i, probs in zip(indices, probabilities):
+        rows.append(
+            [
+                dataset.relative_paths[i],
+                names[dataset.labels[i]],
+                names[int(np.argmax(probs))],
+                *[f"{p:.6f}" for p in probs],
+            ]
+        )
+    write_csv(path, ["file", "true", "predicted", *names], rows)

@@ -42,7 +42,7 @@ def _run_dir(run_id: str) -> Path:
 
 def _scope(dataset, manifest: str | None, seed: int, limit: int | None):
     """The run's test split when ``dataset`` is its training data, else every image."""
-    from .training import _subsample
+    from .data import subsample as _subsample
 
     candidate = _subsample(dataset, limit, seed)
     if manifest and candidate.manifest_hash() == manifest:
@@ -183,7 +183,7 @@ def _score(
     predict, image_size: int, split_of: tuple, data, source: str, views, predictions_to=None
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """Metrics, and the true labels and probabilities they come from."""
-    from .training import write_predictions
+    from .data import write_predictions
 
     dataset, indices, scope = _scope(scan_dataset(data), *split_of)
     pixels, kept = load_pixels([dataset.paths[i] for i in indices], image_size, progress=True)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .models import REGISTRY
+
 METHODS = {
     "gradcam": "Grad-CAM",
     "gradcam++": "Grad-CAM++",
@@ -52,16 +54,7 @@ JOINT_LAYER = "explain_joint"
 MAX_JOINT_SIDE = 64  # beyond this the joint grid costs more than it saves: explain map by map
 # Architectures whose head is Dense(concat(GAP(map) for each explained map)): their maps can be
 # computed on the fast explain view below. The others (unet, supcon) use the full model.
-POOLED_HEAD_ARCHITECTURES = {
-    "hybrid",
-    "xception",
-    "inceptionv3",
-    "mobilenetv2",
-    "resnet50",
-    "densenet201",
-    "vgg16",
-    "cnn",
-}
+POOLED_HEAD_ARCHITECTURES = {name for name, arch in REGISTRY.items() if arch.pooled_head}
 
 
 def _compiled_features_layer(extractor, same_image: bool = False):
@@ -543,7 +536,8 @@ def colour_bar_figure(width: int = 320):
     return canvas
 
 
-TRUNK_OF_LAYER = (("mixed", "InceptionV3"), ("block", "Xception"))
+# (layer-name prefix, trunk) for the maps of multi-trunk models, as the registry states them.
+TRUNK_OF_LAYER = tuple(pair for arch in REGISTRY.values() for pair in arch.map_titles)
 
 
 def map_title(layer: str) -> str:

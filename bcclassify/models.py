@@ -1,8 +1,13 @@
-"""A registry of architectures behind one :func:`build`.
+"""A registry of architectures behind one :func:`build`: the one list of what can be trained.
 
 Every model takes raw RGB pixels (0-255, float32) named ``pixels`` and scales them inside the graph
 with real layers, each trunk the way its weights expect, so a saved model is self-contained and
 training and serving cannot disagree on preprocessing.
+
+Each entry also says how it trains (its :class:`Stage` s), whether its head pools the explained
+maps, and how its maps are titled. Keras is imported inside the builders only, so the registry can
+be read (architecture names for the command line, the package's ``ARCHITECTURES``) without
+starting TensorFlow.
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
-from keras import layers
-
-from . import ARCHITECTURES, CLASS_NAMES
+from . import CLASS_NAMES
 from .imaging import cropped_size
+
+if TYPE_CHECKING:
+    import keras
+
+    from .training import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,44 @@ TRUNKS = {
 }
 
 
+CROSS_ENTROPY = "crossentropy"
+SUPCON_LOSS = "supcon"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One phase of a run: its own epochs and its own cosine cycle from ``lr``."""
+
+    name: str  # the trainer's stage: "classifier" or "contrastive"
+    epochs: int
+    lr: float
+    loss: str = CROSS_ENTROPY  # SUPCON_LOSS: contrastive loss on the encoder, no classifier yet
+
+    @property
+    def validated(self) -> bool:
+        """Whether the stage fits the classifier, so validation accuracy (and the best epoch) means
+        something; a contrastive stage has no classifier to validate yet."""
+        return self.loss == CROSS_ENTROPY
+
+    @property
+    def history_label(self) -> str:
+        """The ``stage`` column of history.csv."""
+        return "supervised" if self.validated else "contrastive"
+
+
+def classifier_stages(config: TrainConfig) -> tuple[Stage, ...]:
+    """The default: the whole model learns the classes for ``config.epochs``."""
+    return (Stage("classifier", config.epochs, config.lr),)
+
+
+def supcon_stages(config: TrainConfig) -> tuple[Stage, ...]:
+    """Contrastive encoder first, then the linear classifier on the frozen embedding."""
+    return (
+        Stage("contrastive", config.epochs, config.lr, loss=SUPCON_LOSS),
+        Stage("classifier", config.head_epochs, config.head_lr or config.lr),
+    )
+
+
 @dataclass(frozen=True)
 class Architecture:
     name: str
@@ -67,6 +113,16 @@ class Architecture:
     explain_layers: tuple[str, ...] = ()
     # Where training on cached activations cuts the graph: "layer" (its output) or "layer:input".
     finetune_boundaries: tuple[str, ...] = ()
+    # The training stages a config asks for.
+    stages: Callable[[TrainConfig], tuple[Stage, ...]] = classifier_stages
+    # Wraps the built model for stages other than plain classification: (model, seed, image size)
+    # -> a keras.Model with ``set_stage(name)``. A trainer augments inside its own train step, so
+    # its pixel feed stays raw; None: the model trains itself.
+    trainer: Callable[[keras.Model, int, int], keras.Model] | None = None
+    # Head is Dense(concat(GAP(map) for each explained map)): explain.py's fast view applies.
+    pooled_head: bool = False
+    # (layer-name prefix, title) for the maps of a model with several trunks.
+    map_titles: tuple[tuple[str, str], ...] = ()
     extra: dict = field(default_factory=dict)
 
     @property
@@ -97,6 +153,8 @@ def resolve_weights_dir(weights: str | Path | None) -> Path | None:
 
 
 def _scale(inputs, scaling: str, name: str):
+    from keras import layers
+
     if scaling == SCALE_0_1:
         return layers.Rescaling(1.0 / 255.0, name=name)(inputs)
     return layers.Rescaling(1.0 / 127.5, offset=-1.0, name=name)(inputs)
@@ -104,6 +162,8 @@ def _scale(inputs, scaling: str, name: str):
 
 def _trunk(key: str, inputs, weights_dir: Path | None, init_record: dict):
     """Build a keras.applications trunk on ``inputs`` (pixels), scaled as its weights expect."""
+    import keras
+
     spec = TRUNKS[key]
     scaled = _scale(inputs, spec.scaling, f"{key}_scale")
     constructor = getattr(keras.applications, spec.name)
@@ -129,6 +189,9 @@ def _inputs(image_size: int, center_crop: float):
     detail of a 171 px image for the cost of a 128 px one). The crop is a layer, so serving feeds
     whole images exactly as training did.
     """
+    import keras
+    from keras import layers
+
     pixels = keras.Input((image_size, image_size, 3), name="pixels", dtype="float32")
     if center_crop >= 1.0:
         return pixels, pixels
@@ -137,12 +200,17 @@ def _inputs(image_size: int, center_crop: float):
 
 
 def _classifier(features, num_classes: int, dropout: float):
+    from keras import layers
+
     x = layers.Dropout(dropout, name="head_dropout")(features)
     return layers.Dense(num_classes, activation="softmax", name="predictions", dtype="float32")(x)
 
 
 def _single_trunk_builder(key: str):
     def build_single(image_size, num_classes, weights_dir, init_record, center_crop, dropout=0.3):
+        import keras
+        from keras import layers
+
         pixels, seen = _inputs(image_size, center_crop)
         features = layers.GlobalAveragePooling2D(name=f"{key}_pool")(
             _trunk(key, seen, weights_dir, init_record)
@@ -154,6 +222,9 @@ def _single_trunk_builder(key: str):
 
 def _build_hybrid(image_size, num_classes, weights_dir, init_record, center_crop, dropout=0.4):
     """InceptionV3 and Xception on ONE shared input in one flat graph; pooled features joined."""
+    import keras
+    from keras import layers
+
     pixels, seen = _inputs(image_size, center_crop)
     inception = layers.GlobalAveragePooling2D(name="inceptionv3_pool")(
         _trunk("inceptionv3", seen, weights_dir, init_record)
@@ -166,6 +237,8 @@ def _build_hybrid(image_size, num_classes, weights_dir, init_record, center_crop
 
 
 def _conv_block(x, filters: int, name: str):
+    from keras import layers
+
     for i in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
         x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
@@ -175,6 +248,9 @@ def _conv_block(x, filters: int, name: str):
 
 def _build_cnn(image_size, num_classes, weights_dir, init_record, center_crop, dropout=0.3):
     """A compact custom CNN: four conv blocks (32-256 filters), global pooling, softmax."""
+    import keras
+    from keras import layers
+
     pixels, seen = _inputs(image_size, center_crop)
     x = _scale(seen, SCALE_MINUS1_1, "cnn_scale")
     for i, filters in enumerate((32, 64, 128, 256), start=1):
@@ -188,6 +264,9 @@ def _build_cnn(image_size, num_classes, weights_dir, init_record, center_crop, d
 
 def _build_unet(image_size, num_classes, weights_dir, init_record, center_crop, dropout=0.3):
     """U-Net-style encoder-decoder; bottleneck and decoder features feed the classifier."""
+    import keras
+    from keras import layers
+
     pixels, seen = _inputs(image_size, center_crop)
     x = _scale(seen, SCALE_MINUS1_1, "unet_scale")
     skips = []
@@ -219,6 +298,9 @@ def _build_supcon(
     Training (``supcon.SupConTrainer``) first fits the encoder with a supervised contrastive loss
     on a projection of ``supcon_embedding``, then fits ``predictions`` on the frozen embedding.
     """
+    import keras
+    from keras import layers
+
     pixels, seen = _inputs(image_size, center_crop)
     pooled = layers.GlobalAveragePooling2D(name="mobilenetv2_pool")(
         _trunk("mobilenetv2", seen, weights_dir, init_record)
@@ -228,6 +310,34 @@ def _build_supcon(
     return keras.Model(pixels, _classifier(embedding, num_classes, dropout), name="supcon")
 
 
+def _supcon_trainer(model: keras.Model, seed: int, image_size: int) -> keras.Model:
+    from .supcon import SupConTrainer
+
+    trainer = SupConTrainer(model, seed=seed)
+    trainer.build_all(image_size)
+    return trainer
+
+
+# Registered in the order the comparison pages list them (the package's ARCHITECTURES).
+register(
+    Architecture(
+        name="cnn",
+        description="Compact custom CNN (4 conv blocks), from scratch",
+        default_image_size=64,
+        builder=_build_cnn,
+        explain_layers=("cnn_block4_relu2",),
+        pooled_head=True,
+    )
+)
+register(
+    Architecture(
+        name="unet",
+        description="U-Net-style encoder-decoder with a classification head, from scratch",
+        default_image_size=64,
+        builder=_build_unet,
+        explain_layers=("unet_dec3_relu2",),
+    )
+)
 for _key, _desc, _size, _boundaries in (
     ("resnet50", "ResNet50 (from scratch here: no ImageNet weights offline)", 64, ()),
     ("densenet201", "DenseNet-201 (from scratch here: no ImageNet weights offline)", 64, ()),
@@ -245,9 +355,9 @@ for _key, _desc, _size, _boundaries in (
             trunks=(_key,),
             explain_layers=(TRUNKS[_key].explain_layer,),
             finetune_boundaries=_boundaries,
+            pooled_head=True,
         )
     )
-
 register(
     Architecture(
         name="hybrid",
@@ -257,24 +367,8 @@ register(
         trunks=("inceptionv3", "xception"),
         explain_layers=("mixed10", "block14_sepconv2_act"),
         finetune_boundaries=("mixed5", "block13_sepconv1_act:input"),
-    )
-)
-register(
-    Architecture(
-        name="cnn",
-        description="Compact custom CNN (4 conv blocks), from scratch",
-        default_image_size=64,
-        builder=_build_cnn,
-        explain_layers=("cnn_block4_relu2",),
-    )
-)
-register(
-    Architecture(
-        name="unet",
-        description="U-Net-style encoder-decoder with a classification head, from scratch",
-        default_image_size=64,
-        builder=_build_unet,
-        explain_layers=("unet_dec3_relu2",),
+        pooled_head=True,
+        map_titles=(("mixed", "InceptionV3"), ("block", "Xception")),
     )
 )
 register(
@@ -285,8 +379,15 @@ register(
         builder=_build_supcon,
         trunks=("mobilenetv2",),
         explain_layers=("out_relu",),
+        stages=supcon_stages,
+        trainer=_supcon_trainer,
     )
 )
+
+
+def architecture_names() -> tuple[str, ...]:
+    """Every registered architecture, in the order the comparison pages list them."""
+    return tuple(REGISTRY)
 
 
 def get_architecture(name: str) -> Architecture:
@@ -294,7 +395,7 @@ def get_architecture(name: str) -> Architecture:
         return REGISTRY[name]
     except KeyError:
         raise ValueError(
-            f"unknown architecture {name!r}; choose one of: {', '.join(ARCHITECTURES)}"
+            f"unknown architecture {name!r}; choose one of: {', '.join(REGISTRY)}"
         ) from None
 
 
@@ -340,6 +441,8 @@ def split_model(model: keras.Model, boundaries: tuple[str, ...]) -> tuple[keras.
 
     The top shares its layers with ``model``: training it trains the full model's top blocks.
     """
+    import keras
+
     tensors = [boundary_tensor(model, spec) for spec in boundaries]
     stem = keras.Model(model.inputs, tensors, name=f"{model.name}_stem")
     top = keras.Model(tensors, model.outputs, name=f"{model.name}_top")

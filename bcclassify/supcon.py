@@ -4,6 +4,9 @@ Stage 1 trains the encoder (everything up to ``supcon_normalize``) and a project
 supervised contrastive loss on two augmented views of each batch: cells of the same class are
 pulled together, others pushed apart. Stage 2 freezes the encoder and fits the linear classifier
 (``predictions``) on its embedding with cross-entropy. Only the plain classifier graph is saved.
+
+The registry (``models.supcon_stages``) supplies the two stages; training switches between them
+with :meth:`SupConTrainer.set_stage`.
 """
 
 from __future__ import annotations
@@ -68,6 +71,12 @@ class SupConTrainer(keras.Model):
         self.projection(self.encoder(dummy))
         self.classifier(dummy)
         self.built = True
+
+    def compile(self, *args, **kwargs) -> None:
+        super().compile(*args, **kwargs)
+        # The stages apply one optimizer to different variables: build it on all of them at once,
+        # so its slots (and a checkpoint of either stage) are the same throughout.
+        self.optimizer.build(self.trainable_variables)
 
     def set_stage(self, stage: str) -> None:
         if stage != self.stage:

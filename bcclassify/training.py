@@ -1,6 +1,8 @@
 """Training runs: reproducible, resumable, recorded under ``model_store/runs/<run-id>/``.
 
-Two modes share one epoch loop:
+A run trains in the stages its architecture supplies (``models.Stage``: one classification stage,
+or supcon's contrastive stage then its classifier), each with its own cosine learning-rate cycle,
+all in one epoch loop that checkpoints every epoch. Two modes feed it (``feeds``):
 - end to end: the whole model trains on (augmented) pixels;
 - cached (``--freeze-until``): the model is cut at boundary layers; the frozen stem runs once per
   image (and once per augmented copy) and its activations are cached on disk, then only the top
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
 import math
 import os
@@ -21,15 +22,20 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .data import Dataset, Split, cached_pixels, kfold_splits, scan_dataset, train_val_test_split
-from .metrics import classification_metrics, confidence_coverage, summarize_folds
-from .store import read_json, runs_dir, write_csv, write_json
+from .feeds import Feeds, activation_cache, make_feeds
+from .store import read_csv, read_json, runs_dir, write_csv, write_json
+
+if TYPE_CHECKING:
+    from .data import Dataset, Split
+    from .models import Architecture, Stage
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +76,9 @@ class TrainConfig:
     limit_per_class: int | None = None
     aug_copies: int = 2
     init_from: str | None = None
+    # The classifier stage of an architecture that trains in two stages (supcon).
     head_epochs: int = 3
-    head_lr: float | None = None  # supcon classifier stage; None: the same as lr
+    head_lr: float | None = None  # None: the same as lr
     cache_dir: str | None = "cache"
     note: str = ""
     run_id: str | None = None
@@ -122,23 +129,73 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-# run folder -> (duration recorded by earlier processes, this process's start): every update
-# refreshes duration_s, so a run killed with kill -9 still accounts for its time up to then.
-_CLOCKS: dict[str, tuple[float, float]] = {}
+class RunRecord:
+    """The record of a run, or of one fold of it, in its folder: run.json, history.csv and
+    metrics.json (the model, its predictions and checkpoints sit beside them).
 
+    Once its clock is started, every update of run.json refreshes ``duration_s``: the seconds
+    recorded by earlier processes plus this one's, so a run killed with kill -9 still accounts
+    for its time up to then.
+    """
 
-def _elapsed(run_dir: Path) -> float:
-    before, started = _CLOCKS[str(run_dir)]
-    return round(before + time.time() - started, 1)
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._clock: tuple[float, float] | None = None  # (seconds recorded before, start here)
 
+    def start_clock(self) -> None:
+        before = self.read().get("duration_s", 0.0) or 0.0
+        self._clock = (float(before), time.time())
 
-def _update_run(run_dir: Path, **changes) -> dict:
-    run = read_json(run_dir / "run.json", {}) or {}
-    if str(run_dir) in _CLOCKS and "duration_s" not in changes:
-        changes["duration_s"] = _elapsed(run_dir)
-    run.update(changes, updated=_now())
-    write_json(run_dir / "run.json", run)
-    return run
+    def elapsed(self) -> float:
+        if self._clock is None:
+            raise RuntimeError(f"{self.folder}: the run's clock was never started")
+        before, started = self._clock
+        return round(before + time.time() - started, 1)
+
+    def read(self) -> dict:
+        return read_json(self.folder / "run.json", {}) or {}
+
+    def create(self, **fields) -> None:
+        write_json(self.folder / "run.json", fields)
+
+    def update(self, **changes) -> dict:
+        run = self.read()
+        if self._clock is not None and "duration_s" not in changes:
+            changes["duration_s"] = self.elapsed()
+        run.update(changes, updated=_now())
+        write_json(self.folder / "run.json", run)
+        return run
+
+    def history(self) -> list[dict]:
+        def parse(key: str, value: str):
+            if key == "stage" or value in ("", None):
+                return value or None
+            return float(value)
+
+        rows = read_csv(self.folder / "history.csv")
+        return [{k: parse(k, v) for k, v in row.items()} for row in rows]
+
+    def write_history(self, history: list[dict]) -> None:
+        write_csv(
+            self.folder / "history.csv",
+            HISTORY_COLUMNS,
+            [[row.get(c, "") for c in HISTORY_COLUMNS] for row in history],
+        )
+
+    def metrics(self) -> dict | None:
+        return read_json(self.folder / "metrics.json")
+
+    def write_metrics(self, metrics: dict) -> None:
+        write_json(self.folder / "metrics.json", metrics)
+
+    def finish(self, metrics: dict) -> None:
+        """metrics.json and the finished run.json, with one reading of the clock for both."""
+        metrics["duration_s"] = self.elapsed()
+        self.write_metrics(metrics)
+        self.update(status="finished", finished=_now(), duration_s=metrics["duration_s"])
+
+    def fail(self, exc: BaseException) -> None:
+        self.update(status="failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def _distribution_strategy(name: str):
@@ -172,47 +229,10 @@ def cosine_lr(base: float, epoch: int, epochs: int) -> float:
     return 0.5 * base * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
 
 
-def _subsample(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
-    if not limit:
-        return dataset
-    rng = np.random.default_rng(seed)
-    keep = []
-    for label in range(len(dataset.class_names)):
-        members = np.flatnonzero(dataset.labels == label)
-        keep.extend(rng.permutation(members)[:limit])
-    return dataset.subset(np.sort(np.asarray(keep, dtype=np.int64)))
-
-
-def _epoch_order(labels: np.ndarray, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
-    """Training order: shuffled per epoch, or in class order (the reference's 'unshuffled')."""
-    if shuffle:
-        return np.random.default_rng([seed, epoch]).permutation(len(labels))
-    return np.argsort(labels, kind="stable")
-
-
 def _class_weight(labels: np.ndarray, num_classes: int) -> dict[int, float]:
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     weights = len(labels) / (num_classes * np.maximum(counts, 1))
     return {i: float(w) for i, w in enumerate(weights)}
-
-
-def apply_smote(
-    features: np.ndarray, labels: np.ndarray, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """SMOTE (imbalanced-learn) on flattened samples; returns (features, labels) incl. synthetic."""
-    from imblearn.over_sampling import SMOTE
-
-    shape = features.shape[1:]
-    flat = features.reshape(len(features), -1).astype(np.float32)
-    k = int(min(5, np.bincount(labels).min() - 1))
-    if k < 1:
-        log.warning("SMOTE skipped: a class has fewer than 2 training samples")
-        return features, labels
-    resampled, new_labels = SMOTE(k_neighbors=k, random_state=seed).fit_resample(flat, labels)
-    resampled = resampled.reshape((-1, *shape))
-    if features.dtype == np.uint8:
-        resampled = np.clip(np.rint(resampled), 0, 255)
-    return resampled.astype(features.dtype), new_labels
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -247,152 +267,63 @@ def _restore_checkpoint(ckpt_dir: Path, model, optimizer) -> dict | None:
     return read_json(folder / "state.json")
 
 
-# ----------------------------------------------------------------------------- data feeds
-
-
-class _PixelFeed:
-    """Training data as pixels, augmented on the fly."""
-
-    def __init__(self, pixels, labels, config: TrainConfig):
-        self.pixels, self.labels, self.config = pixels, labels, config
-        if config.smote:
-            self.pixels, self.labels = apply_smote(pixels, labels, config.seed)
-
-    def epoch(self, epoch: int):
-        import tensorflow as tf
-
-        from .augment import augment_batch
-
-        order = _epoch_order(self.labels, self.config.shuffle, self.config.seed, epoch)
-        ds = tf.data.Dataset.from_tensor_slices((self.pixels[order], self.labels[order]))
-        ds = ds.batch(self.config.batch_size)
-        if self.config.augment:
-            generator = tf.random.Generator.from_seed(self.config.seed * 100_003 + epoch)
-            ds = ds.map(lambda x, y: (augment_batch(x, generator), y))
-        else:
-            ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
-        return ds.prefetch(2)
-
-    @staticmethod
-    def inputs(pixels, batch_size: int, labels=None):
-        """Evaluation feed: elements (x, y) with labels, else (x,) for predict."""
-        import tensorflow as tf
-
-        if labels is None:
-            ds = tf.data.Dataset.from_tensor_slices(pixels).batch(batch_size)
-            return ds.map(lambda x: (tf.cast(x, tf.float32),)).prefetch(2)
-        ds = tf.data.Dataset.from_tensor_slices((pixels, labels)).batch(batch_size)
-        return ds.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(2)
-
-
-class _ActivationFeed:
-    """Training data as cached stem activations: one identity copy and K augmented copies."""
-
-    def __init__(self, copies: list[list[np.ndarray]], labels: np.ndarray, config: TrainConfig):
-        self.copies, self.labels, self.config = copies, labels, config
-        self._smoted: dict[int, tuple[list[np.ndarray], np.ndarray]] = {}
-
-    def _copy(self, index: int) -> tuple[list[np.ndarray], np.ndarray]:
-        arrays = self.copies[index]
-        if not self.config.smote:
-            return arrays, self.labels
-        if index not in self._smoted:
-            # SMOTE here interpolates stem activations (trunk embeddings), not pixels.
-            sizes = [int(np.prod(a.shape[1:])) for a in arrays]
-            joined = np.concatenate([a.reshape(len(a), -1) for a in arrays], axis=1)
-            joined, labels = apply_smote(joined, self.labels, self.config.seed + index)
-            parts = np.split(joined, np.cumsum(sizes)[:-1], axis=1)
-            self._smoted[index] = (
-                [p.reshape((-1, *a.shape[1:])) for p, a in zip(parts, arrays)],
-                labels,
-            )
-        return self._smoted[index]
-
-    def epoch(self, epoch: int):
-        import tensorflow as tf
-
-        arrays, labels = self._copy(epoch % len(self.copies))
-        order = _epoch_order(labels, self.config.shuffle, self.config.seed, epoch)
-        ds = tf.data.Dataset.from_tensor_slices((tuple(a[order] for a in arrays), labels[order]))
-        ds = ds.batch(self.config.batch_size)
-        return ds.map(lambda x, y: (tuple(tf.cast(t, tf.float32) for t in x), y)).prefetch(2)
-
-    @staticmethod
-    def inputs(arrays: list[np.ndarray], batch_size: int, labels=None):
-        """Evaluation feed: elements (x, y) with labels, else (x,) for predict."""
-        import tensorflow as tf
-
-        def cast(x):
-            return tuple(tf.cast(t, tf.float32) for t in x)
-
-        if labels is None:
-            ds = tf.data.Dataset.from_tensor_slices(tuple(arrays)).batch(batch_size)
-            return ds.map(lambda *x: (cast(x),)).prefetch(2)
-        ds = tf.data.Dataset.from_tensor_slices((tuple(arrays), labels)).batch(batch_size)
-        return ds.map(lambda x, y: (cast(x), y)).prefetch(2)
-
-
-def _stem_activations(
-    stem, pixels: np.ndarray, batch_size: int, cache: Path | None, augment_seed: int | None
-) -> list[np.ndarray]:
-    """Run the frozen stem over pixels in chunks, caching each chunk (float16) on disk.
-
-    A killed extraction resumes at the first missing chunk.
-    """
-    import tensorflow as tf
-    from tqdm import tqdm
-
-    from .augment import augment_batch
-
-    chunk = 256
-    outputs: list[list[np.ndarray]] = []
-    generator = tf.random.Generator.from_seed(augment_seed) if augment_seed is not None else None
-    if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-    desc = "stem activations" + (" (augmented)" if generator is not None else "")
-    for start in tqdm(range(0, len(pixels), chunk), desc=desc, unit="chunk"):
-        target = cache / f"chunk-{start:07d}.npz" if cache else None
-        batch = pixels[start : start + chunk]
-        if generator is not None:
-            # Consumed even when the chunk is cached, so resumed extraction draws the same numbers.
-            batch = augment_batch(batch, generator).numpy()
-        if target is not None and target.is_file():
-            with np.load(target) as stored:
-                outputs.append([stored[f"arr_{i}"] for i in range(len(stored.files))])
-            continue
-        result = stem.predict(batch.astype(np.float32), batch_size=batch_size, verbose=0)
-        result = [result] if not isinstance(result, list) else result
-        parts = [np.asarray(r, dtype=np.float16) for r in result]
-        if target is not None:
-            partial = target.with_name(f"{target.stem}.{os.getpid()}.tmp.npz")
-            np.savez(partial, *parts)
-            partial.replace(target)
-        outputs.append(parts)
-    return [np.concatenate([o[i] for o in outputs]) for i in range(len(outputs[0]))]
-
-
 # ----------------------------------------------------------------------------- one split
 
 
-def _predict_probabilities(model, feed_inputs) -> np.ndarray:
-    return np.asarray(model.predict(feed_inputs, verbose=0), dtype=np.float64)
+@dataclass
+class _Parts:
+    """The networks of one split, assembled for training."""
+
+    model: Any  # the complete classifier: what is saved
+    trainable: Any  # what fits: the model, its top above a frozen stem, or the arch's trainer
+    stem: Any | None  # frozen layers whose activations are cached; None: train on pixels
+    optimizer: Any
+    init_record: dict
+    boundaries: tuple[str, ...]
+    image_size: int
+    staged: bool  # the architecture's trainer runs the stages (and augments its own views)
 
 
 def _fit_one_split(
-    run_dir: Path,
+    record: RunRecord,
     config: TrainConfig,
     dataset: Dataset,
     split: Split,
     pixels: np.ndarray,
 ) -> dict:
-    """Train, checkpoint each epoch, evaluate on the test part; writes the record into run_dir."""
+    """Train, checkpoint each epoch, evaluate on the test part; writes the record's folder."""
+    from .models import get_architecture
+
+    finished = record.metrics()
+    if finished:
+        return finished  # a finished fold of a resumed run
+    arch = get_architecture(config.arch)
+    stages = arch.stages(config)
+    parts = _assemble(config, arch, len(dataset.class_names))
+    if config.init_from:
+        _start_from_run(config.init_from, parts)
+    record.update(
+        initialisation=parts.init_record,
+        init_from=config.init_from,
+        boundaries=list(parts.boundaries),
+    )
+    cache_root = (
+        activation_cache(config, dataset, parts.image_size, parts.boundaries, parts.init_record)
+        if parts.stem is not None
+        else None
+    )
+    feeds = make_feeds(config, dataset, split, pixels, parts.stem, cache_root, parts.staged)
+    state = _run_stages(record, config, stages, parts, feeds, dataset, split)
+    return _evaluate(record, parts, feeds, state, dataset, split)
+
+
+def _assemble(config: TrainConfig, arch: Architecture, num_classes: int) -> _Parts:
+    """Build the model (seeded), cut it at the frozen boundaries or wrap it in the architecture's
+    trainer, and compile it with a fresh optimizer."""
     import keras
 
-    from .models import build, get_architecture, split_model
+    from .models import build, split_model
 
-    if read_json(run_dir / "metrics.json"):
-        return read_json(run_dir / "metrics.json")  # finished fold of a resumed run
-    arch = get_architecture(config.arch)
     image_size = config.image_size or arch.default_image_size
     strategy = _distribution_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)
@@ -401,7 +332,7 @@ def _fit_one_split(
         model = build(
             config.arch,
             image_size,
-            len(dataset.class_names),
+            num_classes,
             config.backbone_weights,
             init_record,
             center_crop=config.center_crop,
@@ -409,97 +340,92 @@ def _fit_one_split(
         if config.freeze_bn:
             _freeze_pretrained_batch_norm(model, init_record)
         boundaries = _boundaries(config, arch)
+        if boundaries and arch.trainer is not None:
+            raise ValueError(
+                f"{arch.name} trains on pixels in its own stages; --freeze-until does not apply"
+            )
         if boundaries:
             stem, trainable = split_model(model, boundaries)
-        elif config.arch == "supcon":
-            from .supcon import SupConTrainer
-
-            stem, trainable = None, SupConTrainer(model, seed=config.seed)
-            trainable.build_all(image_size)
+        elif arch.trainer is not None:
+            stem, trainable = None, arch.trainer(model, config.seed, image_size)
         else:
             stem, trainable = None, model
         optimizer = _make_optimizer(config.optimizer, config.lr)
         trainable.compile(
             optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"]
         )
-        if config.arch == "supcon":
-            optimizer.build(trainable.trainable_variables)
-    if config.init_from:
-        # Continue from another run's final model (same architecture and input size).
-        source = runs_dir() / config.init_from / "model.keras"
-        if not source.is_file():
-            raise FileNotFoundError(f"--init-from {config.init_from}: no {source}")
-        stem_before = _weights_digest(stem) if stem is not None else None
-        model.set_weights(keras.models.load_model(source, safe_mode=True).get_weights())
-        if stem is not None and _weights_digest(stem) != stem_before:
-            # Different frozen layers give different cached activations: key the cache on them.
-            init_record["stem_weights_sha256"] = _weights_digest(stem)
-    _update_run(
-        run_dir,
-        initialisation=init_record,
-        init_from=config.init_from,
-        boundaries=list(boundaries),
+    return _Parts(
+        model=model,
+        trainable=trainable,
+        stem=stem,
+        optimizer=optimizer,
+        init_record=init_record,
+        boundaries=boundaries,
+        image_size=image_size,
+        staged=arch.trainer is not None,
     )
 
-    y_train, y_val, y_test = (dataset.labels[s] for s in (split.train, split.val, split.test))
-    # SupCon augments inside its train step (two views per image), so its feed stays raw.
-    supcon = config.arch == "supcon"
-    total_epochs = config.epochs + (config.head_epochs if supcon else 0)
-    if stem is None:
-        feed_config = TrainConfig(**{**asdict(config), "augment": False}) if supcon else config
-        feed = _PixelFeed(pixels[split.train], y_train, feed_config)
-        val_set = _PixelFeed.inputs(pixels[split.val], config.batch_size, y_val)
-        test_inputs = _PixelFeed.inputs(pixels[split.test], config.batch_size)
-    else:
-        cache_root = _activation_cache(config, dataset, image_size, boundaries, init_record)
-        every = _stem_activations(stem, pixels, config.batch_size, cache_root / "identity", None)
-        copies = [[a[split.train] for a in every]]
-        if config.augment:
-            for k in range(1, config.aug_copies + 1):
-                copies.append(
-                    _stem_activations(
-                        stem,
-                        pixels[split.train],
-                        config.batch_size,
-                        cache_root / f"augmented-{k}-{_indices_key(split.train)}",
-                        augment_seed=config.seed * 1000 + k,
-                    )
-                )
-        feed = _ActivationFeed(copies, y_train, config)
-        val_set = _ActivationFeed.inputs([a[split.val] for a in every], config.batch_size, y_val)
-        test_inputs = _ActivationFeed.inputs([a[split.test] for a in every], config.batch_size)
-        del every
 
-    ckpt_dir = run_dir / "checkpoints"
+def _start_from_run(run_id: str, parts: _Parts) -> None:
+    """Continue from another run's final model (same architecture and input size)."""
+    import keras
+
+    source = runs_dir() / run_id / "model.keras"
+    if not source.is_file():
+        raise FileNotFoundError(f"--init-from {run_id}: no {source}")
+    stem = parts.stem
+    stem_before = _weights_digest(stem) if stem is not None else None
+    parts.model.set_weights(keras.models.load_model(source, safe_mode=True).get_weights())
+    if stem is not None and _weights_digest(stem) != stem_before:
+        # Different frozen layers give different cached activations: key the cache on them.
+        parts.init_record["stem_weights_sha256"] = _weights_digest(stem)
+
+
+def _schedule(stages: tuple[Stage, ...]) -> Iterator[tuple[int, Stage, int]]:
+    """(epoch of the run, its stage, epoch within that stage), in training order."""
+    epoch = 0
+    for stage in stages:
+        for stage_epoch in range(stage.epochs):
+            yield epoch, stage, stage_epoch
+            epoch += 1
+
+
+def _run_stages(
+    record: RunRecord,
+    config: TrainConfig,
+    stages: tuple[Stage, ...],
+    parts: _Parts,
+    feeds: Feeds,
+    dataset: Dataset,
+    split: Split,
+) -> dict:
+    """The epoch loop from the last checkpoint on; returns the checkpoint state at the end."""
+    trainable, optimizer = parts.trainable, parts.optimizer
+    ckpt_dir = record.folder / "checkpoints"
     state = _restore_checkpoint(ckpt_dir, trainable, optimizer) or {
         "epoch": -1,
         "best_val_accuracy": -1.0,
         "best_epoch": -1,
     }
-    history = _read_history(run_dir)[: state["epoch"] + 1]
+    history = record.history()[: state["epoch"] + 1]
+    y_train = dataset.labels[split.train]
     class_weight = (
         _class_weight(y_train, len(dataset.class_names)) if config.class_weights else None
     )
+    total_epochs = sum(stage.epochs for stage in stages)
     started, first_epoch = time.time(), state["epoch"] + 1
-    for epoch in range(first_epoch, total_epochs):
-        in_contrastive_stage = supcon and epoch < config.epochs
-        if supcon:
-            trainable.set_stage("contrastive" if in_contrastive_stage else "classifier")
-            # each stage gets its own cosine cycle
-            stage_epoch, stage_len, stage_lr = (
-                (epoch, config.epochs, config.lr)
-                if in_contrastive_stage
-                else (epoch - config.epochs, config.head_epochs, config.head_lr or config.lr)
-            )
-            lr = cosine_lr(stage_lr, stage_epoch, stage_len)
-        else:
-            lr = cosine_lr(config.lr, epoch, config.epochs)
+    for epoch, stage, stage_epoch in _schedule(stages):
+        if epoch < first_epoch:
+            continue
+        if parts.staged:
+            trainable.set_stage(stage.name)
+        lr = cosine_lr(stage.lr, stage_epoch, stage.epochs)  # each stage has its own cycle
         optimizer.learning_rate.assign(lr)
         tick = time.time()
         log.info("epoch %d/%d (lr %.2e)", epoch + 1, total_epochs, lr)
         fitted = trainable.fit(
-            feed.epoch(epoch),
-            validation_data=val_set if len(split.val) and not in_contrastive_stage else None,
+            feeds.train.epoch(epoch),
+            validation_data=feeds.val if len(split.val) and stage.validated else None,
             epochs=epoch + 1,
             initial_epoch=epoch,
             class_weight=class_weight,
@@ -516,18 +442,14 @@ def _fit_one_split(
                 "val_accuracy": logs.get("val_accuracy"),
                 "learning_rate": lr,
                 "seconds": round(seconds, 2),
-                "stage": "contrastive" if in_contrastive_stage else "supervised",
+                "stage": stage.history_label,
             }
         )
-        write_csv(
-            run_dir / "history.csv",
-            HISTORY_COLUMNS,
-            [[row.get(c, "") for c in HISTORY_COLUMNS] for row in history],
-        )
-        # Without a validation part (tiny datasets) the latest epoch counts as the best;
-        # contrastive epochs have no classifier to validate yet.
+        record.write_history(history)
+        # Without a validation part (tiny datasets) the latest epoch counts as the best; a stage
+        # that does not fit the classifier has nothing to validate.
         val_accuracy = logs.get("val_accuracy", float(epoch))
-        if not in_contrastive_stage and val_accuracy > state["best_val_accuracy"]:
+        if stage.validated and val_accuracy > state["best_val_accuracy"]:
             state.update(best_val_accuracy=val_accuracy, best_epoch=epoch + 1)
             best = ckpt_dir / "best.weights.h5"
             ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -537,23 +459,37 @@ def _fit_one_split(
         _save_checkpoint(ckpt_dir, epoch, trainable, optimizer, state)
         per_epoch = (time.time() - started) / (epoch + 1 - first_epoch)
         remaining = per_epoch * (total_epochs - epoch - 1)
-        _update_run(run_dir, epochs_done=epoch + 1, eta_s=round(remaining, 1))
+        record.update(epochs_done=epoch + 1, eta_s=round(remaining, 1))
+    return state
 
-    if (ckpt_dir / "best.weights.h5").is_file():
-        trainable.load_weights(ckpt_dir / "best.weights.h5")
-    probabilities = _predict_probabilities(trainable, test_inputs)
-    predicted = probabilities.argmax(axis=1)
-    metrics = classification_metrics(y_test, predicted, dataset.class_names)
+
+def _evaluate(
+    record: RunRecord, parts: _Parts, feeds: Feeds, state: dict, dataset: Dataset, split: Split
+) -> dict:
+    """The best epoch's weights on the test part: metrics, predictions and the saved model."""
+    from .data import write_predictions
+    from .metrics import classification_metrics, confidence_coverage
+
+    best = record.folder / "checkpoints" / "best.weights.h5"
+    if best.is_file():
+        parts.trainable.load_weights(best)
+    probabilities = _predict_probabilities(parts.trainable, feeds.test)
+    y_test = dataset.labels[split.test]
+    metrics = classification_metrics(y_test, probabilities.argmax(axis=1), dataset.class_names)
     metrics.update(
         best_epoch=state["best_epoch"],
         best_val_accuracy=state["best_val_accuracy"],
         split_sizes=split.sizes(),
         by_confidence=confidence_coverage(y_test, probabilities),
     )
-    write_predictions(run_dir / "predictions.csv", dataset, split.test, probabilities)
-    model.save(run_dir / "model.keras")
-    write_json(run_dir / "metrics.json", metrics)
+    write_predictions(record.folder / "predictions.csv", dataset, split.test, probabilities)
+    parts.model.save(record.folder / "model.keras")
+    record.write_metrics(metrics)
     return metrics
+
+
+def _predict_probabilities(model, feed_inputs) -> np.ndarray:
+    return np.asarray(model.predict(feed_inputs, verbose=0), dtype=np.float64)
 
 
 def _freeze_pretrained_batch_norm(model, init_record: dict) -> None:
@@ -590,47 +526,6 @@ def _weights_digest(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def _indices_key(indices: np.ndarray) -> str:
-    return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:12]
-
-
-def _activation_cache(config, dataset, image_size, boundaries, init_record) -> Path:
-    parts = [config.arch, image_size, list(boundaries), init_record, dataset.manifest_hash()]
-    if config.center_crop < 1.0:  # appended only when set, so existing caches keep their keys
-        parts.append(config.center_crop)
-    key = json.dumps(parts, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    root = Path(config.cache_dir or "cache") / "activations" / f"{config.arch}-{digest}"
-    return root
-
-
-def _read_history(run_dir: Path) -> list[dict]:
-    from .store import read_csv
-
-    def parse(key: str, value: str):
-        if key == "stage" or value in ("", None):
-            return value or None
-        return float(value)
-
-    return [{k: parse(k, v) for k, v in r.items()} for r in read_csv(run_dir / "history.csv")]
-
-
-def write_predictions(path: Path, dataset: Dataset, indices, probabilities) -> None:
-    """predictions.csv: file (relative to the data folder), true, predicted, probabilities."""
-    names = dataset.class_names
-    rows = []
-    for i, probs in zip(indices, probabilities):
-        rows.append(
-            [
-                dataset.relative_paths[i],
-                names[dataset.labels[i]],
-                names[int(np.argmax(probs))],
-                *[f"{p:.6f}" for p in probs],
-            ]
-        )
-    write_csv(path, ["file", "true", "predicted", *names], rows)
-
-
 # ----------------------------------------------------------------------------- runs
 
 
@@ -642,17 +537,20 @@ def new_run_id(config: TrainConfig, image_size: int) -> str:
 
 def train(config: TrainConfig) -> Path:
     """Start a new run (or continue ``config.run_id``); returns the run folder."""
+    from .data import cached_pixels, kfold_splits, scan_dataset, subsample, train_val_test_split
+    from .metrics import summarize_folds
     from .models import get_architecture
 
     arch = get_architecture(config.arch)
     image_size = config.image_size or arch.default_image_size
     config.image_size = image_size
-    dataset = _subsample(scan_dataset(config.data), config.limit_per_class, config.seed)
+    dataset = subsample(scan_dataset(config.data), config.limit_per_class, config.seed)
     if len(dataset) == 0:
         raise ValueError(f"{config.data}: no images found")
     run_id = config.run_id or new_run_id(config, image_size)
     config.run_id = run_id
     run_dir = runs_dir() / run_id
+    record = RunRecord(run_dir)
     resuming = (run_dir / "config.json").is_file()
     if config.folds:
         splits = kfold_splits(dataset.labels, dataset.hashes, config.folds, config.seed)
@@ -662,7 +560,7 @@ def train(config: TrainConfig) -> Path:
         stored = read_json(run_dir / "config.json")
         if stored["data_manifest_sha256"] != dataset.manifest_hash():
             raise ValueError(f"{config.data}: data differs from the data run {run_id} started on")
-        _update_run(run_dir, status="running", pid=os.getpid(), host=platform.node())
+        record.update(status="running", pid=os.getpid(), host=platform.node())
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(
@@ -681,20 +579,16 @@ def train(config: TrainConfig) -> Path:
             },
         )
         write_json(run_dir / "environment.json", environment_info())
-        write_json(
-            run_dir / "run.json",
-            {
-                "run_id": run_id,
-                "arch": config.arch,
-                "status": "running",
-                "created": _now(),
-                "pid": os.getpid(),
-                "host": platform.node(),
-                "epochs_done": 0,
-            },
+        record.create(
+            run_id=run_id,
+            arch=config.arch,
+            status="running",
+            created=_now(),
+            pid=os.getpid(),
+            host=platform.node(),
+            epochs_done=0,
         )
-    previous = (read_json(run_dir / "run.json", {}) or {}).get("duration_s", 0.0) or 0.0
-    _CLOCKS[str(run_dir)] = (float(previous), time.time())
+    record.start_clock()
     try:
         pixels, kept = cached_pixels(
             dataset, image_size, Path(config.cache_dir) / "pixels" if config.cache_dir else None
@@ -707,9 +601,9 @@ def train(config: TrainConfig) -> Path:
         if config.folds:
             fold_metrics = []
             for k, split in enumerate(splits):
-                fold_dir = run_dir / f"fold-{k + 1}"
-                _update_run(run_dir, current_fold=k + 1)
-                fold_metrics.append(_fit_one_split(fold_dir, config, dataset, split, pixels))
+                record.update(current_fold=k + 1)
+                fold = RunRecord(run_dir / f"fold-{k + 1}")
+                fold_metrics.append(_fit_one_split(fold, config, dataset, split, pixels))
             metrics = {
                 "summary": summarize_folds(fold_metrics),
                 "folds": [
@@ -722,13 +616,10 @@ def train(config: TrainConfig) -> Path:
                 ).tolist(),
             }
         else:
-            metrics = _fit_one_split(run_dir, config, dataset, splits[0], pixels)
-        metrics["duration_s"] = _elapsed(run_dir)
-        write_json(run_dir / "metrics.json", metrics)
-        # the same figure in both records (re-reading the clock here could differ by 0.1 s)
-        _update_run(run_dir, status="finished", finished=_now(), duration_s=metrics["duration_s"])
+            metrics = _fit_one_split(record, config, dataset, splits[0], pixels)
+        record.finish(metrics)
     except BaseException as exc:
-        _update_run(run_dir, status="failed", error=f"{type(exc).__name__}: {exc}")
+        record.fail(exc)
         raise
     return run_dir
 

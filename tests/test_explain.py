@@ -296,3 +296,13 @@ def test_overlay_leaves_the_unseen_border_uncoloured_and_outlines_the_square():
     assert out[19, 50].min() >= 240  # the outline just outside the square
     bar = colour_bar(64, 4)
     assert bar.shape == (4, 64, 3) and bar[0, 0, 2] > bar[0, 0, 0] and bar[0, -1, 0] > bar[0, -1, 2]
+
+
+def test_pooled_heads_and_map_titles_come_from_the_registry():
+    from bcclassify.explain import POOLED_HEAD_ARCHITECTURES, map_title
+    from bcclassify.models import REGISTRY
+
+    assert POOLED_HEAD_ARCHITECTURES == set(REGISTRY) - {"unet", "supcon"}
+    assert map_title("mixed7") == "InceptionV3 (mixed7)"
+    assert map_title("block14_sepconv2_act") == "Xception (block14_sepconv2_act)"
+    assert map_title("fused") == "Fused" and map_title("out_relu") == "out_relu"

@@ -110,7 +110,59 @@ def test_keras_round_trip_is_identical_in_a_fresh_process(tmp_path):
 
 
 def test_registry_lists_every_reference_architecture():
-    assert set(REGISTRY) == set(ARCHITECTURES)
+    assert ARCHITECTURES == tuple(REGISTRY)
+    assert set(ARCHITECTURES) == {
+        "cnn",
+        "unet",
+        "resnet50",
+        "densenet201",
+        "vgg16",
+        "mobilenetv2",
+        "inceptionv3",
+        "xception",
+        "hybrid",
+        "supcon",
+    }
+
+
+def test_the_registry_is_read_without_starting_tensorflow():
+    code = (
+        "import sys; from bcclassify import ARCHITECTURES; import bcclassify.models; "
+        "assert len(ARCHITECTURES) == 10; "
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_every_architecture_supplies_its_training_stages(name):
+    from bcclassify.models import Stage
+    from bcclassify.training import TrainConfig
+
+    config = TrainConfig(arch=name, data="x", epochs=7, lr=2e-3, head_epochs=4, head_lr=5e-2)
+    stages = get_architecture(name).stages(config)
+    assert stages and all(isinstance(stage, Stage) for stage in stages)
+    assert stages[-1].validated  # every run ends by fitting the classifier it saves
+    if name == "supcon":
+        assert [(s.name, s.epochs, s.lr, s.loss) for s in stages] == [
+            ("contrastive", 7, 2e-3, "supcon"),
+            ("classifier", 4, 5e-2, "crossentropy"),
+        ]
+        assert [s.history_label for s in stages] == ["contrastive", "supervised"]
+        assert not stages[0].validated
+    else:
+        assert stages == (Stage("classifier", 7, 2e-3),)
+
+
+def test_supcon_classifier_stage_takes_the_encoder_rate_without_head_lr():
+    from bcclassify.training import TrainConfig
+
+    config = TrainConfig(arch="supcon", data="x", epochs=2, lr=1e-4, head_epochs=3)
+    assert [s.lr for s in get_architecture("supcon").stages(config)] == [1e-4, 1e-4]
 
 
 def test_centre_crop_model_sees_only_the_centre_of_its_input():

@@ -14,8 +14,9 @@ import pytest
 from conftest import FIXTURE_IMAGES, REPO
 
 from bcclassify.augment import augment_batch
+from bcclassify.feeds import apply_smote
 from bcclassify.store import list_runs, read_csv, read_json
-from bcclassify.training import TrainConfig, apply_smote, train
+from bcclassify.training import TrainConfig, train
 
 
 def test_run_record_is_complete(tiny_store):
@@ -302,3 +303,21 @@ def test_centre_crop_run_is_recorded_and_served_with_the_crop(tmp_path, monkeypa
     assert classifier.model.get_layer("center_crop").output.shape[1] == 32
     results = classifier.classify([(p.name, p) for p in sorted(FIXTURE_IMAGES.rglob("*.jpg"))[:3]])
     assert all(r.error is None and r.label in classifier.class_names for r in results)
+
+
+def test_an_architecture_with_its_own_trainer_refuses_frozen_layers(tmp_path, monkeypatch):
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path / "store"))
+    config = TrainConfig(
+        arch="supcon",
+        data=str(FIXTURE_IMAGES),
+        image_size=32,
+        epochs=1,
+        freeze_until="out_relu",
+        backbone_weights="none",
+        cache_dir=str(tmp_path / "cache"),
+        run_id="frozen-supcon",
+    )
+    with pytest.raises(ValueError, match="--freeze-until does not apply"):
+        train(config)
+    record = read_json(tmp_path / "store" / "runs" / "frozen-supcon" / "run.json")
+    assert record["status"] == "failed"
