@@ -19,7 +19,8 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from .reviews import default_data_dir, make_private_dir
+from .app_support import configured_data_dir
+from .reviews import make_private_dir
 
 ACCOUNTS_ENV = "BCCLASSIFY_ACCOUNTS"
 ACCOUNTS_NAME = "accounts.json"
@@ -56,12 +57,12 @@ def streamlit_secrets() -> dict:
 
 
 def accounts_path(secrets: dict | None = None) -> Path:
-    """$BCCLASSIFY_ACCOUNTS, else that secret, else ``accounts.json`` in the data directory."""
+    """$BCCLASSIFY_ACCOUNTS, else that secret, else ``accounts.json`` in the data directory
+    (the review log's, found as the app finds it: ``app_support.configured_data_dir``)."""
     value = os.environ.get(ACCOUNTS_ENV) or (secrets or {}).get(ACCOUNTS_ENV)
     if value:
         return Path(value).expanduser()
-    data_dir = os.environ.get("BCCLASSIFY_DATA_DIR") or (secrets or {}).get("BCCLASSIFY_DATA_DIR")
-    return (Path(data_dir).expanduser() if data_dir else default_data_dir()) / ACCOUNTS_NAME
+    return configured_data_dir(secrets) / ACCOUNTS_NAME
 
 
 def _read(path: Path) -> dict:

@@ -25,6 +25,7 @@ from .report import spreadsheet_safe
 from .reviews import DATA_DIR_ENV, default_data_dir
 from .store import (
     REPO_ROOT,
+    STORE_ENV,
     default_model_name,
     models_dir,
     read_csv,
@@ -42,7 +43,8 @@ from .tables import (
     write_prediction_csv,
 )
 
-EXAMPLES_DIR = REPO_ROOT / "tests" / "data" / "pbc"
+# Two real PBC images per class, shipped with the library (credit in examples/README.md).
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 EXAMPLE_CREDIT = f"Example cells: {DATASET_CREDIT}"
 TRAIN_HINT = "python -m bcclassify train --arch hybrid --data PATH/TO/PBC --epochs 10"
 PROMOTE_HINT = "python -m bcclassify promote RUN_ID --name NAME --default"
@@ -449,9 +451,20 @@ def per_class_table(record: RunRecord) -> pd.DataFrame:
     return pd.concat([frame, averages], ignore_index=True)
 
 
+def shown_store() -> str:
+    """The store the app reads as a page shows it: relative to the repository, else ``…/name``,
+    never this machine's absolute path."""
+    return without_machine_paths(str(store_root()))
+
+
 def store_description() -> str:
     """Which store the app reads, without this machine's folders."""
-    return f"model store: `{without_machine_paths(str(store_root()))}`"
+    return f"model store: `{shown_store()}`"
+
+
+def empty_store_note(what: str) -> str:
+    """Where a page looked and found nothing (``what``: "No model is installed"), store-relative."""
+    return f"{what} in the model store `{shown_store()}` (set by `{STORE_ENV}`)"
 
 
 def trust_summary(card: dict) -> pd.DataFrame | None:

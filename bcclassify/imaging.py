@@ -27,6 +27,8 @@ ACCEPTED = (
     "accepted: raster images that Pillow decodes (JPEG, PNG, TIFF, BMP, GIF first frame, WebP), "
     f"at least {MIN_SIDE_PX} px on each side and at most {MAX_PIXELS // 1_000_000} million pixels"
 )
+# File name extensions of the formats ACCEPTED names: what the app's uploaders take.
+IMAGE_TYPES = ("jpg", "jpeg", "png", "tif", "tiff", "bmp", "gif", "webp")
 # Lanczos matches how the 224 px training images were derived from the 360x363 originals.
 RESAMPLE = Image.Resampling.LANCZOS
 # How the training images (../shared/data/pbc224) were made from the originals.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
-from bcclassify.store import can_resume, list_runs, runs_dir
+from bcclassify.store import can_resume, list_runs
 
 
 def filters_ui(table):
@@ -66,7 +66,7 @@ def main() -> None:
     runs = list_runs()
     if not runs:
         st.info(
-            f"No training runs under `{runs_dir()}` yet. Start one with\n\n"
+            f"{ui.empty_store_note('No training runs')} yet. Start one with\n\n"
             f"```\n{ui.TRAIN_HINT}\n```"
         )
         return

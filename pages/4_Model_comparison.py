@@ -14,8 +14,11 @@ from bcclassify.explain import (
     overlay,
 )
 from bcclassify.faithfulness import table_rows
-from bcclassify.imaging import ImageLoadError
-from bcclassify.uploads import UploadLimits, WorkingCopy, explain_copy, working_copy
+from bcclassify.imaging import IMAGE_TYPES, ImageLoadError
+from bcclassify.serving import Prediction
+from bcclassify.uploads import UploadLimits, WorkingCopy
+
+PREDICTIONS_KEPT = 32  # per session: (model, card, image) -> prediction
 
 
 def leaderboard_ui() -> None:
@@ -71,7 +74,7 @@ def image_ui() -> ui.CellInput | None:
     a, b = st.columns(2)
     upload = a.file_uploader(
         "Upload one cell image",
-        type=["jpg", "jpeg", "png", "tif", "tiff", "bmp", "gif", "webp"],
+        type=list(IMAGE_TYPES),
         key="compare_upload",
     )
     examples = ui.example_images()
@@ -89,13 +92,25 @@ def image_ui() -> ui.CellInput | None:
     return None
 
 
-def side_by_side_ui(copy: WorkingCopy, names: list[str], method: str, opacity: float) -> None:
+def prediction_for(model_key: tuple[str, str], copy: WorkingCopy, sha256: str) -> Prediction:
+    """One model's prediction for the image, kept per session: an opacity change reruns the
+    page without classifying again."""
+    cache = ui.session_lru("compare_predictions", PREDICTIONS_KEPT)
+    key = (*model_key, sha256)
+    if key not in cache:
+        # Through classify, so each model's flags (low confidence, unidentified) apply here too.
+        cache[key] = ui.cached_model(model_key[0]).classify([(copy.name, copy.source)])[0]
+    return cache[key]
+
+
+def side_by_side_ui(
+    copy: WorkingCopy, sha256: str, names: list[str], method: str, opacity: float
+) -> None:
     columns = st.columns(len(names))
     for column, name in zip(columns, names):
         with column:
-            classifier = ui.cached_model(name)
-            # Through classify, so each model's flags (low confidence, unidentified) apply here too.
-            prediction = classifier.classify([(copy.name, copy.source)])[0]
+            model_key = ui.model_key(name)
+            prediction = prediction_for(model_key, copy, sha256)
             if not prediction.ok:
                 st.error(f"{name}: not classified")
                 st.text(prediction.error)
@@ -109,10 +124,16 @@ def side_by_side_ui(copy: WorkingCopy, names: list[str], method: str, opacity: f
                 st.markdown(f"**{top}** · {ui.percent(prediction.confidence, 1)}")
             if prediction.flag == "low_confidence":
                 st.warning("Low confidence — needs review")
-            with st.spinner(f"{METHODS[method]} for {name}…"):
-                explanation = explain_copy(
-                    classifier, ui.cached_explainer(name), copy, method, None, probs
-                )
+            # The predicted class's maps, cached as Classify caches them (shared with it).
+            explanation = ui.cached_explanation(
+                model_key,
+                copy,
+                sha256,
+                method,
+                prediction.label,
+                probs,
+                spinner=f"{METHODS[method]} for {name}…",
+            )
             st.image(
                 overlay(copy.pixels, explanation.fused, opacity, explanation.seen_fraction),
                 caption=f"{METHODS[method]} · fused map — for "
@@ -122,7 +143,7 @@ def side_by_side_ui(copy: WorkingCopy, names: list[str], method: str, opacity: f
             if explanation.seen_fraction:
                 st.caption(SEEN_CAPTION)
             st.plotly_chart(
-                ui.probability_figure(probs, classifier.class_names, classifier.threshold),
+                ui.probability_figure(probs, prediction.class_names, prediction.threshold),
                 key=f"compare-probs-{name}",
             )
 
@@ -160,14 +181,14 @@ def main() -> None:
         return
     try:
         # Decoded once, within the upload caps; a bad file is a message, not a crash.
-        copy = working_copy(item.name, item.data, UploadLimits.from_env())
+        copy = ui.cached_working_copy(item.name, item.data, item.sha256, UploadLimits.from_env())
     except ImageLoadError as exc:
         st.error("This image cannot be used.")
         st.text(str(exc))  # names the file: plain text
         return
     st.image(copy.pixels, width=200)
     st.text(item.name)
-    side_by_side_ui(copy, names, method, opacity)
+    side_by_side_ui(copy, item.sha256, names, method, opacity)
     bar, note = st.columns([1, 2])
     bar.image(colour_bar_figure(), width="stretch")
     note.caption(COLOUR_BAR_CAPTION)

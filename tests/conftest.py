@@ -1,4 +1,4 @@
-"""Shared fixtures: the bundled fixture images and a small, real model store.
+"""Shared fixtures: the example cells shipped with the library and a small, real model store.
 
 ``tiny_store`` is built once per test session in a temporary folder: a real (very short) training
 run of the compact CNN on the fixture images, promoted as ``tiny-cnn``, and an untrained hybrid
@@ -23,7 +23,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURE_IMAGES = REPO / "tests" / "data" / "pbc"
+FIXTURE_IMAGES = REPO / "bcclassify" / "examples"  # the example cells shipped with the library
 SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data" / "pbc224"
 

@@ -79,3 +79,15 @@ def test_users_command_adds_lists_and_removes(tmp_path):
     assert users("list").stdout.split("\t")[0] == "dr.lee"
     assert users("remove", "dr.lee").returncode == 0
     assert users("list").stdout == ""
+
+
+def test_accounts_file_sits_in_the_review_logs_data_directory(tmp_path, monkeypatch):
+    from bcclassify.app_support import configured_data_dir
+
+    monkeypatch.delenv("BCCLASSIFY_ACCOUNTS", raising=False)
+    monkeypatch.delenv("BCCLASSIFY_DATA_DIR", raising=False)
+    secrets = {"BCCLASSIFY_DATA_DIR": str(tmp_path / "from-secrets")}
+    assert accounts.accounts_path(secrets) == configured_data_dir(secrets) / "accounts.json"
+    assert accounts.accounts_path(secrets) == tmp_path / "from-secrets" / "accounts.json"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert accounts.accounts_path() == tmp_path / "home" / ".bcclassify" / "accounts.json"

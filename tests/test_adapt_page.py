@@ -8,7 +8,16 @@ import shutil
 import zipfile
 
 from streamlit.testing.v1 import AppTest
-from test_app import APP, EXAMPLES, PASSWORD, TIMEOUT, _log_in, _no_exception, _texts
+from test_app import (
+    APP,
+    CLASSIFY,
+    EXAMPLES,
+    PASSWORD,
+    TIMEOUT,
+    _log_in,
+    _no_exception,
+    _texts,
+)
 
 from bcclassify import accounts
 
@@ -37,7 +46,7 @@ def test_adapt_page_needs_a_log_in_then_adapts_and_installs(tiny_store, tmp_path
     _no_exception(at)
     assert "Log in" in _texts(at.info) and not at.get("file_uploader")
 
-    at.switch_page("app.py").run()
+    at.switch_page(CLASSIFY).run()
     at = _log_in(at, "qa.lead")
     at.switch_page(PAGE).run()
     _no_exception(at)
@@ -63,7 +72,7 @@ def test_adapt_page_needs_a_log_in_then_adapts_and_installs(tiny_store, tmp_path
     assert "Installed tiny-lab" in _texts(at.success)
     assert (store / "models" / "tiny-lab" / "card.json").is_file()
     assert not (data / "lab-cells").exists()  # uploads were not kept
-    at.switch_page("app.py").run()
+    at.switch_page(CLASSIFY).run()
     assert "tiny-lab" in at.selectbox(key="model").options
 
 

@@ -6,6 +6,7 @@ the first test that classifies pays for TensorFlow and later ones reuse it.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import sqlite3
@@ -20,6 +21,7 @@ from bcclassify.serving import Prediction
 
 REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "app.py"
+CLASSIFY = "pages/0_Classify.py"  # the default page
 PAGES = [
     "pages/1_Training_runs.py",
     "pages/2_Confusion_matrices.py",
@@ -27,7 +29,7 @@ PAGES = [
     "pages/4_Model_comparison.py",
 ]
 TIMEOUT = 180  # seconds per script run: TensorFlow start-up on a busy 2-core machine
-EXAMPLES = REPO / "tests" / "data" / "pbc"
+EXAMPLES = REPO / "bcclassify" / "examples"
 
 
 PASSWORD = "a long test password"
@@ -67,15 +69,35 @@ def _texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
 
 
+def test_app_py_only_sets_up_and_registers_every_page():
+    tree = ast.parse(APP.read_text(encoding="utf-8"))
+    defined = [n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)]
+    assert not defined, "page logic belongs in pages/"
+    registered = [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and str(node.value).startswith("pages/")
+    ]
+    assert registered[0] == CLASSIFY
+    assert sorted(registered) == sorted(
+        p.relative_to(REPO).as_posix() for p in (REPO / "pages").glob("*.py")
+    )
+    assert all((REPO / page).is_file() for page in registered)
+
+
 def test_every_page_says_what_to_run_with_an_empty_store(tmp_path, monkeypatch):
     monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path / "store"))
     at = _start(monkeypatch, tmp_path / "data")
     _no_exception(at)
     assert "promote" in _texts(at.warning)  # Classify: no model installed
+    assert "`…/store`" in _texts(at.warning) and str(tmp_path) not in _texts(at.warning)
     for page in PAGES:
         at.switch_page(page).run()
         _no_exception(at)
         assert "python -m bcclassify" in _texts(at.info), page
+        assert str(tmp_path) not in _texts(at.info) + _texts(at.markdown), page
+    at.switch_page(PAGES[0]).run()
+    assert "No training runs in the model store `…/store`" in _texts(at.info)
 
 
 def test_run_pages_show_the_fixture_run(tiny_store, tmp_path, monkeypatch):
@@ -120,6 +142,20 @@ def test_model_comparison_runs_one_image_through_two_models(tiny_store, tmp_path
     headings = _texts(at.markdown)
     assert "#### tiny-hybrid" in headings and "#### tiny-cnn" in headings
     assert sum("fused map" in c for img in at.image for c in img.captions) == 2
+
+    # An opacity change redraws the overlays from the session's predictions and maps.
+    def cached() -> tuple[set[int], set[int]]:
+        state = at.session_state
+        return (
+            {id(v) for v in state["compare_predictions"].values()},
+            {id(v) for v in state["explanations"].values()},
+        )
+
+    before = cached()
+    assert len(before[0]) == 2 and len(before[1]) == 2
+    at.slider(key="compare_opacity").set_value(0.8).run()
+    _no_exception(at)
+    assert cached() == before
 
 
 def test_classify_one_example_explain_and_review(tiny_store, tmp_path, monkeypatch):

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-EXAMPLE = REPO / "tests" / "data" / "pbc" / "lymphocyte" / "LY_107981.jpg"
-SECOND_EXAMPLE = REPO / "tests" / "data" / "pbc" / "eosinophil" / "EO_104169.jpg"
+EXAMPLE = REPO / "bcclassify" / "examples" / "lymphocyte" / "LY_107981.jpg"
+SECOND_EXAMPLE = REPO / "bcclassify" / "examples" / "eosinophil" / "EO_104169.jpg"
 PAGES = {  # sidebar link -> screenshot name and a heading the page always shows
     "Training runs": ("training_runs", "Training runs"),
     "Confusion matrices": ("confusion_matrices", "Confusion matrices"),

@@ -1,10 +1,10 @@
 """The app's presentation layer: what ``app.py`` and ``pages/`` call as ``ui.<name>``.
 
-Streamlit and plotly are used only in this package (``session``: secrets, model caches, table
-sizing; ``figures``: plotly figures). The data shaping it hands to the pages lives in the
-library (``bcclassify.app_support`` and ``bcclassify.tables``) and is gathered here so a page
-has one namespace to read; the library and the command line never import this package.
-"""
+Streamlit and plotly are used only in this package (``session``: secrets, model caches, the
+per-session caches the pages share, table sizing; ``figures``: plotly figures). The data shaping
+it hands to the pages lives in the library (``bcclassify.app_support`` and ``bcclassify.tables``)
+and is gathered here so a page has one namespace to read; the library and the command line never
+import this package."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from bcclassify.app_support import (
     RunRecord,
     card_sha256,
     configured_data_dir,
+    empty_store_note,
     example_images,
     example_label,
     figure_sources,
@@ -56,7 +57,17 @@ from .figures import (
     probability_figure,
     reliability_figure,
 )
-from .session import app_secrets, cached_explainer, cached_model, table_height
+from .session import (
+    app_secrets,
+    cached_explainer,
+    cached_explanation,
+    cached_model,
+    cached_working_copy,
+    model_key,
+    session_lru,
+    table_height,
+    working_copies,
+)
 
 __all__ = [
     "BENCH_HINT",
@@ -69,12 +80,15 @@ __all__ = [
     "RunRecord",
     "app_secrets",
     "cached_explainer",
+    "cached_explanation",
     "cached_model",
+    "cached_working_copy",
     "card_sha256",
     "class_label",
     "configured_data_dir",
     "confusion_figure",
     "count_figure",
+    "empty_store_note",
     "example_images",
     "example_label",
     "figure_sources",
@@ -86,6 +100,7 @@ __all__ = [
     "load_figures",
     "load_run",
     "model_cards",
+    "model_key",
     "oidc_providers",
     "oidc_reviewer",
     "per_class_comparison_figure",
@@ -99,9 +114,11 @@ __all__ = [
     "run_predictions",
     "run_progress",
     "runs_table",
+    "session_lru",
     "store_description",
     "table_height",
     "trust_summary",
     "unique_inputs",
     "without_machine_paths",
+    "working_copies",
 ]

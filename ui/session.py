@@ -1,4 +1,5 @@
-"""What needs Streamlit itself: the app's secrets, per-process model caches, table sizing."""
+"""What needs Streamlit itself: the app's secrets, per-process model caches, per-session caches
+of decoded images, predictions and maps, and table sizing."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import streamlit as st
 
 from bcclassify.app_support import card_sha256
 from bcclassify.store import store_root
+from bcclassify.uploads import LRU, UploadLimits, WorkingCopy, explain_copy, working_copy
+
+# Per-session caches hold a fixed number of entries, whatever a session uploads.
+WORKING_COPIES_KEPT = 8  # decoded images (each at most 1024 px a side)
+EXPLANATIONS_KEPT = 8  # Grad-CAM map sets, at working-copy size
 
 
 def app_secrets() -> dict:
@@ -72,3 +78,58 @@ def cached_model(name: str):
 def cached_explainer(name: str):
     """The Grad-CAM explainer of ``name``, built once per card version."""
     return _cached_explainer(name, str(store_root()), card_sha256(name))
+
+
+# ----------------------------------------------------------------------------- per-session caches
+# Shared by the pages: a session that explains a cell on Classify and compares models on the same
+# cell computes each map once. Keys carry the model's name and card sha256, as the model caches do.
+
+
+def model_key(name: str) -> tuple[str, str]:
+    """What the session caches key a model by: its name and its card's sha256 (a re-promote
+    under the same name is another model)."""
+    return name, card_sha256(name)
+
+
+def session_lru(key: str, size: int) -> LRU:
+    """The session's LRU cache under ``st.session_state[key]``, made on first use."""
+    cache = st.session_state.get(key)
+    if not isinstance(cache, LRU):
+        cache = st.session_state[key] = LRU(size)
+    return cache
+
+
+def working_copies() -> LRU:
+    """The session's decoded images by sha256 (what ``classify_uploads`` fills as it goes)."""
+    return session_lru("working_copies", WORKING_COPIES_KEPT)
+
+
+def cached_working_copy(name: str, data: bytes, sha256: str, limits: UploadLimits) -> WorkingCopy:
+    """The image's bounded working copy, decoded once; a refused image raises ImageLoadError."""
+    copies = working_copies()
+    copy = copies.get(sha256)
+    if copy is None:
+        copy = copies[sha256] = working_copy(name, data, limits)
+    return copy
+
+
+def cached_explanation(
+    model_key: tuple[str, str],
+    copy: WorkingCopy,
+    sha256: str,
+    method: str,
+    target: str,
+    probabilities,
+    spinner: str = "Computing the maps…",
+):
+    """Grad-CAM maps of ``copy`` for ``target`` at the working copy's size, a few kept per
+    session under (model, card sha256, image sha256, method, target)."""
+    cache = session_lru("explanations", EXPLANATIONS_KEPT)
+    key = (*model_key, sha256, method, target)
+    if key not in cache:
+        name = model_key[0]
+        with st.spinner(spinner):
+            cache[key] = explain_copy(
+                cached_model(name), cached_explainer(name), copy, method, target, probabilities
+            )
+    return cache[key]
