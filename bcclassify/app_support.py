@@ -44,7 +44,7 @@ from .tables import (
 )
 
 # Two real PBC images per class, shipped with the library (credit in examples/README.md).
-EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples" / "pbc"
 EXAMPLE_CREDIT = f"Example cells: {DATASET_CREDIT}"
 TRAIN_HINT = "python -m bcclassify train --arch hybrid --data PATH/TO/PBC --epochs 10"
 PROMOTE_HINT = "python -m bcclassify promote RUN_ID --name NAME --default"

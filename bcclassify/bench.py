@@ -95,7 +95,7 @@ def run_benchmark(name: str, repeats: int = 20, explain_repeats: int = 5) -> dic
     load_s = _fresh_process_load_seconds(name)
     classifier = load_model(name)
     size = classifier.image_size
-    example = Path(__file__).resolve().parent / "examples"  # the bundled example cells
+    example = Path(__file__).resolve().parent / "examples" / "pbc"  # the bundled example cells
     files = sorted(example.rglob("*.jpg")) if example.is_dir() else []
     raw = files[0].read_bytes() if files else None
     rng = np.random.default_rng(0)

@@ -23,7 +23,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURE_IMAGES = REPO / "bcclassify" / "examples"  # the example cells shipped with the library
+# The example cells shipped with the library (bcclassify/examples/README.md credits them).
+FIXTURE_IMAGES = REPO / "bcclassify" / "examples" / "pbc"
 SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data" / "pbc224"
 

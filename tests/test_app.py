@@ -29,7 +29,7 @@ PAGES = [
     "pages/4_Model_comparison.py",
 ]
 TIMEOUT = 180  # seconds per script run: TensorFlow start-up on a busy 2-core machine
-EXAMPLES = REPO / "bcclassify" / "examples"
+EXAMPLES = REPO / "bcclassify" / "examples" / "pbc"
 
 
 PASSWORD = "a long test password"
@@ -83,6 +83,19 @@ def test_app_py_only_sets_up_and_registers_every_page():
         p.relative_to(REPO).as_posix() for p in (REPO / "pages").glob("*.py")
     )
     assert all((REPO / page).is_file() for page in registered)
+
+
+def test_example_cells_ship_with_the_library_and_their_credit():
+    import bcclassify
+    from bcclassify.app_support import EXAMPLES_DIR, example_images
+    from bcclassify.imaging import IMAGE_TYPES
+
+    package = Path(bcclassify.__file__).parent
+    examples = example_images()
+    assert [p.parent.name for p in examples] == [n for n in CLASS_LABELS for _ in range(2)]
+    assert all(p.is_relative_to(package / "examples") for p in examples)
+    assert "CC BY 4.0" in (EXAMPLES_DIR.parent / "README.md").read_text(encoding="utf-8")
+    assert {p.suffix[1:] for p in examples} <= set(IMAGE_TYPES)
 
 
 def test_every_page_says_what_to_run_with_an_empty_store(tmp_path, monkeypatch):
