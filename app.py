@@ -30,6 +30,7 @@ page = st.navigation(
         for index, (script, title, icon) in enumerate(PAGES)
     ]
 )
+ui.preload_default_model()  # in the background: ready by the first upload
 with st.sidebar:
     st.caption(ui.store_description())
 page.run()

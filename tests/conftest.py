@@ -24,6 +24,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parent.parent
 # The example cells shipped with the library (bcclassify/examples/README.md credits them).
+# In-process app tests load models only when a page needs them: the app's background preload
+# (ui.session.preload_default_model) would compete with the tests for the 2 cores. The browser
+# test turns it back on for the server it starts.
+os.environ.setdefault("BCCLASSIFY_PRELOAD", "0")
 FIXTURE_IMAGES = REPO / "bcclassify" / "examples" / "pbc"
 SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data" / "pbc224"

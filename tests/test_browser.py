@@ -69,6 +69,7 @@ def app_url(tiny_store, tmp_path):
         "BCCLASSIFY_STORE": os.environ.get("BCCLASSIFY_SCREENSHOTS_STORE") or str(tiny_store),
         "BCCLASSIFY_DATA_DIR": str(tmp_path / "data"),
         "TF_CPP_MIN_LOG_LEVEL": "3",
+        "BCCLASSIFY_PRELOAD": "1",  # as a user's server: the default loads when the page opens
     }
     command = [
         sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import pytest
 
 from ui.session import keep_compiled_kernels
 
@@ -25,3 +26,26 @@ def test_streamlit_clear_session_keeps_compiled_state():
         keras.backend.clear_session = original
     keras.backend.clear_session()
     assert keras.layers.Dense(1).name == "dense"  # the real one, restored, does reset
+
+
+def test_preload_is_off_when_asked(monkeypatch):
+    from ui import session
+
+    monkeypatch.setenv(session.PRELOAD_ENV, "0")
+    assert session.preload_default_model() is None
+
+
+@pytest.mark.slow
+def test_preload_loads_and_traces_the_default_in_the_background(tiny_store, monkeypatch):
+    from ui import session
+
+    monkeypatch.setenv(session.PRELOAD_ENV, "1")
+    monkeypatch.setattr(session, "_preloading", None)
+    thread = session.preload_default_model()
+    assert thread is not None and thread.daemon
+    assert session.preload_default_model() is thread  # once per process
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    explainer = session.cached_explainer("tiny-hybrid")
+    # The warm-up explained with the card's default method, so that visualizer is built.
+    assert explainer.default_method in explainer._visualizers

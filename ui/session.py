@@ -3,10 +3,14 @@ of decoded images, predictions and maps, and table sizing."""
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
+
 import streamlit as st
 
 from bcclassify.app_support import card_sha256
-from bcclassify.store import store_root
+from bcclassify.store import default_model_name, store_root
 from bcclassify.uploads import LRU, UploadLimits, WorkingCopy, explain_copy, working_copy
 
 # Per-session caches hold a fixed number of entries, whatever a session uploads.
@@ -78,6 +82,47 @@ def cached_model(name: str):
 def cached_explainer(name: str):
     """The Grad-CAM explainer of ``name``, built once per card version."""
     return _cached_explainer(name, str(store_root()), card_sha256(name))
+
+
+PRELOAD_ENV = "BCCLASSIFY_PRELOAD"  # "0": load models only when a page first needs them
+_preload_lock = threading.Lock()
+_preloading: threading.Thread | None = None
+
+
+def preload_default_model() -> threading.Thread | None:
+    """Load, compile and explain-trace the default model in the background, once per process.
+
+    Called by ``app.py`` when the first browser session opens (Streamlit runs no app code
+    before that), so the model is ready while the user picks files instead of loading after
+    the first upload. A page that needs the model meanwhile waits on the same cache entry.
+    Returns the loading thread (None when disabled or when there is no default model).
+    """
+    global _preloading
+    if os.environ.get(PRELOAD_ENV, "1") == "0":
+        return None
+    with _preload_lock:
+        if _preloading is None:
+            name = default_model_name()
+            if name is None:
+                return None
+            _preloading = threading.Thread(
+                target=_warm, args=(name,), name="bcclassify-preload", daemon=True
+            )
+            _preloading.start()
+    return _preloading
+
+
+def _warm(name: str) -> None:
+    import numpy as np
+
+    try:
+        classifier = cached_model(name)
+        explainer = cached_explainer(name)
+        blank = np.full((classifier.image_size, classifier.image_size, 3), 230, np.uint8)
+        probabilities, _ = classifier.assess_pixels(blank[None])  # traces what serving runs
+        explainer.explain_pixels(blank, probabilities=probabilities[0])  # and the default maps
+    except Exception:  # noqa: BLE001 - a failed warm-up only means the first upload loads it
+        logging.getLogger(__name__).exception("preloading model %s failed", name)
 
 
 # ----------------------------------------------------------------------------- per-session caches
