@@ -26,7 +26,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,6 @@ class AdaptConfig:
     pull: float = DEFAULT_PULL
     evaluate: bool = False
     run_id: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- choosing cells
@@ -251,18 +250,12 @@ class Adapted:
     fit_seconds: float  # up to the installed model (what `adapt` costs without --evaluate)
 
 
-def _sha256_bytes(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
 def _item_digest(item, root: Path | None) -> tuple[str, str]:
     """(relative name, sha256) of a path under ``root`` or of a (name, bytes) upload."""
-    from .store import sha256_file
+    from .store import sha256_bytes, sha256_file
 
     if isinstance(item, tuple):
-        return item[0], _sha256_bytes(item[1])
+        return item[0], sha256_bytes(item[1])
     return item.relative_to(root).as_posix(), sha256_file(item)
 
 

@@ -7,7 +7,6 @@ shared with the command line are in :mod:`bcclassify.tables`.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -31,6 +30,7 @@ from .store import (
     read_csv,
     read_json,
     runs_dir,
+    sha256_bytes,
     sha256_file,
     store_root,
 )
@@ -64,7 +64,7 @@ class CellInput:
 
     @classmethod
     def from_bytes(cls, name: str, data: bytes) -> CellInput:
-        return cls(name, data, hashlib.sha256(data).hexdigest())
+        return cls(name, data, sha256_bytes(data))
 
 
 def results_csv(predictions, class_names) -> str:

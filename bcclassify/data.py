@@ -16,7 +16,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from . import CLASS_NAMES
 from .imaging import ImageLoadError, is_hidden, load_image
-from .store import write_csv
+from .store import sha256_file, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,6 @@ class Dataset:
             hashes=[self.hashes[i] for i in indices],
             class_names=self.class_names,
         )
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _manifest_hashes(root: Path) -> dict[str, str]:
@@ -123,7 +119,7 @@ def scan_dataset(root: str | Path, class_names: tuple[str, ...] = CLASS_NAMES) -
             rel = path.relative_to(root).as_posix()
             paths.append(path)
             labels.append(index)
-            hashes.append(known_hashes.get(rel) or file_sha256(path))
+            hashes.append(known_hashes.get(rel) or sha256_file(path))
     return Dataset(root, paths, np.asarray(labels, dtype=np.int64), hashes, class_names, skipped)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -123,7 +123,6 @@ class Architecture:
     pooled_head: bool = False
     # (layer-name prefix, title) for the maps of a model with several trunks.
     map_titles: tuple[tuple[str, str], ...] = ()
-    extra: dict = field(default_factory=dict)
 
     @property
     def min_size(self) -> int:

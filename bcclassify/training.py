@@ -23,7 +23,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,7 +82,6 @@ class TrainConfig:
     cache_dir: str | None = "cache"
     note: str = ""
     run_id: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def environment_info() -> dict:
@@ -104,14 +103,11 @@ def environment_info() -> dict:
             packages[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             packages[name] = None
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from .bench import cpu_info
+
+    cpu = cpu_info()["name"]
+    if cpu == "unknown":  # no /proc/cpuinfo (not Linux)
+        cpu = platform.processor() or platform.machine()
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
