@@ -113,7 +113,7 @@ def model_rows(
                 "size MB": card.size_mb,
                 "parameters": card.parameters,
                 "latency ms": bench.get("predict_single_s"),
-                "Grad-CAM ms": bench.get("explain_single_s"),
+                "maps ms": bench.get("explain_single_s"),
                 "batch img/s": bench.get("predict_batch_img_per_s"),
                 "views averaged": len(card.views),
                 "initialisation": initialisation_summary(card.initialisation),
@@ -130,7 +130,7 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "size MB": lambda v: f"{v:.1f}",
     "parameters": lambda v: f"{v:,}",
     "latency ms": lambda v: f"{1000 * v:.0f}",
-    "Grad-CAM ms": lambda v: f"{1000 * v:.0f}",
+    "maps ms": lambda v: f"{1000 * v:.0f}",
     "duration": duration,
     "augmentation": lambda v: "yes" if v else "no",
     "SMOTE": lambda v: "yes" if v else "no",
@@ -169,7 +169,7 @@ def runs_table(runs: Iterable[RunSummary | Mapping[str, Any]]) -> pd.DataFrame:
 
 LEADERBOARD_COLUMNS = (
     "kind", "name", "architecture", "input px", "test accuracy", "macro-F1", "size MB",
-    "parameters", "latency ms", "Grad-CAM ms", "initialisation", "source",
+    "parameters", "latency ms", "maps ms", "initialisation", "source",
 )  # fmt: skip
 
 
@@ -222,7 +222,7 @@ def reference_table() -> pd.DataFrame:
 
 MARKDOWN_MODEL_COLUMNS = (
     "model", "architecture", "input px", "test accuracy", "macro-F1", "size MB", "latency ms",
-    "Grad-CAM ms", "batch img/s", "views averaged", "training run",
+    "maps ms", "batch img/s", "views averaged", "training run",
 )  # fmt: skip
 MARKDOWN_RUN_COLUMNS = (
     "run id", "architecture", "input px", "initialisation", "epochs", "split", "augmentation",

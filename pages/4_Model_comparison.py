@@ -33,7 +33,7 @@ def leaderboard_ui() -> None:
         st.dataframe(
             board, hide_index=True, key="leaderboard", height=ui.table_height(len(board)),
             column_config={column: st.column_config.Column(width="small") for column in (
-                "kind", "input px", "size MB", "latency ms", "Grad-CAM ms",
+                "kind", "input px", "size MB", "latency ms", "maps ms",
             )},
         )  # fmt: skip
         st.caption("Best test accuracy first.")
