@@ -3,7 +3,12 @@
 A cell has no canonical orientation, so all eight flips/90-degree rotations are equally valid;
 scale and shift are kept small so the cell stays centred and whole; colour jitter imitates the
 variation of May Grünwald-Giemsa staining and of camera white balance between analysers.
-Used for training only, never at evaluation.
+
+The ``lab`` preset spans what differs between labs (issue 12): the stain itself, perturbed in
+optical-density space (a random near-identity mixing of the OD channels changes both the stain
+vectors' colours and their concentrations), the illuminant (white balance, so the background
+turns yellowish or bluish), magnification (the cell filling from about a third to nearly all of
+the frame), defocus, sensor noise, JPEG quality and resolution. Used for training only.
 """
 
 from __future__ import annotations
@@ -22,9 +27,42 @@ class AugmentConfig:
     contrast: float = 0.12  # multiplicative around the image mean
     saturation: float = 0.15
     hue: float = 0.025  # fraction of the hue circle
+    # Lab-to-lab shift; every default is "off", so the standard preset is unchanged.
+    zoom: tuple[float, float] | None = None  # log-uniform magnification, replaces max_scale
+    stain: float = 0.0  # std of the OD mixing matrix's off-identity entries
+    white_balance: float = 0.0  # illuminant gain per channel, 1 +- this
+    blur: float = 0.0  # max Gaussian defocus sigma, px at the training size (half the images)
+    noise: float = 0.0  # max Gaussian noise std, fraction of the full range
+    resolution: float = 1.0  # min down-sampling factor before sampling back up
+    jpeg_quality: int = 100  # min JPEG quality (below 100: re-encoded at a random quality)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+PRESETS = {
+    "standard": AugmentConfig(),
+    "lab": AugmentConfig(
+        max_shift=0.04,
+        saturation=0.3,
+        hue=0.05,
+        zoom=(0.8, 3.0),
+        stain=0.12,
+        white_balance=0.15,
+        blur=1.5,
+        noise=0.03,
+        resolution=0.4,
+        jpeg_quality=40,
+    ),
+}
+
+
+def preset(name: str) -> AugmentConfig:
+    """The named augmentation (``standard`` or ``lab``)."""
+    if name not in PRESETS:
+        choices = ", ".join(PRESETS)
+        raise ValueError(f"unknown augmentation preset {name!r}; choose one of {choices}")
+    return PRESETS[name]
 
 
 def _dihedral(images: tf.Tensor, generator: tf.random.Generator) -> tf.Tensor:
@@ -39,7 +77,11 @@ def _dihedral(images: tf.Tensor, generator: tf.random.Generator) -> tf.Tensor:
 def _scale_shift(images: tf.Tensor, generator: tf.random.Generator, cfg: AugmentConfig):
     n = tf.shape(images)[0]
     size = tf.cast(tf.shape(images)[1], tf.float32)
-    scale = 1.0 + generator.uniform([n], -cfg.max_scale, cfg.max_scale)
+    if cfg.zoom is not None:
+        low, high = np.log(cfg.zoom[0]), np.log(cfg.zoom[1])
+        scale = tf.exp(generator.uniform([n], low, high))
+    else:
+        scale = 1.0 + generator.uniform([n], -cfg.max_scale, cfg.max_scale)
     shift = generator.uniform([n, 2], -cfg.max_shift, cfg.max_shift) * size
     # Output pixel (x, y) samples input (x/scale + offset): zoom about the centre, then shift.
     centre = (size - 1.0) / 2.0
@@ -73,6 +115,59 @@ def _colour(images: tf.Tensor, generator: tf.random.Generator, cfg: AugmentConfi
     return tf.clip_by_value(unit, 0.0, 1.0) * 255.0
 
 
+def _lab_colour(images: tf.Tensor, generator: tf.random.Generator, cfg: AugmentConfig):
+    """Stain mixing in optical density, then the illuminant's white balance (0-255 in and out)."""
+    n = tf.shape(images)[0]
+    if cfg.stain > 0:
+        od = -tf.math.log((images + 1.0) / 256.0)
+        mixing = tf.eye(3, batch_shape=[n]) + generator.normal([n, 3, 3], stddev=cfg.stain)
+        od = tf.nn.relu(tf.einsum("nhwc,ncd->nhwd", od, mixing))
+        images = 256.0 * tf.exp(-od) - 1.0
+    if cfg.white_balance > 0:
+        gain = 1.0 + generator.uniform([n, 1, 1, 3], -cfg.white_balance, cfg.white_balance)
+        images = images * gain / tf.reduce_max(gain, axis=-1, keepdims=True)
+    return tf.clip_by_value(images, 0.0, 255.0)
+
+
+def _gaussian_kernel(sigma: tf.Tensor, radius: int) -> tf.Tensor:
+    x = tf.range(-radius, radius + 1, dtype=tf.float32)
+    k = tf.exp(-0.5 * tf.square(x / tf.maximum(sigma, 1e-3)))
+    return k / tf.reduce_sum(k)
+
+
+def _camera(images: tf.Tensor, generator: tf.random.Generator, cfg: AugmentConfig):
+    """Defocus, lower resolution, sensor noise and JPEG, each with a random strength."""
+    n = tf.shape(images)[0]
+    size = tf.shape(images)[1:3]
+    if cfg.resolution < 1.0:
+        factor = generator.uniform([], cfg.resolution, 1.0)
+        small = tf.cast(tf.cast(size, tf.float32) * factor, tf.int32)
+        images = tf.image.resize(tf.image.resize(images, small, antialias=True), size)
+    if cfg.blur > 0:
+        radius = int(np.ceil(2 * cfg.blur))
+        sigma = generator.uniform([], 0.0, cfg.blur)
+        k = _gaussian_kernel(sigma, radius)
+        row = tf.tile(tf.reshape(k, [1, -1, 1, 1]), [1, 1, 3, 1])
+        col = tf.tile(tf.reshape(k, [-1, 1, 1, 1]), [1, 1, 3, 1])
+        blurred = tf.nn.depthwise_conv2d(images, row, [1, 1, 1, 1], "SAME")
+        blurred = tf.nn.depthwise_conv2d(blurred, col, [1, 1, 1, 1], "SAME")
+        images = tf.where(generator.uniform([n, 1, 1, 1]) < 0.5, blurred, images)
+    if cfg.noise > 0:
+        std = generator.uniform([n, 1, 1, 1], 0.0, cfg.noise) * 255.0
+        images = images + generator.normal(tf.shape(images)) * std
+    images = tf.clip_by_value(images, 0.0, 255.0)
+    if cfg.jpeg_quality < 100:
+        quality = generator.uniform([n], cfg.jpeg_quality, 96, dtype=tf.int32)
+        encoded = tf.cast(tf.round(images), tf.uint8)
+        images = tf.map_fn(
+            lambda pair: tf.cast(tf.image.adjust_jpeg_quality(pair[0], pair[1]), tf.float32),
+            (encoded, quality),
+            fn_output_signature=tf.float32,
+        )
+        images = tf.reshape(images, tf.shape(encoded))
+    return images
+
+
 def augment_batch(
     images: tf.Tensor | np.ndarray,
     generator: tf.random.Generator,
@@ -83,4 +178,9 @@ def augment_batch(
     images = tf.cast(images, tf.float32)
     images = _dihedral(images, generator)
     images = _scale_shift(images, generator, cfg)
-    return _colour(images, generator, cfg)
+    if cfg.stain > 0 or cfg.white_balance > 0:
+        images = _lab_colour(images, generator, cfg)
+    images = _colour(images, generator, cfg)
+    if cfg.blur > 0 or cfg.noise > 0 or cfg.resolution < 1.0 or cfg.jpeg_quality < 100:
+        images = _camera(images, generator, cfg)
+    return images

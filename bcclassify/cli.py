@@ -46,6 +46,12 @@ def _add_train(sub) -> None:
         "--lr", type=float, default=Defaults.lr, help="peak learning rate (cosine decay)"
     )
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=Defaults.augment)
+    p.add_argument(
+        "--augment-preset",
+        choices=("standard", "lab"),
+        default=Defaults.augment_preset,
+        help="lab: also stain (OD), white balance, zoom up to 3x, blur, noise, JPEG (other labs)",
+    )
     p.add_argument("--smote", action="store_true", help="SMOTE-oversample the training part")
     p.add_argument("--class-weights", action="store_true", help="weight the loss by class rarity")
     p.add_argument(

@@ -64,14 +64,15 @@ class PixelFeed:
     def epoch(self, epoch: int):
         import tensorflow as tf
 
-        from .augment import augment_batch
+        from .augment import augment_batch, preset
 
+        augmentation = preset(self.config.augment_preset)
         order = epoch_order(self.labels, self.config.shuffle, self.config.seed, epoch)
         ds = tf.data.Dataset.from_tensor_slices((self.pixels[order], self.labels[order]))
         ds = ds.batch(self.config.batch_size)
         if self.config.augment:
             generator = tf.random.Generator.from_seed(self.config.seed * 100_003 + epoch)
-            ds = ds.map(lambda x, y: (augment_batch(x, generator), y))
+            ds = ds.map(lambda x, y: (augment_batch(x, generator, augmentation), y))
         else:
             ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
         return ds.prefetch(2)
@@ -136,7 +137,12 @@ class ActivationFeed:
 
 
 def stem_activations(
-    stem, pixels: np.ndarray, batch_size: int, cache: Path | None, augment_seed: int | None
+    stem,
+    pixels: np.ndarray,
+    batch_size: int,
+    cache: Path | None,
+    augment_seed: int | None,
+    augmentation: str = "standard",
 ) -> list[np.ndarray]:
     """Run the frozen stem over pixels in chunks, caching each chunk (float16) on disk.
 
@@ -145,7 +151,7 @@ def stem_activations(
     import tensorflow as tf
     from tqdm import tqdm
 
-    from .augment import augment_batch
+    from .augment import augment_batch, preset
 
     outputs: list[list[np.ndarray]] = []
     generator = tf.random.Generator.from_seed(augment_seed) if augment_seed is not None else None
@@ -157,7 +163,7 @@ def stem_activations(
         batch = pixels[start : start + STEM_CHUNK]
         if generator is not None:
             # Consumed even when the chunk is cached, so resumed extraction draws the same numbers.
-            batch = augment_batch(batch, generator).numpy()
+            batch = augment_batch(batch, generator, preset(augmentation)).numpy()
         if target is not None and target.is_file():
             with np.load(target) as stored:
                 outputs.append([stored[f"arr_{i}"] for i in range(len(stored.files))])
@@ -225,14 +231,17 @@ def make_feeds(
     every = stem_activations(stem, pixels, config.batch_size, cache_root / "identity", None)
     copies = [[a[split.train] for a in every]]
     if config.augment:
+        suffix = "" if config.augment_preset == "standard" else f"-{config.augment_preset}"
         for k in range(1, config.aug_copies + 1):
             copies.append(
                 stem_activations(
                     stem,
                     pixels[split.train],
                     config.batch_size,
-                    cache_root / f"augmented-{k}-{indices_key(split.train)}",
+                    # The standard preset keeps its folder names, so existing caches still hit.
+                    cache_root / f"augmented{suffix}-{k}-{indices_key(split.train)}",
                     augment_seed=config.seed * 1000 + k,
+                    augmentation=config.augment_preset,
                 )
             )
     return Feeds(

@@ -63,6 +63,7 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float = 1e-3
     augment: bool = True
+    augment_preset: str = "standard"  # or "lab": stain, illuminant, zoom, camera (issue 12)
     smote: bool = False
     class_weights: bool = False
     folds: int = 0
@@ -631,14 +632,14 @@ def resume(run_id: str, **overrides) -> Path:
 
 
 def _augment_description(config: TrainConfig) -> dict | None:
-    from .augment import AugmentConfig
+    from .augment import preset
 
     if not config.augment:
         return None
-    return {
-        "ops": "dihedral flips/rotations, scale, shift, HSV + brightness/contrast jitter",
-        **AugmentConfig().to_dict(),
-    }
+    ops = "dihedral flips/rotations, scale, shift, HSV + brightness/contrast jitter"
+    if config.augment_preset != "standard":
+        ops += "; OD stain mixing, white balance, zoom, blur, noise, resolution, JPEG"
+    return {"ops": ops, "preset": config.augment_preset, **preset(config.augment_preset).to_dict()}
 
 
 def _smote_space(config: TrainConfig) -> str | None:
