@@ -44,11 +44,12 @@ PRESETS = {
     "standard": AugmentConfig(),
     "lab": AugmentConfig(
         max_shift=0.04,
+        brightness=0.15,  # up to over-exposed (255) backgrounds
         saturation=0.3,
         hue=0.05,
         zoom=(0.8, 3.0),
         stain=0.12,
-        white_balance=0.15,
+        white_balance=0.25,
         blur=1.5,
         noise=0.03,
         resolution=0.4,
