@@ -22,6 +22,7 @@ from bcclassify.explain import (
     overlay,
 )
 from bcclassify.imaging import IMAGE_TYPES, ImageLoadError, load_image
+from bcclassify.kept import KeptCells, KeptCellsError, cell_bytes
 from bcclassify.report import needs_review, reviewed_differential
 from bcclassify.reviews import ReviewLog, ReviewLogUnavailable
 from bcclassify.serving import Prediction
@@ -37,6 +38,13 @@ FLAG_GROUPS = {  # shown ahead of the classes, in this order
 }
 LOGIN_ATTEMPTS = 5  # failed log-ins per session before a pause
 LOGIN_PAUSE_S = 30
+KEEP_CAPTION = (
+    "Off unless you tick it; uploads are otherwise never written to disk. When ticked, saving "
+    "stores this image as classified (at most 1024 px a side) with the class you chose, your "
+    "user name, the file name, the model and the time, in the kept-cells folder beside the "
+    "review log on this server, so that 'Adapt to your lab' can fit a model to your lab's "
+    "cells. Untick and save to remove it; 'Adapt to your lab' removes all kept cells."
+)
 
 
 # ----------------------------------------------------------------------------- who is reviewing
@@ -314,6 +322,34 @@ def gradcam_ui(model_key, item: ui.CellInput, copy, prediction: Prediction, cell
     )
 
 
+def kept_cell_for(kept: KeptCells, item: ui.CellInput):
+    """This upload's kept cell, if the lab kept it (None when kept cells cannot be read)."""
+    try:
+        return kept.is_kept(item.sha256)
+    except KeptCellsError:
+        return None
+
+
+def apply_keep(kept: KeptCells, keep: bool, was_kept, item, copy, chosen, reviewer, model_name):
+    """Keep (or move) the cell under ``chosen`` when ticked; forget it when unticked.
+
+    Returns a line for the reviewer, or None when nothing changed on disk."""
+    if keep:
+        kept.keep(
+            cell_bytes(copy),
+            chosen,
+            reviewer,
+            item.name,
+            image_sha256=item.sha256,
+            model=model_name,
+        )
+        return f"Kept on this server as {ui.class_label(chosen)} for adapting to this lab."
+    if was_kept is not None:
+        kept.forget(item.sha256)
+        return "No longer kept on this server."
+    return None
+
+
 def review_ui(
     log: ReviewLog | None,
     reviewer: str | None,
@@ -321,8 +357,12 @@ def review_ui(
     item: ui.CellInput,
     prediction: Prediction,
     cell: str,
+    copy=None,
 ) -> None:
-    """Confirm or correct this cell as the logged-in reviewer; committed to the log on submit."""
+    """Confirm or correct this cell as the logged-in reviewer; committed to the log on submit.
+
+    With ``copy`` (the cell's bounded working copy), the form also offers to keep the crop on
+    the server for adapting a model to this lab: opt-in, off unless this cell is kept already."""
     if reviewer is None:
         st.info("Log in (sidebar) to confirm or correct this cell: decisions are saved by name.")
         return
@@ -345,6 +385,16 @@ def review_ui(
             key=f"review_class-{cell}",
         )
         comment = st.text_input("Comment (optional)", key=f"review_comment-{cell}")
+        kept = KeptCells(log.path.parent, create=False)  # beside the review log; made on use
+        was_kept = kept_cell_for(kept, item) if copy is not None else None
+        keep = False
+        if copy is not None:
+            keep = st.checkbox(
+                "Keep this crop on the server for adapting the model to this lab",
+                value=was_kept is not None,
+                key=f"review_keep-{cell}",
+            )
+            st.caption(KEEP_CAPTION)
         submitted = st.form_submit_button("Save decision (confirm or correct)", type="primary")
     if submitted:
         try:
@@ -365,8 +415,17 @@ def review_ui(
             st.text(str(exc))
             return
         verb = "Confirmed" if chosen == prediction.label else "Corrected to"
+        message = f"{verb} {ui.class_label(chosen)} — saved."
+        if copy is not None:
+            try:
+                note = apply_keep(kept, keep, was_kept, item, copy, chosen, reviewer, model_name)
+            except KeptCellsError as exc:
+                st.error("The decision was saved, but the crop was not kept:")
+                st.text(str(exc))
+                return
+            message += f" {note}" if note else ""
         # Rerun so the gallery and differential above already count this decision.
-        st.session_state["review_saved"] = (cell, f"{verb} {ui.class_label(chosen)} — saved.")
+        st.session_state["review_saved"] = (cell, message)
         st.rerun()
     saved = st.session_state.get("review_saved")
     if saved and saved[0] == cell:
@@ -396,7 +455,7 @@ def cell_detail_ui(log, reviewer, model, model_key, item, prediction, limits) ->
     with right:
         probabilities_ui(prediction)
     gradcam_ui(model_key, item, copy, prediction, cell)
-    review_ui(log, reviewer, model, item, prediction, cell)
+    review_ui(log, reviewer, model, item, prediction, cell, copy)
 
 
 def gallery_groups(cells) -> list[tuple[str, list]]:

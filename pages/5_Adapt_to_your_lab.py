@@ -1,9 +1,10 @@
 """Adapt to your lab: fit an installed model to a lab's cells from a few labelled crops (issue 12).
 
-A logged-in reviewer uploads a zip of class folders; the library takes at most K cells a class,
-refits the model's head on them, and scores the source and the adapted model on the cells it
-did not take. The reviewer then installs the adapted model (or discards it). Uploads stay in
-memory unless the reviewer opts in to keeping the cells used.
+A logged-in reviewer uploads a zip of class folders, or picks the cells reviewers chose to keep on
+the Classify page (``bcclassify.kept``); the library takes at most K cells a class, refits the
+model's head on them, and scores the source and the adapted model on the cells it did not take.
+The reviewer then installs the adapted model (or discards it). Uploads stay in memory unless the
+reviewer opts in to keeping the cells used; kept cells can all be forgotten here.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ from bcclassify.adapt import (
     keep_cells,
     read_zip_cells,
 )
+from bcclassify.kept import KeptCells, KeptCellsError
 
 RESULT = "adapt_result"  # session key: the staged adaptation awaiting install or discard
+ZIP, KEPT = "Upload a zip", "Cells reviewed and kept here"
+CONFIRM_FORGET = "adapt_confirm_forget"  # session key: the forget-all confirmation is showing
 
 
 def reviewer(secrets: dict) -> str | None:
@@ -62,8 +66,8 @@ def result_ui(secrets: dict) -> None:
     figures = result["figures"]
     st.subheader(f"{result['name']}: adapted from {result['source']}")
     st.write(
-        f"Fitted on {result['taken']} cells; scored on the {result['held_back']} cells of your "
-        "upload it did not take."
+        f"Fitted on {result['taken']} cells; scored on the {result['held_back']} cells of "
+        f"{result.get('from', 'your upload')} it did not take."
     )
     if figures:
         st.dataframe(figures_table(figures), hide_index=True, key="adapt_figures")
@@ -122,25 +126,18 @@ def main() -> None:
         "Cells a class to fit on", 1, 50, DEFAULT_PER_CLASS, key="adapt_per_class"
     )
     seed = right.number_input("Seed (which cells are taken)", 0, 10**6, 0, key="adapt_seed")
-    upload = st.file_uploader(
-        f"Labelled cells: a zip of class folders (basophil/, neutrophil/, …; at most "
-        f"{MAX_ZIP_BYTES // 2**20} MB)",
-        type=["zip"],
-        key="adapt_zip",
-    )
-    st.caption(
-        "Your upload is read in memory and is not written to disk. The adapted model's card "
-        "records only the sha256 of each cell used."
-    )
-    keep = st.checkbox(
-        "Keep the cells used for fitting with the model (written under the review data folder)",
-        value=False,
-        key="adapt_keep",
-    )
-    if upload is None:
-        return
+    kind = st.radio("Cells to adapt to", [ZIP, KEPT], horizontal=True, key="adapt_cells_from")
+    if kind == KEPT:
+        got = kept_cells_ui(secrets)
+        if got is None:
+            return
+        cells, label, keep = got, "kept-cells", None
+    else:
+        got = zip_cells_ui()
+        if got is None:
+            return
+        cells, label, keep = got
     try:
-        cells = read_zip_cells(upload.getvalue())
         taken, rest = choose_cells(cells, int(per_class), int(seed))
     except AdaptError as exc:
         st.error(str(exc))
@@ -166,12 +163,11 @@ def main() -> None:
     import_tensorflow_quietly()
     config = AdaptConfig(
         source=source,
-        cells=f"upload:{upload.name}",
+        cells=label,
         name=name.strip(),
         per_class=int(per_class),
         seed=int(seed),
         evaluate=True,
-        extra={"reviewer": who},
     )
     try:
         done = adapt(config, cells=cells, progress=progress, install=False)
@@ -184,9 +180,103 @@ def main() -> None:
         "taken": done.taken,
         "held_back": done.held_back,
         "figures": done.figures,
+        "from": "the kept cells" if kind == KEPT else "your upload",
         "keep": [item for item, _ in taken] if keep else None,
     }
     st.rerun()
+
+
+def zip_cells_ui() -> tuple[dict, str, bool] | None:
+    """The uploaded zip's cells, the run's label for them and whether to keep the cells used."""
+    upload = st.file_uploader(
+        f"Labelled cells: a zip of class folders (basophil/, neutrophil/, …; at most "
+        f"{MAX_ZIP_BYTES // 2**20} MB)",
+        type=["zip"],
+        key="adapt_zip",
+    )
+    st.caption(
+        "Your upload is read in memory and is not written to disk. The adapted model's card "
+        "records only the sha256 of each cell used."
+    )
+    keep = st.checkbox(
+        "Keep the cells used for fitting with the model (written under the review data folder)",
+        value=False,
+        key="adapt_keep",
+    )
+    if upload is None:
+        return None
+    try:
+        cells = read_zip_cells(upload.getvalue())
+    except AdaptError as exc:
+        st.error(str(exc))
+        return None
+    return cells, f"upload:{upload.name}", keep
+
+
+def kept_cells_ui(secrets: dict) -> dict | None:
+    """Counts of the cells reviewers kept on the Classify page, a forget-all button (with a
+    confirmation step), and those cells as ``adapt``'s mapping; None when there are none."""
+    store = KeptCells(ui.configured_data_dir(secrets), create=False)
+    forgotten = st.session_state.pop("adapt_forgotten", None)
+    if forgotten is not None:
+        st.success(f"Forgot {forgotten} kept cell(s): their files and records are deleted.")
+    try:
+        counts = store.counts()
+    except KeptCellsError as exc:
+        st.error("The kept cells cannot be read:")
+        st.text(str(exc))
+        return None
+    st.caption(
+        "Cells a reviewer chose to keep when saving a decision on the Classify page (an opt-in "
+        "box, off by default), each under the class of its latest decision, in the kept-cells "
+        "folder beside the review log."
+    )
+    if not counts:
+        st.info(
+            "No cells are kept. On the Classify page, tick 'Keep this crop on the server' when "
+            "saving a reviewer decision to keep a cell for adapting."
+        )
+        return None
+    st.dataframe(
+        pd.DataFrame({"class": list(counts), "kept cells": list(counts.values())}),
+        hide_index=True,
+        key="adapt_kept_counts",
+    )
+    total = sum(counts.values())
+    if not st.session_state.get(CONFIRM_FORGET):
+        st.button(
+            "Forget all kept cells…",
+            key="adapt_forget",
+            on_click=st.session_state.update,
+            kwargs={CONFIRM_FORGET: True},
+        )
+    else:
+        st.warning(
+            f"Delete all {total} kept cells from this server? Installed models are not changed."
+        )
+        yes, no = st.columns(2)
+        if yes.button(f"Delete {total} kept cells", type="primary", key="adapt_forget_yes"):
+            st.session_state.pop(CONFIRM_FORGET, None)
+            try:
+                st.session_state["adapt_forgotten"] = store.forget_all()
+            except KeptCellsError as exc:
+                st.error("Not all kept cells could be deleted:")
+                st.text(str(exc))
+                return None
+            st.rerun()
+        no.button(
+            "Cancel",
+            key="adapt_forget_no",
+            on_click=st.session_state.pop,
+            args=(CONFIRM_FORGET, None),
+        )
+        return None
+    try:
+        return store.cells()
+    except KeptCellsError as exc:
+        st.error("The kept cells cannot be read:")
+        st.text(str(exc))
+        return None
 
 
 main()

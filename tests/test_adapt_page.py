@@ -1,5 +1,6 @@
 """The "Adapt to your lab" page under streamlit.testing: log-in required, a zip of class folders
-in, before/after figures on the held-back cells, install (or discard); uploads not kept."""
+(or the cells reviewers kept) in, before/after figures on the held-back cells, install (or
+discard); uploads not kept; kept cells can all be forgotten."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from test_app import (
 )
 
 from bcclassify import accounts
+from bcclassify.kept import KeptCells
 
 PAGE = "pages/5_Adapt_to_your_lab.py"
 
@@ -91,3 +93,56 @@ def test_adapt_page_refuses_a_zip_without_class_folders(tiny_store, tmp_path, mo
     _no_exception(at)
     assert "unknown class folder" in _texts(at.error)
     assert not any(b.label == "Adapt" for b in at.button)
+
+
+def test_adapt_page_adapts_from_kept_cells_and_forgets_them(tiny_store, tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store / "models" / "tiny-cnn", store / "models" / "tiny-cnn")
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    data = tmp_path / "data"
+    monkeypatch.setenv("BCCLASSIFY_DATA_DIR", str(data))
+    monkeypatch.delenv("BCCLASSIFY_ACCOUNTS", raising=False)
+    accounts.add_user(data / "accounts.json", "qa.lead", PASSWORD)
+    at = _log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT).run(), "qa.lead")
+    at.switch_page(PAGE).run()
+    at.radio(key="adapt_cells_from").set_value("Cells reviewed and kept here").run()
+    _no_exception(at)
+    assert "No cells are kept" in _texts(at.info) and not any(b.label == "Adapt" for b in at.button)
+    assert not (data / "kept-cells").exists()  # looking creates nothing
+
+    kept = KeptCells(data)  # as the Classify page keeps them when the box is ticked
+    for name in ("lymphocyte", "neutrophil"):
+        for path in sorted((EXAMPLES / name).glob("*.jpg")):
+            kept.keep(path.read_bytes(), name, "qa.lead", path.name, model="tiny-cnn")
+    at.text_input(key="adapt_name").set_value("tiny-kept")
+    at.number_input(key="adapt_per_class").set_value(1).run()
+    _no_exception(at)
+    shown = next(d.value for d in at.dataframe if "kept cells" in d.value.columns)
+    assert dict(zip(shown["class"], shown["kept cells"])) == {"lymphocyte": 2, "neutrophil": 2}
+    counts = next(d.value for d in at.dataframe if "to fit on" in d.value.columns)
+    assert list(counts["to fit on"]) == [1, 1] and list(counts["held back to score"]) == [1, 1]
+
+    next(b for b in at.button if b.label == "Adapt").click().run()
+    _no_exception(at)
+    figures = next(d.value for d in at.dataframe if "adapted model" in d.value.columns)
+    assert "Accuracy" in list(figures[""])
+    assert "the kept cells" in _texts(at.markdown)
+    next(b for b in at.button if b.label == "Install this model").click().run()
+    _no_exception(at)
+    assert "Installed tiny-kept" in _texts(at.success)
+    assert (store / "models" / "tiny-kept" / "card.json").is_file()
+
+    at.radio(key="adapt_cells_from").set_value("Cells reviewed and kept here").run()
+    next(b for b in at.button if b.label.startswith("Forget all kept cells")).click().run()
+    _no_exception(at)
+    assert "Delete all 4 kept cells" in _texts(at.warning)
+    assert not any(b.label == "Adapt" for b in at.button)
+    next(b for b in at.button if b.label == "Cancel").click().run()
+    assert kept.counts() == {"lymphocyte": 2, "neutrophil": 2}  # cancelled: nothing deleted
+    next(b for b in at.button if b.label.startswith("Forget all kept cells")).click().run()
+    next(b for b in at.button if b.label == "Delete 4 kept cells").click().run()
+    _no_exception(at)
+    assert "Forgot 4 kept cell(s)" in _texts(at.success)
+    assert "No cells are kept" in _texts(at.info)
+    assert not (data / "kept-cells").exists()
+    assert (store / "models" / "tiny-kept" / "card.json").is_file()  # models are not touched

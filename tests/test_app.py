@@ -206,11 +206,14 @@ def test_classify_one_example_explain_and_review(tiny_store, tmp_path, monkeypat
 
     target = next(k for k in at.session_state.to_dict() if str(k).startswith("review_class-"))
     comment = target.replace("review_class-", "review_comment-")
+    keep = target.replace("review_class-", "review_keep-")
+    assert at.checkbox(key=keep).value is False  # keeping the crop is opt-in
     at.selectbox(key=target).set_value("eosinophil")
     at.text_input(key=comment).set_value('=HYPERLINK("http://x")')
     _save_buttons(at)[0].click().run()
     _no_exception(at)
     assert "Eosinophil" in _texts(at.success)
+    assert not (tmp_path / "data" / "kept-cells").exists()  # nothing of the upload is written
 
     with sqlite3.connect(tmp_path / "data" / "reviews.sqlite3") as db:
         rows = db.execute(
@@ -237,6 +240,52 @@ def test_classify_one_example_explain_and_review(tiny_store, tmp_path, monkeypat
 
     next(b for b in at.button if b.label == "Log out").click().run()
     assert not _save_buttons(at)
+
+
+def _kept_files(data: Path) -> list[str]:
+    root = data / "kept-cells"
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.parent != root  # the crops, not the index
+    )
+
+
+def test_a_reviewer_can_keep_a_reviewed_crop_and_withdraw_it(tiny_store, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    accounts.add_user(data / "accounts.json", "qa.lead", PASSWORD)
+    at = _log_in(_start(monkeypatch, data), "qa.lead")
+    example = "neutrophil/BNE_104344.jpg"
+    crop = (EXAMPLES / example).read_bytes()
+    at.multiselect(key="examples").set_value([example]).run()
+    _no_exception(at)
+    target = next(k for k in at.session_state.to_dict() if str(k).startswith("review_class-"))
+    keep = target.replace("review_class-", "review_keep-")
+    assert "never written to disk" in _texts(at.caption)  # the box says what it stores
+
+    at.selectbox(key=target).set_value("neutrophil")
+    at.checkbox(key=keep).check()
+    _save_buttons(at)[0].click().run()
+    _no_exception(at)
+    assert "Kept on this server as Neutrophil" in _texts(at.success)
+    sha = hashlib.sha256(crop).hexdigest()
+    assert _kept_files(data) == [f"neutrophil/{sha}.jpg"]  # the crop as classified, one entry
+    kept = data / "kept-cells" / "neutrophil" / f"{sha}.jpg"
+    assert kept.read_bytes() == crop and kept.stat().st_mode & 0o777 == 0o600
+
+    at.selectbox(key=target).set_value("monocyte")  # a correction moves the kept cell
+    _save_buttons(at)[0].click().run()
+    _no_exception(at)
+    assert _kept_files(data) == [f"monocyte/{sha}.jpg"]
+    assert at.checkbox(key=keep).value is True
+
+    at.checkbox(key=keep).uncheck()  # withdrawn: unticked and saved again
+    _save_buttons(at)[0].click().run()
+    _no_exception(at)
+    assert "No longer kept" in _texts(at.success)
+    assert _kept_files(data) == []
+    with sqlite3.connect(data / "reviews.sqlite3") as db:  # every decision is still logged
+        assert db.execute("SELECT COUNT(*) FROM reviews").fetchone() == (3,)
 
 
 def test_oidc_login_when_an_auth_section_is_configured(tmp_path, monkeypatch):
