@@ -55,6 +55,7 @@ class AdaptConfig:
     pull: float = DEFAULT_PULL
     evaluate: bool = False
     run_id: str | None = None
+    requested_by: str | None = None  # the logged-in reviewer, when run from the app
 
 
 # ----------------------------------------------------------------------------- choosing cells

@@ -168,6 +168,7 @@ def main() -> None:
         per_class=int(per_class),
         seed=int(seed),
         evaluate=True,
+        requested_by=who,
     )
     try:
         done = adapt(config, cells=cells, progress=progress, install=False)
