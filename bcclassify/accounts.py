@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from argon2 import PasswordHasher
@@ -21,6 +20,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from .app_support import configured_data_dir
 from .reviews import make_private_dir
+from .store import atomic_write_bytes
 
 ACCOUNTS_ENV = "BCCLASSIFY_ACCOUNTS"
 ACCOUNTS_NAME = "accounts.json"
@@ -80,16 +80,7 @@ def _read(path: Path) -> dict:
 def _write(path: Path, payload: dict) -> None:
     """Replace the file atomically; the new file is 0600 before it holds any hash."""
     make_private_dir(path.parent)
-    fd, temp = tempfile.mkstemp(prefix=".accounts-", dir=path.parent)  # mkstemp creates 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, json.dumps(payload, indent=2, sort_keys=True).encode(), mode=0o600)
 
 
 def check_name(name: str) -> str:

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import os
 import shutil
 import sqlite3
-import tempfile
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
@@ -34,7 +32,7 @@ from pathlib import Path
 
 from . import CLASS_NAMES
 from .reviews import create_private_file, default_data_dir, make_private_dir
-from .store import sha256_bytes
+from .store import atomic_write_bytes, sha256_bytes
 
 KEPT_DIR = "kept-cells"
 INDEX_NAME = "index.sqlite3"
@@ -81,33 +79,8 @@ def kept_dir(data_dir: str | Path | None = None) -> Path:
 
 
 def write_private_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` (mode 0600) via a temporary file in the same folder, fsync and
-    ``os.replace``, then fsync the folder: a reader, or a restart after a crash, finds the old
-    file or the new one, whole."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # not every file system syncs folders
-    finally:
-        os.close(fd)
+    """Write ``data`` to ``path`` (mode 0600) atomically (see ``store.atomic_write_bytes``)."""
+    atomic_write_bytes(path, data, mode=0o600)
 
 
 def image_format(data: bytes) -> tuple[str, tuple[int, int]]:
