@@ -52,6 +52,12 @@ def _add_train(sub) -> None:
         default=Defaults.augment_preset,
         help="lab: also stain (OD), white balance, zoom up to 3x, blur, noise, JPEG (other labs)",
     )
+    p.add_argument(
+        "--keep-weights",
+        choices=("best", "last"),
+        default=Defaults.keep_weights,
+        help="the epoch whose weights the run keeps: best validation accuracy, or the last",
+    )
     p.add_argument("--smote", action="store_true", help="SMOTE-oversample the training part")
     p.add_argument("--class-weights", action="store_true", help="weight the loss by class rarity")
     p.add_argument(

@@ -64,6 +64,7 @@ class TrainConfig:
     lr: float = 1e-3
     augment: bool = True
     augment_preset: str = "standard"  # or "lab": stain, illuminant, zoom, camera (issue 12)
+    keep_weights: str = "best"  # "best": best validation epoch; "last": the final epoch
     smote: bool = False
     class_weights: bool = False
     folds: int = 0
@@ -219,6 +220,18 @@ def _make_optimizer(name: str, lr: float):
     if name == "rmsprop":
         return keras.optimizers.RMSprop(lr)
     raise ValueError(f"unknown optimizer {name!r}; choose adam, sgd or rmsprop")
+
+
+def keeps_epoch(keep_weights: str, val_accuracy: float, best_so_far: float) -> bool:
+    """Whether an epoch's weights replace the kept ones.
+
+    "best": only a better validation accuracy. "last": always, because the validation split is
+    the source lab's, and training meant to hold up in other labs (the lab preset) trades a
+    little of it away; its best source epoch is not the one to keep.
+    """
+    if keep_weights not in ("best", "last"):
+        raise ValueError(f"keep_weights must be 'best' or 'last', not {keep_weights!r}")
+    return keep_weights == "last" or val_accuracy > best_so_far
 
 
 def cosine_lr(base: float, epoch: int, epochs: int) -> float:
@@ -446,7 +459,8 @@ def _run_stages(
         # Without a validation part (tiny datasets) the latest epoch counts as the best; a stage
         # that does not fit the classifier has nothing to validate.
         val_accuracy = logs.get("val_accuracy", float(epoch))
-        if stage.validated and val_accuracy > state["best_val_accuracy"]:
+        improved = keeps_epoch(config.keep_weights, val_accuracy, state["best_val_accuracy"])
+        if stage.validated and improved:
             state.update(best_val_accuracy=val_accuracy, best_epoch=epoch + 1)
             best = ckpt_dir / "best.weights.h5"
             ckpt_dir.mkdir(parents=True, exist_ok=True)

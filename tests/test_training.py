@@ -321,3 +321,31 @@ def test_an_architecture_with_its_own_trainer_refuses_frozen_layers(tmp_path, mo
         train(config)
     record = read_json(tmp_path / "store" / "runs" / "frozen-supcon" / "run.json")
     assert record["status"] == "failed"
+
+
+def test_keep_weights_best_keeps_improvements_and_last_keeps_every_epoch():
+    from bcclassify.training import keeps_epoch
+
+    assert keeps_epoch("best", 0.9, 0.8) and not keeps_epoch("best", 0.8, 0.8)
+    assert keeps_epoch("last", 0.5, 0.9)
+    with pytest.raises(ValueError, match="keep_weights"):
+        keeps_epoch("first", 0.9, 0.8)
+
+
+def test_keep_weights_last_is_recorded_and_keeps_the_final_epoch(tmp_path, monkeypatch):
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path / "store"))
+    config = TrainConfig(
+        arch="cnn",
+        data=str(FIXTURE_IMAGES),
+        image_size=32,
+        epochs=2,
+        batch_size=8,
+        augment_preset="lab",
+        keep_weights="last",
+        cache_dir=str(tmp_path / "cache"),
+        run_id="keep-last",
+    )
+    run_dir = train(config)
+    assert read_json(run_dir / "metrics.json")["best_epoch"] == 2
+    saved = read_json(run_dir / "config.json")
+    assert saved["keep_weights"] == "last" and saved["augment_preset"] == "lab"
