@@ -18,8 +18,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from .app_support import configured_data_dir
-from .reviews import make_private_dir
+from .reviews import default_data_dir, make_private_dir
 from .store import atomic_write_bytes
 
 ACCOUNTS_ENV = "BCCLASSIFY_ACCOUNTS"
@@ -58,11 +57,11 @@ def streamlit_secrets() -> dict:
 
 def accounts_path(secrets: dict | None = None) -> Path:
     """$BCCLASSIFY_ACCOUNTS, else that secret, else ``accounts.json`` in the data directory
-    (the review log's, found as the app finds it: ``app_support.configured_data_dir``)."""
+    (the review log's: ``reviews.default_data_dir``)."""
     value = os.environ.get(ACCOUNTS_ENV) or (secrets or {}).get(ACCOUNTS_ENV)
     if value:
         return Path(value).expanduser()
-    return configured_data_dir(secrets) / ACCOUNTS_NAME
+    return default_data_dir(secrets) / ACCOUNTS_NAME
 
 
 def _read(path: Path) -> dict:

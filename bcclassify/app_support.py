@@ -8,7 +8,6 @@ shared with the command line are in :mod:`bcclassify.tables`.
 from __future__ import annotations
 
 import io
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,7 +20,6 @@ from . import CLASS_NAMES, DATASET_CREDIT
 from .metrics import classification_metrics, per_class_scores
 from .records import ModelCard, installed_cards, run_summaries
 from .report import spreadsheet_safe
-from .reviews import DATA_DIR_ENV, default_data_dir
 from .store import (
     REPO_ROOT,
     STORE_ENV,
@@ -126,12 +124,6 @@ def card_sha256(name: str) -> str:
         return sha256_file(models_dir() / name / "card.json")
     except OSError:
         return ""
-
-
-def configured_data_dir(secrets: dict | None = None) -> Path:
-    """Where the review log lives: $BCCLASSIFY_DATA_DIR, else a secret of that name, else ~."""
-    value = os.environ.get(DATA_DIR_ENV) or (secrets or {}).get(DATA_DIR_ENV)
-    return Path(value).expanduser() if value else default_data_dir()
 
 
 # ----------------------------------------------------------------------------- models

@@ -137,7 +137,8 @@ def _gaussian_kernel(sigma: tf.Tensor, radius: int) -> tf.Tensor:
 
 
 def _camera(images: tf.Tensor, generator: tf.random.Generator, cfg: AugmentConfig):
-    """Defocus, lower resolution, sensor noise and JPEG, each with a random strength."""
+    """Defocus, lower resolution, sensor noise and JPEG: noise and JPEG strength drawn per image,
+    resolution and blur sigma once per batch (blur then applied to a random half)."""
     n = tf.shape(images)[0]
     size = tf.shape(images)[1:3]
     if cfg.resolution < 1.0:

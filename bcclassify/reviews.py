@@ -75,8 +75,11 @@ class ReviewLogUnavailable(RuntimeError):
     """The log cannot be opened or written (damaged, read-only, not a folder): one clear line."""
 
 
-def default_data_dir() -> Path:
-    return Path(os.environ.get(DATA_DIR_ENV) or Path.home() / ".bcclassify")
+def default_data_dir(secrets: Mapping | None = None) -> Path:
+    """Where the app keeps its data (review log, accounts, kept cells): $BCCLASSIFY_DATA_DIR,
+    else the app secret of that name, else ~/.bcclassify."""
+    value = os.environ.get(DATA_DIR_ENV) or (secrets or {}).get(DATA_DIR_ENV)
+    return Path(value).expanduser() if value else Path.home() / ".bcclassify"
 
 
 def make_private_dir(folder: Path) -> None:

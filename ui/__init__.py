@@ -17,7 +17,6 @@ from bcclassify.app_support import (
     CellInput,
     RunRecord,
     card_sha256,
-    configured_data_dir,
     empty_store_note,
     example_images,
     example_label,
@@ -40,6 +39,7 @@ from bcclassify.app_support import (
     unique_inputs,
     without_machine_paths,
 )
+from bcclassify.reviews import default_data_dir as configured_data_dir  # one resolver
 from bcclassify.tables import (
     MISSING,
     class_label,
