@@ -37,6 +37,11 @@ DEFAULT_PER_CLASS = 10
 DEFAULT_PULL = 0.01  # L2 weight toward the source head (per mean cross-entropy); see module doc
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 CROSS_FIT_FOLDS = 5
+# Besides the 8 symmetries of each taken cell, this many views drawn by the standard training
+# augmentation: on ext-tecom (5 draws of 10 cells a class) the head fitted on the 4 served views
+# scored 88.6% on the remaining cells (worst draw 84.2%), on 8 symmetries + 8 augmented views
+# 89.5% (worst 88.0%); fitting only, the model still serves its card's views.
+DEFAULT_AUGMENTED_VIEWS = 8
 
 
 class AdaptError(ValueError):
@@ -53,6 +58,7 @@ class AdaptConfig:
     per_class: int = DEFAULT_PER_CLASS
     seed: int = 0
     pull: float = DEFAULT_PULL
+    augmented_views: int = DEFAULT_AUGMENTED_VIEWS
     evaluate: bool = False
     run_id: str | None = None
     requested_by: str | None = None  # the logged-in reviewer, when run from the app
@@ -166,9 +172,18 @@ def served(features: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def cross_fitted(
-    features: np.ndarray, labels: np.ndarray, w0: np.ndarray, b0: np.ndarray, pull: float, seed: int
+    features: np.ndarray,
+    labels: np.ndarray,
+    w0: np.ndarray,
+    b0: np.ndarray,
+    pull: float,
+    seed: int,
+    served_features: np.ndarray | None = None,
 ) -> np.ndarray:
     """Out-of-fold served probabilities of the taken cells (stratified folds).
+
+    Each fold's head is fitted on ``features`` of the other folds and scored on
+    ``served_features`` (default ``features``): the views the model averages when serving.
 
     What the temperature is fitted on: the head's probabilities on its own training cells are
     overconfident by construction, and there are too few cells to hold any back for good.
@@ -185,7 +200,9 @@ def cross_fitted(
         if not held.any() or held.all():
             continue
         w, b = fit_head(features[:, ~held], labels[~held], w0, b0, pull)
-        out[held] = served(features[:, held], w, b)
+        out[held] = served(
+            (features if served_features is None else served_features)[:, held], w, b
+        )
     return out
 
 
@@ -193,10 +210,18 @@ def cross_fitted(
 
 
 def view_features(
-    classifier, items: list, desc: str, progress: Callable[[int, int], None] | None = None
+    classifier,
+    items: list,
+    desc: str,
+    progress: Callable[[int, int], None] | None = None,
+    views: tuple[str, ...] | None = None,
+    augmented: int = 0,
+    seed: int = 0,
 ) -> np.ndarray:
-    """Head features of every test-time view of each image: (views, cells, D).
+    """Head features of views of each image: (views, cells, D), the image as given first.
 
+    ``views``: named symmetries (default: the ones the card serves), then ``augmented`` views
+    drawn by the standard training augmentation (seeded by ``seed``, so a rerun is identical).
     ``items`` are paths or (name, bytes) sources; a file that cannot be read as an image is an
     :class:`AdaptError` naming it. Progress goes to a tqdm bar on stderr and to ``progress``.
     """
@@ -206,7 +231,14 @@ def view_features(
     from .serving import VIEW_TRANSFORMS
 
     forward = classifier.feature_forward()
-    views = ("identity",) + tuple(v for v in classifier.test_time_views if v != "identity")
+    named = _view_order(classifier, views)
+    generator = None
+    if augmented:
+        import tensorflow as tf
+
+        from .augment import augment_batch, preset
+
+        generator = tf.random.Generator.from_seed(seed)
     chunks = []
     bar = tqdm(total=len(items), desc=desc, unit="cell", disable=None, file=sys.stderr)
     for start in range(0, len(items), 16):
@@ -218,9 +250,12 @@ def view_features(
             except ImageLoadError as exc:
                 raise AdaptError(f"unreadable image: {exc}") from None
         pixels = np.stack(batch).astype(np.float32)
-        stacked = np.concatenate([VIEW_TRANSFORMS[v](pixels) for v in views])
-        feats = np.asarray(forward(stacked)[0], dtype=np.float32)
-        chunks.append(feats.reshape(len(views), len(batch), -1))
+        # One view at a time: a batch of 16 views x 16 cells at full size would be gigabytes.
+        shown = [np.ascontiguousarray(VIEW_TRANSFORMS[v](pixels)) for v in named]
+        shown += [
+            augment_batch(pixels, generator, preset("standard")).numpy() for _ in range(augmented)
+        ]
+        chunks.append(np.stack([np.asarray(forward(x)[0], dtype=np.float32) for x in shown]))
         bar.update(len(batch))
         if progress is not None:
             progress(start + len(batch), len(items))
@@ -228,10 +263,16 @@ def view_features(
     return np.concatenate(chunks, axis=1)
 
 
-def _served_views(classifier, features: np.ndarray) -> np.ndarray:
-    """Features of the views the card serves (view_features puts identity first)."""
-    views = ("identity",) + tuple(v for v in classifier.test_time_views if v != "identity")
-    return features[[views.index(v) for v in classifier.test_time_views]]
+def _view_order(classifier, views: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The named views view_features computes: identity first, then the others in order."""
+    chosen = classifier.test_time_views if views is None else views
+    return ("identity",) + tuple(v for v in chosen if v != "identity")
+
+
+def _served_views(classifier, features: np.ndarray, views: tuple[str, ...] | None = None):
+    """Features of the views the card serves, from view_features(..., views=views)."""
+    order = _view_order(classifier, views)
+    return features[[order.index(v) for v in classifier.test_time_views]]
 
 
 # ----------------------------------------------------------------------------- adapting
@@ -276,6 +317,7 @@ def adapt(
     """
     from .serving import (
         NOVELTY_FILE,
+        VIEW_TRANSFORMS,
         ModelIntegrityError,
         ModelNotFoundError,
         export_model,
@@ -287,6 +329,9 @@ def adapt(
     from .trust import HEAD_LAYER, NoveltyDetector, _atomic_savez, _l2_normalise, fit_temperature
 
     started = time.time()
+    fit_views = tuple(VIEW_TRANSFORMS)  # all 8 symmetries: a cell has no orientation
+    if config.augmented_views < 0:
+        raise AdaptError("augmented_views must be 0 or more")
     if not NAME_PATTERN.match(config.name):
         raise AdaptError(
             f"--name {config.name!r}: use letters, digits, '.', '_' or '-' (at most 64)"
@@ -346,15 +391,21 @@ def adapt(
             return None if progress is None else (lambda d, t: progress(stage, d, t))
 
         feats = view_features(
-            source, [i for i, _ in taken], "lab cells", report("features of the taken cells")
+            source,
+            [i for i, _ in taken],
+            "lab cells",
+            report("features of the taken cells"),
+            views=fit_views,
+            augmented=config.augmented_views,
+            seed=config.seed,
         )
         head = source.model.get_layer(HEAD_LAYER)
         w0, b0 = (np.asarray(a, dtype=np.float64) for a in head.get_weights())
-        fit_on = _served_views(source, feats)
-        w, b = fit_head(fit_on, labels, w0, b0, config.pull)
+        on_served = _served_views(source, feats, fit_views)
+        w, b = fit_head(feats, labels, w0, b0, config.pull)
         # Installed weights this size are stored in float16: score what will be served.
         w = w.astype(np.float16).astype(np.float64)
-        oof = cross_fitted(fit_on, labels, w0, b0, config.pull, config.seed)
+        oof = cross_fitted(feats, labels, w0, b0, config.pull, config.seed, on_served)
         temperature = fit_temperature(oof, labels) if len(np.unique(labels)) > 1 else 1.0
         head.set_weights([w.astype(np.float32), b.astype(np.float32)])
 
@@ -383,8 +434,10 @@ def adapt(
             adaptation_run=run_id,
             adaptation={
                 "adapted": "classifier head (Dense 'predictions'); trunk unchanged",
-                "method": "softmax head fitted by cross-entropy on every served view of the "
-                f"taken cells, plus {config.pull} / 2 * ||W - W_source||^2, from the source head",
+                "method": "softmax head fitted by cross-entropy on the 8 symmetries and "
+                f"{config.augmented_views} standard-augmented views of each taken cell, plus "
+                f"{config.pull} / 2 * ||W - W_source||^2, from the source head",
+                "augmented_views": config.augmented_views,
                 "per_class": config.per_class,
                 "seed": config.seed,
                 "pull": config.pull,

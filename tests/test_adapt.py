@@ -97,7 +97,9 @@ def test_adapt_installs_a_model_that_lists_its_cells_and_predicts(cli, store, la
     )
     run = store / "runs" / card["adaptation_run"]
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
-    assert json.loads((run / "config.json").read_text())["seed"] == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["seed"] == 0 and config["augmented_views"] == 8
+    assert card["adaptation"]["augmented_views"] == 8
     assert (run / "environment.json").is_file()
     # the head changed, the trunk did not
     source = load_model("tiny-cnn")
@@ -112,6 +114,31 @@ def test_adapt_installs_a_model_that_lists_its_cells_and_predicts(cli, store, la
     rows = adapted.classify([(p.name, p) for p in sorted(lab.rglob("*.jpg"))])
     assert all(r.ok and abs(r.probabilities.sum() - 1) < 1e-6 for r in rows)
     assert "tiny-lab" in cli(["list", "--json"], store=store, check=True).stdout
+
+
+def test_fitting_views_are_the_symmetries_and_seeded_augmentations(store, monkeypatch):
+    """The head is fitted on all 8 symmetries plus seeded augmented views; serving is unchanged."""
+    from bcclassify.adapt import _served_views, view_features
+    from bcclassify.serving import VIEW_TRANSFORMS, load_model
+
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    model = load_model("tiny-cnn")
+    items = sorted(FIXTURE_IMAGES.rglob("*.jpg"))[:3]
+    views = tuple(VIEW_TRANSFORMS)
+    first = view_features(model, items, "t", views=views, augmented=2, seed=5)
+    assert first.shape[:2] == (len(views) + 2, 3)
+    # the named views are the symmetries of the image, identity first
+    plain = view_features(model, items, "t")
+    np.testing.assert_allclose(first[0], plain[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        _served_views(model, first, views), _served_views(model, plain), rtol=1e-5, atol=1e-6
+    )
+    # augmented views differ from the image and from each other, and a rerun repeats them
+    assert not np.allclose(first[-1], first[0]) and not np.allclose(first[-1], first[-2])
+    again = view_features(model, items, "t", views=views, augmented=2, seed=5)
+    np.testing.assert_array_equal(first, again)
+    other = view_features(model, items, "t", views=views, augmented=2, seed=6)
+    assert not np.allclose(other[-1], first[-1])
 
 
 def test_adapt_can_score_the_cells_it_did_not_take(cli, store, lab):
