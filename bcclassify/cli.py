@@ -178,6 +178,7 @@ def _cmd_predict(args) -> int:
     from tqdm import tqdm
 
     from .imaging import collect_image_paths
+    from .report import batch_shift_notice
     from .serving import iter_sources
     from .tables import prediction_rows, write_prediction_csv
 
@@ -195,7 +196,7 @@ def _cmd_predict(args) -> int:
         write_prediction_csv([], names, sys.stdout)
         sys.stdout.flush()
     payload: list[dict] = []
-    refused = 0
+    refused = classified = unidentified = 0
     # On a terminal only (disable=None): a log or pipe keeps exactly one line per refused input.
     bar = tqdm(
         total=len(paths),
@@ -220,10 +221,16 @@ def _cmd_predict(args) -> int:
                 if not pred.ok:
                     refused += 1
                     bar.write(f"refused: {' '.join(pred.error.split())}", file=sys.stderr)
+                else:
+                    classified += 1
+                    unidentified += pred.flag == "unidentified"
             bar.update(len(batch))
     if not csv_out:
         json.dump(payload, sys.stdout, indent=2)
         sys.stdout.write("\n")
+    notice = batch_shift_notice(classified, unidentified)
+    if notice:
+        print(f"note: {notice}", file=sys.stderr)
     return EXIT_REFUSED if refused else EXIT_OK
 
 
@@ -304,8 +311,10 @@ def _evaluate_ood(args) -> int:
         return EXIT_OK
     rows = [("all", result)] + list(result["by_folder"].items())
     print(f"non-cell images in {args.ood}, model {result['source']}:")
-    print(f"  {'folder':<16}{'images':>7}{'flagged':>9}{'unidentified':>14}{'low conf.':>11}"
-          f"{'refused':>9}")
+    print(
+        f"  {'folder':<16}{'images':>7}{'flagged':>9}{'unidentified':>14}{'low conf.':>11}"
+        f"{'refused':>9}"
+    )
     for name, r in rows:
         print(
             f"  {name:<16}{r['num_images']:>7d}{100 * r['flagged_fraction']:>8.1f}%"

@@ -125,9 +125,7 @@ def expected_calibration_error(
     )
 
 
-def reliability_table(
-    y_true: np.ndarray, probabilities: np.ndarray, bins: int = 15
-) -> list[dict]:
+def reliability_table(y_true: np.ndarray, probabilities: np.ndarray, bins: int = 15) -> list[dict]:
     """Per confidence bin (equal width on [0, 1]): cells, mean confidence, accuracy.
 
     Empty bins are left out; the rows are what a reliability diagram draws.
@@ -174,4 +172,3 @@ def auroc(scores_negative: np.ndarray, scores_positive: np.ndarray) -> float:
     ranks = rankdata(np.concatenate([neg, pos]))  # ties get their average rank
     pos_rank_sum = ranks[len(neg) :].sum()
     return float((pos_rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-

@@ -23,7 +23,7 @@ from bcclassify.explain import (
 )
 from bcclassify.imaging import IMAGE_TYPES, ImageLoadError, load_image
 from bcclassify.kept import KeptCells, KeptCellsError, cell_bytes
-from bcclassify.report import needs_review, reviewed_differential
+from bcclassify.report import batch_shift_notice, needs_review, reviewed_differential
 from bcclassify.reviews import ReviewLog, ReviewLogUnavailable
 from bcclassify.serving import Prediction
 from bcclassify.uploads import UploadLimits
@@ -619,6 +619,9 @@ def main() -> None:
     elif cells:
         reviewed = final_labels(log, model_name)
         st.success(f"{len(cells)} of {len(items)} image(s) classified with {model_name}.")
+        notice = batch_shift_notice(len(cells), sum(p.flag == "unidentified" for _, p, _ in cells))
+        if notice:
+            st.warning(notice)
         gallery_ui(cells, reviewed)
         differential_ui(reviewed_differential([(i.sha256, p) for i, p, _ in cells], reviewed))
         # Predictions carry the file name as their path, and keep their flags in the export.

@@ -141,3 +141,14 @@ def test_spreadsheet_safe_escapes_formula_starts_only():
         assert spreadsheet_safe(text) == "'" + text
     assert spreadsheet_safe("lymphocyte") == "lymphocyte"
     assert spreadsheet_safe(0.5) == 0.5 and spreadsheet_safe("") == ""
+
+
+def test_batch_shift_notice_fires_only_when_much_of_a_batch_is_unidentified():
+    from bcclassify.report import SHIFT_MIN_CELLS, batch_shift_notice
+
+    assert batch_shift_notice(0, 0) is None
+    assert batch_shift_notice(SHIFT_MIN_CELLS - 1, SHIFT_MIN_CELLS - 1) is None  # too few cells
+    assert batch_shift_notice(100, 29) is None  # odd cells in a batch of the training lab's look
+    notice = batch_shift_notice(100, 30)
+    assert notice is not None and notice.startswith("30 of 100 cells (30%)")
+    assert "bcclassify adapt" in notice

@@ -173,3 +173,7 @@ def test_the_default_flags_non_cell_images_and_not_cells(tmp_path, cli):
     assert len(cells) == 16
     assert not [r["path"] for r in cells if r["flag"] == "unidentified"]
     assert sum(r["label"] == r["path"].split("/")[-2] for r in cells) >= 15
+    # 5 unidentified of 21 is under the batch warning's share; 5 of 5 is over it.
+    assert "look unlike" not in result.stderr
+    alone = cli(["predict", "--model", "hybrid", noncell], store=store)
+    assert alone.returncode == 0 and "note: 5 of 5 cells (100%) look unlike" in alone.stderr
