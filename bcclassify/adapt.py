@@ -263,6 +263,16 @@ def view_features(
     return np.concatenate(chunks, axis=1)
 
 
+def acquisition_numbers(classifier, items: list) -> np.ndarray:
+    """acquisition.summaries of each image as the model is given it (items as view_features)."""
+    from .acquisition import summaries
+
+    pixels = [
+        classifier.load(*((i[1], i[0]) if isinstance(i, tuple) else (i, str(i)))) for i in items
+    ]
+    return summaries(np.stack(pixels)) if pixels else np.zeros((0, 4))
+
+
 def _view_order(classifier, views: tuple[str, ...] | None = None) -> tuple[str, ...]:
     """The named views view_features computes: identity first, then the others in order."""
     chosen = classifier.test_time_views if views is None else views
@@ -447,6 +457,13 @@ def adapt(
             },
             test_metrics={},
         )
+        if source.acquisition is not None:
+            # The lab's cells were taken with its own stain and camera: widen the range to hold
+            # them, or every cell of the lab would stay unidentified.
+            card["acquisition"] = source.acquisition.widened_to(
+                acquisition_numbers(source, [i for i, _ in taken]),
+                f"the {len(taken)} taken lab cells (adapt)",
+            ).to_card()
         card["calibration"] = {
             "method": f"temperature on {CROSS_FIT_FOLDS}-fold cross-fitted probabilities of the "
             "taken cells (negative log-likelihood)",
@@ -555,13 +572,19 @@ def evaluate_rest(
     labels = np.asarray([names.index(c) for _, c in rest])
     feats = view_features(source, [i for i, _ in rest], "held-back cells", progress)
     on_views = _served_views(source, feats)
+    numbers = acquisition_numbers(source, [i for i, _ in rest])
     out: dict = {"num_cells": int(len(labels))}
     for key, model, (w, b) in (("before", source, before), ("after", adapted, after)):
         probs = temper(served(on_views, w, b), model.temperature)
         if model.novelty is not None:
-            novelty, threshold = model.novelty.score(feats[0]), model.novelty.threshold
+            novelty = model.novelty.score(feats[0])
         else:
-            novelty, threshold = np.full(len(labels), -np.inf), np.inf
+            novelty = np.full(len(labels), -np.inf)
+        if model.acquisition is not None:  # as serving: outside the range is unidentified
+            novelty = np.where(model.acquisition.outside(numbers), np.inf, novelty)
+        threshold = model.unidentified_threshold
+        if model.novelty is None and model.acquisition is None:
+            threshold = np.inf
         out[key] = trust_figures(labels, probs, novelty, threshold, model.threshold)
     return out
 

@@ -421,6 +421,12 @@ def _add_calibrate(sub) -> None:
         "(default: keep the card's)",
     )
     p.add_argument("--train-limit", type=int, default=4000, help="training cells to fit on")
+    p.add_argument(
+        "--acquisition-only",
+        action="store_true",
+        help="only (re)fit the acquisition range (background colour, brightness, darker share of "
+        "the training images; outside it a cell is unidentified): seconds, no features",
+    )
 
 
 def _cmd_calibrate(args) -> int:
@@ -434,6 +440,16 @@ def _cmd_calibrate(args) -> int:
         value = getattr(args, option)
         if value and not Path(value).is_dir():
             raise UsageError(f"--{option} {value}: not a folder")
+    if args.acquisition_only:
+        from .serving import ModelIntegrityError, ModelNotFoundError
+        from .trust import fit_acquisition
+
+        try:
+            card = fit_acquisition(args.model, args.data, shifted=args.shifted)
+        except (FileNotFoundError, ValueError, ModelNotFoundError, ModelIntegrityError) as exc:
+            raise UsageError(str(exc)) from None
+        print(json.dumps({"acquisition": card["acquisition"]}, indent=2))
+        return EXIT_OK
     if args.method == "knn+oe" and not args.outliers:
         raise UsageError("--method knn+oe needs --outliers DIR (non-cell images)")
     _tensorflow()
@@ -453,7 +469,7 @@ def _cmd_calibrate(args) -> int:
         )
     except (FileNotFoundError, ValueError, ModelNotFoundError, ModelIntegrityError) as exc:
         raise UsageError(str(exc)) from None
-    print(json.dumps({k: card[k] for k in ("calibration", "novelty")}, indent=2))
+    print(json.dumps({k: card[k] for k in ("calibration", "novelty", "acquisition")}, indent=2))
     return EXIT_OK
 
 

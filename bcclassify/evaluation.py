@@ -106,7 +106,9 @@ def evaluate_installed(
     split_of = (trained_on.get("manifest_sha256"), train_cfg.get("seed", 42), None)
 
     novelty: list[np.ndarray] = []
-    assess = views == classifier.test_time_views and classifier.novelty is not None
+    assess = views == classifier.test_time_views and (
+        classifier.novelty is not None or classifier.acquisition is not None
+    )
 
     def predict(pixels):
         parts = []
@@ -132,7 +134,7 @@ def evaluate_installed(
                 labels,
                 probabilities,
                 np.concatenate(novelty),
-                classifier.novelty.threshold,
+                classifier.unidentified_threshold,
                 classifier.threshold,
             ),
             "ece": expected_calibration_error(labels, probabilities),

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import CLASS_NAMES
+from .acquisition import AcquisitionRange
 from .imaging import ImageLoadError, ImageSource, load_image
 from .store import (
     default_model_name,
@@ -277,6 +278,7 @@ class ClassifierModel:
     _forward: object = field(default=None, repr=False)
     _feature_forward: object = field(default=None, repr=False)
     novelty: object = None  # trust.NoveltyDetector when the card has one (novelty.npz)
+    acquisition: object = None  # acquisition.AcquisitionRange when the card has one
 
     def feature_forward(self):
         """The compiled pixels -> (head features, probabilities) function, built once."""
@@ -330,14 +332,31 @@ class ClassifierModel:
         return probs / probs.sum(axis=1, keepdims=True)  # exact sum to 1 after float32 softmax
 
     def assess_pixels(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Calibrated probabilities over the card's views and, with a novelty detector, each
-        image's novelty score (None without one); one forward pass serves both."""
-        if self.novelty is None:
-            return self.predict_pixels(pixels), None
-        from .trust import features_and_probabilities
+        """Calibrated probabilities over the card's views and each image's novelty score (None
+        without a novelty detector or acquisition range); one forward pass serves both.
 
-        features, _, served = features_and_probabilities(self, pixels)
-        return self._calibrated(served), self.novelty.score(features)
+        An image outside the card's acquisition range scores +inf: unidentified whatever its
+        features (acquisition.py). Compare scores with :attr:`unidentified_threshold`.
+        """
+        if self.novelty is None:
+            probabilities, scores = self.predict_pixels(pixels), None
+        else:
+            from .trust import features_and_probabilities
+
+            features, _, served = features_and_probabilities(self, pixels)
+            probabilities, scores = self._calibrated(served), self.novelty.score(features)
+        if self.acquisition is not None:
+            from .acquisition import summaries
+
+            outside = self.acquisition.outside(summaries(pixels))
+            base = np.full(len(outside), -np.inf) if scores is None else scores
+            scores = np.where(outside, np.inf, base)
+        return probabilities, scores
+
+    @property
+    def unidentified_threshold(self) -> float:
+        """The novelty score above which a cell is unidentified (the detector's, else 0)."""
+        return float(self.novelty.threshold) if self.novelty is not None else 0.0
 
     def load(self, source: ImageSource, name: str | None = None) -> np.ndarray:
         return load_image(source, self.image_size, name=name)
@@ -360,7 +379,7 @@ class ClassifierModel:
                 results[index].probabilities = row
                 if novelty is not None:
                     results[index].novelty = float(novelty[n])
-                    results[index].novelty_threshold = self.novelty.threshold
+                    results[index].novelty_threshold = self.unidentified_threshold
             pending.clear()
 
         for done, (label, source) in enumerate(sources, start=1):
@@ -406,6 +425,7 @@ def load_model_folder(folder: Path, name: str, verify: bool = True) -> Classifie
             name, folder, card, model, tuple(card.get("class_names", CLASS_NAMES))
         )
         classifier.novelty = novelty.result()
+    classifier.acquisition = AcquisitionRange.from_card(card.get("acquisition"))
     return classifier
 
 

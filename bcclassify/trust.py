@@ -417,7 +417,6 @@ def calibrate_model(
     only report figures. Writes ``novelty-*.npz`` and the card's ``calibration`` and ``novelty``
     sections, checksummed; returns the new card.
     """
-    from .data import scan_dataset, train_val_test_split
     from .imaging import collect_image_paths
     from .metrics import auroc, brier_score, expected_calibration_error, reliability_table
     from .serving import NOVELTY_FILE, load_model
@@ -425,20 +424,7 @@ def calibrate_model(
 
     classifier = load_model(name)
     card = dict(classifier.card)
-    trained_on = card.get("training_data") or {}
-    seed = int((card.get("training_config") or {}).get("seed", 42))
-    dataset = scan_dataset(data)
-    if dataset.manifest_hash() != trained_on.get("manifest_sha256"):
-        raise ValueError(
-            f"{data} is not the data {classifier.name} was trained on (manifest differs), so its "
-            "training/validation/test split cannot be recomputed"
-        )
-    split = train_val_test_split(dataset.labels, dataset.hashes, seed)
-    if not (len(split.train) and len(split.val) and len(split.test)):
-        raise ValueError(
-            f"{data}: too few images to calibrate on (split {split.sizes()}); the training, "
-            "validation and test splits must all hold cells"
-        )
+    dataset, split, seed = _own_split(classifier.name, card, data)
     train_idx = split.train
     if train_limit and len(train_idx) > train_limit:
         train_idx = np.sort(np.random.default_rng(seed).permutation(train_idx)[:train_limit])
@@ -574,6 +560,7 @@ def calibrate_model(
     staged.replace(classifier.folder / file_name)
     novelty["file"] = file_name
     card["novelty"] = novelty
+    card["acquisition"] = _acquisition_section(card, dataset, split, seed, shifted)
     old_name = (classifier.card.get("novelty") or {}).get("file")
     files = {k: v for k, v in card["files_sha256"].items() if k != old_name}
     files[file_name] = digest
@@ -581,4 +568,81 @@ def calibrate_model(
     write_json(classifier.folder / "card.json", card)
     if old_name and old_name != file_name:
         (classifier.folder / old_name).unlink(missing_ok=True)
+    return card
+
+
+def _own_split(model_name: str, card: dict, data: str | Path):
+    """(dataset, split, seed) of the model's own training data, recomputed from its card."""
+    from .data import scan_dataset, train_val_test_split
+
+    trained_on = card.get("training_data") or {}
+    seed = int((card.get("training_config") or {}).get("seed", 42))
+    dataset = scan_dataset(data)
+    if dataset.manifest_hash() != trained_on.get("manifest_sha256"):
+        raise ValueError(
+            f"{data} is not the data {model_name} was trained on (manifest differs), so its "
+            "training/validation/test split cannot be recomputed"
+        )
+    split = train_val_test_split(dataset.labels, dataset.hashes, seed)
+    if not (len(split.train) and len(split.val) and len(split.test)):
+        raise ValueError(
+            f"{data}: too few images to calibrate on (split {split.sizes()}); the training, "
+            "validation and test splits must all hold cells"
+        )
+    return dataset, split, seed
+
+
+ACQUISITION_TRAIN_LIMIT = 3000  # training images the range is fitted on (a few seconds each 100)
+
+
+def _acquisition_section(card: dict, dataset, split, seed: int, shifted=None) -> dict:
+    """The card's ``acquisition`` section: the range of the training split's images (at most
+    ACQUISITION_TRAIN_LIMIT, seeded), with the share outside it of the validation and test
+    splits and of ``shifted`` (another lab's cells)."""
+    from .acquisition import fit_range, summaries
+    from .imaging import collect_image_paths, load_image
+
+    size = int(card["image_size"])
+
+    def numbers(paths) -> np.ndarray:
+        return np.concatenate(
+            [
+                summaries(np.stack([load_image(p, size) for p in paths[i : i + 64]]))
+                for i in range(0, len(paths), 64)
+            ]
+        )
+
+    train_idx = split.train
+    if len(train_idx) > ACQUISITION_TRAIN_LIMIT:
+        train_idx = np.sort(
+            np.random.default_rng(seed).permutation(train_idx)[:ACQUISITION_TRAIN_LIMIT]
+        )
+    fitted = fit_range(
+        numbers([dataset.paths[i] for i in train_idx]),
+        f"{len(train_idx)} training-split images at {size} px",
+    )
+    section = fitted.to_card()
+    section["outside_fraction"] = {
+        part: float(fitted.outside(numbers([dataset.paths[i] for i in idx])).mean())
+        for part, idx in (("validation", split.val), ("test", split.test))
+    }
+    if shifted is not None:
+        section["outside_fraction"][Path(shifted).name] = float(
+            fitted.outside(numbers(collect_image_paths([shifted]))).mean()
+        )
+    return section
+
+
+def fit_acquisition(name: str | None, data: str | Path, shifted: str | Path | None = None) -> dict:
+    """Fit only the acquisition range of an installed model (calibrate does it too) and write
+    it into the card; no TensorFlow needed. Returns the new card."""
+    from .serving import read_card, resolve_model_name
+    from .store import models_dir, write_json
+
+    chosen = resolve_model_name(name)
+    folder = models_dir() / chosen
+    card = dict(read_card(folder))
+    dataset, split, seed = _own_split(chosen, card, data)
+    card["acquisition"] = _acquisition_section(card, dataset, split, seed, shifted)
+    write_json(folder / "card.json", card)
     return card
