@@ -1,11 +1,11 @@
 """How much of another lab's look an augmentation preset spans (issue 12).
 
-Each image is summarised by its background chromaticity (r and g of the brightest fifth of its
-pixels, normalised to r + g + b = 1), its background brightness and the share of the frame
-darker than 80% of the background. A lab's image is "covered" by a preset when each of its four
-numbers lies between the 1st and 99th percentiles of the same number over augmented PBC images
-(one augmented copy of each sampled image). Prints JSON: the covered share per preset and per
-number.
+Each image is summarised by bcclassify.acquisition.summaries: its background chromaticity (r and
+g of the brightest fifth of its pixels, normalised to r + g + b = 1), its background brightness
+and the share of the frame darker than 80% of the background. A lab's image is "covered" by a
+preset when each of its four numbers lies between the 1st and 99th percentiles of the same
+number over augmented PBC images (one augmented copy of each sampled image). Prints JSON: the
+covered share per preset and per number.
 
     .venv/bin/python scripts/lab_coverage.py --lab ../shared/data/ext-tecom --pbc-sample 1200
 """
@@ -23,19 +23,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-NUMBERS = ("background_r", "background_g", "background_brightness", "darker_share")
-
-
-def summary(image: np.ndarray) -> np.ndarray:
-    """(background r, background g, background brightness, stained share) of one RGB image."""
-    pixels = image.reshape(-1, 3).astype(np.float64)
-    luminance = pixels.mean(axis=1)
-    background = pixels[luminance >= np.percentile(luminance, 80)].mean(axis=0)
-    chroma = background / max(background.sum(), 1e-6)
-    stained = float((luminance < 0.8 * background.mean()).mean())
-    return np.array([chroma[0], chroma[1], background.mean() / 255.0, stained])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lab", default=str(REPO.parent / "shared/data/ext-tecom"))
@@ -46,6 +33,7 @@ def main() -> int:
 
     import tensorflow as tf
 
+    from bcclassify.acquisition import STATISTICS, summaries
     from bcclassify.augment import augment_batch, preset
     from bcclassify.imaging import load_image
 
@@ -54,24 +42,28 @@ def main() -> int:
     pbc_files = [pbc_files[i] for i in rng.choice(len(pbc_files), args.pbc_sample, replace=False)]
     lab_files = sorted(p for p in Path(args.lab).rglob("*") if p.is_file())
     pbc = np.stack([load_image(p, 224) for p in pbc_files])
-    lab = np.stack([summary(load_image(p, 224)) for p in lab_files])
+    lab = summaries(np.stack([load_image(p, 224) for p in lab_files]))
     result = {"lab_folder": Path(args.lab).name, "lab_images": len(lab), "pbc_images": len(pbc)}
     for name in ("none", "standard", "lab"):
         generator = tf.random.Generator.from_seed(args.seed)
-        augmented = pbc if name == "none" else np.concatenate(
-            [
-                augment_batch(pbc[i : i + 64], generator, preset(name)).numpy()
-                for i in range(0, len(pbc), 64)
-            ]
+        augmented = (
+            pbc
+            if name == "none"
+            else np.concatenate(
+                [
+                    augment_batch(pbc[i : i + 64], generator, preset(name)).numpy()
+                    for i in range(0, len(pbc), 64)
+                ]
+            )
         )
-        summaries = np.stack([summary(x) for x in augmented])
-        low, high = np.percentile(summaries, [1, 99], axis=0)
+        numbers = summaries(augmented)
+        low, high = np.percentile(numbers, [1, 99], axis=0)
         inside = (lab >= low) & (lab <= high)
         result[name] = {
             "covered": round(float(inside.all(axis=1).mean()), 3),
-            "per_number": dict(zip(NUMBERS, inside.mean(axis=0).round(3).tolist())),
+            "per_number": dict(zip(STATISTICS, inside.mean(axis=0).round(3).tolist())),
         }
-    plain = np.stack([summary(x) for x in pbc])
+    plain = summaries(pbc)
     result["lab_median_summary"] = np.median(lab, axis=0).round(3).tolist()
     result["pbc_median_summary"] = np.median(plain, axis=0).round(3).tolist()
     print(json.dumps(result, indent=2))
