@@ -1,8 +1,9 @@
 """Adapt an installed model to another lab from a few labelled cells (issue 12).
 
 What is adapted, and why only that: the classifier head (the Dense layer ``predictions``) is
-refitted on the source model's pooled features of at most K cells a class, by cross-entropy with
-an L2 pull toward the source head. The trunk is left as it is: with ~10 cells a class it cannot
+refitted on the source model's pooled features of at most K cells a class (all 8 symmetries and
+DEFAULT_AUGMENTED_VIEWS augmented views of each), by cross-entropy with an L2 pull toward the
+source head. The trunk is left as it is: with ~10 cells a class it cannot
 be trained without overfitting, and the novelty detector's feature bank stays valid only while
 the features do not change. The pull keeps classes absent from the lab's folders (and the lab's
 classes away from its few cells) close to the source behaviour. Measured on ext-tecom
@@ -11,9 +12,11 @@ classes away from its few cells) close to the source behaviour. Measured on ext-
 The adapted model is installed like any other: the source's architecture and trunk weights, the
 new head, a temperature fitted on cross-fitted (out-of-fold) probabilities of the taken cells,
 and the source's novelty detector with the taken cells' features added to its k-NN bank, so the
-lab's cells stop looking unlike "the training cells". Its card names the source model (and the
-sha256 of its card), the adaptation run in ``model_store/runs/`` and the sha256 of every cell
-used; cells of the folder that were not taken are never read (unless ``evaluate`` scores them).
+lab's cells stop looking unlike "the training cells"; likewise the acquisition range
+(acquisition.py) is widened to hold the taken cells' stain and camera. Its card names the
+source model (and the sha256 of its card), the adaptation run in ``model_store/runs/`` and the
+sha256 of every cell used; cells of the folder that were not taken are never read (unless
+``evaluate`` scores them).
 """
 
 from __future__ import annotations

@@ -473,6 +473,15 @@ def calibrate_model(
     val_scores = detector.score(val["features"])
     detector.threshold = float(np.quantile(val_scores, quantile))
     test_scores = detector.score(test["features"])
+    # The figures are the served flags: outside the acquisition range is unidentified too (the
+    # threshold above stays the novelty score's own quantile).
+    acquisition, outside_of = _fit_acquisition(card, dataset, split, seed)
+
+    def gated(scores: np.ndarray, paths: list) -> np.ndarray:
+        return np.where(outside_of(paths), np.inf, scores)
+
+    val_gated = gated(val_scores, [dataset.paths[i] for i in split.val[val["kept"]]])
+    test_gated = gated(test_scores, [dataset.paths[i] for i in split.test[test["kept"]]])
     if low_confidence is not None:
         card["low_confidence_threshold"] = float(low_confidence)
     low = float(card.get("low_confidence_threshold", 0.6))
@@ -511,23 +520,24 @@ def calibrate_model(
         "threshold_rule": f"the {quantile:.3f} quantile of the validation split's novelty scores "
         f"({len(val_labels)} cells)",
         "validation": trust_figures(
-            val_labels, temper(val["served"], temperature), val_scores, detector.threshold, low
+            val_labels, temper(val["served"], temperature), val_gated, detector.threshold, low
         ),
         "test": trust_figures(
-            test_labels, temper(test_served, temperature), test_scores, detector.threshold, low
+            test_labels, temper(test_served, temperature), test_gated, detector.threshold, low
         ),
     }
     if noncell is not None:
         got, paths = folder(noncell, True, f"noncell-{Path(noncell).name}")
         scores = detector.score(got["features"])
         served = temper(got["served"], temperature)
-        rejected = (scores > detector.threshold) | (served.max(axis=1) < low)
+        unidentified = gated(scores, paths) > detector.threshold
+        rejected = unidentified | (served.max(axis=1) < low)
         kinds = np.asarray([p.parent.name for p in paths])
         novelty["noncell_development_set"] = {
             "note": NONCELL_FIGURES_NOTE,
             "num_images": int(len(scores)),
-            "auroc_vs_test_cells": auroc(test_scores, scores),
-            "unidentified_fraction": float(np.mean(scores > detector.threshold)),
+            "auroc_vs_test_cells": auroc(test_scores, scores),  # of the novelty score alone
+            "unidentified_fraction": float(np.mean(unidentified)),
             "flagged_fraction": float(rejected.mean()),
             "flagged_by_kind": {k: float(rejected[kinds == k].mean()) for k in sorted(set(kinds))},
         }
@@ -546,7 +556,10 @@ def calibrate_model(
             **trust_figures(
                 labels[known],
                 temper(got["served"][known], temperature),
-                detector.score(got["features"][known]),
+                gated(
+                    detector.score(got["features"][known]),
+                    [p for p, k in zip(paths, known) if k],
+                ),
                 detector.threshold,
                 low,
             ),
@@ -560,7 +573,7 @@ def calibrate_model(
     staged.replace(classifier.folder / file_name)
     novelty["file"] = file_name
     card["novelty"] = novelty
-    card["acquisition"] = _acquisition_section(card, dataset, split, seed, shifted)
+    card["acquisition"] = _acquisition_section(acquisition, outside_of, dataset, split, shifted)
     old_name = (classifier.card.get("novelty") or {}).get("file")
     files = {k: v for k, v in card["files_sha256"].items() if k != old_name}
     files[file_name] = digest
@@ -595,40 +608,52 @@ def _own_split(model_name: str, card: dict, data: str | Path):
 ACQUISITION_TRAIN_LIMIT = 3000  # training images the range is fitted on (a few seconds each 100)
 
 
-def _acquisition_section(card: dict, dataset, split, seed: int, shifted=None) -> dict:
-    """The card's ``acquisition`` section: the range of the training split's images (at most
-    ACQUISITION_TRAIN_LIMIT, seeded), with the share outside it of the validation and test
-    splits and of ``shifted`` (another lab's cells)."""
+def _fit_acquisition(card: dict, dataset, split, seed: int):
+    """The acquisition range of the training split's images (at most ACQUISITION_TRAIN_LIMIT,
+    seeded), and a function telling which of some image paths lie outside it."""
     from .acquisition import fit_range, summaries
-    from .imaging import collect_image_paths, load_image
+    from .imaging import load_image
 
     size = int(card["image_size"])
+    known: dict = {}  # path -> outside, so figures over the same images load them once
 
-    def numbers(paths) -> np.ndarray:
-        return np.concatenate(
-            [
-                summaries(np.stack([load_image(p, size) for p in paths[i : i + 64]]))
-                for i in range(0, len(paths), 64)
-            ]
-        )
+    def outside_of(paths) -> np.ndarray:
+        missing = [p for p in dict.fromkeys(paths) if p not in known]
+        for i in range(0, len(missing), 64):
+            chunk = missing[i : i + 64]
+            flags = fitted.outside(summaries(np.stack([load_image(p, size) for p in chunk])))
+            known.update(zip(chunk, flags.tolist()))
+        return np.asarray([known[p] for p in paths], dtype=bool)
 
     train_idx = split.train
     if len(train_idx) > ACQUISITION_TRAIN_LIMIT:
         train_idx = np.sort(
             np.random.default_rng(seed).permutation(train_idx)[:ACQUISITION_TRAIN_LIMIT]
         )
-    fitted = fit_range(
-        numbers([dataset.paths[i] for i in train_idx]),
-        f"{len(train_idx)} training-split images at {size} px",
+    paths = [dataset.paths[i] for i in train_idx]
+    numbers = np.concatenate(
+        [
+            summaries(np.stack([load_image(p, size) for p in paths[i : i + 64]]))
+            for i in range(0, len(paths), 64)
+        ]
     )
+    fitted = fit_range(numbers, f"{len(train_idx)} training-split images at {size} px")
+    return fitted, outside_of
+
+
+def _acquisition_section(fitted, outside_of, dataset, split, shifted=None) -> dict:
+    """The card's ``acquisition`` section: the range (from :func:`_fit_acquisition`), with the
+    share of the validation and test splits and of ``shifted`` (another lab's cells) outside."""
+    from .imaging import collect_image_paths
+
     section = fitted.to_card()
     section["outside_fraction"] = {
-        part: float(fitted.outside(numbers([dataset.paths[i] for i in idx])).mean())
+        part: float(outside_of([dataset.paths[i] for i in idx]).mean())
         for part, idx in (("validation", split.val), ("test", split.test))
     }
     if shifted is not None:
         section["outside_fraction"][Path(shifted).name] = float(
-            fitted.outside(numbers(collect_image_paths([shifted]))).mean()
+            outside_of(collect_image_paths([shifted])).mean()
         )
     return section
 
@@ -643,6 +668,7 @@ def fit_acquisition(name: str | None, data: str | Path, shifted: str | Path | No
     folder = models_dir() / chosen
     card = dict(read_card(folder))
     dataset, split, seed = _own_split(chosen, card, data)
-    card["acquisition"] = _acquisition_section(card, dataset, split, seed, shifted)
+    fitted, outside_of = _fit_acquisition(card, dataset, split, seed)
+    card["acquisition"] = _acquisition_section(fitted, outside_of, dataset, split, shifted)
     write_json(folder / "card.json", card)
     return card

@@ -30,6 +30,8 @@ def flags_on_originals(keep: set[str]) -> dict:
     reaches the model as its copy's pixels, so the copy's features and probabilities are its."""
     import json
 
+    from bcclassify.acquisition import AcquisitionRange, summaries
+    from bcclassify.imaging import load_image
     from bcclassify.metrics import expected_calibration_error
     from bcclassify.trust import NoveltyDetector, temper, trust_figures
 
@@ -38,6 +40,7 @@ def flags_on_originals(keep: set[str]) -> dict:
     with np.load(folder / card["novelty"]["file"]) as stored:
         detector = NoveltyDetector.from_arrays(stored)
     detector.threshold = card["novelty"]["threshold"]
+    acquisition = AcquisitionRange.from_card(card.get("acquisition"))
     out = {}
     for part in ("val", "test"):
         data = dict(np.load(CACHE / f"{part}.npz"))
@@ -47,11 +50,16 @@ def flags_on_originals(keep: set[str]) -> dict:
         mask = np.asarray([r in keep for r in rel])
         probs = temper(data["served"][mask], card["calibration"]["temperature"])
         labels = data["labels"][mask]
+        scores = detector.score(data["features"][mask])
+        if acquisition is not None:  # as served: outside the acquisition range is unidentified
+            copies = [p for p, m in zip(data["paths"], mask) if m]
+            pixels = np.stack([load_image(p, card["image_size"]) for p in copies])
+            scores = np.where(acquisition.outside(summaries(pixels)), np.inf, scores)
         out[part] = {
             **trust_figures(
                 labels,
                 probs,
-                detector.score(data["features"][mask]),
+                scores,
                 detector.threshold,
                 card["low_confidence_threshold"],
             ),
