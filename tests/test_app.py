@@ -405,3 +405,43 @@ def test_model_comparison_reports_a_bad_upload(tiny_store, tmp_path, monkeypatch
     ).run()
     _no_exception(at)
     assert "broken.png" in _texts(at.error) + _texts(at.text)
+
+
+def test_a_batch_mostly_unlike_the_training_cells_gets_the_other_lab_warning(
+    tiny_store, tmp_path, monkeypatch
+):
+    """Another lab's look (yellowed backgrounds) is outside the model's acquisition range: every
+    cell is unidentified and the batch gets a warning pointing to adaptation."""
+    import json
+    import shutil
+
+    from bcclassify.acquisition import fit_range, summaries
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    card_path = store / "models" / "tiny-cnn" / "card.json"
+    card = json.loads(card_path.read_text())
+    own = [
+        np.asarray(Image.open(p).convert("RGB").resize((32, 32))) for p in EXAMPLES.rglob("*.jpg")
+    ]
+    card["acquisition"] = fit_range(summaries(np.stack(own)), "example cells").to_card()
+    card_path.write_text(json.dumps(card))
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    files = []
+    for path in sorted(EXAMPLES.rglob("*.jpg"))[:6]:
+        pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+        yellowed = np.clip(pixels * [1.08, 1.02, 0.80], 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(yellowed).save(buffer, format="PNG")
+        files.append((f"{path.stem}.png", buffer.getvalue(), "image/png"))
+
+    at = _start(monkeypatch, tmp_path / "data")
+    at.selectbox(key="model").set_value("tiny-cnn").run()
+    at.file_uploader(key="uploads").set_value(files).run()
+    _no_exception(at)
+    assert "6 of 6 cells (100%) look unlike" in _texts(at.warning)
+    # the same cells as the training lab took them: no warning
+    plain = [(p.name, p.read_bytes(), "image/jpeg") for p in sorted(EXAMPLES.rglob("*.jpg"))[:6]]
+    at.file_uploader(key="uploads").set_value(plain).run()
+    _no_exception(at)
+    assert "look unlike" not in _texts(at.warning)
