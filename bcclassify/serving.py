@@ -261,6 +261,12 @@ class Prediction:
         return "low_confidence" if self.confidence < self.threshold else ""
 
     @property
+    def taken_unlike_training(self) -> bool:
+        """Unidentified by the acquisition range (background colour, brightness, darker share)
+        rather than by the features: serving scores such an image +inf (acquisition.py)."""
+        return self.novelty is not None and self.novelty == float("inf")
+
+    @property
     def unidentified(self) -> bool:
         """Not like the cells the model was trained on: no class should be shown as its answer."""
         return self.novelty is not None and self.novelty > self.novelty_threshold

@@ -254,10 +254,21 @@ def probabilities_ui(prediction: Prediction) -> None:
     )
     if prediction.flag == "unidentified":
         st.markdown(f"### {FLAG_GROUPS['unidentified']}")
+        if prediction.taken_unlike_training:
+            why = (
+                "This image was taken unlike the training lab's images: its background colour, "
+                "brightness or stained share lies outside the range the model was checked on "
+                "(another lab's stain, camera or magnification, or not a smear). If your lab's "
+                "cells all look like this, adapt the model to your lab ('Adapt to your lab')."
+            )
+        else:
+            why = (
+                "The model's features say this image is unlike the cells it was trained on "
+                "(another cell type, an artefact, not a blood cell)."
+            )
         st.warning(
-            "The model's features say this image is unlike the cells it was trained on (another "
-            "cell type, an artefact, not a blood cell). Its class is withheld: a reviewer assigns "
-            "one, and until then the cell is left out of the differential."
+            f"{why} Its class is withheld: a reviewer assigns one, and until then the cell is "
+            "left out of the differential."
         )
         with st.expander("The model's probabilities anyway (not to be relied on)"):
             st.metric("Top probability", ui.percent(prediction.confidence, 1))

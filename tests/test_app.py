@@ -440,6 +440,7 @@ def test_a_batch_mostly_unlike_the_training_cells_gets_the_other_lab_warning(
     at.file_uploader(key="uploads").set_value(files).run()
     _no_exception(at)
     assert "6 of 6 cells (100%) look unlike" in _texts(at.warning)
+    assert "taken unlike the training lab's images" in _texts(at.warning)  # the inspected cell
     # the same cells as the training lab took them: no warning
     plain = [(p.name, p.read_bytes(), "image/jpeg") for p in sorted(EXAMPLES.rglob("*.jpg"))[:6]]
     at.file_uploader(key="uploads").set_value(plain).run()
