@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import io
 import json
 import math
@@ -42,6 +41,12 @@ import numpy as np
 from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # lab_ops beside this file
+# The repository root: bcclassify's store and serving modules import without TensorFlow or Keras
+# (checked under JAX in cache/jaxenv), so the device reuses them rather than copies.
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
+
+from bcclassify.serving import _zero_initialisers  # noqa: E402
+from bcclassify.store import sha256_file  # noqa: E402
 
 MIB = 1024 * 1024
 # What comes back from $OUT: at most 8 files of at most 16 MiB, 64 MiB together. The float16
@@ -57,14 +62,6 @@ PROBE_IMAGES = 16  # validation images whose probabilities the log keeps for imp
 
 
 # ----------------------------------------------------------------------------- the pack
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_manifest(pack: Path) -> dict:
@@ -156,23 +153,6 @@ def load_split(
 
 
 # ----------------------------------------------------------------------------- the model
-
-
-def _zero_initialisers(config: Any) -> Any:
-    """Every initializer replaced by zeros: the stored weights overwrite them straight away
-    (as bcclassify.serving does, it saves drawing 42 M random numbers)."""
-    if isinstance(config, dict):
-        return {
-            key: (
-                {"module": "keras.initializers", "class_name": "Zeros", "config": {}}
-                if key.endswith("_initializer") and isinstance(value, dict)
-                else _zero_initialisers(value)
-            )
-            for key, value in config.items()
-        }
-    if isinstance(config, list):
-        return [_zero_initialisers(value) for value in config]
-    return config
 
 
 def _set_policies(config: Any, policy: str, keep_float32: set[str]) -> Any:
