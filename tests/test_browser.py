@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 EXAMPLE = REPO / "bcclassify" / "examples" / "pbc" / "lymphocyte" / "LY_107981.jpg"
 SECOND_EXAMPLE = REPO / "bcclassify" / "examples" / "pbc" / "eosinophil" / "EO_104169.jpg"
+EXAMPLES = REPO / "bcclassify" / "examples" / "pbc"
 PAGES = {  # sidebar link -> screenshot name and a heading the page always shows
     "Training runs": ("training_runs", "Training runs"),
     "Confusion matrices": ("confusion_matrices", "Confusion matrices"),
@@ -60,13 +63,25 @@ def _wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 90) -> 
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
 
 
+def _adapt_store(tiny_store, tmp_path) -> Path | None:
+    """The store the test's server uses when it may install models into it: a copy of the tiny
+    store (the session's own is shared), or None when a real store is served for screenshots."""
+    if os.environ.get("BCCLASSIFY_SCREENSHOTS_STORE"):
+        return None
+    copy = tmp_path / "store"
+    if not copy.exists():
+        shutil.copytree(tiny_store, copy)
+    return copy
+
+
 @pytest.fixture()
 def app_url(tiny_store, tmp_path):
     """The app served on a free local port for one test; the server is always stopped."""
     port = _free_port()
+    store = _adapt_store(tiny_store, tmp_path)
     env = {
         **os.environ,
-        "BCCLASSIFY_STORE": os.environ.get("BCCLASSIFY_SCREENSHOTS_STORE") or str(tiny_store),
+        "BCCLASSIFY_STORE": os.environ.get("BCCLASSIFY_SCREENSHOTS_STORE") or str(store),
         "BCCLASSIFY_DATA_DIR": str(tmp_path / "data"),
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "BCCLASSIFY_PRELOAD": "1",  # as a user's server: the default loads when the page opens
@@ -114,7 +129,7 @@ def _screenshot(page, name: str) -> None:
 
 
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian chromium not installed")
-def test_upload_classify_review_and_open_every_page(app_url, tmp_path):
+def test_upload_classify_review_and_open_every_page(app_url, tmp_path, tiny_store):
     sync_api = pytest.importorskip("playwright.sync_api")
     data_dir = tmp_path / "data"
     accounts.add_user(data_dir / "accounts.json", REVIEWER, PASSWORD)
@@ -189,6 +204,33 @@ def test_upload_classify_review_and_open_every_page(app_url, tmp_path):
             with sqlite3.connect(data_dir / "reviews.sqlite3") as db:
                 rows = db.execute("SELECT file_name, reviewer FROM reviews").fetchall()
             assert rows == [(SECOND_EXAMPLE.name, REVIEWER)]
+
+            # Adapt to your lab: a zip of class folders in, before/after figures, install.
+            store = _adapt_store(tiny_store, tmp_path)
+            if store is not None:
+                lab_zip = tmp_path / "lab.zip"
+                with zipfile.ZipFile(lab_zip, "w") as archive:
+                    for cell in sorted(EXAMPLES.glob("*/*.jpg")):
+                        archive.write(cell, f"{cell.parent.name}/{cell.name}")
+                page.get_by_role("link", name="Adapt to your lab").click()
+                page.get_by_role("heading", name="Adapt to your lab").first.wait_for(timeout=60_000)
+                _wait_until_drawn(page)
+                name_box = page.get_by_label("Name of the adapted model")
+                name_box.fill("browser-lab")
+                name_box.press("Enter")
+                per_class = page.get_by_label("Cells a class to fit on")
+                per_class.fill("1")
+                per_class.press("Enter")
+                _wait_until_drawn(page)
+                page.locator('input[type="file"]').first.set_input_files(str(lab_zip))
+                page.get_by_role("button", name="Adapt").click()
+                page.get_by_text("browser-lab: adapted from").wait_for(timeout=SLOW_MS)
+                assert not (store / "models" / "browser-lab").exists()  # not before Install
+                page.get_by_role("button", name="Install this model").click()
+                page.get_by_text("Installed browser-lab").wait_for(timeout=60_000)
+                card = store / "models" / "browser-lab" / "card.json"
+                assert card.is_file() and "cells_sha256" in card.read_text()
+                _screenshot(page, "adapt_to_your_lab")
 
             for link, (name, heading_text) in PAGES.items():
                 page.get_by_role("link", name=link).click()
