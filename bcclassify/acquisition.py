@@ -52,6 +52,11 @@ class AcquisitionRange:
         numbers = np.atleast_2d(numbers)
         return ~((numbers >= self.low) & (numbers <= self.high)).all(axis=1)
 
+    def gate(self, scores: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+        """Novelty ``scores`` with +inf for the images outside the range: unidentified whatever
+        their features (how serving, calibrate and adapt's figures combine the two)."""
+        return np.where(self.outside(numbers), np.inf, scores)
+
     def widened_to(self, numbers: np.ndarray, note: str) -> AcquisitionRange:
         """The range that also holds ``numbers`` (another lab's cells), each end moved out by
         MARGIN of this range's width beyond them, as the training range was fitted."""
@@ -86,6 +91,18 @@ class AcquisitionRange:
             np.asarray(section["high"], dtype=np.float64),
             section.get("fitted_on", ""),
         )
+
+
+def file_summaries(paths: list, size: int) -> np.ndarray:
+    """:func:`summaries` of image files as the model is given them (the one loader, at ``size``),
+    64 at a time so memory stays bounded."""
+    from .imaging import load_image
+
+    parts = [
+        summaries(np.stack([load_image(p, size) for p in paths[i : i + 64]]))
+        for i in range(0, len(paths), 64)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, len(STATISTICS)))
 
 
 def fit_range(numbers: np.ndarray, fitted_on: str) -> AcquisitionRange:

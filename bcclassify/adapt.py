@@ -247,7 +247,7 @@ def view_features(
     for start in range(0, len(items), 16):
         batch = []
         for item in items[start : start + 16]:
-            name, source = item if isinstance(item, tuple) else (str(item), item)
+            name, source = _name_and_source(item)
             try:
                 batch.append(classifier.load(source, name=name))
             except ImageLoadError as exc:
@@ -270,10 +270,13 @@ def acquisition_numbers(classifier, items: list) -> np.ndarray:
     """acquisition.summaries of each image as the model is given it (items as view_features)."""
     from .acquisition import summaries
 
-    pixels = [
-        classifier.load(*((i[1], i[0]) if isinstance(i, tuple) else (i, str(i)))) for i in items
-    ]
+    pixels = [classifier.load(source, name=name) for name, source in map(_name_and_source, items)]
     return summaries(np.stack(pixels)) if pixels else np.zeros((0, 4))
+
+
+def _name_and_source(item) -> tuple[str, object]:
+    """(name, source) of a path or of an uploaded (name, bytes) pair."""
+    return item if isinstance(item, tuple) else (str(item), item)
 
 
 def _view_order(classifier, views: tuple[str, ...] | None = None) -> tuple[str, ...]:
@@ -584,11 +587,10 @@ def evaluate_rest(
         else:
             novelty = np.full(len(labels), -np.inf)
         if model.acquisition is not None:  # as serving: outside the range is unidentified
-            novelty = np.where(model.acquisition.outside(numbers), np.inf, novelty)
-        threshold = model.unidentified_threshold
-        if model.novelty is None and model.acquisition is None:
-            threshold = np.inf
-        out[key] = trust_figures(labels, probs, novelty, threshold, model.threshold)
+            novelty = model.acquisition.gate(novelty, numbers)
+        out[key] = trust_figures(
+            labels, probs, novelty, model.unidentified_threshold, model.threshold
+        )
     return out
 
 

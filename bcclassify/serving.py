@@ -354,9 +354,8 @@ class ClassifierModel:
         if self.acquisition is not None:
             from .acquisition import summaries
 
-            outside = self.acquisition.outside(summaries(pixels))
-            base = np.full(len(outside), -np.inf) if scores is None else scores
-            scores = np.where(outside, np.inf, base)
+            base = np.full(len(pixels), -np.inf) if scores is None else scores
+            scores = self.acquisition.gate(base, summaries(pixels))
         return probabilities, scores
 
     @property

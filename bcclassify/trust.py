@@ -611,18 +611,14 @@ ACQUISITION_TRAIN_LIMIT = 3000  # training images the range is fitted on (a few 
 def _fit_acquisition(card: dict, dataset, split, seed: int):
     """The acquisition range of the training split's images (at most ACQUISITION_TRAIN_LIMIT,
     seeded), and a function telling which of some image paths lie outside it."""
-    from .acquisition import fit_range, summaries
-    from .imaging import load_image
+    from .acquisition import file_summaries, fit_range
 
     size = int(card["image_size"])
     known: dict = {}  # path -> outside, so figures over the same images load them once
 
     def outside_of(paths) -> np.ndarray:
         missing = [p for p in dict.fromkeys(paths) if p not in known]
-        for i in range(0, len(missing), 64):
-            chunk = missing[i : i + 64]
-            flags = fitted.outside(summaries(np.stack([load_image(p, size) for p in chunk])))
-            known.update(zip(chunk, flags.tolist()))
+        known.update(zip(missing, fitted.outside(file_summaries(missing, size)).tolist()))
         return np.asarray([known[p] for p in paths], dtype=bool)
 
     train_idx = split.train
@@ -630,14 +626,10 @@ def _fit_acquisition(card: dict, dataset, split, seed: int):
         train_idx = np.sort(
             np.random.default_rng(seed).permutation(train_idx)[:ACQUISITION_TRAIN_LIMIT]
         )
-    paths = [dataset.paths[i] for i in train_idx]
-    numbers = np.concatenate(
-        [
-            summaries(np.stack([load_image(p, size) for p in paths[i : i + 64]]))
-            for i in range(0, len(paths), 64)
-        ]
+    fitted = fit_range(
+        file_summaries([dataset.paths[i] for i in train_idx], size),
+        f"{len(train_idx)} training-split images at {size} px",
     )
-    fitted = fit_range(numbers, f"{len(train_idx)} training-split images at {size} px")
     return fitted, outside_of
 
 

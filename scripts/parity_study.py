@@ -30,8 +30,7 @@ def flags_on_originals(keep: set[str]) -> dict:
     reaches the model as its copy's pixels, so the copy's features and probabilities are its."""
     import json
 
-    from bcclassify.acquisition import AcquisitionRange, summaries
-    from bcclassify.imaging import load_image
+    from bcclassify.acquisition import AcquisitionRange, file_summaries
     from bcclassify.metrics import expected_calibration_error
     from bcclassify.trust import NoveltyDetector, temper, trust_figures
 
@@ -53,8 +52,7 @@ def flags_on_originals(keep: set[str]) -> dict:
         scores = detector.score(data["features"][mask])
         if acquisition is not None:  # as served: outside the acquisition range is unidentified
             copies = [p for p, m in zip(data["paths"], mask) if m]
-            pixels = np.stack([load_image(p, card["image_size"]) for p in copies])
-            scores = np.where(acquisition.outside(summaries(pixels)), np.inf, scores)
+            scores = acquisition.gate(scores, file_summaries(copies, card["image_size"]))
         out[part] = {
             **trust_figures(
                 labels,
