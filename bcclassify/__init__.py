@@ -6,7 +6,14 @@ the Streamlit app in ``app.py`` and ``pages/`` only presents it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 __version__ = "0.1.0"
+
+# Where the package and its checkout live: model_store/ and the example cells are found from here.
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+EXAMPLES_DIR = PACKAGE_DIR / "examples" / "pbc"  # two PBC images a class (credit in its README)
 
 # Canonical class order: the folder names of the PBC dataset. Every probability vector, confusion
 # matrix and CSV column in the project follows this order.
@@ -50,7 +57,7 @@ def __getattr__(name: str):
     # Read on first use so that importing the package stays cheap; the registry imports Keras
     # only to build.
     if name == "ARCHITECTURES":
-        from .models import architecture_names
+        from bcclassify.models.registry import architecture_names
 
         globals()["ARCHITECTURES"] = names = architecture_names()
         return names

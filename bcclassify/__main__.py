@@ -1,5 +1,5 @@
 """``python -m bcclassify``: the command line."""
 
-from .cli import main
+from bcclassify.cli.main import main
 
 raise SystemExit(main())

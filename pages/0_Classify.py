@@ -12,8 +12,10 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from bcclassify import CLASS_NAMES, accounts
-from bcclassify.explain import (
+from bcclassify import CLASS_NAMES
+from bcclassify.access import accounts
+from bcclassify.data.imaging import IMAGE_TYPES, ImageLoadError, load_image
+from bcclassify.explain.maps import (
     COLOUR_BAR_CAPTION,
     METHODS,
     SEEN_CAPTION,
@@ -21,13 +23,12 @@ from bcclassify.explain import (
     map_caption,
     overlay,
 )
-from bcclassify.imaging import IMAGE_TYPES, ImageLoadError, load_image
-from bcclassify.kept import KeptCells, KeptCellsError, cell_bytes
-from bcclassify.report import batch_shift_notice, needs_review, reviewed_differential
-from bcclassify.reviews import ReviewLog, ReviewLogUnavailable
-from bcclassify.serving import Prediction
-from bcclassify.uploads import UploadLimits
-from bcclassify.uploads import classify_uploads as classify_batch
+from bcclassify.lab.kept import KeptCells, KeptCellsError, cell_bytes
+from bcclassify.review.report import batch_shift_notice, needs_review, reviewed_differential
+from bcclassify.review.reviews import ReviewLog, ReviewLogUnavailable
+from bcclassify.serving.classifier import Prediction
+from bcclassify.serving.uploads import UploadLimits
+from bcclassify.serving.uploads import classify_uploads as classify_batch
 
 THUMB_PX = 96
 GALLERY_COLUMNS = 8

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
-from bcclassify.store import can_resume, list_runs
+from bcclassify.storage.store import can_resume, list_runs
 
 
 def filters_ui(table):

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 import ui
-from bcclassify.imaging import ImageLoadError, load_image
+from bcclassify.data.imaging import ImageLoadError, load_image
 
 MAX_THUMBNAILS = 48
 

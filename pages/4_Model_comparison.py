@@ -5,7 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
-from bcclassify.explain import (
+from bcclassify.data.imaging import IMAGE_TYPES, ImageLoadError
+from bcclassify.explain.faithfulness import table_rows
+from bcclassify.explain.maps import (
     COLOUR_BAR_CAPTION,
     DEFAULT_METHOD,
     METHODS,
@@ -13,10 +15,8 @@ from bcclassify.explain import (
     colour_bar_figure,
     overlay,
 )
-from bcclassify.faithfulness import table_rows
-from bcclassify.imaging import IMAGE_TYPES, ImageLoadError
-from bcclassify.serving import Prediction
-from bcclassify.uploads import UploadLimits, WorkingCopy
+from bcclassify.serving.classifier import Prediction
+from bcclassify.serving.uploads import UploadLimits, WorkingCopy
 
 PREDICTIONS_KEPT = 32  # per session: (model, card, image) -> prediction
 

@@ -1,7 +1,7 @@
 """Adapt to your lab: fit an installed model to a lab's cells from a few labelled crops (issue 12).
 
 A logged-in reviewer uploads a zip of class folders, or picks the cells reviewers chose to keep on
-the Classify page (``bcclassify.kept``); the library takes at most K cells a class, refits the
+the Classify page (``bcclassify.lab.kept``); the library takes at most K cells a class, refits the
 model's head on them, and scores the source and the adapted model on the cells it did not take.
 The reviewer then installs the adapted model (or discards it). Uploads stay in memory unless the
 reviewer opts in to keeping the cells used; kept cells can all be forgotten here.
@@ -13,8 +13,8 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from bcclassify import accounts
-from bcclassify.adapt import (
+from bcclassify.access import accounts
+from bcclassify.lab.adapt import (
     DEFAULT_PER_CLASS,
     MAX_ZIP_BYTES,
     AdaptConfig,
@@ -26,7 +26,7 @@ from bcclassify.adapt import (
     keep_cells,
     read_zip_cells,
 )
-from bcclassify.kept import KeptCells, KeptCellsError
+from bcclassify.lab.kept import KeptCells, KeptCellsError
 
 RESULT = "adapt_result"  # session key: the staged adaptation awaiting install or discard
 ZIP, KEPT = "Upload a zip", "Cells reviewed and kept here"
@@ -158,7 +158,7 @@ def main() -> None:
     def progress(stage: str, done: int, total: int) -> None:
         bar.progress(done / max(total, 1), text=f"{stage}: {done} of {total}")
 
-    from bcclassify._tf import import_tensorflow_quietly
+    from bcclassify.cli.quiet_tensorflow import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     config = AdaptConfig(

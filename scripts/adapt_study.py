@@ -30,12 +30,12 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "docs/adapt-ext-tecom.json"))
     args = parser.parse_args()
 
-    from bcclassify._tf import import_tensorflow_quietly
-    from bcclassify.store import models_dir
+    from bcclassify.cli.quiet_tensorflow import import_tensorflow_quietly
+    from bcclassify.storage.store import models_dir
 
     source = models_dir() / args.model
     import_tensorflow_quietly()
-    from bcclassify.adapt import AdaptConfig, adapt
+    from bcclassify.lab.adapt import AdaptConfig, adapt
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,9 +1,9 @@
 """How much of another lab's look an augmentation preset spans (issue 12).
 
-Each image is summarised by bcclassify.acquisition.summaries: its background chromaticity (r and
-g of the brightest fifth of its pixels, normalised to r + g + b = 1), its background brightness
-and the share of the frame darker than 80% of the background. A lab's image is "covered" by a
-preset when each of its four numbers lies between the 1st and 99th percentiles of the same
+Each image is summarised by bcclassify.serving.acquisition.summaries: its background chromaticity
+(r and g of the brightest fifth of its pixels, normalised to r + g + b = 1), its background
+brightness and the share of the frame darker than 80% of the background. A lab's image is "covered"
+by a preset when each of its four numbers lies between the 1st and 99th percentiles of the same
 number over augmented PBC images (one augmented copy of each sampled image). Prints JSON: the
 covered share per preset and per number.
 
@@ -33,9 +33,9 @@ def main() -> int:
 
     import tensorflow as tf
 
-    from bcclassify.acquisition import STATISTICS, summaries
-    from bcclassify.augment import augment_batch, preset
-    from bcclassify.imaging import load_image
+    from bcclassify.data.augment import augment_batch, preset
+    from bcclassify.data.imaging import load_image
+    from bcclassify.serving.acquisition import STATISTICS, summaries
 
     rng = np.random.default_rng(args.seed)
     pbc_files = sorted(Path(args.pbc).rglob("*.jpg"))

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bcclassify.data import scan_dataset, train_val_test_split  # noqa: E402
+from bcclassify.data.datasets import scan_dataset, train_val_test_split  # noqa: E402
 
 OUT = REPO / "cache" / "noncell"
 PBC = REPO.parent / "shared" / "data" / "pbc224"

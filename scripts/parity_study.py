@@ -30,9 +30,9 @@ def flags_on_originals(keep: set[str]) -> dict:
     reaches the model as its copy's pixels, so the copy's features and probabilities are its."""
     import json
 
-    from bcclassify.acquisition import AcquisitionRange, file_summaries
-    from bcclassify.metrics import expected_calibration_error
-    from bcclassify.trust import NoveltyDetector, temper, trust_figures
+    from bcclassify.evaluation.metrics import expected_calibration_error
+    from bcclassify.serving.acquisition import AcquisitionRange, file_summaries
+    from bcclassify.serving.trust import NoveltyDetector, temper, trust_figures
 
     folder = REPO / "model_store" / "models" / "hybrid"
     card = json.loads((folder / "card.json").read_text())
@@ -102,7 +102,7 @@ def main() -> None:
     if "--write-card" in sys.argv:
         import json
 
-        from bcclassify.store import write_json
+        from bcclassify.storage.store import write_json
 
         path = REPO / "model_store" / "models" / "hybrid" / "card.json"
         card = json.loads(path.read_text())

@@ -13,7 +13,7 @@ mkdir -p "$store/runs/installed-hybrid" "$store/models"
 ln -s "$PWD/model_store/models/hybrid" "$store/models/hybrid"
 export BCCLASSIFY_STORE="$store" PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=3
 # --init-from takes a run's model.keras: the installed model, exported as one.
-python -c "from bcclassify.serving import load_model; load_model('hybrid').model.save('$store/runs/installed-hybrid/model.keras')"
+python -c "from bcclassify.serving.classifier import load_model; load_model('hybrid').model.save('$store/runs/installed-hybrid/model.keras')"
 run="robust-lab-${epochs}ep-${copies}copies-${per_class}pc"
 python -m bcclassify train --arch hybrid --data ../shared/data/pbc224 --image-size 213 \
     --center-crop 0.75 --epochs "$epochs" --lr 1e-4 --freeze-until auto --aug-copies "$copies" \

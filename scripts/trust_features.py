@@ -21,10 +21,10 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bcclassify.data import scan_dataset, train_val_test_split  # noqa: E402
-from bcclassify.imaging import collect_image_paths, load_image  # noqa: E402
-from bcclassify.serving import load_model  # noqa: E402
-from bcclassify.trust import features_and_probabilities  # noqa: E402
+from bcclassify.data.datasets import scan_dataset, train_val_test_split  # noqa: E402
+from bcclassify.data.imaging import collect_image_paths, load_image  # noqa: E402
+from bcclassify.serving.classifier import load_model  # noqa: E402
+from bcclassify.serving.trust import features_and_probabilities  # noqa: E402
 
 CHUNK = 256
 

@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bcclassify import CLASS_NAMES  # noqa: E402
-from bcclassify.metrics import auroc, brier_score, expected_calibration_error  # noqa: E402
-from bcclassify.trust import fit_novelty, fit_temperature, temper  # noqa: E402
+from bcclassify.evaluation.metrics import auroc, brier_score, expected_calibration_error  # noqa: E402
+from bcclassify.serving.trust import fit_novelty, fit_temperature, temper  # noqa: E402
 
 
 def load(folder: Path, name: str) -> dict:

@@ -42,11 +42,11 @@ def fixture_images() -> Path:
 def tiny_store(tmp_path_factory) -> Path:
     """A model store with a finished tiny run and two installed models; sets BCCLASSIFY_STORE."""
     from bcclassify import CLASS_NAMES
-    from bcclassify.evaluation import card_for_run, promote
-    from bcclassify.models import build
-    from bcclassify.serving import export_model
-    from bcclassify.store import set_default_model
-    from bcclassify.training import TrainConfig, train
+    from bcclassify.evaluation.scoring import card_for_run, promote
+    from bcclassify.models.registry import build
+    from bcclassify.serving.classifier import export_model
+    from bcclassify.storage.store import set_default_model
+    from bcclassify.training.runs import TrainConfig, train
 
     root = tmp_path_factory.mktemp("store")
     previous = os.environ.get("BCCLASSIFY_STORE")
@@ -94,12 +94,12 @@ class CliResult:
 
 @pytest.fixture()
 def cli(tiny_store, capsys, monkeypatch):
-    """``cli(args, store=None, check=False)``: ``bcclassify.cli.main`` in this process.
+    """``cli(args, store=None, check=False)``: ``bcclassify.cli.main.main`` in this process.
 
     Returns the exit status and what the command wrote, like ``run_cli``; ``store`` points
     BCCLASSIFY_STORE elsewhere for this test (default: the tiny store).
     """
-    from bcclassify import cli as command_line
+    from bcclassify.cli import main as command_line
 
     def run(args: list[str], store: Path | None = None, check: bool = False) -> CliResult:
         monkeypatch.setenv("BCCLASSIFY_STORE", str(store or tiny_store))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bcclassify import accounts
+from bcclassify.access import accounts
 
 
 def test_accounts_verify_and_keep_no_plain_password(tmp_path):
@@ -82,7 +82,7 @@ def test_users_command_adds_lists_and_removes(tmp_path):
 
 
 def test_accounts_file_sits_in_the_review_logs_data_directory(tmp_path, monkeypatch):
-    from bcclassify.reviews import default_data_dir as configured_data_dir
+    from bcclassify.review.reviews import default_data_dir as configured_data_dir
 
     monkeypatch.delenv("BCCLASSIFY_ACCOUNTS", raising=False)
     monkeypatch.delenv("BCCLASSIFY_DATA_DIR", raising=False)

@@ -13,7 +13,7 @@ import pytest
 from conftest import FIXTURE_IMAGES
 from PIL import Image
 
-from bcclassify.acquisition import STATISTICS, AcquisitionRange, fit_range, summaries
+from bcclassify.serving.acquisition import STATISTICS, AcquisitionRange, fit_range, summaries
 
 
 def _disc(background=(230, 225, 228), ink=(90, 40, 120), radius=20, size=64) -> np.ndarray:
@@ -97,7 +97,7 @@ def test_calibrate_fits_the_range_and_predict_flags_images_outside_it(tmp_path, 
 
 
 def test_adapt_widens_the_range_to_the_labs_cells(tmp_path, cli, tiny_store, monkeypatch):
-    from bcclassify.serving import load_model
+    from bcclassify.serving.classifier import load_model
 
     root = tmp_path / "store"
     shutil.copytree(tiny_store / "models" / "tiny-cnn", root / "models" / "tiny-cnn")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import FIXTURE_IMAGES
 
-from bcclassify.adapt import AdaptError, choose_cells, scan_cells
-from bcclassify.store import sha256_file
+from bcclassify.lab.adapt import AdaptError, choose_cells, scan_cells
+from bcclassify.storage.store import sha256_file
 
 LAB_CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
 
@@ -29,9 +29,9 @@ def lab(tmp_path) -> Path:
 @pytest.fixture()
 def store(tiny_store, tmp_path) -> Path:
     """A store holding a copy of tiny-cnn with a k-NN novelty detector (as `calibrate` installs)."""
-    from bcclassify.serving import NOVELTY_FILE, load_model_folder
-    from bcclassify.store import write_json
-    from bcclassify.trust import _atomic_savez, extract, fit_novelty
+    from bcclassify.serving.classifier import NOVELTY_FILE, load_model_folder
+    from bcclassify.serving.trust import _atomic_savez, extract, fit_novelty
+    from bcclassify.storage.store import write_json
 
     root = tmp_path / "store"
     folder = root / "models" / "tiny-cnn"
@@ -67,7 +67,7 @@ def test_choose_cells_is_seeded_and_per_class():
 
 
 def test_adapt_installs_a_model_that_lists_its_cells_and_predicts(cli, store, lab, monkeypatch):
-    from bcclassify.serving import ClassifierModel, load_model
+    from bcclassify.serving.classifier import ClassifierModel, load_model
 
     loaded: list[str] = []
     original = ClassifierModel.load
@@ -118,8 +118,8 @@ def test_adapt_installs_a_model_that_lists_its_cells_and_predicts(cli, store, la
 
 def test_fitting_views_are_the_symmetries_and_seeded_augmentations(store, monkeypatch):
     """The head is fitted on all 8 symmetries plus seeded augmented views; serving is unchanged."""
-    from bcclassify.adapt import _served_views, view_features
-    from bcclassify.serving import VIEW_TRANSFORMS, load_model
+    from bcclassify.lab.adapt import _served_views, view_features
+    from bcclassify.serving.classifier import VIEW_TRANSFORMS, load_model
 
     monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
     model = load_model("tiny-cnn")

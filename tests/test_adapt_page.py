@@ -20,8 +20,8 @@ from test_app import (
     _texts,
 )
 
-from bcclassify import accounts
-from bcclassify.kept import KeptCells
+from bcclassify.access import accounts
+from bcclassify.lab.kept import KeptCells
 
 PAGE = "pages/5_Adapt_to_your_lab.py"
 

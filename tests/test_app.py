@@ -16,8 +16,9 @@ import numpy as np
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from bcclassify import CLASS_LABELS, accounts
-from bcclassify.serving import Prediction
+from bcclassify import CLASS_LABELS
+from bcclassify.access import accounts
+from bcclassify.serving.classifier import Prediction
 
 REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "app.py"
@@ -87,8 +88,8 @@ def test_app_py_only_sets_up_and_registers_every_page():
 
 def test_example_cells_ship_with_the_library_and_their_credit():
     import bcclassify
-    from bcclassify.app_support import EXAMPLES_DIR, example_images
-    from bcclassify.imaging import IMAGE_TYPES
+    from bcclassify.data.imaging import IMAGE_TYPES
+    from bcclassify.presentation.pages import EXAMPLES_DIR, example_images
 
     package = Path(bcclassify.__file__).parent
     examples = example_images()
@@ -415,7 +416,7 @@ def test_a_batch_mostly_unlike_the_training_cells_gets_the_other_lab_warning(
     import json
     import shutil
 
-    from bcclassify.acquisition import fit_range, summaries
+    from bcclassify.serving.acquisition import fit_range, summaries
 
     store = tmp_path / "store"
     shutil.copytree(tiny_store, store)

@@ -8,9 +8,9 @@ import pandas as pd
 
 import ui
 from bcclassify import CLASS_NAMES
-from bcclassify.serving import Prediction
-from bcclassify.store import REPO_ROOT
-from bcclassify.tables import PREDICT_HEADER
+from bcclassify.presentation.tables import PREDICT_HEADER
+from bcclassify.serving.classifier import Prediction
+from bcclassify.storage.store import REPO_ROOT
 
 
 def test_batch_csv_has_the_predict_columns():
@@ -121,8 +121,8 @@ def test_machine_paths_are_not_shown():
 def test_a_model_shows_its_own_figures_and_a_run_its_own(tiny_store, tmp_path, monkeypatch):
     import shutil
 
-    from bcclassify.evaluation import promote
-    from bcclassify.store import read_csv, read_json
+    from bcclassify.evaluation.scoring import promote
+    from bcclassify.storage.store import read_csv, read_json
 
     store = tmp_path / "store"
     shutil.copytree(tiny_store / "runs", store / "runs")

@@ -9,7 +9,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from bcclassify.augment import AugmentConfig, augment_batch, preset  # noqa: E402
+from bcclassify.data.augment import AugmentConfig, augment_batch, preset  # noqa: E402
 
 # Everything of the standard preset switched off, so one operation can be looked at alone.
 NOTHING = AugmentConfig(max_scale=0, max_shift=0, brightness=0, contrast=0, saturation=0, hue=0)
@@ -72,7 +72,7 @@ def test_camera_blur_noise_and_jpeg_keep_shape_and_range():
 
 
 def test_a_run_records_its_preset():
-    from bcclassify.training import TrainConfig, _augment_description
+    from bcclassify.training.runs import TrainConfig, _augment_description
 
     lab = _augment_description(TrainConfig(arch="cnn", data=".", augment_preset="lab"))
     standard = _augment_description(TrainConfig(arch="cnn", data="."))

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from bcclassify import CLASS_LABELS, accounts
+from bcclassify import CLASS_LABELS
+from bcclassify.access import accounts
 
 pytestmark = pytest.mark.browser
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from bcclassify import CLASS_NAMES
-from bcclassify.metrics import classification_metrics, confidence_coverage
-from bcclassify.store import read_csv, read_json
+from bcclassify.evaluation.metrics import classification_metrics, confidence_coverage
+from bcclassify.storage.store import read_csv, read_json
 
 STORE = Path(__file__).resolve().parent.parent / "model_store"
 MAX_FILE_MB = 95
@@ -42,7 +42,7 @@ def _scored_records() -> list[Path]:
 
 
 def test_the_default_model_is_an_installed_hybrid(bundled_store):
-    from bcclassify.serving import resolve_model_name
+    from bcclassify.serving.classifier import resolve_model_name
 
     name = resolve_model_name(None)
     card = read_json(STORE / "models" / name / "card.json")
@@ -52,7 +52,7 @@ def test_the_default_model_is_an_installed_hybrid(bundled_store):
 
 @pytest.mark.parametrize("folder", _models(), ids=lambda p: p.name)
 def test_installed_model_files_match_their_card(bundled_store, folder):
-    from bcclassify.serving import verify_model_files
+    from bcclassify.serving.classifier import verify_model_files
 
     card = verify_model_files(folder.name)
     weight_files = {p.name for p in folder.iterdir()} - {"card.json", "bench.json"}
@@ -117,7 +117,7 @@ def test_run_metrics_agree_with_their_predictions(record):
 
 @pytest.mark.parametrize("folder", _models(), ids=lambda p: p.name)
 def test_figure_pages_show_each_models_own_test_figures(bundled_store, folder):
-    from bcclassify import app_support as ui  # the figure pages' data
+    from bcclassify.presentation import pages as ui  # the figure pages' data
 
     card = read_json(folder / "card.json")
     matrix = ui.run_confusion(ui.load_figures(f"model: {folder.name}"))
@@ -126,7 +126,7 @@ def test_figure_pages_show_each_models_own_test_figures(bundled_store, folder):
 
 
 def test_runs_stopped_on_purpose_get_no_resume_advice(bundled_store):
-    from bcclassify.store import can_resume, list_runs
+    from bcclassify.storage.store import can_resume, list_runs
 
     stopped = [r for r in list_runs() if r["stopped_on_purpose"]]
     assert len(stopped) == 2 and all(r["status"] == "stopped" for r in stopped)

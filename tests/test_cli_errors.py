@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from conftest import FIXTURE_IMAGES, REPO
 
-from bcclassify import CLASS_NAMES, cli
+from bcclassify import CLASS_NAMES
+from bcclassify.cli import main as cli
 
 CELLS = sorted(FIXTURE_IMAGES.rglob("*.jpg"))
 

@@ -10,7 +10,7 @@ import shutil
 import pytest
 from conftest import FIXTURE_IMAGES
 
-from bcclassify.store import read_json
+from bcclassify.storage.store import read_json
 
 
 def test_evaluate_run_reproduces_the_recorded_test_metrics(tiny_store, cli):

@@ -9,7 +9,7 @@ import pytest
 from conftest import FIXTURE_IMAGES, SHARED_DATA
 
 from bcclassify import CLASS_NAMES
-from bcclassify.data import kfold_splits, load_pixels, scan_dataset, train_val_test_split
+from bcclassify.data.datasets import kfold_splits, load_pixels, scan_dataset, train_val_test_split
 
 
 def _synthetic(n_per_class=(60, 120, 40, 100, 50, 45, 130, 80), duplicates=25, seed=0):

@@ -11,9 +11,9 @@ import pytest
 from conftest import FIXTURE_IMAGES, REPO
 from PIL import Image
 
-from bcclassify.explain import METHODS, Explainer, overlay
-from bcclassify.imaging import load_image
-from bcclassify.serving import load_model
+from bcclassify.data.imaging import load_image
+from bcclassify.explain.maps import METHODS, Explainer, overlay
+from bcclassify.serving.classifier import load_model
 
 CELL = sorted(FIXTURE_IMAGES.rglob("*.jpg"))[3]
 
@@ -161,8 +161,8 @@ def test_fast_hybrid_maps_equal_plain_tf_keras_vis(hybrid, method):
 
 def test_centre_cropping_model_maps_cover_only_the_centre(tmp_path):
     """Maps of a centre-cropping model sit on the square it saw, zero around it."""
-    from bcclassify.models import build
-    from bcclassify.serving import ClassifierModel
+    from bcclassify.models.registry import build
+    from bcclassify.serving.classifier import ClassifierModel
 
     model = build("cnn", 64, weights="none", center_crop=0.5)
     classifier = ClassifierModel("crop", tmp_path, {"image_size": 64, "architecture": "cnn"}, model)
@@ -181,8 +181,8 @@ def test_centre_cropping_model_maps_cover_only_the_centre(tmp_path):
 def test_fast_view_handles_grids_that_are_not_multiples_of_each_other(tiny_store):
     """At 139 px (like the default's 160) InceptionV3 gives 3x3 maps and Xception 5x5."""
     from bcclassify import CLASS_NAMES
-    from bcclassify.models import build
-    from bcclassify.serving import ClassifierModel
+    from bcclassify.models.registry import build
+    from bcclassify.serving.classifier import ClassifierModel
 
     model = build("hybrid", 139, len(CLASS_NAMES), weights="none")
     card = {
@@ -207,7 +207,7 @@ FINE = ["mixed7", "block13_sepconv2_act"]  # 5x5 and 7x7 at the tiny hybrid's 10
 
 def test_cut_reads_xception_residual_above_the_finer_layers(hybrid):
     """Above block13_sepconv2_act, block 13 adds its input back: the cut must carry it."""
-    from bcclassify.explain import _cut
+    from bcclassify.explain.maps import _cut
 
     model = hybrid.model
     head = model.get_layer("predictions").input
@@ -239,7 +239,7 @@ def test_fine_layer_maps_equal_plain_tf_keras_vis(hybrid, method, monkeypatch):
     from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
     from tf_keras_vis.utils.scores import CategoricalScore
 
-    from bcclassify import explain
+    from bcclassify.explain import maps as explain
 
     monkeypatch.setattr(explain, "normalize_map", lambda heatmap: heatmap.astype(np.float32))
     pixels = hybrid.load(CELL)
@@ -269,7 +269,7 @@ def test_fine_layer_maps_equal_plain_tf_keras_vis(hybrid, method, monkeypatch):
 
 def test_card_names_the_default_method(hybrid):
     """explain_method in the card is what an explanation without a method uses."""
-    from bcclassify.serving import ClassifierModel
+    from bcclassify.serving.classifier import ClassifierModel
 
     card = {**hybrid.card, "explain_method": "layercam", "explain_layers": FINE}
     classifier = ClassifierModel("layercam-card", hybrid.folder, card, hybrid.model)
@@ -282,7 +282,7 @@ def test_card_names_the_default_method(hybrid):
 
 
 def test_overlay_leaves_the_unseen_border_uncoloured_and_outlines_the_square():
-    from bcclassify.explain import colour_bar, seen_square
+    from bcclassify.explain.maps import colour_bar, seen_square
 
     image = np.full((100, 100, 3), 120, dtype=np.uint8)
     heatmap = np.zeros((100, 100), dtype=np.float32)  # zero everywhere: cold blue if painted
@@ -299,8 +299,8 @@ def test_overlay_leaves_the_unseen_border_uncoloured_and_outlines_the_square():
 
 
 def test_pooled_heads_and_map_titles_come_from_the_registry():
-    from bcclassify.explain import POOLED_HEAD_ARCHITECTURES, map_title
-    from bcclassify.models import REGISTRY
+    from bcclassify.explain.maps import POOLED_HEAD_ARCHITECTURES, map_title
+    from bcclassify.models.registry import REGISTRY
 
     assert POOLED_HEAD_ARCHITECTURES == set(REGISTRY) - {"unet", "supcon"}
     assert map_title("mixed7") == "InceptionV3 (mixed7)"

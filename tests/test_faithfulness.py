@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURE_IMAGES
 
-from bcclassify import faithfulness as fa
+from bcclassify.explain import faithfulness as fa
 
 
 def test_curve_area_is_the_mean_trapezoid_over_evenly_spaced_steps():
@@ -88,7 +88,7 @@ def test_summary_and_paired_difference():
 def test_measure_checkpoints_each_cell_and_resumes(tiny_store, tmp_path):
     """A real (tiny) model on its own test split: curves start at the cell's probability; a
     rerun reads the checkpoint instead of recomputing."""
-    from bcclassify.serving import load_model
+    from bcclassify.serving.classifier import load_model
 
     classifier = load_model("tiny-cnn")
     configs = fa.default_configs(classifier)
@@ -106,7 +106,7 @@ def test_measure_checkpoints_each_cell_and_resumes(tiny_store, tmp_path):
 
 
 def test_record_writes_the_table_and_only_the_explain_keys_of_the_card(tmp_path):
-    from bcclassify.store import write_json
+    from bcclassify.storage.store import write_json
 
     card = {"name": "m", "explain_layers": ["old"], "calibration": {"t": 1.2}, "files_sha256": {}}
     write_json(tmp_path / "card.json", card)

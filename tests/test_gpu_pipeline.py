@@ -24,7 +24,7 @@ import ops_parity  # noqa: E402
 import train_lab  # noqa: E402
 from conftest import FIXTURE_IMAGES  # noqa: E402
 
-from bcclassify.augment import PRESETS  # noqa: E402
+from bcclassify.data.augment import PRESETS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,7 @@ def _install_for(tiny_store: Path, store: Path, data: Path) -> None:
     """The tiny CNN installed in ``store`` with a card saying it was trained on ``data``."""
     import shutil
 
-    from bcclassify.data import scan_dataset, train_val_test_split
+    from bcclassify.data.datasets import scan_dataset, train_val_test_split
 
     shutil.copytree(tiny_store / "models" / "tiny-cnn", store / "models" / "tiny-cnn")
     card_path = store / "models" / "tiny-cnn" / "card.json"

@@ -11,7 +11,7 @@ import pytest
 from conftest import FIXTURE_IMAGES
 from PIL import Image
 
-from bcclassify.imaging import ImageLoadError, collect_image_paths, load_image
+from bcclassify.data.imaging import ImageLoadError, collect_image_paths, load_image
 
 CELL = sorted(FIXTURE_IMAGES.rglob("*.jpg"))[0]
 
@@ -128,7 +128,7 @@ def test_collect_paths_recurses_sorts_and_skips_hidden(tmp_path):
 
 
 def test_input_label_names_the_centre_a_cropping_model_sees():
-    from bcclassify.imaging import cropped_size, input_label
+    from bcclassify.data.imaging import cropped_size, input_label
 
     assert input_label(128) == "128" and input_label(128, 1.0) == "128"
     assert cropped_size(171, 0.75) == 128

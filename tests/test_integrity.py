@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from conftest import FIXTURE_IMAGES
 
-from bcclassify import cli
-from bcclassify.serving import (
+from bcclassify.cli import main as cli
+from bcclassify.serving.classifier import (
     ModelIntegrityError,
     load_model,
     load_model_folder,
     verify_model_files,
 )
-from bcclassify.store import sha256_file
+from bcclassify.storage.store import sha256_file
 
 CELL = sorted(FIXTURE_IMAGES.rglob("*.jpg"))[0]
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bcclassify.adapt import choose_cells
-from bcclassify.kept import (
+from bcclassify.lab.adapt import choose_cells
+from bcclassify.lab.kept import (
     INDEX_NAME,
     KEPT_DIR,
     MAX_SIDE,
@@ -22,8 +22,8 @@ from bcclassify.kept import (
     cell_bytes,
     write_private_bytes,
 )
-from bcclassify.store import sha256_bytes
-from bcclassify.uploads import WORKING_PX, UploadLimits, working_copy
+from bcclassify.serving.uploads import WORKING_PX, UploadLimits, working_copy
+from bcclassify.storage.store import sha256_bytes
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "bcclassify" / "examples" / "pbc"
 

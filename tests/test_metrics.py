@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from bcclassify.metrics import (
+from bcclassify.evaluation.metrics import (
     classification_metrics,
     confidence_coverage,
     confusion_matrix,
     row_normalize,
     summarize_folds,
 )
-from bcclassify.report import differential_count
+from bcclassify.review.report import differential_count
 
 NAMES = tuple("abcd")
 
@@ -102,7 +102,7 @@ def _pred(label: str | None, flag: str = ""):
 
 
 def test_flagged_cells_wait_for_a_reviewer_before_they_count():
-    from bcclassify.report import reviewed_differential
+    from bcclassify.review.report import reviewed_differential
 
     cells = [
         ("a", _pred("lymphocyte")),
@@ -123,8 +123,8 @@ def test_flagged_cells_wait_for_a_reviewer_before_they_count():
 def test_reviewed_differential_with_real_predictions():
     import numpy as np
 
-    from bcclassify.report import reviewed_differential
-    from bcclassify.serving import Prediction
+    from bcclassify.review.report import reviewed_differential
+    from bcclassify.serving.classifier import Prediction
 
     sure = Prediction("a.png", probabilities=np.eye(8)[4])  # lymphocyte at 1.0
     unsure = Prediction("b.png", probabilities=np.full(8, 1 / 8))  # low confidence
@@ -135,7 +135,7 @@ def test_reviewed_differential_with_real_predictions():
 
 
 def test_spreadsheet_safe_escapes_formula_starts_only():
-    from bcclassify.report import spreadsheet_safe
+    from bcclassify.review.report import spreadsheet_safe
 
     for text in ("=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"):
         assert spreadsheet_safe(text) == "'" + text
@@ -144,7 +144,7 @@ def test_spreadsheet_safe_escapes_formula_starts_only():
 
 
 def test_batch_shift_notice_fires_only_when_much_of_a_batch_is_unidentified():
-    from bcclassify.report import SHIFT_MIN_CELLS, batch_shift_notice
+    from bcclassify.review.report import SHIFT_MIN_CELLS, batch_shift_notice
 
     assert batch_shift_notice(0, 0) is None
     assert batch_shift_notice(SHIFT_MIN_CELLS - 1, SHIFT_MIN_CELLS - 1) is None  # too few cells

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 
 from bcclassify import ARCHITECTURES, CLASS_NAMES
-from bcclassify.models import REGISTRY, build, get_architecture, split_model
+from bcclassify.models.registry import REGISTRY, build, get_architecture, split_model
 
 SMALL = {"inceptionv3": 75, "xception": 71, "hybrid": 75}
 
@@ -54,7 +54,7 @@ def test_hybrid_is_one_flat_graph_with_both_trunks_on_one_input():
 
 
 def test_pretrained_weights_load_when_available(tmp_path):
-    from bcclassify.models import resolve_weights_dir
+    from bcclassify.models.registry import resolve_weights_dir
 
     record = {}
     folder = resolve_weights_dir(None)
@@ -127,7 +127,7 @@ def test_registry_lists_every_reference_architecture():
 
 def test_the_registry_is_read_without_starting_tensorflow():
     code = (
-        "import sys; from bcclassify import ARCHITECTURES; import bcclassify.models; "
+        "import sys; from bcclassify import ARCHITECTURES; import bcclassify.models.registry; "
         "assert len(ARCHITECTURES) == 10; "
         "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
     )
@@ -140,8 +140,8 @@ def test_the_registry_is_read_without_starting_tensorflow():
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_every_architecture_supplies_its_training_stages(name):
-    from bcclassify.models import Stage
-    from bcclassify.training import TrainConfig
+    from bcclassify.models.registry import Stage
+    from bcclassify.training.runs import TrainConfig
 
     config = TrainConfig(arch=name, data="x", epochs=7, lr=2e-3, head_epochs=4, head_lr=5e-2)
     stages = get_architecture(name).stages(config)
@@ -159,7 +159,7 @@ def test_every_architecture_supplies_its_training_stages(name):
 
 
 def test_supcon_classifier_stage_takes_the_encoder_rate_without_head_lr():
-    from bcclassify.training import TrainConfig
+    from bcclassify.training.runs import TrainConfig
 
     config = TrainConfig(arch="supcon", data="x", epochs=2, lr=1e-4, head_epochs=3)
     assert [s.lr for s in get_architecture("supcon").stages(config)] == [1e-4, 1e-4]

@@ -10,7 +10,7 @@ import pytest
 from conftest import SHARED
 from PIL import Image
 
-from bcclassify.imaging import as_training_copy, load_image
+from bcclassify.data.imaging import as_training_copy, load_image
 
 ORIGINALS = SHARED / "data" / "pbc-originals"
 COPIES = SHARED / "data" / "pbc224"

@@ -14,7 +14,7 @@ import pytest
 from conftest import FIXTURE_IMAGES
 from PIL import Image
 
-from bcclassify.imaging import ImageLoadError, collect_image_paths, load_image, real_range
+from bcclassify.data.imaging import ImageLoadError, collect_image_paths, load_image, real_range
 
 CELL = sorted(FIXTURE_IMAGES.rglob("*.jpg"))[0]
 

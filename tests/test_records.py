@@ -7,8 +7,8 @@ import json
 import pytest
 from conftest import REPO
 
-from bcclassify.records import ModelCard, RunSummary, headline, mean_or_value, run_summaries
-from bcclassify.store import list_runs, write_json
+from bcclassify.storage.records import ModelCard, RunSummary, headline, mean_or_value, run_summaries
+from bcclassify.storage.store import list_runs, write_json
 
 
 def test_a_fold_summary_gives_its_mean_and_a_plain_value_itself():

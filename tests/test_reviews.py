@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 
 from bcclassify import CLASS_NAMES
-from bcclassify.reviews import EXPORT_COLUMNS, ReviewLog, ReviewLogUnavailable
+from bcclassify.review.reviews import EXPORT_COLUMNS, ReviewLog, ReviewLogUnavailable
 
 PROBS = [0.05, 0.05, 0.05, 0.05, 0.6, 0.1, 0.05, 0.05]
 

@@ -1,4 +1,4 @@
-from bcclassify.serving import load_model
+from bcclassify.serving.classifier import load_model
 
 
 def test_tiny_store_has_both_models(tiny_store):

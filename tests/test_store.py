@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bcclassify.store import initialisation_summary, list_runs, run_state, write_json
+from bcclassify.storage.store import initialisation_summary, list_runs, run_state, write_json
 
 
 def test_initialisation_summary_names_pretrained_scratch_and_mixed():
@@ -63,7 +63,7 @@ def test_a_running_record_whose_process_is_gone_lists_as_interrupted(tmp_path, m
         write_json(tmp_path / "runs" / name / "run.json", record)
     states = {row["run_id"]: run_state(row) for row in list_runs()}
     assert states == {"done": "finished", "killed": "interrupted"}
-    from bcclassify.tables import runs_table  # the Training runs page's table
+    from bcclassify.presentation.tables import runs_table  # the Training runs page's table
 
     table = runs_table(list_runs())
     assert dict(zip(table["run id"], table["status"])) == states
@@ -72,7 +72,7 @@ def test_a_running_record_whose_process_is_gone_lists_as_interrupted(tmp_path, m
 def test_only_an_interrupted_run_with_its_data_here_can_be_resumed(tmp_path, monkeypatch):
     import platform
 
-    from bcclassify.store import can_resume
+    from bcclassify.storage.store import can_resume
 
     monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path))
     data = tmp_path / "data"

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from bcclassify.records import ModelCard, RunSummary
-from bcclassify.tables import (
+from bcclassify.presentation.tables import (
     LEADERBOARD_COLUMNS,
     MISSING,
     as_text,
@@ -11,6 +10,7 @@ from bcclassify.tables import (
     markdown_tables,
     runs_table,
 )
+from bcclassify.storage.records import ModelCard, RunSummary
 
 RUNS = [
     RunSummary("low", arch="cnn", image_size=32, status="finished", test_accuracy=0.5),
@@ -58,10 +58,11 @@ def test_the_library_imports_neither_streamlit_nor_plotly_nor_the_cli():
     from conftest import REPO
 
     code = (
-        "import sys, bcclassify.app_support, bcclassify.tables, bcclassify.records, "
-        "bcclassify.evaluation; "
+        "import sys, bcclassify.presentation.pages, bcclassify.presentation.tables, "
+        "bcclassify.storage.records, "
+        "bcclassify.evaluation.scoring; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('streamlit', 'plotly', 'ui') or m == 'bcclassify.cli'))"
+        "('streamlit', 'plotly', 'ui') or m == 'bcclassify.cli.main'))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

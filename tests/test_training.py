@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from conftest import FIXTURE_IMAGES, REPO
 
-from bcclassify.augment import augment_batch
-from bcclassify.feeds import apply_smote
-from bcclassify.store import list_runs, read_csv, read_json
-from bcclassify.training import TrainConfig, train
+from bcclassify.data.augment import augment_batch
+from bcclassify.storage.store import list_runs, read_csv, read_json
+from bcclassify.training.feeds import apply_smote
+from bcclassify.training.runs import TrainConfig, train
 
 
 def test_run_record_is_complete(tiny_store):
@@ -184,7 +184,7 @@ def test_smote_balances_classes_with_plausible_samples():
 def test_supcon_loss_rewards_class_clusters():
     import tensorflow as tf
 
-    from bcclassify.supcon import supervised_contrastive_loss
+    from bcclassify.models.supcon import supervised_contrastive_loss
 
     labels = tf.constant([0, 0, 1, 1])
     clustered = tf.math.l2_normalize(
@@ -253,8 +253,8 @@ def test_init_from_starts_from_another_runs_weights(tiny_store, tmp_path, monkey
 def test_freeze_bn_keeps_pretrained_statistics_and_spares_scratch_layers():
     import keras
 
-    from bcclassify.models import build
-    from bcclassify.training import _freeze_pretrained_batch_norm
+    from bcclassify.models.registry import build
+    from bcclassify.training.runs import _freeze_pretrained_batch_norm
 
     def batch_norms(model):
         return [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
@@ -276,8 +276,8 @@ def test_freeze_bn_keeps_pretrained_statistics_and_spares_scratch_layers():
 
 
 def test_centre_crop_run_is_recorded_and_served_with_the_crop(tmp_path, monkeypatch):
-    from bcclassify.evaluation import promote
-    from bcclassify.serving import load_model
+    from bcclassify.evaluation.scoring import promote
+    from bcclassify.serving.classifier import load_model
 
     monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path / "store"))
     config = TrainConfig(
@@ -294,7 +294,7 @@ def test_centre_crop_run_is_recorded_and_served_with_the_crop(tmp_path, monkeypa
     assert read_json(run_dir / "config.json")["center_crop"] == 0.8
     listed = {r["run_id"]: r for r in list_runs()}[run_dir.name]
     assert listed["center_crop"] == 0.8
-    from bcclassify.cli import markdown_tables
+    from bcclassify.cli.main import markdown_tables
 
     assert f"| `{run_dir.name}` | cnn | 40 (centre 32) |" in markdown_tables([listed], [])
     promote(run_dir.name, "cropped")
@@ -324,7 +324,7 @@ def test_an_architecture_with_its_own_trainer_refuses_frozen_layers(tmp_path, mo
 
 
 def test_keep_weights_best_keeps_improvements_and_last_keeps_every_epoch():
-    from bcclassify.training import keeps_epoch
+    from bcclassify.training.runs import keeps_epoch
 
     assert keeps_epoch("best", 0.9, 0.8) and not keeps_epoch("best", 0.8, 0.8)
     assert keeps_epoch("last", 0.5, 0.9)

@@ -1,4 +1,6 @@
-"""Calibration, novelty scores and the unidentified flag (bcclassify.trust, bcclassify.metrics)."""
+"""Calibration, novelty scores and the unidentified flag.
+
+(bcclassify.serving.trust, bcclassify.evaluation.metrics)"""
 
 from __future__ import annotations
 
@@ -6,14 +8,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from bcclassify.metrics import (
+from bcclassify.evaluation.metrics import (
     auroc,
     brier_score,
     expected_calibration_error,
     reliability_table,
 )
-from bcclassify.serving import Prediction
-from bcclassify.trust import (
+from bcclassify.serving.classifier import Prediction
+from bcclassify.serving.trust import (
     NoveltyDetector,
     fit_novelty,
     fit_temperature,

@@ -28,9 +28,9 @@ def _variants_store(tmp_path):
     """A store with an untrained 32 px CNN 'trained on' 64 distinct cells made from the fixture
     images (mirrored and rotated), so the split has training, validation and test cells."""
     from bcclassify import CLASS_NAMES
-    from bcclassify.data import scan_dataset
-    from bcclassify.models import build
-    from bcclassify.serving import export_model
+    from bcclassify.data.datasets import scan_dataset
+    from bcclassify.models.registry import build
+    from bcclassify.serving.classifier import export_model
 
     data = tmp_path / "cells"
     for path in FIXTURE_IMAGES.rglob("*.jpg"):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bcclassify.imaging import ImageLoadError, load_image
-from bcclassify.uploads import (
+from bcclassify.data.imaging import ImageLoadError, load_image
+from bcclassify.serving.uploads import (
     LRU,
     WORKING_PX,
     UploadLimits,

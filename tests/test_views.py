@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from conftest import FIXTURE_IMAGES
 
-from bcclassify.serving import (
+from bcclassify.serving.classifier import (
     VIEW_TRANSFORMS,
     check_views,
     load_model,
     predict_with_views,
 )
-from bcclassify.store import read_csv, read_json
+from bcclassify.storage.store import read_csv, read_json
 
 
 def _asymmetric_batch() -> np.ndarray:

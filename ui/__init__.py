@@ -2,13 +2,13 @@
 
 Streamlit and plotly are used only in this package (``session``: secrets, model caches, the
 per-session caches the pages share, table sizing; ``figures``: plotly figures). The data shaping
-it hands to the pages lives in the library (``bcclassify.app_support`` and ``bcclassify.tables``)
-and is gathered here so a page has one namespace to read; the library and the command line never
-import this package."""
+it hands to the pages lives in the library (``bcclassify.presentation.pages`` and
+``bcclassify.presentation.tables``) and is gathered here so a page has one namespace to read;
+the library and the command line never import this package."""
 
 from __future__ import annotations
 
-from bcclassify.app_support import (
+from bcclassify.presentation.pages import (
     BENCH_HINT,
     EXAMPLE_CREDIT,
     EXAMPLES_DIR,
@@ -39,8 +39,7 @@ from bcclassify.app_support import (
     unique_inputs,
     without_machine_paths,
 )
-from bcclassify.reviews import default_data_dir as configured_data_dir  # one resolver
-from bcclassify.tables import (
+from bcclassify.presentation.tables import (
     MISSING,
     class_label,
     leaderboard,
@@ -48,6 +47,7 @@ from bcclassify.tables import (
     reference_table,
     runs_table,
 )
+from bcclassify.review.reviews import default_data_dir as configured_data_dir  # one resolver
 
 from .figures import (
     confusion_figure,

@@ -8,8 +8,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from bcclassify import CLASS_NAMES
-from bcclassify.metrics import row_normalize
-from bcclassify.tables import class_label
+from bcclassify.evaluation.metrics import row_normalize
+from bcclassify.presentation.tables import class_label
 
 # Calm clinical palette, one colour per class in canonical order (colour-blind friendly).
 CLASS_COLOURS = dict(

@@ -9,9 +9,9 @@ import threading
 
 import streamlit as st
 
-from bcclassify.app_support import card_sha256
-from bcclassify.store import default_model_name, store_root
-from bcclassify.uploads import LRU, UploadLimits, WorkingCopy, explain_copy, working_copy
+from bcclassify.presentation.pages import card_sha256
+from bcclassify.serving.uploads import LRU, UploadLimits, WorkingCopy, explain_copy, working_copy
+from bcclassify.storage.store import default_model_name, store_root
 
 # Per-session caches hold a fixed number of entries, whatever a session uploads.
 WORKING_COPIES_KEPT = 8  # decoded images (each at most 1024 px a side)
@@ -59,8 +59,8 @@ def keep_compiled_kernels() -> None:
 
 @st.cache_resource(show_spinner="Loading TensorFlow and the model (first use only)…", max_entries=4)
 def _cached_model(name: str, store: str, card_sha256: str):
-    from bcclassify._tf import import_tensorflow_quietly
-    from bcclassify.serving import load_model
+    from bcclassify.cli.quiet_tensorflow import import_tensorflow_quietly
+    from bcclassify.serving.classifier import load_model
 
     import_tensorflow_quietly()
     keep_compiled_kernels()
@@ -69,7 +69,7 @@ def _cached_model(name: str, store: str, card_sha256: str):
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _cached_explainer(name: str, store: str, card_sha256: str):
-    from bcclassify.explain import Explainer
+    from bcclassify.explain.maps import Explainer
 
     return Explainer(_cached_model(name, store, card_sha256))
 

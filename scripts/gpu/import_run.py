@@ -123,7 +123,7 @@ def build_model(merged: Path, manifest: dict, weights: list[np.ndarray]):
 def probe_check(model, log: dict, data_root: Path, image_size: int) -> dict:
     """This machine's probabilities for the log's probe images against the GPU's: the weights
     are in the right order and both sides decode and compute alike."""
-    from bcclassify.imaging import load_image
+    from bcclassify.data.imaging import load_image
 
     probe = log.get("probe") or {}
     if not probe.get("files"):
@@ -140,8 +140,8 @@ def probe_check(model, log: dict, data_root: Path, image_size: int) -> dict:
 
 def run_config(log: dict, manifest: dict, run_id: str, note: str) -> dict:
     """config.json: TrainConfig's fields as ``train`` writes them, plus the GPU specifics."""
-    from bcclassify.augment import preset
-    from bcclassify.training import TrainConfig
+    from bcclassify.data.augment import preset
+    from bcclassify.training.runs import TrainConfig
 
     args, data, model = log["config"], manifest["data"], manifest["model"]
     config = TrainConfig(
@@ -240,14 +240,14 @@ def history_rows(log: dict) -> list[dict]:
 def score_test_split(model, config: dict, run_dir: Path, log: dict, batch_size: int) -> dict:
     """The run's test split scored here, as training's last step: metrics.json's content and
     predictions.csv."""
-    from bcclassify.data import (
+    from bcclassify.data.datasets import (
         load_pixels,
         scan_dataset,
         subsample,
         train_val_test_split,
         write_predictions,
     )
-    from bcclassify.metrics import classification_metrics, confidence_coverage
+    from bcclassify.evaluation.metrics import classification_metrics, confidence_coverage
 
     dataset = subsample(scan_dataset(config["data"]), config["limit_per_class"], config["seed"])
     if dataset.manifest_hash() != config["data_manifest_sha256"]:
@@ -285,8 +285,8 @@ def _store_is_shrunk() -> bool:
 
 
 def import_run(args: argparse.Namespace) -> Path:
-    from bcclassify.store import runs_dir, write_json
-    from bcclassify.training import RunRecord
+    from bcclassify.storage.store import runs_dir, write_json
+    from bcclassify.training.runs import RunRecord
 
     if _store_is_shrunk():
         raise RuntimeError(

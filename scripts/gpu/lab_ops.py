@@ -1,4 +1,5 @@
-"""The "lab" augmentation of ``bcclassify/augment.py`` ported to ``keras.ops`` / ``keras.random``.
+"""The "lab" augmentation of ``bcclassify/data/augment.py`` ported to ``keras.ops`` and
+``keras.random``.
 
 The original is TensorFlow-only (``tf.raw_ops``, ``tf.image``, a ``tf.random.Generator``), and the
 lent GPU machine has no TensorFlow: this port runs under any Keras backend, inside the jitted
@@ -36,7 +37,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class LabConfig:
-    """The fields of ``bcclassify.augment.AugmentConfig``; defaults are ``PRESETS["lab"]``.
+    """The fields of ``bcclassify.data.augment.AugmentConfig``; defaults are ``PRESETS["lab"]``.
 
     Copied rather than imported (this runs where bcclassify cannot be imported); the pack writes
     the library's preset into its manifest, and a test checks that the two agree.
@@ -86,7 +87,7 @@ def _ops():
 def draw_params(images, cfg: LabConfig, seed, clean_fraction: float = 0.0) -> dict:
     """Fresh random parameters for one batch (``seed``: a ``keras.random.SeedGenerator``).
 
-    Distributions and per-image/per-batch choices as in ``bcclassify/augment.py``.
+    Distributions and per-image/per-batch choices as in ``bcclassify/data/augment.py``.
     """
     import keras
 

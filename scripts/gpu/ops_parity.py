@@ -1,6 +1,6 @@
 """Each op of the lab preset: the TensorFlow original against the keras.ops port, same numbers.
 
-``save`` (here, TensorFlow + bcclassify) runs ``bcclassify.augment``'s private ops with a
+``save`` (here, TensorFlow + bcclassify) runs ``bcclassify.data.augment``'s private ops with a
 scripted generator that hands out pre-drawn numbers, and stores images, numbers and outputs;
 ``compare`` (any Keras backend: JAX on CPU here, or on the GPU) feeds the same numbers to
 ``lab_ops`` and prints the largest differences. tests/test_gpu_pipeline.py does both under
@@ -62,7 +62,7 @@ def original_ops(images: np.ndarray) -> dict[str, np.ndarray]:
 
     import tensorflow as tf
 
-    from bcclassify import augment
+    from bcclassify.data import augment
 
     cfg = augment.preset("lab")
     x = tf.constant(images, tf.float32)

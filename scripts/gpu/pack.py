@@ -17,7 +17,7 @@ What is packed:
   card, the weights re-sharded with their keys and precision unchanged (float16 for big arrays);
 - ``wheels/`` (``--wheels``): keras (requirements.txt's version), namex and optree for Python 3.12;
 - ``manifest.json``: every file's sha256, size and call, the split, the lab preset's parameters
-  (``bcclassify.augment.PRESETS["lab"]``, so the GPU run uses the library's numbers), and the
+  (``bcclassify.data.augment.PRESETS["lab"]``, so the GPU run uses the library's numbers), and the
   model's probabilities for the first validation images computed here (train_lab.py --check
   compares the GPU's with them).
 
@@ -122,8 +122,8 @@ def plan_calls(sizes: list[tuple[str, int]], capacity: int) -> list[list[str]]:
 
 def model_split(card: dict, data: str | None):
     """The dataset and split the installed model was trained on, checked against its card."""
-    from bcclassify.data import scan_dataset, subsample, train_val_test_split
-    from bcclassify.store import read_json, runs_dir
+    from bcclassify.data.datasets import scan_dataset, subsample, train_val_test_split
+    from bcclassify.storage.store import read_json, runs_dir
 
     trained = card.get("training_data") or {}
     run_config = read_json(runs_dir() / str(card.get("training_run")) / "config.json", {}) or {}
@@ -158,7 +158,7 @@ def choose(indices: np.ndarray, labels: np.ndarray, per_class: int | None, seed:
 def check_images(dataset, indices: np.ndarray, image_size: int, verify: int) -> None:
     """Every packed file must be a 224 px RGB JPEG without ICC profile (where load_image only
     resizes), and a sample must decode in train_lab.py exactly as in load_image."""
-    from bcclassify.imaging import TRAINING_COPY_PX, load_image
+    from bcclassify.data.imaging import TRAINING_COPY_PX, load_image
 
     bad = []
     for i in indices:
@@ -243,8 +243,8 @@ def write_model(folder: Path, card: dict, target: Path, shard_bytes: int) -> tup
 def reference_probabilities(name: str, dataset, indices, image_size: int) -> dict:
     """The installed model's probabilities (TensorFlow, CPU, uncalibrated, one view) for the
     first validation images: train_lab.py --check compares the GPU's with them."""
-    from bcclassify.imaging import load_image
-    from bcclassify.serving import load_model
+    from bcclassify.data.imaging import load_image
+    from bcclassify.serving.classifier import load_model
 
     if len(indices) == 0:
         return {}
@@ -289,9 +289,9 @@ def _required_version(name: str) -> str:
 
 
 def build_pack(args: argparse.Namespace) -> dict:
-    from bcclassify.augment import PRESETS
-    from bcclassify.serving import resolve_model_name, verify_model_files
-    from bcclassify.store import models_dir
+    from bcclassify.data.augment import PRESETS
+    from bcclassify.serving.classifier import resolve_model_name, verify_model_files
+    from bcclassify.storage.store import models_dir
 
     name = resolve_model_name(args.model)
     card = verify_model_files(name)
@@ -354,7 +354,7 @@ def build_pack(args: argparse.Namespace) -> dict:
             "seed": seed,
             "limit_per_class": limit,
             "split_sizes": split.sizes(),
-            "split_function": "bcclassify.data.train_val_test_split",
+            "split_function": "bcclassify.data.datasets.train_val_test_split",
             "train": _subset_record(dataset, train, len(split.train), args.train_per_class),
             "val": _subset_record(dataset, val, len(split.val), args.val_per_class),
         },

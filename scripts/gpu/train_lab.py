@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # lab_ops beside this 
 # (checked under JAX in cache/jaxenv), so the device reuses them rather than copies.
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 
-from bcclassify.serving import _zero_initialisers  # noqa: E402
-from bcclassify.store import sha256_file  # noqa: E402
+from bcclassify.serving.classifier import _zero_initialisers  # noqa: E402
+from bcclassify.storage.store import sha256_file  # noqa: E402
 
 MIB = 1024 * 1024
 # What comes back from $OUT: at most 8 files of at most 16 MiB, 64 MiB together. The float16
@@ -56,7 +56,9 @@ OUT_MAX_FILES = 8
 OUT_TOTAL_BYTES = 64 * MIB
 EXPORT_FILE_BYTES = 15 * MIB  # a margin under 16 MiB for the npz headers
 LOG_RESERVE_BYTES = 2 * MIB  # the log's share of the 64 MiB
-HALF_PRECISION_MIN_SIZE = 4096  # as bcclassify.serving: large float32 arrays stored as float16
+HALF_PRECISION_MIN_SIZE = (
+    4096  # as bcclassify.serving.classifier: large float32 arrays stored as float16
+)
 LOG_NAME = "train_log.json"
 PROBE_IMAGES = 16  # validation images whose probabilities the log keeps for import_run's check
 
@@ -96,7 +98,7 @@ def check_pack_files(pack: Path, manifest: dict, require: set[str] | None = None
 
 
 def decode_image(data: bytes, size: int) -> np.ndarray:
-    """A packed JPEG as ``bcclassify.imaging.load_image(path, size)`` gives it for these files:
+    """A packed JPEG as ``bcclassify.data.imaging.load_image(path, size)`` gives it for these files:
     decoded to RGB, then Lanczos to ``size`` (pack.py checks they are 224 px RGB without an ICC
     profile, where load_image does nothing else, and compares a sample bit for bit)."""
     with Image.open(io.BytesIO(data)) as img:
@@ -386,8 +388,8 @@ def one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
 
 
 def epoch_batches(pixels, targets, batch_size: int, steps: int, seed: int, epoch: int):
-    """This epoch's batches: a fresh permutation (as bcclassify.feeds.epoch_order), full batches
-    only, so the jitted step always sees one shape."""
+    """This epoch's batches: a fresh permutation (as bcclassify.training.feeds.epoch_order), full
+    batches only, so the jitted step always sees one shape."""
     order = np.random.default_rng([seed, epoch]).permutation(len(pixels))
     for step in range(steps):
         index = np.sort(order[step * batch_size : (step + 1) * batch_size])

@@ -1,0 +1,3 @@
+"""Who may do what: local reviewer accounts."""
+
+__all__ = ["accounts"]

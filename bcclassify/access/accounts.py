@@ -1,0 +1,140 @@
+"""Local reviewer accounts: names with salted Argon2id password hashes in one JSON file.
+
+For labs without a single sign-on provider (with one, the app uses Streamlit's OpenID Connect
+login instead). Hashing and verification are argon2-cffi's; nothing here is hand-written crypto.
+The file lives in the data directory (``accounts.json`` beside the review log) unless
+``BCCLASSIFY_ACCOUNTS`` names another path; it is written atomically with mode 0600, and managed
+with ``python -m bcclassify users add|list|remove``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from bcclassify.review.reviews import default_data_dir, make_private_dir
+from bcclassify.storage.store import atomic_write_bytes
+
+ACCOUNTS_ENV = "BCCLASSIFY_ACCOUNTS"
+ACCOUNTS_NAME = "accounts.json"
+MIN_PASSWORD_CHARS = 10
+# Names are shown in the log and the app: letters, digits and . _ @ - only, so they are readable.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+_hasher = PasswordHasher()  # argon2-cffi's defaults (Argon2id, RFC 9106 low-memory profile)
+# Verified against when the name is unknown, so a wrong name costs as long as a wrong password.
+_DUMMY_HASH = _hasher.hash("not a password of anyone")
+
+
+class AccountError(ValueError):
+    """A refused account operation (bad name, short password, unknown user, unreadable file)."""
+
+
+def streamlit_secrets() -> dict:
+    """Top-level keys of the app's secrets files (global, then the project's), as the app sees
+    them, so ``users`` commands find the same account file as the app without Streamlit."""
+    import tomllib
+
+    from bcclassify.storage.store import REPO_ROOT
+
+    merged: dict = {}
+    for path in (
+        Path.home() / ".streamlit" / "secrets.toml",
+        REPO_ROOT / ".streamlit" / "secrets.toml",
+    ):
+        try:
+            merged.update(tomllib.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    return merged
+
+
+def accounts_path(secrets: dict | None = None) -> Path:
+    """$BCCLASSIFY_ACCOUNTS, else that secret, else ``accounts.json`` in the data directory
+    (the review log's: ``reviews.default_data_dir``)."""
+    value = os.environ.get(ACCOUNTS_ENV) or (secrets or {}).get(ACCOUNTS_ENV)
+    if value:
+        return Path(value).expanduser()
+    return default_data_dir(secrets) / ACCOUNTS_NAME
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        return {"version": 1, "users": {}}
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AccountError(f"{path}: the account file cannot be read ({exc})") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("users"), dict):
+        raise AccountError(f"{path}: not an account file (no 'users' table)")
+    return payload
+
+
+def _write(path: Path, payload: dict) -> None:
+    """Replace the file atomically; the new file is 0600 before it holds any hash."""
+    make_private_dir(path.parent)
+    atomic_write_bytes(path, json.dumps(payload, indent=2, sort_keys=True).encode(), mode=0o600)
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.fullmatch(name or ""):
+        raise AccountError(
+            f"{name!r} is not a valid user name: 1-64 letters, digits, '.', '_', '@' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def list_users(path: Path) -> list[dict]:
+    """Account names with their creation time, sorted by name (hashes are not returned)."""
+    users = _read(path)["users"]
+    return [{"name": n, "created": users[n].get("created", "")} for n in sorted(users)]
+
+
+def add_user(path: Path, name: str, password: str, replace: bool = False) -> None:
+    """Create an account (or, with ``replace``, set a new password for an existing one)."""
+    check_name(name)
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise AccountError(f"the password must have at least {MIN_PASSWORD_CHARS} characters")
+    payload = _read(path)
+    if name in payload["users"] and not replace:
+        raise AccountError(f"user {name!r} exists; use --replace to set a new password")
+    payload["users"][name] = {
+        "argon2": _hasher.hash(password),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    _write(path, payload)
+
+
+def remove_user(path: Path, name: str) -> None:
+    payload = _read(path)
+    if name not in payload["users"]:
+        raise AccountError(f"no user {name!r} in {path}")
+    del payload["users"][name]
+    _write(path, payload)
+
+
+def has_accounts(path: Path) -> bool:
+    try:
+        return bool(_read(path)["users"])
+    except AccountError:
+        return False
+
+
+def verify(path: Path, name: str, password: str) -> bool:
+    """True when ``name`` exists and ``password`` is its password; never raises for bad input."""
+    try:
+        record = _read(path)["users"].get(name or "")
+    except AccountError:
+        return False
+    stored = record.get("argon2") if isinstance(record, dict) else None
+    try:
+        return _hasher.verify(stored or _DUMMY_HASH, password or "") and bool(stored)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False

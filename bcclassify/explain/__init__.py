@@ -1,0 +1,3 @@
+"""Saliency maps through tf-keras-vis, and how faithful they are."""
+
+__all__ = ["faithfulness", "maps"]

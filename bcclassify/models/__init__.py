@@ -1,0 +1,3 @@
+"""The registry of architectures behind one build(), and supervised contrastive learning."""
+
+__all__ = ["registry", "supcon"]

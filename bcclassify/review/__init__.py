@@ -1,0 +1,3 @@
+"""What reviewers decide: the append-only review log and the differential count."""
+
+__all__ = ["report", "reviews"]

@@ -1,0 +1,252 @@
+"""The reviewer log: every confirm/correct decision, saved at once to an SQLite file.
+
+Each decision is one committed transaction in WAL mode, so a browser or server that dies loses
+nothing already confirmed, and several app sessions (or users) can write at the same time.
+Rows are only ever appended, and SQLite itself enforces it: triggers abort any UPDATE or DELETE.
+A later decision on the same cell supersedes, never overwrites. Each row records the model by
+name, by the sha256 of its card.json and by its training run, since a name can be re-promoted.
+The log's folder is created 0700 and its files 0600: the log holds file names and comments.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import os
+import sqlite3
+from collections.abc import Mapping
+from contextlib import closing
+from pathlib import Path
+
+from bcclassify import CLASS_NAMES
+from bcclassify.review.report import spreadsheet_safe
+
+DATA_DIR_ENV = "BCCLASSIFY_DATA_DIR"
+LOG_NAME = "reviews.sqlite3"
+EXPORT_COLUMNS = [
+    "file_name",
+    "image_sha256",
+    "model",
+    "model_card_sha256",
+    "training_run",
+    "predicted_class",
+    "probabilities",
+    "reviewer_class",
+    "decision",
+    "comment",
+    "reviewer",
+    "time",
+]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS reviews (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    file_name TEXT NOT NULL,
+    image_sha256 TEXT NOT NULL,
+    model TEXT NOT NULL,
+    predicted_class TEXT NOT NULL,
+    probabilities TEXT NOT NULL,
+    reviewer_class TEXT NOT NULL,
+    decision TEXT NOT NULL CHECK (decision IN ('confirmed', 'corrected')),
+    comment TEXT NOT NULL DEFAULT '',
+    reviewer TEXT NOT NULL DEFAULT '',
+    time TEXT NOT NULL,
+    model_card_sha256 TEXT NOT NULL DEFAULT '',
+    training_run TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS reviews_image ON reviews (image_sha256);
+"""
+# Columns added since the first release; older logs gain them (empty) when first opened.
+_ADDED_COLUMNS = {
+    "model_card_sha256": "TEXT NOT NULL DEFAULT ''",
+    "training_run": "TEXT NOT NULL DEFAULT ''",
+}
+_APPEND_ONLY = """
+CREATE TRIGGER IF NOT EXISTS reviews_no_update BEFORE UPDATE ON reviews
+BEGIN SELECT RAISE(ABORT, 'review decisions are append-only: rows are never changed'); END;
+CREATE TRIGGER IF NOT EXISTS reviews_no_delete BEFORE DELETE ON reviews
+BEGIN SELECT RAISE(ABORT, 'review decisions are append-only: rows are never deleted'); END;
+"""
+
+
+class ReviewLogUnavailable(RuntimeError):
+    """The log cannot be opened or written (damaged, read-only, not a folder): one clear line."""
+
+
+def default_data_dir(secrets: Mapping | None = None) -> Path:
+    """Where the app keeps its data (review log, accounts, kept cells): $BCCLASSIFY_DATA_DIR,
+    else the app secret of that name, else ~/.bcclassify."""
+    value = os.environ.get(DATA_DIR_ENV) or (secrets or {}).get(DATA_DIR_ENV)
+    return Path(value).expanduser() if value else Path.home() / ".bcclassify"
+
+
+def make_private_dir(folder: Path) -> None:
+    """Create ``folder`` (and parents) readable by its owner only; an existing one is kept."""
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists; tighten one we own that is open."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        stat = path.stat()
+        if stat.st_uid == os.getuid() and stat.st_mode & 0o077:
+            os.chmod(path, 0o600)  # a log written by an older version was world-readable
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script of simple statements; trigger bodies end in ``END;``."""
+    out, current = [], []
+    for line in script.strip().splitlines():
+        current.append(line)
+        text = "\n".join(current)
+        if text.endswith(";") and sqlite3.complete_statement(text):
+            out.append(text)
+            current = []
+    return out
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Create the table, add missing columns and the append-only triggers, in one transaction.
+
+    Only ``ALTER TABLE ... ADD COLUMN`` touches an existing table: no row is rewritten or lost.
+    ``BEGIN IMMEDIATE`` makes a second opener wait, so two sessions never add a column twice.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _statements(_SCHEMA):
+            db.execute(statement)
+        present = {row[1] for row in db.execute("PRAGMA table_info(reviews)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in present:
+                db.execute(f"ALTER TABLE reviews ADD COLUMN {column} {kind}")
+        for statement in _statements(_APPEND_ONLY):
+            db.execute(statement)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return f"cannot be created or opened ({exc.strerror or exc})"
+    text = str(exc) or type(exc).__name__
+    if "not a database" in text or "malformed" in text:
+        return f"the file is damaged ({text})"
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        return f"the file or its folder is not writable ({text})"
+    return text
+
+
+class ReviewLog:
+    """Append-only review decisions in ``<data_dir>/reviews.sqlite3``."""
+
+    def __init__(self, data_dir: str | Path | None = None) -> None:
+        folder = Path(data_dir or default_data_dir())
+        self.path = folder / LOG_NAME
+        try:
+            make_private_dir(folder)
+            # SQLite gives the -wal and -shm files the database file's own permissions.
+            create_private_file(self.path)
+            with closing(self._connect()) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                _migrate(db)
+        except (sqlite3.Error, OSError) as exc:
+            raise ReviewLogUnavailable(f"{self.path}: {_reason(exc)}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.execute("PRAGMA busy_timeout=30000")
+        db.execute("PRAGMA synchronous=FULL")  # a confirmed decision survives a power cut
+        db.row_factory = sqlite3.Row
+        return db
+
+    def record(
+        self,
+        file_name: str,
+        image_sha256: str,
+        model: str,
+        predicted_class: str,
+        probabilities: Mapping[str, float] | list[float],
+        reviewer_class: str,
+        comment: str = "",
+        reviewer: str = "",
+        *,
+        model_card_sha256: str = "",
+        training_run: str = "",
+    ) -> int:
+        """Save one decision (committed before returning); returns its row id.
+
+        ``reviewer`` is who made the decision (the app passes the logged-in user); it is required.
+        """
+        for label, value in (("predicted", predicted_class), ("reviewer", reviewer_class)):
+            if value not in CLASS_NAMES:
+                raise ValueError(f"{label} class {value!r} is not one of {', '.join(CLASS_NAMES)}")
+        if not (reviewer or "").strip():
+            raise ValueError("a decision needs its reviewer: log in to save decisions")
+        if not isinstance(probabilities, Mapping):
+            probabilities = dict(zip(CLASS_NAMES, (float(p) for p in probabilities)))
+        decision = "confirmed" if reviewer_class == predicted_class else "corrected"
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        values = {
+            "file_name": file_name,
+            "image_sha256": image_sha256,
+            "model": model,
+            "model_card_sha256": model_card_sha256 or "",
+            "training_run": training_run or "",
+            "predicted_class": predicted_class,
+            "probabilities": json.dumps({k: round(float(v), 6) for k, v in probabilities.items()}),
+            "reviewer_class": reviewer_class,
+            "decision": decision,
+            "comment": comment or "",
+            "reviewer": reviewer.strip(),
+            "time": now,
+        }
+        columns = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        try:
+            with closing(self._connect()) as db:
+                cursor = db.execute(
+                    f"INSERT INTO reviews ({columns}) VALUES ({marks})", tuple(values.values())
+                )
+                return int(cursor.lastrowid)
+        except sqlite3.Error as exc:
+            raise ReviewLogUnavailable(f"{self.path}: not saved - {_reason(exc)}") from None
+
+    def _rows(self, where: str = "", args: tuple = ()) -> list[dict]:
+        try:
+            with closing(self._connect()) as db:
+                return [
+                    dict(r) for r in db.execute(f"SELECT * FROM reviews {where} ORDER BY id", args)
+                ]
+        except sqlite3.Error as exc:
+            raise ReviewLogUnavailable(f"{self.path}: {_reason(exc)}") from None
+
+    def entries(self, latest_only: bool = False) -> list[dict]:
+        """All decisions, oldest first; ``latest_only`` keeps the newest per (image, model)."""
+        rows = self._rows()
+        if latest_only:
+            newest: dict[tuple[str, str], dict] = {}
+            for row in rows:
+                newest[(row["image_sha256"], row["model"])] = row
+            rows = sorted(newest.values(), key=lambda r: r["id"])
+        return rows
+
+    def decisions_for(self, image_sha256: str) -> list[dict]:
+        return self._rows("WHERE image_sha256 = ?", (image_sha256,))
+
+    def export_csv(self) -> str:
+        """Every decision as CSV; cells a spreadsheet would run as formulas are escaped."""
+        buffer = io.StringIO()
+        # CRLF rows (RFC 4180): the csv module then quotes any cell holding a CR or LF.
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        writer.writerow(EXPORT_COLUMNS)
+        for row in self.entries():
+            writer.writerow([spreadsheet_safe(row[c]) for c in EXPORT_COLUMNS])
+        return buffer.getvalue()

@@ -1,0 +1,3 @@
+"""Installed models as served: load with checksums, classify, calibrate, flag, benchmark."""
+
+__all__ = ["acquisition", "bench", "classifier", "trust", "uploads"]

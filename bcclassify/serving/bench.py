@@ -1,0 +1,158 @@
+"""Benchmark: load, single-image and batch prediction, explanation, against the FLOP bound."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bcclassify import EXAMPLES_DIR, REPO_ROOT
+
+FLOP_PER_CYCLE_FP32_AVX2 = 32  # two 8-wide FMA units: 2 x 8 x 2
+
+
+def forward_flops(model) -> int:
+    """Floating-point operations of one forward pass (multiply-adds count 2), from the layers.
+
+    Convolutions and dense layers only: they are >99% of the work in these networks.
+    """
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        if not hasattr(layer, "output") or not layer.weights:
+            continue
+        out_shape = layer.output.shape
+        if isinstance(layer, keras.layers.SeparableConv2D):
+            kh, kw = layer.kernel_size
+            in_ch = layer.input.shape[-1]
+            spatial = out_shape[1] * out_shape[2]
+            total += 2 * spatial * (kh * kw * in_ch * layer.depth_multiplier)
+            total += 2 * spatial * in_ch * layer.depth_multiplier * out_shape[-1]
+        elif isinstance(layer, keras.layers.DepthwiseConv2D):
+            kh, kw = layer.kernel_size
+            total += 2 * out_shape[1] * out_shape[2] * kh * kw * out_shape[-1]
+        elif isinstance(layer, keras.layers.Conv2D):
+            kh, kw = layer.kernel_size
+            in_ch = layer.input.shape[-1] // max(layer.groups, 1)
+            total += 2 * out_shape[1] * out_shape[2] * kh * kw * in_ch * out_shape[-1]
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * int(np.prod(layer.kernel.shape))
+    return int(total)
+
+
+def cpu_info() -> dict:
+    name, mhz = "unknown", None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name == "unknown":
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("cpu MHz") and mhz is None:
+                mhz = float(line.split(":", 1)[1])
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"name": name, "mhz": mhz, "cores": cores}
+
+
+def _fresh_process_load_seconds(name: str) -> float:
+    """Import + load the model in a new Python process (what a server start-up pays)."""
+    code = (
+        "import time; t = time.perf_counter(); "
+        "from bcclassify.serving.classifier import load_model; "
+        f"load_model({name!r}); print(time.perf_counter() - t)"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_benchmark(name: str, repeats: int = 20, explain_repeats: int = 5) -> dict:
+    import tensorflow as tf
+
+    from bcclassify.explain.maps import Explainer
+    from bcclassify.serving.classifier import load_model
+
+    load_s = _fresh_process_load_seconds(name)
+    classifier = load_model(name)
+    size = classifier.image_size
+    example = EXAMPLES_DIR  # the bundled example cells
+    files = sorted(example.rglob("*.jpg")) if example.is_dir() else []
+    raw = files[0].read_bytes() if files else None
+    rng = np.random.default_rng(0)
+
+    def single():
+        pixels = classifier.load(raw, "bench") if raw else rng.integers(0, 255, (size, size, 3))
+        classifier.assess_pixels(pixels[None])  # as served: calibrated, with the novelty score
+
+    for _ in range(3):
+        single()  # warm-up: tracing and first-call allocation
+    predict_single = _median_seconds(single, repeats)
+
+    batch = rng.integers(0, 255, (32, size, size, 3)).astype(np.float32)
+    classifier.assess_pixels(batch)
+    batch_rounds = 3
+    start = time.perf_counter()
+    for _ in range(batch_rounds):
+        classifier.assess_pixels(batch)
+    batch_rate = batch_rounds * len(batch) / (time.perf_counter() - start)
+
+    explainer = Explainer(classifier)
+    pixels = classifier.load(raw, "bench") if raw else batch[0].astype(np.uint8)
+    # As in the app: the cell has been classified, its Grad-CAM reuses those probabilities, so
+    # predict + explain is the cost of one cell shown with its maps.
+    probs = classifier.assess_pixels(pixels[None])[0][0]
+    explainer.explain_pixels(pixels, probabilities=probs)  # warm-up: builds the visualizer
+    explain_single = _median_seconds(
+        lambda: explainer.explain_pixels(pixels, probabilities=probs), explain_repeats
+    )
+
+    # One classified image costs one forward pass per test-time view.
+    flops = forward_flops(classifier.model) * len(classifier.test_time_views)
+    cpu = cpu_info()
+    peak = cpu["cores"] * (cpu["mhz"] or 0) * 1e6 * FLOP_PER_CYCLE_FP32_AVX2
+    bound = peak / flops if flops and peak else None
+    return {
+        "model": name,
+        "architecture": classifier.architecture,
+        "test_time_views": list(classifier.test_time_views),
+        "image_size": size,
+        "load_s": round(load_s, 3),
+        "predict_single_s": round(predict_single, 4),
+        "predict_batch_img_per_s": round(batch_rate, 2),
+        "explain_single_s": round(explain_single, 4),
+        "explain_maps": explainer.layers + ["fused"],
+        "predict_plus_explain_s": round(predict_single + explain_single, 4),
+        "flops_per_image": flops,
+        "peak_gflops": round(peak / 1e9, 1),
+        "flop_bound_img_per_s": round(bound, 2) if bound else None,
+        "fraction_of_flop_bound": round(batch_rate / bound, 3) if bound else None,
+        "cpu": cpu["name"],
+        "cpu_cores": cpu["cores"],
+        "threads": {
+            "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+        },
+        "repeats": repeats,
+    }

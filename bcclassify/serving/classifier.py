@@ -1,0 +1,489 @@
+"""Installed models: export with a card, load with checksum verification, classify in batches.
+
+An installed model lives in ``model_store/models/<name>/``:
+- ``model.json``: the Keras architecture (preprocessing layers included; no custom code);
+- ``weights-NNN.npz``: the weights, float32 arrays over 4096 values stored as float16 so the
+  hybrid fits the 95 MB per-file limit; they load back as float32. Shards stay under 90 MB;
+- ``card.json``: what it is, how it was trained, how it scored, and the sha256 of every file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bcclassify import CLASS_NAMES
+from bcclassify.data.imaging import ImageLoadError, ImageSource, load_image
+from bcclassify.serving.acquisition import AcquisitionRange
+from bcclassify.storage.store import (
+    default_model_name,
+    models_dir,
+    sha256_file,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.60  # below this top probability a cell is flagged low_confidence
+NOVELTY_FILE = "novelty.npz"  # the novelty detector and its threshold (bcclassify.serving.trust)
+SHARD_BYTES = 80 * 1024 * 1024
+HALF_PRECISION_MIN_SIZE = 4096
+
+# The symmetries of the square, on (N, H, W, C) batches. A cell has no up, down, left or right,
+# and training augments with all eight; a model card may name some of them as test-time views,
+# whose class probabilities are averaged (``test_time_views``; default: the image as given).
+VIEW_TRANSFORMS = {
+    "identity": lambda b: b,
+    "flip_lr": lambda b: b[:, :, ::-1],
+    "flip_ud": lambda b: b[:, ::-1],
+    "rot180": lambda b: b[:, ::-1, ::-1],
+    "transpose": lambda b: b.transpose(0, 2, 1, 3),
+    "rot90": lambda b: b.transpose(0, 2, 1, 3)[:, ::-1],
+    "rot270": lambda b: b.transpose(0, 2, 1, 3)[:, :, ::-1],
+    "anti_transpose": lambda b: b.transpose(0, 2, 1, 3)[:, ::-1, ::-1],
+}
+SINGLE_VIEW = ("identity",)
+
+
+def check_views(views: Iterable[str] | None) -> tuple[str, ...]:
+    """Validated test-time view names (None or empty: the image as given)."""
+    chosen = tuple(views or SINGLE_VIEW)
+    unknown = [v for v in chosen if v not in VIEW_TRANSFORMS]
+    if unknown:
+        raise ValueError(
+            f"unknown test-time view(s) {', '.join(unknown)}; choose from "
+            + ", ".join(VIEW_TRANSFORMS)
+        )
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"test-time views repeat: {', '.join(chosen)}")
+    return chosen
+
+
+def predict_with_views(forward, pixels: np.ndarray, views: Sequence[str]) -> np.ndarray:
+    """Mean class probabilities of ``forward`` over the given views of each image."""
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if tuple(views) == SINGLE_VIEW:
+        return np.asarray(forward(pixels), dtype=np.float64)
+    stacked = np.concatenate([VIEW_TRANSFORMS[v](pixels) for v in views])
+    probs = np.asarray(forward(stacked), dtype=np.float64)
+    return probs.reshape(len(views), len(pixels), -1).mean(axis=0)
+
+
+class ModelNotFoundError(LookupError):
+    pass
+
+
+class ModelIntegrityError(RuntimeError):
+    pass
+
+
+def export_model(model, folder: Path, card: dict) -> dict:
+    """Write ``model`` to ``folder`` in the installed format; returns the completed card."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("weights-*.npz"):
+        stale.unlink()
+    (folder / "model.json").write_text(model.to_json())
+    arrays = model.get_weights()
+    stored = [
+        a.astype(np.float16) if a.dtype == np.float32 and a.size >= HALF_PRECISION_MIN_SIZE else a
+        for a in arrays
+    ]
+    shards: list[list[int]] = [[]]
+    size = 0
+    for i, array in enumerate(stored):
+        if size + array.nbytes > SHARD_BYTES and shards[-1]:
+            shards.append([])
+            size = 0
+        shards[-1].append(i)
+        size += array.nbytes
+    files = {}
+    for n, members in enumerate(shards):
+        path = folder / f"weights-{n:03d}.npz"
+        np.savez(path, **{f"w{i:05d}": stored[i] for i in members})
+        files[path.name] = None
+    files["model.json"] = None
+    card = {
+        **card,
+        "format": "model.json (Keras config) + weights-*.npz (float16 for large arrays)",
+        "num_weight_arrays": len(arrays),
+        "parameters": int(model.count_params()),
+        "size_mb": round(sum((folder / f).stat().st_size for f in files) / 1e6, 1),
+        "files_sha256": {name: sha256_file(folder / name) for name in sorted(files)},
+        "exported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    write_json(folder / "card.json", card)
+    return card
+
+
+WEIGHT_FILES = "weights-*.npz"
+REINSTALL = "reinstall the model with `python -m bcclassify promote RUN_ID --name NAME`"
+
+
+def read_card(folder: Path) -> dict:
+    """``folder/card.json`` as a dict, or :class:`ModelIntegrityError` saying why it is unusable."""
+    path = folder / "card.json"
+    try:
+        card = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelIntegrityError(f"{path}: missing; {REINSTALL}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ModelIntegrityError(f"{path}: cannot be read ({reason}); {REINSTALL}") from None
+    if not isinstance(card, dict):
+        raise ModelIntegrityError(f"{path}: not a model card (a JSON object); {REINSTALL}")
+    return card
+
+
+def listed_files(folder: Path, card: dict) -> dict[str, str]:
+    """The card's ``files_sha256``, checked to describe this folder completely.
+
+    The card is the only list of what makes up the model: a card without checksums, a name that
+    is not a plain file name, a missing ``model.json`` or weight file, or a ``weights-*.npz`` in
+    the folder that the card does not list (an extra shard would silently change the weights)
+    is refused with :class:`ModelIntegrityError`.
+    """
+    card_path = folder / "card.json"
+    files = card.get("files_sha256")
+    if not isinstance(files, dict) or not files:
+        raise ModelIntegrityError(
+            f"{card_path}: no files_sha256 checksums, so the model files cannot be verified; "
+            + REINSTALL
+        )
+    for name, digest in files.items():
+        if Path(name).name != name or name in ("", ".", "..") or not isinstance(digest, str):
+            raise ModelIntegrityError(
+                f"{card_path}: files_sha256 entry {name!r} is not a plain file name with a "
+                f"checksum; {REINSTALL}"
+            )
+    if "model.json" not in files or not any(Path(n).match(WEIGHT_FILES) for n in files):
+        raise ModelIntegrityError(
+            f"{card_path}: files_sha256 must list model.json and the weights-*.npz files; "
+            + REINSTALL
+        )
+    unlisted = sorted(p.name for p in folder.glob(WEIGHT_FILES) if p.name not in files)
+    if unlisted:
+        raise ModelIntegrityError(
+            f"{folder / unlisted[0]}: weight file not listed in {card_path} "
+            f"({len(unlisted)} unlisted); remove it or {REINSTALL}"
+        )
+    return files
+
+
+def _verify(folder: Path, card: dict) -> None:
+    """Every file the card lists exists and matches its sha256 (see :func:`listed_files`)."""
+    for name, expected in listed_files(folder, card).items():
+        path = folder / name
+        if not path.is_file():
+            raise ModelIntegrityError(f"{path}: missing (listed in {folder / 'card.json'})")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ModelIntegrityError(
+                f"{path}: sha256 {actual[:12]}… does not match the card's {expected[:12]}…; "
+                "the file is damaged or was replaced - reinstall the model with `promote`"
+            )
+
+
+def verify_model_files(name: str | None = None) -> dict:
+    """Check every file of an installed model against its card; returns the card."""
+    folder = models_dir() / resolve_model_name(name)
+    card = read_card(folder)
+    _verify(folder, card)
+    return card
+
+
+def installed_model_names() -> list[str]:
+    root = models_dir()
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if (p / "card.json").is_file() and not p.name.startswith(".")  # skip promote's staging
+    )
+
+
+def resolve_model_name(name: str | None) -> str:
+    names = installed_model_names()
+    chosen = name or default_model_name() or (names[0] if names else None)
+    if chosen is None:
+        raise ModelNotFoundError(
+            f"no model installed under {models_dir()}; train one and run "
+            "`python -m bcclassify promote RUN_ID --name NAME --default`"
+        )
+    if chosen not in names:
+        raise ModelNotFoundError(
+            f"unknown model {chosen!r}; installed: {', '.join(names) or 'none'}"
+        )
+    return chosen
+
+
+@dataclass
+class Prediction:
+    """One file's outcome: probabilities in class order, or an error message."""
+
+    path: str
+    probabilities: np.ndarray | None = None
+    error: str | None = None
+    threshold: float = DEFAULT_THRESHOLD
+    class_names: tuple[str, ...] = CLASS_NAMES
+    # How unlike the training cells the image is, and where "unidentified" starts (the card's).
+    novelty: float | None = None
+    novelty_threshold: float = float("inf")
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def label(self) -> str | None:
+        return None if self.probabilities is None else self.class_names[int(self.top_index)]
+
+    @property
+    def top_index(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+    @property
+    def confidence(self) -> float | None:
+        return None if self.probabilities is None else float(np.max(self.probabilities))
+
+    @property
+    def flag(self) -> str:
+        if self.error:
+            return "error"
+        if self.unidentified:
+            return "unidentified"
+        return "low_confidence" if self.confidence < self.threshold else ""
+
+    @property
+    def taken_unlike_training(self) -> bool:
+        """Unidentified by the acquisition range (background colour, brightness, darker share)
+        rather than by the features: serving scores such an image +inf (acquisition.py)."""
+        return self.novelty is not None and self.novelty == float("inf")
+
+    @property
+    def unidentified(self) -> bool:
+        """Not like the cells the model was trained on: no class should be shown as its answer."""
+        return self.novelty is not None and self.novelty > self.novelty_threshold
+
+
+@dataclass
+class ClassifierModel:
+    """An installed model, loaded once, ready to classify batches of images."""
+
+    name: str
+    folder: Path
+    card: dict
+    model: object
+    class_names: tuple[str, ...] = CLASS_NAMES
+    _forward: object = field(default=None, repr=False)
+    _feature_forward: object = field(default=None, repr=False)
+    novelty: object = None  # trust.NoveltyDetector when the card has one (novelty.npz)
+    acquisition: object = None  # acquisition.AcquisitionRange when the card has one
+
+    def feature_forward(self):
+        """The compiled pixels -> (head features, probabilities) function, built once."""
+        if self._feature_forward is None:
+            from bcclassify.serving.trust import feature_forward
+
+            self._feature_forward = feature_forward(self.model)
+        return self._feature_forward
+
+    @property
+    def image_size(self) -> int:
+        return int(self.card["image_size"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.card.get("low_confidence_threshold", DEFAULT_THRESHOLD))
+
+    @property
+    def architecture(self) -> str:
+        return self.card.get("architecture", "")
+
+    @property
+    def test_time_views(self) -> tuple[str, ...]:
+        return check_views(self.card.get("test_time_views"))
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature of the card (1.0: probabilities served as computed)."""
+        return float((self.card.get("calibration") or {}).get("temperature", 1.0))
+
+    def predict_pixels(self, pixels: np.ndarray, views: Sequence[str] | None = None) -> np.ndarray:
+        """Probabilities for a uint8/float batch ``(N, S, S, 3)`` already at the input size.
+
+        Averaged over the card's test-time views, or over ``views`` when given.
+        """
+        import tensorflow as tf
+
+        if self._forward is None:
+            self._forward = tf.function(
+                lambda x: self.model(x, training=False), reduce_retracing=True
+            )
+        views = self.test_time_views if views is None else check_views(views)
+        probs = predict_with_views(lambda x: self._forward(tf.convert_to_tensor(x)), pixels, views)
+        return self._calibrated(probs)
+
+    def _calibrated(self, probs: np.ndarray) -> np.ndarray:
+        from bcclassify.serving.trust import temper
+
+        if self.temperature != 1.0:
+            probs = temper(probs, self.temperature)
+        return probs / probs.sum(axis=1, keepdims=True)  # exact sum to 1 after float32 softmax
+
+    def assess_pixels(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities over the card's views and each image's novelty score (None
+        without a novelty detector or acquisition range); one forward pass serves both.
+
+        An image outside the card's acquisition range scores +inf: unidentified whatever its
+        features (acquisition.py). Compare scores with :attr:`unidentified_threshold`.
+        """
+        if self.novelty is None:
+            probabilities, scores = self.predict_pixels(pixels), None
+        else:
+            from bcclassify.serving.trust import features_and_probabilities
+
+            features, _, served = features_and_probabilities(self, pixels)
+            probabilities, scores = self._calibrated(served), self.novelty.score(features)
+        if self.acquisition is not None:
+            from bcclassify.serving.acquisition import summaries
+
+            base = np.full(len(pixels), -np.inf) if scores is None else scores
+            scores = self.acquisition.gate(base, summaries(pixels))
+        return probabilities, scores
+
+    @property
+    def unidentified_threshold(self) -> float:
+        """The novelty score above which a cell is unidentified (the detector's, else 0)."""
+        return float(self.novelty.threshold) if self.novelty is not None else 0.0
+
+    def load(self, source: ImageSource, name: str | None = None) -> np.ndarray:
+        return load_image(source, self.image_size, name=name)
+
+    def classify(
+        self,
+        sources: Sequence[tuple[str, ImageSource]],
+        batch_size: int = 32,
+        progress=None,
+    ) -> list[Prediction]:
+        """Classify ``(name, source)`` pairs in batches; refused files become error rows."""
+        results: list[Prediction] = []
+        pending: list[tuple[int, np.ndarray]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            probs, novelty = self.assess_pixels(np.stack([p for _, p in pending]))
+            for n, ((index, _), row) in enumerate(zip(pending, probs)):
+                results[index].probabilities = row
+                if novelty is not None:
+                    results[index].novelty = float(novelty[n])
+                    results[index].novelty_threshold = self.unidentified_threshold
+            pending.clear()
+
+        for done, (label, source) in enumerate(sources, start=1):
+            results.append(
+                Prediction(label, threshold=self.threshold, class_names=self.class_names)
+            )
+            try:
+                pending.append((len(results) - 1, self.load(source, name=label)))
+            except ImageLoadError as exc:
+                results[-1].error = str(exc)
+            if len(pending) >= batch_size:
+                flush()
+            if progress is not None:
+                progress(done)
+        flush()
+        return results
+
+
+def load_model(name: str | None = None, verify: bool = True) -> ClassifierModel:
+    """Load an installed model (the default when ``name`` is None), checking every checksum."""
+    chosen = resolve_model_name(name)
+    return load_model_folder(models_dir() / chosen, chosen, verify)
+
+
+def load_model_folder(folder: Path, name: str, verify: bool = True) -> ClassifierModel:
+    """Load the exported model in ``folder`` (installed or being installed) as ``name``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    card = read_card(folder)
+    files = listed_files(folder, card)  # always: only the card's files are ever loaded
+    if verify:
+        _verify(folder, card)
+    # Reading the arrays overlaps importing Keras and building the graph (the other core).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        weights = pool.submit(_read_weights, folder, files)
+        novelty = pool.submit(_load_novelty, folder, card, files)
+        import keras
+
+        architecture = json.loads((folder / "model.json").read_text())
+        model = keras.models.model_from_json(json.dumps(_zero_initialisers(architecture)))
+        model.set_weights(weights.result())
+        classifier = ClassifierModel(
+            name, folder, card, model, tuple(card.get("class_names", CLASS_NAMES))
+        )
+        classifier.novelty = novelty.result()
+    classifier.acquisition = AcquisitionRange.from_card(card.get("acquisition"))
+    return classifier
+
+
+def _read_weights(folder: Path, files: dict[str, str]) -> list[np.ndarray]:
+    """The card's weight shards as float32 arrays, in ``model.weights`` order."""
+    arrays: dict[str, np.ndarray] = {}
+    for shard in sorted(folder / n for n in files if Path(n).match(WEIGHT_FILES)):
+        with np.load(shard) as stored:
+            arrays.update({key: stored[key] for key in stored.files})
+    return [
+        arrays[key].astype(np.float32) if arrays[key].dtype == np.float16 else arrays[key]
+        for key in sorted(arrays)
+    ]
+
+
+def _zero_initialisers(config):
+    """The architecture with every initializer replaced by zeros.
+
+    The stored weights overwrite every variable straight after the build, so drawing random
+    initial values (glorot for each kernel) is wasted work: a third of the load time.
+    """
+    if isinstance(config, dict):
+        return {
+            key: (
+                {"module": "keras.initializers", "class_name": "Zeros", "config": {}}
+                if key.endswith("_initializer") and isinstance(value, dict)
+                else _zero_initialisers(value)
+            )
+            for key, value in config.items()
+        }
+    if isinstance(config, list):
+        return [_zero_initialisers(value) for value in config]
+    return config
+
+
+def _load_novelty(folder: Path, card: dict, files: dict[str, str]):
+    """The card's novelty detector (``unidentified`` flag), from a file the card checksums."""
+    from bcclassify.serving.trust import NoveltyDetector
+
+    section = card.get("novelty")
+    if not section:
+        return None
+    file_name = section.get("file", NOVELTY_FILE)
+    if file_name not in files:
+        raise ModelIntegrityError(
+            f"{folder / 'card.json'}: the novelty detector {file_name} is not in files_sha256; "
+            + REINSTALL
+        )
+    with np.load(folder / file_name, allow_pickle=False) as stored:
+        detector = NoveltyDetector.from_arrays(stored)
+    detector.threshold = float(section["threshold"])  # the card is what a reader sees
+    return detector
+
+
+def iter_sources(paths: Iterable[Path]) -> list[tuple[str, ImageSource]]:
+    return [(str(p), p) for p in paths]

@@ -1,0 +1,203 @@
+"""Bounded handling of images uploaded to the app: pixel and file caps, one working copy each.
+
+A small file can hold a huge image (a 120 kB PNG of 36 megapixels), so uploads are held to a pixel
+cap read from the header before any decoding, each image is decoded once (by the one loader,
+``imaging.load_image``) into a working copy no larger than ``WORKING_PX`` on its long side, and the
+full-size pixels are dropped. The classifier, the Grad-CAM maps and the display all use the working
+copy; an image already within ``WORKING_PX`` (every PBC crop) is classified from its own bytes, so
+the app answers exactly as ``predict`` does. Per-session caches are LRUs of a fixed size.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from bcclassify.data.imaging import RESAMPLE, ImageLoadError, load_image
+from bcclassify.serving.classifier import Prediction
+
+MAX_PIXELS_ENV = "BCCLASSIFY_MAX_UPLOAD_PIXELS"
+MAX_FILES_ENV = "BCCLASSIFY_MAX_FILES"
+DEFAULT_MAX_PIXELS = 25_000_000  # well under the loader's 90 MP; a whole smear field is ~5-20 MP
+DEFAULT_MAX_FILES = 200
+WORKING_PX = 1024  # long side of the working copy: 3 MB of RGB at most
+THUMB_PX = 96
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_files: int = DEFAULT_MAX_FILES
+    working_px: int = WORKING_PX
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> UploadLimits:
+        """Caps from $BCCLASSIFY_MAX_UPLOAD_PIXELS and $BCCLASSIFY_MAX_FILES (positive integers)."""
+        env = os.environ if environ is None else environ
+
+        def number(key: str, default: int) -> int:
+            try:
+                value = int(env.get(key, "") or default)
+            except ValueError:
+                return default
+            return value if value > 0 else default
+
+        return cls(
+            max_pixels=number(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS),
+            max_files=number(MAX_FILES_ENV, DEFAULT_MAX_FILES),
+        )
+
+
+@dataclass(frozen=True)
+class WorkingCopy:
+    """One decoded upload, bounded in size: what the page shows, explains and classifies."""
+
+    name: str
+    pixels: np.ndarray = field(repr=False)  # (H, W, 3) uint8, long side <= working_px
+    source: bytes = field(repr=False)  # the upload itself, or a lossless PNG of ``pixels``
+    original_size: tuple[int, int]  # (width, height) as uploaded
+
+    @property
+    def downscaled(self) -> bool:
+        return self.pixels.shape[1::-1] != self.original_size
+
+
+def check_pixel_cap(name: str, data: bytes, max_pixels: int) -> None:
+    """Refuse an image over ``max_pixels`` from its header alone (nothing is decoded)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except Exception:  # noqa: BLE001 - not an image at all: load_image names the reason
+        return
+    if width * height > max_pixels:
+        raise ImageLoadError(
+            name,
+            f"{width}x{height} px is over this app's limit of {max_pixels / 1e6:g} million "
+            f"pixels (set by {MAX_PIXELS_ENV}); crop the cell first",
+        )
+
+
+def working_copy(name: str, data: bytes, limits: UploadLimits) -> WorkingCopy:
+    """Decode ``data`` once and keep a copy at most ``limits.working_px`` on its long side."""
+    check_pixel_cap(name, data, limits.max_pixels)
+    rgb = load_image(data, name=name)
+    height, width = rgb.shape[:2]
+    if max(height, width) <= limits.working_px:
+        return WorkingCopy(name, rgb, data, (width, height))
+    scale = limits.working_px / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    image = Image.fromarray(rgb)
+    del rgb  # the full-size array goes before the small one is made
+    small = image.resize(size, RESAMPLE)
+    image.close()
+    buffer = io.BytesIO()
+    small.save(buffer, format="PNG", compress_level=1)  # lossless: the classifier sees these pixels
+    return WorkingCopy(name, np.asarray(small), buffer.getvalue(), (width, height))
+
+
+def thumbnail(pixels: np.ndarray, px: int = THUMB_PX) -> np.ndarray:
+    """A copy that fits in ``px`` x ``px``, aspect kept."""
+    image = Image.fromarray(pixels)
+    image.thumbnail((px, px), RESAMPLE)
+    return np.asarray(image)
+
+
+class LRU:
+    """A dict-like cache that keeps only the ``max_entries`` most recently used entries."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max(1, int(max_entries))
+        self._items: OrderedDict[Hashable, object] = OrderedDict()
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Hashable, default=None):
+        if key not in self._items:
+            return default
+        self._items.move_to_end(key)
+        return self._items[key]
+
+    def __getitem__(self, key: Hashable):
+        if key not in self._items:
+            raise KeyError(key)
+        return self.get(key)
+
+    def __setitem__(self, key: Hashable, value) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_entries:
+            self._items.popitem(last=False)
+
+    def values(self) -> list:
+        return list(self._items.values())
+
+
+def classify_uploads(
+    classifier,
+    uploads: Sequence,
+    limits: UploadLimits,
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
+    keep: LRU | None = None,
+) -> list[tuple[Prediction, np.ndarray | None]]:
+    """Classify uploads (objects with ``name``, ``data``, ``sha256``) from their working copies.
+
+    Returns ``(prediction, thumbnail)`` per upload, in order; a refused upload gets an error
+    prediction and no thumbnail. Working copies go into ``keep`` (keyed by sha256) and are
+    otherwise dropped once their batch is done, so memory is bounded by a batch, not by the
+    number of uploads.
+    """
+    out: list[tuple[Prediction, np.ndarray | None]] = []
+    for start in range(0, len(uploads), batch_size):
+        chunk = uploads[start : start + batch_size]
+        copies: list[WorkingCopy | ImageLoadError] = []
+        for item in chunk:
+            try:
+                copy = working_copy(item.name, item.data, limits)
+            except ImageLoadError as exc:
+                copies.append(exc)
+                continue
+            copies.append(copy)
+            if keep is not None:
+                keep[item.sha256] = copy
+        decoded = [c for c in copies if isinstance(c, WorkingCopy)]
+        predictions = iter(
+            classifier.classify([(c.name, c.source) for c in decoded], batch_size=batch_size)
+        )
+        for copy in copies:
+            if isinstance(copy, WorkingCopy):
+                out.append((next(predictions), thumbnail(copy.pixels)))
+            else:
+                refused = Prediction(
+                    copy.name,
+                    error=str(copy),
+                    threshold=classifier.threshold,
+                    class_names=classifier.class_names,
+                )
+                out.append((refused, None))
+        if progress is not None:
+            progress(start + len(chunk))
+    return out
+
+
+def explain_copy(
+    classifier, explainer, copy: WorkingCopy, method: str, target: str | None, probabilities
+):
+    """Grad-CAM maps for a working copy, at the working copy's size (never the original's)."""
+    return explainer.explain_pixels(
+        classifier.load(copy.source, name=copy.name),
+        method=method,
+        target=target,
+        output_size=copy.pixels.shape[:2],
+        probabilities=probabilities,
+    )

@@ -1,0 +1,3 @@
+"""Reproducible, resumable training runs and what they train on (pixel and activation feeds)."""
+
+__all__ = ["feeds", "runs"]
