@@ -4,8 +4,8 @@ answers on their 224 px training copies, for the originals in the validation and
 Needs the cached served probabilities of ``scripts/trust_features.py``: the copies' (``val``
 set; the test split's from the model's ``test_predictions.csv``) and the originals' loaded the
 old way, one Lanczos resize (``--raw``, set ``originals_raw``). With today's loader an original
-reaches the model as exactly the pixels of its copy (``tests/test_parity.py``), so its answer is
-the copy's.
+reaches the model as exactly the pixels of its copy (``tests/unit/serving/test_parity.py``), so its
+answer is the copy's.
 """
 
 from __future__ import annotations

@@ -15,22 +15,17 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import FIXTURE_IMAGES, CliResult
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-REPO = Path(__file__).resolve().parent.parent
-# The example cells shipped with the library (bcclassify/examples/README.md credits them).
 # In-process app tests load models only when a page needs them: the app's background preload
 # (ui.session.preload_default_model) would compete with the tests for the 2 cores. The browser
 # test turns it back on for the server it starts.
 os.environ.setdefault("BCCLASSIFY_PRELOAD", "0")
-FIXTURE_IMAGES = REPO / "bcclassify" / "examples" / "pbc"
-SHARED = REPO.parent / "shared"
-SHARED_DATA = SHARED / "data" / "pbc224"
 
 
 @pytest.fixture(scope="session")
@@ -85,13 +80,6 @@ def store_env(tiny_store) -> dict:
     return {**os.environ, "BCCLASSIFY_STORE": str(tiny_store), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-@dataclass
-class CliResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 @pytest.fixture()
 def cli(tiny_store, capsys, monkeypatch):
     """``cli(args, store=None, check=False)``: ``bcclassify.cli.main.main`` in this process.
@@ -114,25 +102,3 @@ def cli(tiny_store, capsys, monkeypatch):
         return CliResult(status, out, err)
 
     return run
-
-
-def run_cli(args: list[str], env: dict, check: bool = False):
-    """``python -m bcclassify ARGS`` in a subprocess from the repository root."""
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-m", "bcclassify", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=600,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr[-2000:]
-    return result
-
-
-def needs_shared_data():
-    return pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data/pbc224 not present")

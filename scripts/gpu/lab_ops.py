@@ -24,7 +24,8 @@ JPEG cannot be encoded inside a compiled graph. :func:`jpeg` simulates it instea
 4:2:0 chroma subsampling, 8x8 DCT quantised with the IJG tables scaled by the quality, and the
 "fancy" (triangle) chroma upsampling of libjpeg's decoder. That is every lossy step of baseline
 JPEG (entropy coding is lossless); what differs from libjpeg is its integer rounding, a level or
-so per pixel (``tests/test_gpu_pipeline.py`` measures it against ``tf.image.adjust_jpeg_quality``).
+so per pixel (``tests/unit/training/test_gpu_pipeline.py`` measures it against
+``tf.image.adjust_jpeg_quality``).
 """
 
 from __future__ import annotations

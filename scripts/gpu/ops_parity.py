@@ -3,9 +3,9 @@
 ``save`` (here, TensorFlow + bcclassify) runs ``bcclassify.data.augment``'s private ops with a
 scripted generator that hands out pre-drawn numbers, and stores images, numbers and outputs;
 ``compare`` (any Keras backend: JAX on CPU here, or on the GPU) feeds the same numbers to
-``lab_ops`` and prints the largest differences. tests/test_gpu_pipeline.py does both under
-TensorFlow. JPEG is compared with Pillow's encoder (libjpeg, accurate DCT): in-graph it can only
-be simulated (lab_ops.jpeg), and TensorFlow's own adjust_jpeg_quality decodes with the fast
+``lab_ops`` and prints the largest differences. tests/unit/training/test_gpu_pipeline.py does both
+under TensorFlow. JPEG is compared with Pillow's encoder (libjpeg, accurate DCT): in-graph it can
+only be simulated (lab_ops.jpeg), and TensorFlow's own adjust_jpeg_quality decodes with the fast
 integer DCT, a level off on average itself.
 
 Usage: python scripts/gpu/ops_parity.py save FILE.npz

@@ -1,0 +1,105 @@
+"""What the tests share besides fixtures: the repository's paths and the command line in a fresh
+process. ``tests/`` is on ``sys.path`` (pyproject's ``pythonpath``), so a test imports these as
+``from helpers import ...``; the fixtures live in ``conftest.py``."""
+
+from __future__ import annotations
+
+import io
+import struct
+import subprocess
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+# The example cells shipped with the library (bcclassify/examples/README.md credits them).
+FIXTURE_IMAGES = REPO / "bcclassify" / "examples" / "pbc"
+SHARED = REPO.parent / "shared"
+SHARED_DATA = SHARED / "data" / "pbc224"
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(args: list[str], env: dict, check: bool = False):
+    """``python -m bcclassify ARGS`` in a subprocess from the repository root."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bcclassify", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def needs_shared_data():
+    return pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data/pbc224 not present")
+
+
+# Images of every kind the loader accepts, and of every kind it refuses with the reason it gives.
+CELL = sorted(FIXTURE_IMAGES.rglob("*.jpg"))[0]
+
+
+def sample_cell(mode="RGB", size=(64, 60)) -> Image.Image:
+    return Image.open(CELL).convert("RGB").resize(size).convert(mode)
+
+
+def encode_image(img: Image.Image, fmt: str, **kw) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **kw)
+    return buffer.getvalue()
+
+
+def huge_png_header(width: int, height: int) -> bytes:
+    """A valid PNG signature and IHDR declaring huge dimensions, with almost no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+ACCEPTED = {
+    "jpeg": lambda: encode_image(sample_cell(), "JPEG"),
+    "png": lambda: encode_image(sample_cell(), "PNG"),
+    "tiff": lambda: encode_image(sample_cell(), "TIFF"),
+    "bmp": lambda: encode_image(sample_cell(), "BMP"),
+    "gif": lambda: encode_image(sample_cell("P"), "GIF"),
+    "webp": lambda: encode_image(sample_cell(), "WEBP"),
+    "grayscale": lambda: encode_image(sample_cell("L"), "PNG"),
+    "palette": lambda: encode_image(sample_cell().quantize(64), "PNG"),
+    "16-bit": lambda: encode_image(
+        Image.fromarray(np.asarray(sample_cell("L"), dtype=np.uint16) * 257), "PNG"
+    ),
+    "float": lambda: encode_image(
+        Image.fromarray(np.asarray(sample_cell("L"), dtype=np.float32) / 255.0, mode="F"), "TIFF"
+    ),
+    "cmyk": lambda: encode_image(sample_cell("CMYK"), "JPEG"),
+    "alpha": lambda: encode_image(sample_cell("RGBA"), "PNG"),
+}
+
+
+REFUSED = {
+    "empty": (b"", "empty"),
+    "truncated": (encode_image(sample_cell(size=(200, 200)), "JPEG")[:600], "truncated"),
+    "undecodable": (b"this is plain text, not pixels" * 10, "not a recognised raster image"),
+    "svg": (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', "SVG"),
+    "pdf": (b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n%%EOF", "PDF"),
+    "tiny": (encode_image(sample_cell(size=(31, 64)), "PNG"), "too small"),
+    "bomb": (huge_png_header(20_000, 20_000), "decompression bomb"),
+}

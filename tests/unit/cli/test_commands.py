@@ -1,0 +1,85 @@
+"""evaluate, promote, list and bench through the command line (in this process), against the
+tiny store."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+from helpers import FIXTURE_IMAGES
+
+from bcclassify.storage.store import read_json
+
+
+def test_evaluate_run_reproduces_the_recorded_test_metrics(tiny_store, cli):
+    result = cli(
+        ["evaluate", "--run", "fixture-cnn-32px", "--data", str(FIXTURE_IMAGES), "--json"],
+        check=True,
+    )
+    metrics = json.loads(result.stdout)
+    recorded = read_json(tiny_store / "runs" / "fixture-cnn-32px" / "metrics.json")
+    assert metrics["scope"] == "the run's test split"
+    assert metrics["confusion_matrix"] == recorded["confusion_matrix"]
+    assert metrics["accuracy"] == pytest.approx(recorded["accuracy"])
+
+
+def test_evaluate_model_on_another_folder_scores_every_image(cli, tmp_path):
+    folder = tmp_path / "other"
+    shutil.copytree(FIXTURE_IMAGES / "platelet", folder / "platelet")
+    result = cli(["evaluate", "--model", "tiny-cnn", "--data", str(folder)], check=True)
+    assert "every image in the folder (2 images)" in result.stdout
+    assert "confusion matrix" in result.stdout
+    assert re.search(r"< 0\.60: \d+ flagged \(\d+\.\d%\)", result.stdout)
+
+
+def test_promote_writes_a_verified_card_and_can_set_the_default(tiny_store, cli, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    promoted = cli(["promote", "fixture-cnn-32px", "--name", "cnn-b", "--default"], store, True)
+    summary = json.loads(promoted.stdout)
+    assert summary["architecture"] == "cnn" and summary["image_size"] == 32
+    card = read_json(store / "models" / "cnn-b" / "card.json")
+    assert card["class_names"][3] == "ig" and card["training_run"] == "fixture-cnn-32px"
+    assert set(card["files_sha256"]) >= {"model.json", "weights-000.npz"}
+    assert card["test_metrics"]["accuracy"] is not None and card["low_confidence_threshold"] == 0.6
+    assert read_json(store / "default.json") == {"default": "cnn-b"}
+    listing = cli(["list"], store, True).stdout
+    assert "cnn-b (default)" in listing and "fixture-cnn-32px" in listing
+    tables = cli(["list", "--markdown"], store, True).stdout.split("\n\n")
+    models_table, runs_table = (t.strip().splitlines() for t in tables)
+    assert models_table[0].startswith("| model | architecture | input px | test accuracy")
+    assert any(row.startswith("| **cnn-b** (default) | cnn | 32 |") for row in models_table[2:])
+    [run_row] = [row for row in runs_table[2:] if "`fixture-cnn-32px`" in row]
+    assert "| cnn | 32 | from scratch | 2 | 70/30 |" in run_row
+    refused = cli(["promote", "no-such-run", "--name", "x"], store)
+    assert refused.returncode == 2 and "no run" in refused.stderr
+
+
+@pytest.mark.slow  # times 20+ predictions and a model load in a fresh process
+def test_bench_reports_every_field(cli):
+    result = cli(["bench", "--model", "tiny-cnn", "--json"], check=True)
+    line = result.stdout.strip().splitlines()
+    assert len(line) == 1
+    bench = json.loads(line[0])
+    for key in (
+        "model",
+        "image_size",
+        "load_s",
+        "predict_single_s",
+        "predict_batch_img_per_s",
+        "explain_single_s",
+        "flops_per_image",
+        "cpu",
+        "threads",
+    ):
+        assert key in bench
+    assert bench["image_size"] == 32 and bench["flops_per_image"] > 1e6
+    assert bench["predict_single_s"] > 0 and bench["predict_batch_img_per_s"] > 0
+
+
+def test_every_command_has_help(cli):
+    for command in ("train", "evaluate", "promote", "list", "predict", "explain", "bench"):
+        out = cli([command, "--help"])
+        assert out.returncode == 0 and "usage:" in out.stdout

@@ -1,0 +1,189 @@
+"""`adapt`: a model fitted to another lab from a few labelled cells (issue 12), end to end on the
+tiny CNN in a store of its own (the session's tiny store is shared and stays as it is)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import FIXTURE_IMAGES
+
+from bcclassify.lab.adapt import AdaptError, choose_cells, scan_cells
+from bcclassify.storage.store import sha256_file
+
+LAB_CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
+
+
+@pytest.fixture()
+def lab(tmp_path) -> Path:
+    """A 'lab' folder: four class folders of fixture cells (two each)."""
+    root = tmp_path / "lab"
+    for name in LAB_CLASSES:
+        shutil.copytree(FIXTURE_IMAGES / name, root / name)
+    return root
+
+
+@pytest.fixture()
+def store(tiny_store, tmp_path) -> Path:
+    """A store holding a copy of tiny-cnn with a k-NN novelty detector (as `calibrate` installs)."""
+    from bcclassify.serving.classifier import NOVELTY_FILE, load_model_folder
+    from bcclassify.serving.trust import _atomic_savez, extract, fit_novelty
+    from bcclassify.storage.store import write_json
+
+    root = tmp_path / "store"
+    folder = root / "models" / "tiny-cnn"
+    shutil.copytree(tiny_store / "models" / "tiny-cnn", folder)
+    model = load_model_folder(folder, "tiny-cnn")
+    paths = sorted(FIXTURE_IMAGES.rglob("*.jpg"))
+    got = extract(model, paths, averaged=False)
+    labels = np.asarray([model.class_names.index(p.parent.name) for p in paths])
+    detector = fit_novelty(got["features"], labels, method="knn", k=2)
+    detector.threshold = float(np.quantile(detector.score(got["features"]), 0.9))
+    file_name = f"novelty-{'0' * 12}.npz"
+    _atomic_savez(folder / file_name, detector.to_arrays())
+    card = dict(model.card)
+    card["novelty"] = {"method": "knn", "k": 2, "threshold": detector.threshold, "file": file_name}
+    card["calibration"] = {"temperature": 1.5}
+    card["files_sha256"] = {**card["files_sha256"], file_name: sha256_file(folder / file_name)}
+    write_json(folder / "card.json", card)
+    assert NOVELTY_FILE  # the name calibrate stems from
+    return root
+
+
+def test_choose_cells_is_seeded_and_per_class():
+    cells = {"neutrophil": [f"n{i}" for i in range(30)], "basophil": ["b0"]}
+    taken, rest = choose_cells(cells, 10, seed=3)
+    assert [c for _, c in taken].count("neutrophil") == 10
+    assert ("b0", "basophil") in taken  # a smaller class is taken whole
+    assert len(rest) == 20 and not {i for i, _ in taken} & {i for i, _ in rest}
+    assert choose_cells(cells, 10, seed=3) == (taken, rest)
+    assert choose_cells(cells, 10, seed=4)[0] != taken
+    # a class's draw does not depend on which other folders exist
+    alone, _ = choose_cells({"neutrophil": cells["neutrophil"]}, 10, seed=3)
+    assert alone == [t for t in taken if t[1] == "neutrophil"]
+
+
+def test_adapt_installs_a_model_that_lists_its_cells_and_predicts(cli, store, lab, monkeypatch):
+    from bcclassify.serving.classifier import ClassifierModel, load_model
+
+    loaded: list[str] = []
+    original = ClassifierModel.load
+
+    def spy(self, source, name=None):
+        loaded.append(Path(name or source).name)
+        return original(self, source, name=name)
+
+    monkeypatch.setattr(ClassifierModel, "load", spy)
+    args = ["adapt", "--from", "tiny-cnn", "--cells", lab, "--name", "tiny-lab"]
+    result = cli([*args, "--per-class", "1", "--seed", "0"], store=store, check=True)
+    summary = json.loads(result.stdout)
+    assert summary["taken"] == 4 and summary["held_back"] == 4
+
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    adapted = load_model("tiny-lab")  # every listed file verified
+    card = adapted.card
+    used = card["adaptation"]["cells_sha256"]
+    assert len(used) == 4 and {Path(p).parts[0] for p in used} == set(LAB_CLASSES)
+    for relative, digest in used.items():
+        assert sha256_file(lab / relative) == digest
+    # only the taken cells were read
+    assert sorted(loaded) == sorted(Path(p).name for p in used)
+    assert card["source_model"]["name"] == "tiny-cnn"
+    assert card["source_model"]["card_sha256"] == sha256_file(
+        store / "models" / "tiny-cnn" / "card.json"
+    )
+    run = store / "runs" / card["adaptation_run"]
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    config = json.loads((run / "config.json").read_text())
+    assert config["seed"] == 0 and config["augmented_views"] == 8
+    assert card["adaptation"]["augmented_views"] == 8
+    assert (run / "environment.json").is_file()
+    # the head changed, the trunk did not
+    source = load_model("tiny-cnn")
+    new, old = adapted.model.get_weights(), source.model.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(new[:-2], old[:-2]))
+    assert not np.array_equal(new[-2], old[-2])
+    # the novelty bank holds the source's cells and the taken ones, checksummed in the card
+    assert card["novelty"]["file"] in card["files_sha256"]
+    assert len(adapted.novelty.arrays["bank"]) == len(source.novelty.arrays["bank"]) + 4
+    assert card["calibration"]["temperature"] > 0
+    # and it predicts
+    rows = adapted.classify([(p.name, p) for p in sorted(lab.rglob("*.jpg"))])
+    assert all(r.ok and abs(r.probabilities.sum() - 1) < 1e-6 for r in rows)
+    assert "tiny-lab" in cli(["list", "--json"], store=store, check=True).stdout
+
+
+def test_fitting_views_are_the_symmetries_and_seeded_augmentations(store, monkeypatch):
+    """The head is fitted on all 8 symmetries plus seeded augmented views; serving is unchanged."""
+    from bcclassify.lab.adapt import _served_views, view_features
+    from bcclassify.serving.classifier import VIEW_TRANSFORMS, load_model
+
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    model = load_model("tiny-cnn")
+    items = sorted(FIXTURE_IMAGES.rglob("*.jpg"))[:3]
+    views = tuple(VIEW_TRANSFORMS)
+    first = view_features(model, items, "t", views=views, augmented=2, seed=5)
+    assert first.shape[:2] == (len(views) + 2, 3)
+    # the named views are the symmetries of the image, identity first
+    plain = view_features(model, items, "t")
+    np.testing.assert_allclose(first[0], plain[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        _served_views(model, first, views), _served_views(model, plain), rtol=1e-5, atol=1e-6
+    )
+    # augmented views differ from the image and from each other, and a rerun repeats them
+    assert not np.allclose(first[-1], first[0]) and not np.allclose(first[-1], first[-2])
+    again = view_features(model, items, "t", views=views, augmented=2, seed=5)
+    np.testing.assert_array_equal(first, again)
+    other = view_features(model, items, "t", views=views, augmented=2, seed=6)
+    assert not np.allclose(other[-1], first[-1])
+
+
+def test_adapt_can_score_the_cells_it_did_not_take(cli, store, lab):
+    args = ["adapt", "--from", "tiny-cnn", "--cells", lab, "--name", "tiny-lab-2"]
+    result = cli([*args, "--per-class", "1", "--evaluate"], store=store, check=True)
+    figures = json.loads(result.stdout)["held_back_figures"]
+    assert figures["num_cells"] == 4
+    assert set(figures["before"]) == set(figures["after"]) >= {"accuracy", "flagged_fraction"}
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda lab: shutil.rmtree(lab) or lab.mkdir(), "no cells"),
+        (lambda lab: (lab / "granulocyte").mkdir(), "unknown class folder"),
+        (lambda lab: (lab / "neutrophil" / "broken.jpg").write_bytes(b"not an image"), "unread"),
+        (lambda lab: (lab / "loose.jpg").write_bytes(b"x"), "not a class folder"),
+        (lambda lab: shutil.rmtree(lab), "not a folder"),
+    ],
+)
+def test_bad_cells_exit_two_with_one_line(cli, store, lab, make, message):
+    make(lab)
+    result = cli(["adapt", "--from", "tiny-cnn", "--cells", lab, "--name", "x"], store=store)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (store / "models" / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--name", "tiny-cnn"], "already installed"),
+        (["--name", "../escape"], "--name"),
+        (["--name", "ok", "--from", "nope"], "unknown model"),
+        (["--name", "ok", "--per-class", "0"], "at least 1"),
+    ],
+)
+def test_bad_arguments_exit_two(cli, store, lab, extra, message):
+    result = cli(["adapt", "--from", "tiny-cnn", "--cells", lab, *extra], store=store)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_scan_cells_skips_hidden_entries(lab):
+    (lab / ".DS_Store").write_bytes(b"")
+    (lab / "neutrophil" / ".hidden.jpg").write_bytes(b"")
+    assert len(scan_cells(lab)["neutrophil"]) == 2
+    with pytest.raises(AdaptError):
+        scan_cells(lab / "missing")

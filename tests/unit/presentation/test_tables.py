@@ -1,0 +1,69 @@
+"""One table module for ``list --markdown`` and the pages: one mark for unknown, best first."""
+
+from __future__ import annotations
+
+from bcclassify.presentation.tables import (
+    LEADERBOARD_COLUMNS,
+    MISSING,
+    as_text,
+    leaderboard_rows,
+    markdown_tables,
+    runs_table,
+)
+from bcclassify.storage.records import ModelCard, RunSummary
+
+RUNS = [
+    RunSummary("low", arch="cnn", image_size=32, status="finished", test_accuracy=0.5),
+    RunSummary("none", arch="cnn", status="running"),
+    RunSummary("cv", arch="cnn", image_size=32, status="finished", test_accuracy=0.9, folds=5),
+    RunSummary("mid", arch="unet", image_size=32, status="finished", test_accuracy=0.7),
+]
+CARDS = {
+    "a": ModelCard("a", architecture="cnn", image_size=32, test_metrics={"accuracy": 0.8}),
+    "b": ModelCard("b", architecture="hybrid", test_metrics={"accuracy": 0.95}, size_mb=86.3),
+}
+
+
+def test_runs_are_sorted_by_accuracy_with_unscored_runs_last():
+    table = runs_table(RUNS)
+    assert list(table["run id"]) == ["cv", "mid", "low", "none"]
+    assert table.loc[3, "input px"] == MISSING and table.loc[3, "duration"] == MISSING
+    assert table.loc[0, "split"] == "5-fold CV" and table.loc[1, "split"] == "70/30"
+
+
+def test_the_leaderboard_mixes_models_and_finished_runs_best_first():
+    rows = leaderboard_rows(CARDS, RUNS, {"a": {"predict_single_s": 0.012}}, default="a")
+    text = as_text(rows, LEADERBOARD_COLUMNS)
+    assert [r["name"] for r in text] == ["b", "cv", "a (default)", "mid", "low"]
+    by_name = {r["name"]: r for r in text}
+    assert by_name["a (default)"]["latency ms"] == "12"
+    assert by_name["b"]["latency ms"] == MISSING and by_name["b"]["size MB"] == "86.3"
+    assert by_name["cv"]["size MB"] == MISSING and by_name["cv"]["source"] == "5-fold CV"
+
+
+def test_markdown_uses_the_same_rows_and_mark():
+    models, runs = markdown_tables(RUNS, CARDS, {}, default="b").split("\n\n")
+    model_lines, run_lines = models.splitlines()[2:], runs.splitlines()[2:]
+    assert model_lines[0].startswith("| **b** (default) | hybrid | — | 95.00% |")
+    assert [line.split(" | ")[0] for line in run_lines] == ["| `cv`", "| `mid`", "| `low`"]
+    assert "| - |" not in models + runs and "None" not in models + runs
+    rows_from_json = markdown_tables([r.to_json() for r in RUNS], CARDS, {}, default="b")
+    assert rows_from_json == markdown_tables(RUNS, CARDS, {}, default="b")
+
+
+def test_the_library_imports_neither_streamlit_nor_plotly_nor_the_cli():
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    code = (
+        "import sys, bcclassify.presentation.pages, bcclassify.presentation.tables, "
+        "bcclassify.storage.records, "
+        "bcclassify.evaluation.scoring; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('streamlit', 'plotly', 'ui') or m == 'bcclassify.cli.main'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,351 @@
+"""Training runs end to end on the fixture images: records, resume after kill -9, cached mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from helpers import FIXTURE_IMAGES, REPO
+
+from bcclassify.data.augment import augment_batch
+from bcclassify.storage.store import list_runs, read_csv, read_json
+from bcclassify.training.feeds import apply_smote
+from bcclassify.training.runs import TrainConfig, train
+
+
+def test_run_record_is_complete(tiny_store):
+    run = tiny_store / "runs" / "fixture-cnn-32px"
+    config = read_json(run / "config.json")
+    assert config["arch"] == "cnn" and config["seed"] == 42 and config["epochs"] == 2
+    assert len(config["data_manifest_sha256"]) == 64
+    assert config["split_sizes"][0]["test"] == 8
+    environment = read_json(run / "environment.json")
+    assert environment["packages"]["tensorflow"] and environment["cpu_count"]
+    history = read_csv(run / "history.csv")
+    assert [int(float(r["epoch"])) for r in history] == [1, 2]
+    assert set(history[0]) >= {
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "learning_rate",
+        "seconds",
+    }
+    metrics = read_json(run / "metrics.json")
+    assert np.array(metrics["confusion_matrix"]).sum() == metrics["num_samples"] == 8
+    assert set(metrics["per_class"]["platelet"]) == {"precision", "recall", "f1", "support"}
+    predictions = read_csv(run / "predictions.csv")
+    assert len(predictions) == 8 and list(predictions[0])[:3] == ["file", "true", "predicted"]
+    assert read_json(run / "run.json")["status"] == "finished"
+    listed = {r["run_id"]: r for r in list_runs()}["fixture-cnn-32px"]
+    assert {
+        "run_id",
+        "arch",
+        "image_size",
+        "status",
+        "test_accuracy",
+        "macro_f1",
+        "created",
+    } <= set(listed)
+
+
+def test_list_json_command(cli):
+    runs = json.loads(cli(["list", "--json"], check=True).stdout)
+    assert any(r["run_id"] == "fixture-cnn-32px" and r["status"] == "finished" for r in runs)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_minus_nine(tmp_path, store_env):
+    env = {**store_env, "BCCLASSIFY_STORE": str(tmp_path / "store")}
+    run_id = "killed-run"
+    args = [
+        "--arch",
+        "cnn",
+        "--data",
+        str(FIXTURE_IMAGES),
+        "--image-size",
+        "32",
+        "--epochs",
+        "20",
+        "--batch-size",
+        "4",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--run-id",
+        run_id,
+    ]
+    run_dir = tmp_path / "store" / "runs" / run_id
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bcclassify", "train", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            pointer = read_json(run_dir / "checkpoints" / "latest.json")
+            if pointer and pointer["epoch"] >= 1:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("no checkpoint written within 240 s")
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(30)
+    interrupted = read_json(run_dir / "run.json")
+    assert interrupted["status"] == "running"  # killed: never got to write anything else
+    # the time spent before the kill is on record, and the resumed run adds to it
+    killed_after = interrupted["duration_s"]
+    assert killed_after > 0
+    done_before = len(read_csv(run_dir / "history.csv"))
+    assert done_before >= 2
+    config_before = read_json(run_dir / "config.json")
+    result = subprocess.run(
+        [sys.executable, "-m", "bcclassify", "train", "--resume", run_id],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    history = read_csv(run_dir / "history.csv")
+    assert [int(float(r["epoch"])) for r in history] == list(range(1, 21))
+    finished = read_json(run_dir / "run.json")
+    assert finished["status"] == "finished" and finished["duration_s"] > killed_after
+    assert read_json(run_dir / "metrics.json")["duration_s"] == finished["duration_s"]
+    assert read_json(run_dir / "config.json")["split_sizes"] == config_before["split_sizes"]
+
+
+@pytest.mark.slow
+def test_cached_activation_training_on_the_hybrid(tmp_path, monkeypatch):
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path / "store"))
+    config = TrainConfig(
+        arch="hybrid",
+        data=str(FIXTURE_IMAGES),
+        image_size=75,
+        epochs=2,
+        batch_size=8,
+        freeze_until="auto",
+        aug_copies=1,
+        backbone_weights="none",
+        cache_dir=str(tmp_path / "cache"),
+        run_id="cached",
+    )
+    run_dir = train(config)
+    record = read_json(run_dir / "run.json")
+    assert record["status"] == "finished"
+    assert record["boundaries"] == ["mixed5", "block13_sepconv1_act:input"]
+    assert (run_dir / "model.keras").is_file()
+    chunks = list((tmp_path / "cache" / "activations").rglob("chunk-*.npz"))
+    assert len(chunks) == 2  # identity copy of every image + one augmented copy of train
+
+
+def test_augmentation_is_seeded_bounded_and_changes_pixels():
+    import tensorflow as tf
+
+    images = np.random.default_rng(0).integers(0, 256, (6, 40, 40, 3)).astype(np.uint8)
+    a = augment_batch(images, tf.random.Generator.from_seed(1)).numpy()
+    b = augment_batch(images, tf.random.Generator.from_seed(1)).numpy()
+    c = augment_batch(images, tf.random.Generator.from_seed(2)).numpy()
+    assert a.shape == images.shape and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.min() >= 0 and a.max() <= 255
+    assert np.abs(a - images).mean() > 1.0
+
+
+def test_dihedral_part_keeps_a_uniform_image_uniform():
+    import tensorflow as tf
+
+    flat = np.full((4, 32, 32, 3), 128, dtype=np.uint8)
+    out = augment_batch(flat, tf.random.Generator.from_seed(0)).numpy()
+    assert out.std(axis=(1, 2)).max() < 1e-3  # geometry never invents structure
+
+
+def test_smote_balances_classes_with_plausible_samples():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (40, 6)), rng.normal(5, 1, (10, 6))]).astype(np.float32)
+    y = np.array([0] * 40 + [1] * 10)
+    xs, ys = apply_smote(x, y, seed=0)
+    assert np.bincount(ys).tolist() == [40, 40]
+    synthetic = xs[len(x) :]
+    assert np.all(synthetic.mean(axis=1) > 2.5)  # interpolated within the minority class
+
+
+def test_supcon_loss_rewards_class_clusters():
+    import tensorflow as tf
+
+    from bcclassify.models.supcon import supervised_contrastive_loss
+
+    labels = tf.constant([0, 0, 1, 1])
+    clustered = tf.math.l2_normalize(
+        tf.constant([[1.0, 0.1], [1.0, -0.1], [-1.0, 0.1], [-1.0, -0.1]]), axis=1
+    )
+    mixed = tf.gather(clustered, [0, 2, 1, 3])
+    assert float(supervised_contrastive_loss(clustered, labels)) < float(
+        supervised_contrastive_loss(mixed, labels)
+    )
+
+
+@pytest.mark.slow
+def test_supcon_trains_contrastive_then_classifier(tmp_path, monkeypatch):
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path / "store"))
+    config = TrainConfig(
+        arch="supcon",
+        data=str(FIXTURE_IMAGES),
+        image_size=32,
+        epochs=1,
+        head_epochs=1,
+        lr=1e-4,
+        head_lr=3e-3,
+        batch_size=8,
+        backbone_weights="none",
+        cache_dir=str(tmp_path / "cache"),
+        run_id="supcon",
+    )
+    run_dir = train(config)
+    history = read_csv(run_dir / "history.csv")
+    assert [row["stage"] for row in history] == ["contrastive", "supervised"]
+    # each stage starts its own cosine cycle at its own peak rate
+    assert [float(row["learning_rate"]) for row in history] == [1e-4, 3e-3]
+    assert read_json(run_dir / "run.json")["status"] == "finished"
+
+
+def test_init_from_starts_from_another_runs_weights(tiny_store, tmp_path, monkeypatch):
+    import shutil
+
+    import keras
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store / "runs", store / "runs")
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    config = TrainConfig(
+        arch="cnn",
+        data=str(FIXTURE_IMAGES),
+        image_size=32,
+        epochs=1,
+        lr=0.0,
+        batch_size=8,
+        augment=False,
+        init_from="fixture-cnn-32px",
+        cache_dir=str(tmp_path / "cache"),
+        run_id="continued",
+    )
+    run_dir = train(config)
+    assert read_json(run_dir / "run.json")["init_from"] == "fixture-cnn-32px"
+    source = keras.models.load_model(store / "runs" / "fixture-cnn-32px" / "model.keras")
+    continued = keras.models.load_model(run_dir / "model.keras")
+    trainable = [w.path for w in continued.trainable_weights]
+    for a, b in zip(source.weights, continued.weights):
+        if a.path in trainable:  # lr 0: trainable weights unchanged (BN statistics may move)
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_freeze_bn_keeps_pretrained_statistics_and_spares_scratch_layers():
+    import keras
+
+    from bcclassify.models.registry import build
+    from bcclassify.training.runs import _freeze_pretrained_batch_norm
+
+    def batch_norms(model):
+        return [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
+
+    scratch = build("cnn", 32, weights="none")
+    _freeze_pretrained_batch_norm(scratch, {"cnn": "from scratch"})
+    assert all(layer.trainable for layer in batch_norms(scratch))
+
+    model = build("mobilenetv2", 32, weights="none")
+    _freeze_pretrained_batch_norm(model, {"mobilenetv2": "pretrained: mobilenet.weights.h5"})
+    norms = batch_norms(model)
+    assert norms and not any(layer.trainable for layer in norms)
+    before = [np.array(layer.moving_mean) for layer in norms]
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=True)
+    rng = np.random.default_rng(0)
+    model.train_on_batch(rng.uniform(0, 255, (4, 32, 32, 3)), np.arange(4))
+    for layer, mean in zip(norms, before):
+        np.testing.assert_array_equal(np.array(layer.moving_mean), mean)
+
+
+def test_centre_crop_run_is_recorded_and_served_with_the_crop(tmp_path, monkeypatch):
+    from bcclassify.evaluation.scoring import promote
+    from bcclassify.serving.classifier import load_model
+
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path / "store"))
+    config = TrainConfig(
+        arch="cnn",
+        data=str(FIXTURE_IMAGES),
+        image_size=40,
+        center_crop=0.8,
+        epochs=1,
+        batch_size=8,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    run_dir = train(config)
+    assert run_dir.name.endswith("-cnn-40px-crop80")
+    assert read_json(run_dir / "config.json")["center_crop"] == 0.8
+    listed = {r["run_id"]: r for r in list_runs()}[run_dir.name]
+    assert listed["center_crop"] == 0.8
+    from bcclassify.cli.main import markdown_tables
+
+    assert f"| `{run_dir.name}` | cnn | 40 (centre 32) |" in markdown_tables([listed], [])
+    promote(run_dir.name, "cropped")
+    classifier = load_model("cropped")
+    assert classifier.card["center_crop"] == 0.8 and classifier.image_size == 40
+    assert classifier.model.get_layer("center_crop").output.shape[1] == 32
+    results = classifier.classify([(p.name, p) for p in sorted(FIXTURE_IMAGES.rglob("*.jpg"))[:3]])
+    assert all(r.error is None and r.label in classifier.class_names for r in results)
+
+
+def test_an_architecture_with_its_own_trainer_refuses_frozen_layers(tmp_path, monkeypatch):
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path / "store"))
+    config = TrainConfig(
+        arch="supcon",
+        data=str(FIXTURE_IMAGES),
+        image_size=32,
+        epochs=1,
+        freeze_until="out_relu",
+        backbone_weights="none",
+        cache_dir=str(tmp_path / "cache"),
+        run_id="frozen-supcon",
+    )
+    with pytest.raises(ValueError, match="--freeze-until does not apply"):
+        train(config)
+    record = read_json(tmp_path / "store" / "runs" / "frozen-supcon" / "run.json")
+    assert record["status"] == "failed"
+
+
+def test_keep_weights_best_keeps_improvements_and_last_keeps_every_epoch():
+    from bcclassify.training.runs import keeps_epoch
+
+    assert keeps_epoch("best", 0.9, 0.8) and not keeps_epoch("best", 0.8, 0.8)
+    assert keeps_epoch("last", 0.5, 0.9)
+    with pytest.raises(ValueError, match="keep_weights"):
+        keeps_epoch("first", 0.9, 0.8)
+
+
+def test_keep_weights_last_is_recorded_and_keeps_the_final_epoch(tmp_path, monkeypatch):
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path / "store"))
+    config = TrainConfig(
+        arch="cnn",
+        data=str(FIXTURE_IMAGES),
+        image_size=32,
+        epochs=2,
+        batch_size=8,
+        augment_preset="lab",
+        keep_weights="last",
+        cache_dir=str(tmp_path / "cache"),
+        run_id="keep-last",
+    )
+    run_dir = train(config)
+    assert read_json(run_dir / "metrics.json")["best_epoch"] == 2
+    saved = read_json(run_dir / "config.json")
+    assert saved["keep_weights"] == "last" and saved["augment_preset"] == "lab"
