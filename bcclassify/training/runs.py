@@ -16,10 +16,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-import math
 import os
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -29,9 +27,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 from bcclassify.storage.store import read_csv, read_json, runs_dir, write_csv, write_json
 from bcclassify.training.feeds import Feeds, activation_cache, make_feeds
+from bcclassify.training.loop import (  # noqa: F401  (keeps_epoch: runs' public name)
+    Epoch,
+    cosine_lr,
+    fit_logs,
+    keeps_epoch,
+    run_epochs,
+)
 
 if TYPE_CHECKING:
     from bcclassify.data.datasets import Dataset, Split
@@ -222,59 +226,10 @@ def _make_optimizer(name: str, lr: float):
     raise ValueError(f"unknown optimizer {name!r}; choose adam, sgd or rmsprop")
 
 
-def keeps_epoch(keep_weights: str, val_accuracy: float, best_so_far: float) -> bool:
-    """Whether an epoch's weights replace the kept ones.
-
-    "best": only a better validation accuracy. "last": always, because the validation split is
-    the source lab's, and training meant to hold up in other labs (the lab preset) trades a
-    little of it away; its best source epoch is not the one to keep.
-    """
-    if keep_weights not in ("best", "last"):
-        raise ValueError(f"keep_weights must be 'best' or 'last', not {keep_weights!r}")
-    return keep_weights == "last" or val_accuracy > best_so_far
-
-
-def cosine_lr(base: float, epoch: int, epochs: int) -> float:
-    """Cosine decay by epoch, so a resumed run gets exactly the rate it would have had."""
-    return 0.5 * base * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
-
-
 def _class_weight(labels: np.ndarray, num_classes: int) -> dict[int, float]:
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     weights = len(labels) / (num_classes * np.maximum(counts, 1))
     return {i: float(w) for i, w in enumerate(weights)}
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _save_checkpoint(ckpt_dir: Path, epoch: int, model, optimizer, state: dict) -> None:
-    """One folder per epoch, then an atomic pointer: a kill at any moment leaves a whole one."""
-    folder = ckpt_dir / f"epoch-{epoch:04d}"
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    model.save_weights(folder / "model.weights.h5")
-    np.savez(folder / "optimizer.npz", *[v.numpy() for v in optimizer.variables])
-    write_json(folder / "state.json", state)
-    write_json(ckpt_dir / "latest.json", {"folder": folder.name, "epoch": epoch})
-    for old in ckpt_dir.glob("epoch-*"):
-        if old.name != folder.name:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _restore_checkpoint(ckpt_dir: Path, model, optimizer) -> dict | None:
-    pointer = read_json(ckpt_dir / "latest.json")
-    if not pointer:
-        return None
-    folder = ckpt_dir / pointer["folder"]
-    model.load_weights(folder / "model.weights.h5")
-    optimizer.build(model.trainable_variables)
-    with np.load(folder / "optimizer.npz") as stored:
-        values = [stored[f"arr_{i}"] for i in range(len(stored.files))]
-    for variable, value in zip(optimizer.variables, values):
-        variable.assign(value)
-    return read_json(folder / "state.json")
 
 
 # ----------------------------------------------------------------------------- one split
@@ -331,7 +286,6 @@ def _assemble(config: TrainConfig, arch: Architecture, num_classes: int) -> _Par
     """Build the model (seeded), cut it at the frozen boundaries or wrap it in the architecture's
     trainer, and compile it with a fresh optimizer."""
     import keras
-
     from bcclassify.models.registry import build, split_model
 
     image_size = config.image_size or arch.default_image_size
@@ -410,68 +364,44 @@ def _run_stages(
     split: Split,
 ) -> dict:
     """The epoch loop from the last checkpoint on; returns the checkpoint state at the end."""
-    trainable, optimizer = parts.trainable, parts.optimizer
-    ckpt_dir = record.folder / "checkpoints"
-    state = _restore_checkpoint(ckpt_dir, trainable, optimizer) or {
-        "epoch": -1,
-        "best_val_accuracy": -1.0,
-        "best_epoch": -1,
-    }
-    history = record.history()[: state["epoch"] + 1]
+    trainable = parts.trainable
     y_train = dataset.labels[split.train]
     class_weight = (
         _class_weight(y_train, len(dataset.class_names)) if config.class_weights else None
     )
-    total_epochs = sum(stage.epochs for stage in stages)
-    started, first_epoch = time.time(), state["epoch"] + 1
-    for epoch, stage, stage_epoch in _schedule(stages):
-        if epoch < first_epoch:
-            continue
-        if parts.staged:
-            trainable.set_stage(stage.name)
-        lr = cosine_lr(stage.lr, stage_epoch, stage.epochs)  # each stage has its own cycle
-        optimizer.learning_rate.assign(lr)
-        tick = time.time()
-        log.info("epoch %d/%d (lr %.2e)", epoch + 1, total_epochs, lr)
-        fitted = trainable.fit(
-            feeds.train.epoch(epoch),
-            validation_data=feeds.val if len(split.val) and stage.validated else None,
-            epochs=epoch + 1,
-            initial_epoch=epoch,
-            class_weight=class_weight,
-            verbose=1 if sys.stderr.isatty() else 2,
+    schedule = [
+        Epoch(
+            index=epoch,
+            stage=stage.history_label,
+            lr=cosine_lr(stage.lr, stage_epoch, stage.epochs),  # each stage has its own cycle
+            validated=stage.validated,
+            before=(lambda name=stage.name: trainable.set_stage(name)) if parts.staged else None,
         )
-        logs = {k: float(v[-1]) for k, v in fitted.history.items()}
-        seconds = time.time() - tick
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": logs.get("loss"),
-                "accuracy": logs.get("accuracy"),
-                "val_loss": logs.get("val_loss"),
-                "val_accuracy": logs.get("val_accuracy"),
-                "learning_rate": lr,
-                "seconds": round(seconds, 2),
-                "stage": stage.history_label,
-            }
+        for epoch, stage, stage_epoch in _schedule(stages)
+    ]
+    validated = {e.index for e in schedule if e.validated}
+
+    def fit_epoch(epoch: int) -> dict:
+        return fit_logs(
+            trainable.fit(
+                feeds.train.epoch(epoch),
+                validation_data=feeds.val if len(split.val) and epoch in validated else None,
+                epochs=epoch + 1,
+                initial_epoch=epoch,
+                class_weight=class_weight,
+                verbose=1 if sys.stderr.isatty() else 2,
+            )
         )
-        record.write_history(history)
-        # Without a validation part (tiny datasets) the latest epoch counts as the best; a stage
-        # that does not fit the classifier has nothing to validate.
-        val_accuracy = logs.get("val_accuracy", float(epoch))
-        improved = keeps_epoch(config.keep_weights, val_accuracy, state["best_val_accuracy"])
-        if stage.validated and improved:
-            state.update(best_val_accuracy=val_accuracy, best_epoch=epoch + 1)
-            best = ckpt_dir / "best.weights.h5"
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            trainable.save_weights(ckpt_dir / "best.tmp.weights.h5")
-            (ckpt_dir / "best.tmp.weights.h5").replace(best)
-        state["epoch"] = epoch
-        _save_checkpoint(ckpt_dir, epoch, trainable, optimizer, state)
-        per_epoch = (time.time() - started) / (epoch + 1 - first_epoch)
-        remaining = per_epoch * (total_epochs - epoch - 1)
-        record.update(epochs_done=epoch + 1, eta_s=round(remaining, 1))
-    return state
+
+    return run_epochs(
+        record,
+        record.folder / "checkpoints",
+        trainable,
+        parts.optimizer,
+        schedule,
+        fit_epoch,
+        config.keep_weights,
+    )
 
 
 def _evaluate(
