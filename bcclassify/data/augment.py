@@ -66,7 +66,7 @@ def preset(name: str) -> AugmentConfig:
     return PRESETS[name]
 
 
-def _dihedral(images: tf.Tensor, generator: tf.random.Generator) -> tf.Tensor:
+def dihedral(images: tf.Tensor, generator: tf.random.Generator) -> tf.Tensor:
     """Per image, one of the 8 flips/rotations of the square (needs square images)."""
     n = tf.shape(images)[0]
     flip_lr, flip_ud, transpose = (generator.uniform([n, 1, 1, 1]) < 0.5 for _ in range(3))
@@ -75,7 +75,7 @@ def _dihedral(images: tf.Tensor, generator: tf.random.Generator) -> tf.Tensor:
     return tf.where(transpose, tf.transpose(images, [0, 2, 1, 3]), images)
 
 
-def _scale_shift(images: tf.Tensor, generator: tf.random.Generator, cfg: AugmentConfig):
+def scale_shift(images: tf.Tensor, generator: tf.random.Generator, cfg: AugmentConfig):
     n = tf.shape(images)[0]
     size = tf.cast(tf.shape(images)[1], tf.float32)
     if cfg.zoom is not None:
@@ -101,7 +101,7 @@ def _scale_shift(images: tf.Tensor, generator: tf.random.Generator, cfg: Augment
     )
 
 
-def _colour(images: tf.Tensor, generator: tf.random.Generator, cfg: AugmentConfig):
+def colour(images: tf.Tensor, generator: tf.random.Generator, cfg: AugmentConfig):
     n = tf.shape(images)[0]
     unit = images / 255.0
     hsv = tf.image.rgb_to_hsv(tf.clip_by_value(unit, 0.0, 1.0))
@@ -116,7 +116,7 @@ def _colour(images: tf.Tensor, generator: tf.random.Generator, cfg: AugmentConfi
     return tf.clip_by_value(unit, 0.0, 1.0) * 255.0
 
 
-def _lab_colour(images: tf.Tensor, generator: tf.random.Generator, cfg: AugmentConfig):
+def lab_colour(images: tf.Tensor, generator: tf.random.Generator, cfg: AugmentConfig):
     """Stain mixing in optical density, then the illuminant's white balance (0-255 in and out)."""
     n = tf.shape(images)[0]
     if cfg.stain > 0:
@@ -136,7 +136,7 @@ def _gaussian_kernel(sigma: tf.Tensor, radius: int) -> tf.Tensor:
     return k / tf.reduce_sum(k)
 
 
-def _camera(images: tf.Tensor, generator: tf.random.Generator, cfg: AugmentConfig):
+def camera(images: tf.Tensor, generator: tf.random.Generator, cfg: AugmentConfig):
     """Defocus, lower resolution, sensor noise and JPEG: noise and JPEG strength drawn per image,
     resolution and blur sigma once per batch (blur then applied to a random half)."""
     n = tf.shape(images)[0]
@@ -178,11 +178,11 @@ def augment_batch(
     """Augment a batch of square RGB images (0-255); returns float32 in the same range."""
     cfg = cfg or AugmentConfig()
     images = tf.cast(images, tf.float32)
-    images = _dihedral(images, generator)
-    images = _scale_shift(images, generator, cfg)
+    images = dihedral(images, generator)
+    images = scale_shift(images, generator, cfg)
     if cfg.stain > 0 or cfg.white_balance > 0:
-        images = _lab_colour(images, generator, cfg)
-    images = _colour(images, generator, cfg)
+        images = lab_colour(images, generator, cfg)
+    images = colour(images, generator, cfg)
     if cfg.blur > 0 or cfg.noise > 0 or cfg.resolution < 1.0 or cfg.jpeg_quality < 100:
-        images = _camera(images, generator, cfg)
+        images = camera(images, generator, cfg)
     return images

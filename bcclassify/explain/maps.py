@@ -122,7 +122,7 @@ def _ancestors(tensors) -> set[int]:
     return seen
 
 
-def _cut(model, layers: list[str], head_input):
+def cut_tensors(model, layers: list[str], head_input):
     """The tensors the network above the explained maps reads from below them, maps first.
 
     Above ``mixed10``/``block14_sepconv2_act`` that is just the maps; above ``mixed7`` and
@@ -182,7 +182,7 @@ def explain_view(
 ):
     """The same network, rebuilt for tf-keras-vis, with every explained map on ONE layer.
 
-    The network is cut at the explained maps (see :func:`_cut`). Below the cut runs compiled
+    The network is cut at the explained maps (see :func:`cut_tensors`). Below the cut runs compiled
     without gradients (see :func:`_compiled_features_layer`); each explained map is upsampled
     (nearest, integer factor) to a common grid and concatenated as ``explain_joint``, then
     average-pooled back to its own grid (an exact inverse) and fed, with any other tensor the
@@ -199,7 +199,7 @@ def explain_view(
     import keras
 
     head = model.get_layer(head_layer)
-    cut = _cut(model, layers, head.input)
+    cut = cut_tensors(model, layers, head.input)
     if cut is None:
         return None
     maps = cut[: len(layers)]
@@ -244,10 +244,10 @@ class Explainer:
         """``layers``: the maps to explain (default: the card's ``explain_layers``)."""
         self.classifier = classifier
         self._layers = list(layers) if layers else None
-        self._visualizers: dict[str, object] = {}
+        self.visualizers: dict[str, object] = {}
         self._view: object = None
         self._view_built = False
-        self._joint_channels: list[int] | None = None
+        self.joint_channels: list[int] | None = None
         self._lock = threading.Lock()  # tf-keras-vis objects are not safe to share across threads
 
     @property
@@ -265,13 +265,13 @@ class Explainer:
             layers = list(get_architecture(self.classifier.architecture).explain_layers)
         return layers
 
-    def _uses_joint_view(self, method: str) -> bool:
+    def uses_joint_view(self, method: str) -> bool:
         return method != "scorecam" and self.classifier.architecture in POOLED_HEAD_ARCHITECTURES
 
     def _visualizer(self, method: str):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        if method not in self._visualizers:
+        if method not in self.visualizers:
             from tf_keras_vis.gradcam import Gradcam
             from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
             from tf_keras_vis.layercam import Layercam
@@ -285,7 +285,7 @@ class Explainer:
                 "scorecam": Scorecam,
             }[method]
             view = None
-            if self._uses_joint_view(method):
+            if self.uses_joint_view(method):
                 if not self._view_built:  # one view (and one trace) for every method
                     # _joint_maps feeds it one image once per map: the trunks run once.
                     self._view = explain_view(self.classifier.model, self.layers, same_image=True)
@@ -293,15 +293,15 @@ class Explainer:
                 view = self._view
             if view is not None:
                 # The view owns a linear copy of the head: nothing to modify, nothing to clone.
-                self._joint_channels = [
+                self.joint_channels = [
                     int(self.classifier.model.get_layer(n).output.shape[-1]) for n in self.layers
                 ]
-                self._visualizers[method] = cls(view, model_modifier=None, clone=False)
+                self.visualizers[method] = cls(view, model_modifier=None, clone=False)
             else:
-                self._visualizers[method] = cls(
+                self.visualizers[method] = cls(
                     self.classifier.model, model_modifier=ReplaceToLinear(), clone=True
                 )
-        return self._visualizers[method]
+        return self.visualizers[method]
 
     def _joint_maps(
         self, visualizer, batch: np.ndarray, index: int, method: str
@@ -316,9 +316,9 @@ class Explainer:
         from tf_keras_vis.utils.scores import CategoricalScore
 
         n = len(self.layers)
-        mask = np.zeros((n, 1, 1, sum(self._joint_channels)), dtype=np.float32)
+        mask = np.zeros((n, 1, 1, sum(self.joint_channels)), dtype=np.float32)
         start = 0
-        for i, channels in enumerate(self._joint_channels):
+        for i, channels in enumerate(self.joint_channels):
             mask[i, ..., start : start + channels] = 1.0
             start += channels
         mask = tf.constant(mask)
@@ -396,7 +396,7 @@ class Explainer:
         maps: dict[str, np.ndarray] = {}
         with self._lock:
             visualizer = self._visualizer(method)
-            if self._joint_channels is not None and self._uses_joint_view(method):
+            if self.joint_channels is not None and self.uses_joint_view(method):
                 maps = self._joint_maps(visualizer, batch, index, method)
             for layer in [] if maps else self.layers:
                 kwargs = {"max_N": self._scorecam_channels(layer)} if method == "scorecam" else {}

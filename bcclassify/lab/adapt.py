@@ -285,7 +285,7 @@ def _view_order(classifier, views: tuple[str, ...] | None = None) -> tuple[str, 
     return ("identity",) + tuple(v for v in chosen if v != "identity")
 
 
-def _served_views(classifier, features: np.ndarray, views: tuple[str, ...] | None = None):
+def served_views(classifier, features: np.ndarray, views: tuple[str, ...] | None = None):
     """Features of the views the card serves, from view_features(..., views=views)."""
     order = _view_order(classifier, views)
     return features[[order.index(v) for v in classifier.test_time_views]]
@@ -343,9 +343,9 @@ def adapt(
     from bcclassify.serving.trust import (
         HEAD_LAYER,
         NoveltyDetector,
-        _atomic_savez,
-        _l2_normalise,
+        atomic_savez,
         fit_temperature,
+        l2_normalise,
     )
     from bcclassify.storage.store import models_dir, read_json, runs_dir, sha256_file, write_json
     from bcclassify.training.runs import _now, environment_info
@@ -423,7 +423,7 @@ def adapt(
         )
         head = source.model.get_layer(HEAD_LAYER)
         w0, b0 = (np.asarray(a, dtype=np.float64) for a in head.get_weights())
-        on_served = _served_views(source, feats, fit_views)
+        on_served = served_views(source, feats, fit_views)
         w, b = fit_head(feats, labels, w0, b0, config.pull)
         # Installed weights this size are stored in float16: score what will be served.
         w = w.astype(np.float16).astype(np.float64)
@@ -495,7 +495,7 @@ def adapt(
                     "bank": np.concatenate(
                         [
                             source.novelty.arrays["bank"],
-                            _l2_normalise(feats[0]).astype(np.float32),
+                            l2_normalise(feats[0]).astype(np.float32),
                         ]
                     ),
                 },
@@ -503,7 +503,7 @@ def adapt(
                 threshold=source.novelty.threshold,
             )
             staged = staging / f".{NOVELTY_FILE}"
-            _atomic_savez(staged, detector.to_arrays())
+            atomic_savez(staged, detector.to_arrays())
             digest = sha256_file(staged)
             file_name = f"{Path(NOVELTY_FILE).stem}-{digest[:12]}.npz"
             staged.replace(staging / file_name)
@@ -583,7 +583,7 @@ def evaluate_rest(
     names = list(source.class_names)
     labels = np.asarray([names.index(c) for _, c in rest])
     feats = view_features(source, [i for i, _ in rest], "held-back cells", progress)
-    on_views = _served_views(source, feats)
+    on_views = served_views(source, feats)
     numbers = acquisition_numbers(source, [i for i, _ in rest])
     out: dict = {"num_cells": int(len(labels))}
     for key, model, (w, b) in (("before", source, before), ("after", adapted, after)):

@@ -145,7 +145,7 @@ class KeptCells:
         return db
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
         self._open()
         with closing(self._connect()) as db:
             db.execute("BEGIN IMMEDIATE")  # one writer at a time: two sessions never race
@@ -217,7 +217,7 @@ class KeptCells:
             make_private_dir(folder)
             # The file first: a crash before the row commits leaves a file no row names.
             write_private_bytes(self.root / relative, data)
-            with self._transaction() as db:
+            with self.transaction() as db:
                 old = db.execute("SELECT file FROM kept_cells WHERE sha256 = ?", (sha,)).fetchone()
                 if old is None:
                     (count,) = db.execute("SELECT COUNT(*) FROM kept_cells").fetchone()
@@ -294,7 +294,7 @@ class KeptCells:
         if not self.root.is_dir():
             return 0
         try:
-            with self._transaction() as db:
+            with self.transaction() as db:
                 rows = db.execute(
                     "SELECT sha256, file FROM kept_cells WHERE sha256 = ? OR image_sha256 = ?",
                     (sha256, sha256),
@@ -322,7 +322,7 @@ class KeptCells:
         try:
             count = 0
             if self.index.is_file():
-                with self._transaction() as db:
+                with self.transaction() as db:
                     (count,) = db.execute("SELECT COUNT(*) FROM kept_cells").fetchone()
                     db.execute("DELETE FROM kept_cells")
             shutil.rmtree(self.root)

@@ -424,7 +424,7 @@ def load_model_folder(folder: Path, name: str, verify: bool = True) -> Classifie
         import keras
 
         architecture = json.loads((folder / "model.json").read_text())
-        model = keras.models.model_from_json(json.dumps(_zero_initialisers(architecture)))
+        model = keras.models.model_from_json(json.dumps(zero_initialisers(architecture)))
         model.set_weights(weights.result())
         classifier = ClassifierModel(
             name, folder, card, model, tuple(card.get("class_names", CLASS_NAMES))
@@ -446,7 +446,7 @@ def _read_weights(folder: Path, files: dict[str, str]) -> list[np.ndarray]:
     ]
 
 
-def _zero_initialisers(config):
+def zero_initialisers(config):
     """The architecture with every initializer replaced by zeros.
 
     The stored weights overwrite every variable straight after the build, so drawing random
@@ -457,12 +457,12 @@ def _zero_initialisers(config):
             key: (
                 {"module": "keras.initializers", "class_name": "Zeros", "config": {}}
                 if key.endswith("_initializer") and isinstance(value, dict)
-                else _zero_initialisers(value)
+                else zero_initialisers(value)
             )
             for key, value in config.items()
         }
     if isinstance(config, list):
-        return [_zero_initialisers(value) for value in config]
+        return [zero_initialisers(value) for value in config]
     return config
 
 

@@ -99,7 +99,7 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
 NOVELTY_METHODS = ("knn+oe", "knn", "mahalanobis")
 
 
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
+def l2_normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -108,7 +108,7 @@ def knn_distance(bank: np.ndarray, features: np.ndarray, k: int) -> np.ndarray:
     """1 - cosine similarity to the k-th nearest of the (L2-normalised) training features
     (Sun et al., "Out-of-Distribution Detection with Deep Nearest Neighbors", ICML 2022)."""
     # float32: the bank is thousands of rows of thousands of features; doubles add nothing here.
-    sims = _l2_normalise(features).astype(np.float32) @ np.asarray(bank, dtype=np.float32).T
+    sims = l2_normalise(features).astype(np.float32) @ np.asarray(bank, dtype=np.float32).T
     k = min(k, sims.shape[1])
     return 1.0 + np.partition(-sims, k - 1, axis=1)[:, k - 1]
 
@@ -131,7 +131,7 @@ def mahalanobis_distance(arrays: dict, features: np.ndarray) -> np.ndarray:
 def outlier_logit(arrays: dict, features: np.ndarray) -> np.ndarray:
     """A linear cell-vs-non-cell score on normalised features, fitted with outlier exposure
     (Hendrycks et al., "Deep Anomaly Detection with Outlier Exposure", ICLR 2019)."""
-    return _l2_normalise(features) @ arrays["oe_weights"] + float(arrays["oe_bias"])
+    return l2_normalise(features) @ arrays["oe_weights"] + float(arrays["oe_bias"])
 
 
 @dataclass
@@ -221,13 +221,13 @@ def fit_novelty(
         raise ValueError(f"unknown novelty method {method!r}; choose from {NOVELTY_METHODS}")
     if method == "mahalanobis":
         return NoveltyDetector(method, _fit_mahalanobis(features, labels, dims, seed))
-    detector = NoveltyDetector(method, {"bank": _l2_normalise(features)}, k=k)
+    detector = NoveltyDetector(method, {"bank": l2_normalise(features)}, k=k)
     if method == "knn+oe":
         from sklearn.linear_model import LogisticRegression
 
         if outliers is None or validation is None or not len(outliers):
             raise ValueError("knn+oe needs non-cell features (outliers) and validation features")
-        inputs = np.concatenate([_l2_normalise(features), _l2_normalise(outliers)])
+        inputs = np.concatenate([l2_normalise(features), l2_normalise(outliers)])
         is_outlier = np.r_[np.zeros(len(features)), np.ones(len(outliers))]
         model = LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced")
         model.fit(inputs, is_outlier)
@@ -319,18 +319,18 @@ def extract(
         part = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
         part["kept"] = np.asarray(kept, dtype=np.int64)
         if part_file is not None:
-            _atomic_savez(part_file, part)
+            atomic_savez(part_file, part)
         parts.append(part)
     bar.close()
     merged = {k: np.concatenate([p[k] for p in parts if len(p["kept"])]) for k in parts[0]}
     if cache is not None:
-        _atomic_savez(cache, merged)
+        atomic_savez(cache, merged)
         for start in range(0, len(paths), chunk):
             cache.with_name(f"{cache.stem}.part{start}.npz").unlink(missing_ok=True)
     return merged
 
 
-def _atomic_savez(path: Path, arrays: dict) -> None:
+def atomic_savez(path: Path, arrays: dict) -> None:
     import io
 
     from bcclassify.storage.store import atomic_write_bytes
@@ -572,7 +572,7 @@ def calibrate_model(
     # A new file name per fit, then the card (atomic), then the old file: a process killed at
     # any point leaves a card whose listed files all exist and match.
     staged = classifier.folder / f".{NOVELTY_FILE}"
-    _atomic_savez(staged, detector.to_arrays())
+    atomic_savez(staged, detector.to_arrays())
     digest = sha256_file(staged)
     file_name = f"{Path(NOVELTY_FILE).stem}-{digest[:12]}.npz"
     staged.replace(classifier.folder / file_name)

@@ -302,7 +302,7 @@ def _assemble(config: TrainConfig, arch: Architecture, num_classes: int) -> _Par
             center_crop=config.center_crop,
         )
         if config.freeze_bn:
-            _freeze_pretrained_batch_norm(model, init_record)
+            freeze_pretrained_batch_norm(model, init_record)
         boundaries = _boundaries(config, arch)
         if boundaries and arch.trainer is not None:
             raise ValueError(
@@ -433,7 +433,7 @@ def _predict_probabilities(model, feed_inputs) -> np.ndarray:
     return np.asarray(model.predict(feed_inputs, verbose=0), dtype=np.float64)
 
 
-def _freeze_pretrained_batch_norm(model, init_record: dict) -> None:
+def freeze_pretrained_batch_norm(model, init_record: dict) -> None:
     """Keep the batch-norm layers of ImageNet-initialised trunks in inference mode.
 
     Fine-tuning with batch 32 moves the running statistics away from the weights' (MobileNetV2 at
@@ -520,7 +520,7 @@ def train(config: TrainConfig) -> Path:
                 "skipped_files": dataset.skipped,
                 "split_sizes": [s.sizes() for s in splits],
                 "class_names": list(dataset.class_names),
-                "augmentation": _augment_description(config),
+                "augmentation": augment_description(config),
                 "smote_space": _smote_space(config),
                 "command": " ".join(sys.argv),
             },
@@ -581,7 +581,7 @@ def resume(run_id: str, **overrides) -> Path:
     return train(TrainConfig(**fields))
 
 
-def _augment_description(config: TrainConfig) -> dict | None:
+def augment_description(config: TrainConfig) -> dict | None:
     from bcclassify.data.augment import preset
 
     if not config.augment:

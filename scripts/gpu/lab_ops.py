@@ -365,7 +365,7 @@ def jpeg(images, quality):
 
 
 def camera(images, params: dict, cfg: LabConfig):
-    """Resolution, blur, noise, clip, JPEG: the original's ``_camera`` in its order."""
+    """Resolution, blur, noise, clip, JPEG: the original's ``camera`` in its order."""
     ops = _ops()
     if "resolution" in params:
         images = resolution(images, params["resolution"])

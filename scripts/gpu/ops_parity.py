@@ -70,21 +70,21 @@ def original_ops(images: np.ndarray) -> dict[str, np.ndarray]:
     result: dict[str, np.ndarray] = {}
 
     g = ScriptedGenerator(1)
-    result["dihedral"] = augment._dihedral(x, g).numpy()
+    result["dihedral"] = augment.dihedral(x, g).numpy()
     result["dihedral/flips"] = np.concatenate([d.reshape(n, 1) for d in g.draws], axis=1)
 
     g = ScriptedGenerator(2)
-    result["scale_shift"] = augment._scale_shift(x, g, cfg).numpy()
+    result["scale_shift"] = augment.scale_shift(x, g, cfg).numpy()
     result["scale_shift/scale"] = np.exp(g.draws[0])
     result["scale_shift/shift"] = g.draws[1] * images.shape[1]
 
     g = ScriptedGenerator(3)
-    result["stain_wb"] = augment._lab_colour(x, g, cfg).numpy()
+    result["stain_wb"] = augment.lab_colour(x, g, cfg).numpy()
     result["stain_wb/mixing"] = np.eye(3, dtype=np.float32)[None] + g.draws[0]
     result["stain_wb/gain"] = 1.0 + g.draws[1]
 
     g = ScriptedGenerator(4)
-    result["colour"] = augment._colour(x, g, cfg).numpy()
+    result["colour"] = augment.colour(x, g, cfg).numpy()
     result["colour/hue"] = g.draws[0]
     result["colour/saturation"] = 1.0 + g.draws[1]
     result["colour/contrast"] = 1.0 + g.draws[2]
@@ -94,7 +94,7 @@ def original_ops(images: np.ndarray) -> dict[str, np.ndarray]:
     for seed in (5, 6):
         g = ScriptedGenerator(seed)
         name = f"camera{seed}"
-        result[name] = augment._camera(x, g, no_jpeg).numpy()
+        result[name] = augment.camera(x, g, no_jpeg).numpy()
         result[f"{name}/resolution"] = g.draws[0]
         result[f"{name}/blur_sigma"] = g.draws[1]
         result[f"{name}/blur_on"] = g.draws[2] < 0.5

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # lab_ops beside this 
 # (checked under JAX in cache/jaxenv), so the device reuses them rather than copies.
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 
-from bcclassify.serving.classifier import _zero_initialisers  # noqa: E402
+from bcclassify.serving.classifier import zero_initialisers  # noqa: E402
 from bcclassify.storage.store import sha256_file  # noqa: E402
 
 MIB = 1024 * 1024
@@ -200,7 +200,7 @@ def build_model(pack: Path, manifest: dict, precision: str = "float32"):
     import keras
 
     config = json.loads((pack / model_entry(manifest)["path"]).read_text())
-    config = _zero_initialisers(config)
+    config = zero_initialisers(config)
     if precision != "float32":
         head = manifest["model"].get("output_layer", "predictions")
         config = _set_policies(config, precision, {head})

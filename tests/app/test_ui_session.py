@@ -51,4 +51,4 @@ def test_preload_loads_and_traces_the_default_in_the_background(tiny_store, monk
     assert not thread.is_alive()
     explainer = session.cached_explainer("tiny-hybrid")
     # The warm-up explained with the card's default method, so that visualizer is built.
-    assert explainer.default_method in explainer._visualizers
+    assert explainer.default_method in explainer.visualizers

@@ -72,9 +72,9 @@ def test_camera_blur_noise_and_jpeg_keep_shape_and_range():
 
 
 def test_a_run_records_its_preset():
-    from bcclassify.training.runs import TrainConfig, _augment_description
+    from bcclassify.training.runs import TrainConfig, augment_description
 
-    lab = _augment_description(TrainConfig(arch="cnn", data=".", augment_preset="lab"))
-    standard = _augment_description(TrainConfig(arch="cnn", data="."))
+    lab = augment_description(TrainConfig(arch="cnn", data=".", augment_preset="lab"))
+    standard = augment_description(TrainConfig(arch="cnn", data="."))
     assert lab["preset"] == "lab" and lab["stain"] > 0 and tuple(lab["zoom"]) == (0.8, 3.0)
     assert standard["preset"] == "standard" and standard["stain"] == 0

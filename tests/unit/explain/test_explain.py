@@ -120,10 +120,10 @@ def test_fast_explain_view_gives_the_same_maps_as_tf_keras_vis_on_the_full_model
     pixels = hybrid.load(CELL)
     fast = Explainer(hybrid)
     reference = Explainer(hybrid)
-    reference._uses_joint_view = lambda _method: False  # plain tf-keras-vis, one layer at a time
+    reference.uses_joint_view = lambda _method: False  # plain tf-keras-vis, one layer at a time
     a = fast.explain_pixels(pixels, method, target="neutrophil")
     b = reference.explain_pixels(pixels, method, target="neutrophil")
-    assert fast._joint_channels == [2048, 2048]  # the fast path was taken
+    assert fast.joint_channels == [2048, 2048]  # the fast path was taken
     for layer in b.maps:
         np.testing.assert_allclose(a.maps[layer], b.maps[layer], atol=1e-4)
 
@@ -194,10 +194,10 @@ def test_fast_view_handles_grids_that_are_not_multiples_of_each_other(tiny_store
     pixels = classifier.load(CELL)
     fast = Explainer(classifier)
     reference = Explainer(classifier)
-    reference._uses_joint_view = lambda _method: False
+    reference.uses_joint_view = lambda _method: False
     a = fast.explain_pixels(pixels, "gradcam", target="ig")
     b = reference.explain_pixels(pixels, "gradcam", target="ig")
-    assert fast._joint_channels == [2048, 2048]  # the joint view (15x15 grid) was used
+    assert fast.joint_channels == [2048, 2048]  # the joint view (15x15 grid) was used
     for layer in b.maps:
         np.testing.assert_allclose(a.maps[layer], b.maps[layer], atol=1e-4)
 
@@ -207,15 +207,15 @@ FINE = ["mixed7", "block13_sepconv2_act"]  # 5x5 and 7x7 at the tiny hybrid's 10
 
 def test_cut_reads_xception_residual_above_the_finer_layers(hybrid):
     """Above block13_sepconv2_act, block 13 adds its input back: the cut must carry it."""
-    from bcclassify.explain.maps import _cut
+    from bcclassify.explain.maps import cut_tensors
 
     model = hybrid.model
     head = model.get_layer("predictions").input
-    coarse = _cut(model, ["mixed10", "block14_sepconv2_act"], head)
-    fine = _cut(model, FINE, head)
+    coarse = cut_tensors(model, ["mixed10", "block14_sepconv2_act"], head)
+    fine = cut_tensors(model, FINE, head)
     assert len(coarse) == 2  # the maps themselves feed the pooled head
     assert len(fine) == 3 and [tuple(t.shape[1:3]) for t in fine[:2]] == [(5, 5), (7, 7)]
-    assert _cut(model, ["mixed7", "mixed10"], head) is None  # one below the other: no split
+    assert cut_tensors(model, ["mixed7", "mixed10"], head) is None  # one below the other: no split
 
 
 @pytest.mark.parametrize(
@@ -263,7 +263,7 @@ def test_fine_layer_maps_equal_plain_tf_keras_vis(hybrid, method, monkeypatch):
             scale = float(cam.max()) or 1.0
             np.testing.assert_allclose(fast.maps[layer] / scale, cam / scale, atol=2e-3)
             compared[layer] += bool(cam.max() > 0)
-    assert explainer._joint_channels == [768, 728]  # the fast path was taken
+    assert explainer.joint_channels == [768, 728]  # the fast path was taken
     assert all(compared.values()), compared  # real maps among them, not only empty ones
 
 

@@ -30,7 +30,7 @@ def lab(tmp_path) -> Path:
 def store(tiny_store, tmp_path) -> Path:
     """A store holding a copy of tiny-cnn with a k-NN novelty detector (as `calibrate` installs)."""
     from bcclassify.serving.classifier import NOVELTY_FILE, load_model_folder
-    from bcclassify.serving.trust import _atomic_savez, extract, fit_novelty
+    from bcclassify.serving.trust import atomic_savez, extract, fit_novelty
     from bcclassify.storage.store import write_json
 
     root = tmp_path / "store"
@@ -43,7 +43,7 @@ def store(tiny_store, tmp_path) -> Path:
     detector = fit_novelty(got["features"], labels, method="knn", k=2)
     detector.threshold = float(np.quantile(detector.score(got["features"]), 0.9))
     file_name = f"novelty-{'0' * 12}.npz"
-    _atomic_savez(folder / file_name, detector.to_arrays())
+    atomic_savez(folder / file_name, detector.to_arrays())
     card = dict(model.card)
     card["novelty"] = {"method": "knn", "k": 2, "threshold": detector.threshold, "file": file_name}
     card["calibration"] = {"temperature": 1.5}
@@ -118,7 +118,7 @@ def test_adapt_installs_a_model_that_lists_its_cells_and_predicts(cli, store, la
 
 def test_fitting_views_are_the_symmetries_and_seeded_augmentations(store, monkeypatch):
     """The head is fitted on all 8 symmetries plus seeded augmented views; serving is unchanged."""
-    from bcclassify.lab.adapt import _served_views, view_features
+    from bcclassify.lab.adapt import served_views, view_features
     from bcclassify.serving.classifier import VIEW_TRANSFORMS, load_model
 
     monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
@@ -131,7 +131,7 @@ def test_fitting_views_are_the_symmetries_and_seeded_augmentations(store, monkey
     plain = view_features(model, items, "t")
     np.testing.assert_allclose(first[0], plain[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
-        _served_views(model, first, views), _served_views(model, plain), rtol=1e-5, atol=1e-6
+        served_views(model, first, views), served_views(model, plain), rtol=1e-5, atol=1e-6
     )
     # augmented views differ from the image and from each other, and a rerun repeats them
     assert not np.allclose(first[-1], first[0]) and not np.allclose(first[-1], first[-2])

@@ -155,7 +155,7 @@ def test_a_crash_between_file_and_row_leaves_only_an_unlisted_file(tmp_path, mon
     def dies(self):
         raise SystemExit("the process died here")  # no cleanup runs after it
 
-    monkeypatch.setattr(KeptCells, "_transaction", dies)
+    monkeypatch.setattr(KeptCells, "transaction", dies)
     data = _png(90)
     with pytest.raises(SystemExit):
         kept.keep(data, "monocyte", "qa")

@@ -254,17 +254,17 @@ def test_freeze_bn_keeps_pretrained_statistics_and_spares_scratch_layers():
     import keras
 
     from bcclassify.models.registry import build
-    from bcclassify.training.runs import _freeze_pretrained_batch_norm
+    from bcclassify.training.runs import freeze_pretrained_batch_norm
 
     def batch_norms(model):
         return [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
 
     scratch = build("cnn", 32, weights="none")
-    _freeze_pretrained_batch_norm(scratch, {"cnn": "from scratch"})
+    freeze_pretrained_batch_norm(scratch, {"cnn": "from scratch"})
     assert all(layer.trainable for layer in batch_norms(scratch))
 
     model = build("mobilenetv2", 32, weights="none")
-    _freeze_pretrained_batch_norm(model, {"mobilenetv2": "pretrained: mobilenet.weights.h5"})
+    freeze_pretrained_batch_norm(model, {"mobilenetv2": "pretrained: mobilenet.weights.h5"})
     norms = batch_norms(model)
     assert norms and not any(layer.trainable for layer in norms)
     before = [np.array(layer.moving_mean) for layer in norms]
