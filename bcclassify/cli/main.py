@@ -520,7 +520,7 @@ def _add_list(sub) -> None:
 
 
 def _cmd_list(args) -> int:
-    from bcclassify.storage.records import installed_cards
+    from bcclassify.storage.cards import installed_cards
     from bcclassify.storage.store import default_model_name, list_runs, run_state
 
     runs = list_runs()
@@ -558,10 +558,10 @@ def pct(value) -> str:
 def markdown_tables(runs, cards) -> str:
     """``list --markdown``: the installed models with their bench, then the finished runs.
 
-    ``runs``: ``list_runs`` rows; ``cards``: :class:`~bcclassify.storage.records.ModelCard` objects.
+    ``runs``: ``list_runs`` rows; ``cards``: :class:`~bcclassify.storage.cards.ModelCard` objects.
     """
     from bcclassify.presentation.tables import markdown_tables as tables
-    from bcclassify.storage.records import bench_record
+    from bcclassify.storage.cards import bench_record
     from bcclassify.storage.store import default_model_name
 
     by_name = {card.name: card for card in cards}

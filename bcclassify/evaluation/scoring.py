@@ -21,7 +21,7 @@ from bcclassify.serving.classifier import (
     load_model_folder,
     predict_with_views,
 )
-from bcclassify.storage.records import RunSummary, headline
+from bcclassify.storage.runs import RunRecord, headline
 from bcclassify.storage.store import (
     default_model_name,
     models_dir,
@@ -236,7 +236,7 @@ def promote(
     import keras
 
     folder = _run_dir(run_id)
-    run = RunSummary.read(folder)
+    run = RunRecord(folder).summary()
     status = run.status if run else None
     if status != "finished":
         raise ValueError(f"{run_id} is {status!r}, not finished")

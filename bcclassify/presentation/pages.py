@@ -27,7 +27,8 @@ from bcclassify.presentation.tables import (
     write_prediction_csv,
 )
 from bcclassify.review.report import spreadsheet_safe
-from bcclassify.storage.records import ModelCard, installed_cards, run_summaries
+from bcclassify.storage.cards import ModelCard, installed_cards
+from bcclassify.storage.runs import run_summaries
 from bcclassify.storage.store import (
     REPO_ROOT,
     STORE_ENV,

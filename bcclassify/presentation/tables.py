@@ -16,13 +16,8 @@ import pandas as pd
 
 from bcclassify import CLASS_LABELS
 from bcclassify.data.imaging import input_label
-from bcclassify.storage.records import (
-    ModelCard,
-    RunSummary,
-    bench_record,
-    installed_cards,
-    run_summaries,
-)
+from bcclassify.storage.cards import ModelCard, bench_record, installed_cards
+from bcclassify.storage.runs import RunSummary, run_summaries
 from bcclassify.storage.store import default_model_name, initialisation_summary
 
 MISSING = "—"  # the one mark for an unknown value, in every table

@@ -1,3 +1,3 @@
 """The model store on disk: atomic writes, checksums, run records and model cards."""
 
-__all__ = ["records", "store"]
+__all__ = ["cards", "runs", "store"]

@@ -110,15 +110,15 @@ def sha256_file(path: Path) -> str:
 
 def run_state(row: Mapping[str, Any]) -> str:
     """What a `list_runs` row's run is now: its recorded status, or "interrupted"."""
-    from bcclassify.storage.records import RunSummary  # records reads the store through this module
+    from bcclassify.storage.runs import RunSummary  # runs reads the store through this module
 
     return RunSummary.from_json(row).state
 
 
 def can_resume(row: Mapping[str, Any]) -> bool:
     """Whether ``train --resume`` can continue a `list_runs` row's run here (see
-    :attr:`bcclassify.storage.records.RunSummary.resumable`)."""
-    from bcclassify.storage.records import RunSummary
+    :attr:`bcclassify.storage.runs.RunSummary.resumable`)."""
+    from bcclassify.storage.runs import RunSummary
 
     return RunSummary.from_json(row).resumable
 
@@ -151,7 +151,7 @@ def initialisation_summary(record: dict | None) -> str | None:
 
 def list_runs() -> list[dict]:
     """Summaries of every run record, newest first (what ``list --json`` prints)."""
-    from bcclassify.storage.records import run_summaries
+    from bcclassify.storage.runs import run_summaries
 
     return [run.to_json() for run in run_summaries()]
 

@@ -10,7 +10,8 @@ from bcclassify.presentation.tables import (
     markdown_tables,
     runs_table,
 )
-from bcclassify.storage.records import ModelCard, RunSummary
+from bcclassify.storage.cards import ModelCard
+from bcclassify.storage.runs import RunSummary
 
 RUNS = [
     RunSummary("low", arch="cnn", image_size=32, status="finished", test_accuracy=0.5),
@@ -59,7 +60,7 @@ def test_the_library_imports_neither_streamlit_nor_plotly_nor_the_cli():
 
     code = (
         "import sys, bcclassify.presentation.pages, bcclassify.presentation.tables, "
-        "bcclassify.storage.records, "
+        "bcclassify.storage.cards, bcclassify.storage.runs, "
         "bcclassify.evaluation.scoring; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('streamlit', 'plotly', 'ui') or m == 'bcclassify.cli.main'))"

@@ -7,7 +7,8 @@ import json
 import pytest
 from helpers import REPO
 
-from bcclassify.storage.records import ModelCard, RunSummary, headline, mean_or_value, run_summaries
+from bcclassify.storage.cards import ModelCard
+from bcclassify.storage.runs import RunSummary, headline, mean_or_value, run_summaries
 from bcclassify.storage.store import list_runs, write_json
 
 

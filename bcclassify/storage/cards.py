@@ -1,0 +1,191 @@
+"""Model cards: the one card type (:class:`ModelCard`) and the one card writer (:func:`write_card`).
+
+An installed model's ``model_store/models/<name>/card.json`` says what it is, how it was trained
+and scored, and the sha256 of every file. :class:`ModelCard` reads the fields used by name and
+keeps every other section (calibration, novelty, faithfulness, adaptation, …) and the key order
+as read, so a card read and written again is byte-for-byte the same.
+
+Every tool that changes a card (promote, calibrate, faithfulness, adapt) writes it through
+:func:`write_card`, which stages and promotes a new version:
+
+1. the current card.json, if any and different, is kept whole as
+   ``<models>/.card-history/<name>/<UTC time>-<sha256[:12]>.json`` (beside the model folders,
+   not in them, so a model folder holds only the files its card lists);
+2. the new card is written to a temporary file in the model folder and fsynced (staged);
+3. ``os.replace`` puts it over card.json in one step (promoted).
+
+A crash before step 3 leaves the previous card.json whole and in force.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from bcclassify.storage.store import (
+    atomic_write_bytes,
+    default_model_name,
+    models_dir,
+    read_json,
+    sha256_bytes,
+)
+
+CARD_FILE = "card.json"
+HISTORY_DIR = ".card-history"  # under models/: hidden, so never taken for an installed model
+
+
+@dataclass
+class ModelCard:
+    """An installed model's card.json: the fields read by name, every other section kept."""
+
+    name: str | None = None
+    architecture: str | None = None
+    description: str | None = None
+    image_size: int | None = None
+    center_crop: float | None = None
+    class_names: list[str] | None = None
+    explain_layers: list[str] | None = None
+    low_confidence_threshold: float | None = None
+    training_run: str | None = None
+    initialisation: dict | None = None
+    training_data: dict | None = None
+    training_config: dict | None = None
+    test_metrics: dict | None = None
+    test_time_views: list[str] | None = None
+    parameters: int | None = None
+    size_mb: float | None = None
+    files_sha256: dict[str, str] | None = None
+    # Every other key of the card (calibration, novelty, faithfulness, …), as read.
+    sections: dict[str, Any] = field(default_factory=dict)
+    # The card's keys in file order, so a card written back keeps its layout.
+    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    @classmethod
+    def typed_fields(cls) -> tuple[str, ...]:
+        """The card keys read into named fields (the rest stay in ``sections``)."""
+        return tuple(f.name for f in fields(cls) if f.name not in ("sections", "keys"))
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ModelCard:
+        typed = cls.typed_fields()
+        return cls(
+            **{k: v for k, v in data.items() if k in typed},
+            sections={k: v for k, v in data.items() if k not in typed},
+            keys=tuple(data),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The card as card.json holds it: keys in the order read, new ones after them.
+
+        A field that is None and was not in the card stays absent, so no key is added.
+        """
+        values = {k: getattr(self, k) for k in self.typed_fields()}
+        values = {k: v for k, v in values.items() if v is not None or k in self.keys}
+        values.update(self.sections)
+        out = {k: values[k] for k in self.keys if k in values}
+        out.update((k, v) for k, v in values.items() if k not in out)
+        return out
+
+    def to_bytes(self) -> bytes:
+        """card.json's bytes (what :func:`bcclassify.storage.store.write_json` would write)."""
+        return (json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n").encode()
+
+    @classmethod
+    def read(cls, folder: Path) -> ModelCard | None:
+        """``folder/card.json`` (None when missing or not a JSON object)."""
+        card = read_json(folder / CARD_FILE)
+        return cls.from_json(card) if isinstance(card, dict) else None
+
+    def updated(self, **changes: Any) -> ModelCard:
+        """A copy with some keys set (typed or not): existing keys keep their place."""
+        return ModelCard.from_json({**self.to_json(), **changes})
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Any key of the card as written, typed or not (for the optional sections)."""
+        return self.to_json().get(key, default)
+
+    @property
+    def accuracy(self) -> float | None:
+        return (self.test_metrics or {}).get("accuracy")
+
+    @property
+    def macro_f1(self) -> float | None:
+        return (self.test_metrics or {}).get("macro_f1")
+
+    @property
+    def views(self) -> list[str]:
+        """The test-time views the model averages (the image as given when none)."""
+        return list(self.test_time_views or ["identity"])
+
+
+def as_card(card: ModelCard | Mapping[str, Any]) -> ModelCard:
+    """A card given as a ModelCard or as card.json's mapping, as a ModelCard."""
+    return card if isinstance(card, ModelCard) else ModelCard.from_json(card)
+
+
+def card_history(folder: Path) -> Path:
+    """Where the earlier versions of ``folder``'s card are kept (see the module docstring)."""
+    return folder.parent / HISTORY_DIR / folder.name
+
+
+def write_card(folder: Path, card: ModelCard | Mapping[str, Any]) -> ModelCard:
+    """Stage ``card`` as the new version of ``folder/card.json`` and promote it atomically.
+
+    The previous version, when there is one and it differs, is kept in :func:`card_history`
+    first. Returns the card written.
+    """
+    card = as_card(card)
+    data = card.to_bytes()
+    path = folder / CARD_FILE
+    try:
+        previous = path.read_bytes()
+    except FileNotFoundError:
+        previous = None
+    if previous == data:
+        return card
+    if previous is not None:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        kept = card_history(folder) / f"{stamp}-{sha256_bytes(previous)[:12]}.json"
+        atomic_write_bytes(kept, previous)
+    # A temporary file fsynced beside card.json, then one rename (atomic_write_bytes).
+    atomic_write_bytes(path, data)
+    return card
+
+
+def weights_id(card: ModelCard | Mapping[str, Any]) -> str:
+    """A short id of the model's network weights (model.json and weights-*.npz checksums).
+
+    Caches of features or saliency scores are keyed on it, so they never outlive the weights;
+    calibration or novelty files added to the card later do not change it.
+    """
+    files = as_card(card).files_sha256 or {}
+    network = {k: v for k, v in files.items() if k == "model.json" or k.startswith("weights-")}
+    listed = "".join(f"{k}={v};" for k, v in sorted(network.items()))
+    return hashlib.sha256(listed.encode()).hexdigest()[:12]
+
+
+def installed_cards() -> dict[str, ModelCard]:
+    """Installed models by folder name, the default first, then by name."""
+    root = models_dir()
+    if not root.is_dir():
+        return {}
+    cards = {}
+    for folder in sorted(root.iterdir()):
+        if folder.name.startswith("."):  # promote's staging folder, the card history
+            continue
+        card = ModelCard.read(folder)
+        if card is not None:
+            card.name = folder.name  # the folder is what predict --model names
+            cards[folder.name] = card
+    default = default_model_name()
+    return {n: cards[n] for n in sorted(cards, key=lambda n: (n != default, n))}
+
+
+def bench_record(name: str) -> dict:
+    """An installed model's bench.json (``bench --save``), or {} when it was not measured."""
+    return read_json(models_dir() / name / "bench.json", {}) or {}
