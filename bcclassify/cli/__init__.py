@@ -1,3 +1,23 @@
-"""The command line, ``python -m bcclassify``."""
+"""The command line, ``python -m bcclassify``.
 
-__all__ = ["main", "quiet_tensorflow"]
+``main`` builds the parser and turns what a command raises into an exit status; each command
+group has its own module (``add_<command>`` declares its options, ``run_<command>`` runs it);
+``common`` holds the exit statuses, the usage error and model loading; ``from_config`` generates
+options from a configuration dataclass (``train``, ``adapt``); ``quiet_tensorflow`` imports
+TensorFlow without its start-up chatter.
+"""
+
+__all__ = [
+    "adapt",
+    "bench",
+    "common",
+    "evaluate",
+    "explain",
+    "from_config",
+    "main",
+    "models",
+    "predict",
+    "quiet_tensorflow",
+    "train",
+    "users",
+]

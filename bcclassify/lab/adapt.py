@@ -29,7 +29,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,14 +55,22 @@ class AdaptError(ValueError):
 class AdaptConfig:
     """Every argument of an adaptation; saved whole in the run's config.json."""
 
-    source: str
-    cells: str
-    name: str
-    per_class: int = DEFAULT_PER_CLASS
-    seed: int = 0
+    # metadata: the command line's help and flags (bcclassify/cli/from_config.py).
+    source: str = field(metadata={"flag": "--from", "metavar": "MODEL", "help": "installed model"})
+    cells: str = field(
+        metadata={"metavar": "DIR", "help": "class folders (any of the 8 class names)"}
+    )
+    name: str = field(metadata={"help": "name of the adapted model to install"})
+    per_class: int = field(
+        default=DEFAULT_PER_CLASS, metadata={"metavar": "K", "help": "cells a class (%(default)s)"}
+    )
+    seed: int = field(default=0, metadata={"help": "which cells are taken (default %(default)s)"})
     pull: float = DEFAULT_PULL
     augmented_views: int = DEFAULT_AUGMENTED_VIEWS
-    evaluate: bool = False
+    evaluate: bool = field(
+        default=False,
+        metadata={"help": "also score the source and the adapted model on the cells not taken"},
+    )
     run_id: str | None = None
     requested_by: str | None = None  # the logged-in reviewer, when run from the app
 

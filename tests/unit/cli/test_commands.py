@@ -80,6 +80,7 @@ def test_bench_reports_every_field(cli):
 
 
 def test_every_command_has_help(cli):
-    for command in ("train", "evaluate", "promote", "list", "predict", "explain", "bench"):
+    commands = ("train", "evaluate", "promote", "list", "predict", "explain", "bench")
+    for command in (*commands, "faithfulness", "users", "calibrate", "adapt"):
         out = cli([command, "--help"])
         assert out.returncode == 0 and "usage:" in out.stdout

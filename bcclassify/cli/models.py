@@ -1,0 +1,201 @@
+"""Installed models: ``promote`` a run, ``list`` runs and models, ``calibrate`` a model's
+confidence and its "unidentified" detector."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from bcclassify.cli.common import EXIT_OK, SubParsers, UsageError, start_tensorflow, view_list
+from bcclassify.serving.classifier import ModelIntegrityError, ModelNotFoundError
+from bcclassify.serving.trust import calibrate_model, fit_acquisition
+from bcclassify.storage.cards import ModelCard, bench_record, installed_cards
+from bcclassify.storage.store import default_model_name, list_runs, run_state
+
+__all__ = [
+    "add_calibrate",
+    "add_list",
+    "add_promote",
+    "markdown_tables",
+    "pct",
+    "run_calibrate",
+    "run_list",
+    "run_promote",
+]
+
+
+def add_promote(sub: SubParsers) -> None:
+    p = sub.add_parser("promote", help="install a run's model under model_store/models/NAME")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--name", required=True)
+    p.add_argument("--default", action="store_true", help="make it the default model")
+    p.add_argument("--threshold", type=float, help="low-confidence threshold (default 0.6)")
+    p.add_argument(
+        "--views",
+        type=view_list,
+        help="test-time views the installed model averages, comma-separated; the run's test "
+        "split is scored again with them for the card",
+    )
+
+
+def run_promote(args: argparse.Namespace) -> int:
+    # scikit-learn, SciPy and pandas (4 s): paid by promote only, not by every command's --help.
+    from bcclassify.evaluation.scoring import promote
+
+    start_tensorflow()
+    try:
+        card = promote(
+            args.run_id,
+            args.name,
+            make_default=args.default,
+            threshold=args.threshold,
+            views=args.views,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    print(json.dumps({k: card[k] for k in ("name", "architecture", "image_size", "size_mb")}))
+    return EXIT_OK
+
+
+def add_list(sub: SubParsers) -> None:
+    p = sub.add_parser("list", help="training runs and installed models")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="JSON list of runs")
+    form.add_argument(
+        "--markdown", action="store_true", help="Markdown tables of runs and models (the README's)"
+    )
+
+
+def run_list(args: argparse.Namespace) -> int:
+    runs = list_runs()
+    if args.json:
+        print(json.dumps(runs, indent=2))
+        return EXIT_OK
+    cards = installed_cards()
+    if args.markdown:
+        print(markdown_tables(runs, cards.values()))
+        return EXIT_OK
+
+    print(f"{'run_id':<40}{'arch':<13}{'size':>5} {'status':<12}{'test acc':>9}{'macro F1':>9}")
+    for r in runs:
+        print(
+            f"{r['run_id']:<40}{r['arch'] or '':<13}{r['image_size'] or '':>5} "
+            f"{run_state(r):<12}{pct(r['test_accuracy']):>9}{pct(r['macro_f1']):>9}"
+        )
+    print("\nmodels:")
+    default = default_model_name()
+    for name, card in cards.items():
+        star = " (default)" if name == default else ""
+        print(
+            f"  {name}{star}: {card.architecture} {card.image_size}px, "
+            f"test accuracy {pct(card.accuracy)}, {card.size_mb} MB"
+        )
+    return EXIT_OK
+
+
+def pct(value: object) -> str:
+    """A fraction as a percentage with two decimals; the table's mark for a missing one."""
+    # pandas (1.5 s): paid by list only, not by every command's --help.
+    from bcclassify.presentation.tables import MISSING, percent
+
+    return percent(value, 2) if isinstance(value, (int, float)) else MISSING
+
+
+def markdown_tables(runs: list[dict], cards: Iterable[ModelCard]) -> str:
+    """``list --markdown``: the installed models with their bench, then the finished runs.
+
+    ``runs``: ``list_runs`` rows; ``cards``: :class:`~bcclassify.storage.cards.ModelCard` objects.
+    """
+    from bcclassify.presentation.tables import markdown_tables as tables  # pandas, as pct
+
+    by_name = {card.name: card for card in cards}
+    benches = {name: bench_record(name) for name in by_name}
+    return tables(runs, by_name, benches, default_model_name())
+
+
+def add_calibrate(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="fit an installed model's confidence calibration and 'unidentified' detector",
+        description="On the model's own training data (its split is recomputed from the card): "
+        "a novelty detector on training-split features, a temperature and the unidentified "
+        "threshold on the validation split; figures on the test split and on an optional "
+        "folder of non-cell images. Writes novelty-*.npz and the card's calibration and "
+        "novelty sections (checksummed). Features are cached under cache/trust/.",
+    )
+    p.add_argument("--model", metavar="NAME", help="installed model (default: the default)")
+    p.add_argument("--data", required=True, help="the model's training data (class folders)")
+    p.add_argument(
+        "--outliers", metavar="DIR", help="non-cell images to fit the outlier-exposure part on"
+    )
+    p.add_argument(
+        "--noncell", metavar="DIR", help="other non-cell images, only to report figures on"
+    )
+    p.add_argument(
+        "--shifted", metavar="DIR", help="cells from another lab (class folders), figures only"
+    )
+    p.add_argument(
+        "--method",
+        choices=("knn+oe", "knn", "mahalanobis"),
+        default="knn+oe",
+        help="novelty score (knn+oe needs --outliers)",
+    )
+    p.add_argument(
+        "--quantile",
+        type=float,
+        default=0.995,
+        help="validation cells under the unidentified threshold (default 0.995: 0.5%% flagged)",
+    )
+    p.add_argument(
+        "--low-confidence",
+        type=float,
+        help="calibrated top probability under which a cell is flagged low_confidence "
+        "(default: keep the card's)",
+    )
+    p.add_argument("--train-limit", type=int, default=4000, help="training cells to fit on")
+    p.add_argument(
+        "--acquisition-only",
+        action="store_true",
+        help="only (re)fit the acquisition range (background colour, brightness, darker share of "
+        "the training images; outside it a cell is unidentified): seconds, no features",
+    )
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    if not 0.5 <= args.quantile < 1.0:
+        raise UsageError("--quantile must be in [0.5, 1)")
+    if args.low_confidence is not None and not 0.0 < args.low_confidence < 1.0:
+        raise UsageError("--low-confidence must be in (0, 1)")
+    for option in ("outliers", "noncell", "shifted"):
+        value = getattr(args, option)
+        if value and not Path(value).is_dir():
+            raise UsageError(f"--{option} {value}: not a folder")
+    refused = (FileNotFoundError, ValueError, ModelNotFoundError, ModelIntegrityError)
+    if args.acquisition_only:
+        try:
+            card = fit_acquisition(args.model, args.data, shifted=args.shifted)
+        except refused as exc:
+            raise UsageError(str(exc)) from None
+        print(json.dumps({"acquisition": card["acquisition"]}, indent=2))
+        return EXIT_OK
+    if args.method == "knn+oe" and not args.outliers:
+        raise UsageError("--method knn+oe needs --outliers DIR (non-cell images)")
+    start_tensorflow()
+    try:
+        card = calibrate_model(
+            args.model,
+            args.data,
+            outliers=args.outliers,
+            noncell=args.noncell,
+            shifted=args.shifted,
+            method=args.method,
+            quantile=args.quantile,
+            low_confidence=args.low_confidence,
+            train_limit=args.train_limit,
+        )
+    except refused as exc:
+        raise UsageError(str(exc)) from None
+    print(json.dumps({k: card[k] for k in ("calibration", "novelty", "acquisition")}, indent=2))
+    return EXIT_OK

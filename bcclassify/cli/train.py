@@ -1,0 +1,32 @@
+"""``train``: train a model and record the run under model_store/runs (or resume one).
+
+Its options are TrainConfig's fields (bcclassify/training/runs.py), generated with their help,
+choices and defaults; only ``--resume`` is not a setting of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bcclassify import ARCHITECTURES
+from bcclassify.cli.common import EXIT_OK, SubParsers, UsageError, start_tensorflow
+from bcclassify.cli.from_config import add_config_options, config_from_args
+from bcclassify.training.runs import TrainConfig, resume, train
+
+__all__ = ["add_train", "run_train"]
+
+
+def add_train(sub: SubParsers) -> None:
+    p = sub.add_parser("train", help="train a model and record the run under model_store/runs")
+    # Not required here: --resume RUN_ID needs neither --arch nor --data; run_train checks.
+    add_config_options(p, TrainConfig, choices={"arch": ARCHITECTURES}, optional=True)
+    p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    if not args.resume and (not args.arch or not args.data):
+        raise UsageError("train needs --arch and --data (or --resume RUN_ID)")
+    start_tensorflow()
+    run_dir = resume(args.resume) if args.resume else train(config_from_args(TrainConfig, args))
+    print(run_dir.name)
+    return EXIT_OK
