@@ -1,24 +1,20 @@
-"""Turn what ``train_lab.py`` sent back from a GPU into a run record here (issue 12).
+"""Bring back a run that ``train_lab.py`` trained on a GPU (issue 12): weights in compact form.
 
-Runs here (bcclassify, TensorFlow). Reads the returned folder(s) (``weights-*.npz``: the
-float16 weights, encoded losslessly against the packed ones; ``train_log.json``) and the pack
-it was trained from, and writes ``model_store/runs/<run-id>/`` as ``bcclassify train`` would:
+Runs here (bcclassify, TensorFlow). The device ran the library's own loop (``bcclassify.training
+.loop``) on a run folder in the library's format, with ``TrainConfig``; what could not come back
+whole is the weights (82 MiB float16, 64 MiB return per call) and the test split (never packed).
+So this script only:
 
-- ``model.keras``: the pack's model.json with the returned weights (what ``evaluate --run`` and
-  ``promote`` load);
-- ``config.json``: ``TrainConfig``'s fields (arch, data, image size, crop, seed, lr, epochs,
-  batch size, ``augment_preset: lab``, ``keep_weights``...) plus the data's manifest hash and
-  split sizes, so ``evaluate --run`` finds the same test split; how the GPU run differed from a
-  CPU run (backend, subsets, clean share, precision) is under ``gpu``;
-- ``environment.json``: the device's Python, packages (keras, jax, numpy, pillow) and GPU;
-- ``run.json``: status finished, the device's timings, initialised from the model's run;
-- ``history.csv``: per epoch, the GPU's train and validation loss and accuracy;
-- ``metrics.json`` and ``predictions.csv`` (unless --no-score): the run's test split scored
-  here, as training's last step does (the hybrid: about 12 minutes on 2 cores);
-- ``gpu_train_log.json``: the device's log, unchanged.
-
-Before writing, the returned weights are checked: checksums from the log, one array per model
-weight, and this machine's probabilities for the log's probe images against the GPU's.
+- checks the returned ``weights-*.npz`` against the log's checksums and decodes them against the
+  pack's (starting) weights (lossless ulp differences, see train_lab.py);
+- checks the probe images' probabilities here against the GPU's, and the registry's build of
+  the architecture against the packed model;
+- writes ``model_store/runs/<run-id>/``: the device's config.json, environment.json, run.json
+  and history.csv (carried in ``train_log.json``), the log itself as ``gpu_train_log.json``, and
+  the weights as a (weights-only) checkpoint of the last epoch and as ``best.weights.h5``;
+- unless --no-score, finishes it with ``bcclassify.training.runs.resume`` (what
+  ``python -m bcclassify train --resume RUN_ID`` runs): no epochs are left, so training's last
+  step scores the test split and writes metrics.json, predictions.csv and model.keras.
 
 Usage: python scripts/gpu/import_run.py RETURNED_DIR [RETURNED_DIR2] [--pack gpu_pack] [--run-id ID]
 """
@@ -26,7 +22,6 @@ Usage: python scripts/gpu/import_run.py RETURNED_DIR [RETURNED_DIR2] [--pack gpu
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -120,9 +115,10 @@ def build_model(merged: Path, manifest: dict, weights: list[np.ndarray]):
     return model
 
 
-def probe_check(model, log: dict, data_root: Path, image_size: int) -> dict:
-    """This machine's probabilities for the log's probe images against the GPU's: the weights
-    are in the right order and both sides decode and compute alike."""
+def probe_check(model, log: dict, data_root: Path, image_size: int, reference=None) -> dict:
+    """This machine's probabilities for the log's probe images against the GPU's (or, given a
+    ``reference`` model, against its): the weights are in the right order and both sides decode
+    and compute alike."""
     from bcclassify.data.imaging import load_image
 
     probe = log.get("probe") or {}
@@ -130,148 +126,15 @@ def probe_check(model, log: dict, data_root: Path, image_size: int) -> dict:
         return {"images": 0}
     pixels = np.stack([load_image(data_root / f, image_size) for f in probe["files"]])
     here = np.asarray(model.predict(pixels.astype(np.float32), verbose=0), dtype=np.float64)
-    gpu = np.asarray(probe["probabilities"])
+    if reference is not None:
+        gpu = np.asarray(reference.predict(pixels.astype(np.float32), verbose=0), np.float64)
+    else:
+        gpu = np.asarray(probe["probabilities"])
     return {
         "images": len(gpu),
         "max_abs_diff": float(np.abs(here - gpu).max()),
         "argmax_agree": int((here.argmax(1) == gpu.argmax(1)).sum()),
     }
-
-
-def run_config(log: dict, manifest: dict, run_id: str, note: str) -> dict:
-    """config.json: TrainConfig's fields as ``train`` writes them, plus the GPU specifics."""
-    from bcclassify.data.augment import preset
-    from bcclassify.training.runs import TrainConfig
-
-    args, data, model = log["config"], manifest["data"], manifest["model"]
-    config = TrainConfig(
-        arch=model["architecture"],
-        data=data["path"],
-        image_size=model["image_size"],
-        epochs=args["epochs"],
-        batch_size=args["batch_size"],
-        optimizer="adam",
-        lr=args["lr"],
-        augment=True,
-        augment_preset="lab",
-        keep_weights=log["exported"]["keep"],
-        seed=args["seed"],
-        freeze_until=None,  # end to end: every layer trained, stem included
-        freeze_bn=args["freeze_bn"],
-        center_crop=model["center_crop"],
-        limit_per_class=data["limit_per_class"],  # the split's; the subsets are under "gpu"
-        aug_copies=0,  # fresh views every step, none cached
-        init_from=None,  # the source is an installed model, not a run folder: see "gpu"
-        cache_dir=None,
-        note=note,
-        run_id=run_id,
-    )
-    lab = preset("lab").to_dict()
-    return {
-        **dataclasses.asdict(config),
-        "data_manifest_sha256": data["manifest_sha256"],
-        "num_images": data["num_images"],
-        "class_counts": data["class_counts"],
-        "skipped_files": [],
-        "split_sizes": [data["split_sizes"]],
-        "class_names": model["class_names"],
-        "augmentation": {
-            "ops": "dihedral flips/rotations, scale, shift, HSV + brightness/contrast jitter; "
-            "OD stain mixing, white balance, zoom, blur, noise, resolution, JPEG",
-            "preset": "lab",
-            **lab,
-            "implementation": "keras.ops port (scripts/gpu/lab_ops.py) inside the jitted step; "
-            "JPEG simulated in-graph (DCT quantisation, 4:2:0)",
-            "clean_fraction": args["clean_fraction"],
-            "as_run": manifest.get("augmentation"),
-        },
-        "smote_space": None,
-        "command": log.get("command"),
-        "gpu": {
-            "script": "scripts/gpu/train_lab.py",
-            "backend": (log.get("versions") or {}).get("backend"),
-            "devices": (log.get("versions") or {}).get("devices"),
-            "precision": args["precision"],
-            "label_smoothing": args["label_smoothing"],
-            "warmup_steps": log.get("schedule", {}).get("warmup"),
-            "schedule": log.get("schedule"),
-            "max_seconds": args["max_seconds"],
-            "stop_reason": log.get("stop_reason"),
-            "train_subset": data["train"],
-            "val_subset": data["val"],
-            "initialised_from": {
-                "model": model["name"],
-                "training_run": model["training_run"],
-                "card_sha256": model["card_sha256"],
-            },
-            "pack_manifest_sha256": (log.get("pack") or {}).get("manifest_sha256"),
-        },
-    }
-
-
-def environment(log: dict) -> dict:
-    """environment.json with environment_info's keys, describing the device."""
-    versions = log.get("versions") or {}
-    return {
-        "python": versions.get("python"),
-        "platform": versions.get("platform"),
-        "packages": {
-            "tensorflow": None,
-            "keras": versions.get("keras"),
-            "jax": versions.get("jax"),
-            "jaxlib": versions.get("jaxlib"),
-            "numpy": versions.get("numpy"),
-            "pillow": versions.get("pillow"),
-        },
-        "cpu": None,
-        "cpu_count": versions.get("cpu_count"),
-        "gpus": versions.get("gpus") or [],
-        "intra_op_threads": None,
-        "inter_op_threads": None,
-        "hostname": versions.get("hostname"),
-        "backend": versions.get("backend"),
-    }
-
-
-def history_rows(log: dict) -> list[dict]:
-    return [{**row, "stage": "supervised"} for row in log.get("history") or []]
-
-
-def score_test_split(model, config: dict, run_dir: Path, log: dict, batch_size: int) -> dict:
-    """The run's test split scored here, as training's last step: metrics.json's content and
-    predictions.csv."""
-    from bcclassify.data.datasets import (
-        load_pixels,
-        scan_dataset,
-        subsample,
-        train_val_test_split,
-        write_predictions,
-    )
-    from bcclassify.evaluation.metrics import classification_metrics, confidence_coverage
-
-    dataset = subsample(scan_dataset(config["data"]), config["limit_per_class"], config["seed"])
-    if dataset.manifest_hash() != config["data_manifest_sha256"]:
-        raise ValueError(f"{config['data']}: not the data the pack was made from")
-    split = train_val_test_split(dataset.labels, dataset.hashes, config["seed"])
-    pixels, kept = load_pixels(
-        [dataset.paths[i] for i in split.test], config["image_size"], progress=True
-    )
-    if len(kept) != len(split.test):
-        raise ValueError(f"{len(split.test) - len(kept)} test images failed to decode")
-    probs = np.asarray(
-        model.predict(pixels.astype(np.float32), batch_size=batch_size, verbose=0),
-        dtype=np.float64,
-    )
-    labels = dataset.labels[split.test]
-    metrics = classification_metrics(labels, probs.argmax(axis=1), dataset.class_names)
-    metrics.update(
-        best_epoch=log.get("best_epoch"),
-        best_val_accuracy=log.get("best_val_accuracy"),
-        split_sizes=split.sizes(),
-        by_confidence=confidence_coverage(labels, probs),
-    )
-    write_predictions(run_dir / "predictions.csv", dataset, split.test, probs)
-    return metrics
 
 
 def _store_is_shrunk() -> bool:
@@ -284,9 +147,69 @@ def _store_is_shrunk() -> bool:
     return result.stdout.strip() == "true"
 
 
+def registry_model(config: dict, weights: list[np.ndarray]):
+    """The model as ``train --resume`` builds it (the registry), holding the returned weights:
+    the checkpoint is saved from the network the run's evaluation will load it into."""
+    from bcclassify.models.registry import build
+
+    model = build(
+        config["arch"],
+        config["image_size"],
+        len(config["class_names"]),
+        "none",  # overwritten at once
+        center_crop=config["center_crop"],
+    )
+    if len(weights) != len(model.weights):
+        raise ValueError(
+            f"{len(weights)} returned arrays for {len(model.weights)} in the registry's"
+        )
+    for variable, array in zip(model.weights, weights):
+        if tuple(variable.shape) != array.shape:
+            raise ValueError(f"{variable.path}: shape {array.shape}, expected {variable.shape}")
+    model.set_weights(weights)
+    return model
+
+
+def write_run(staging: Path, log: dict, run_id: str, model) -> dict:
+    """The device's run folder, as ``train`` left it there, with the returned weights as its
+    (weights-only) checkpoint: ``train --resume`` continues from it like from any run."""
+    from bcclassify.storage.store import write_json
+    from bcclassify.training.loop import save_best, save_checkpoint
+
+    files = log.get("run_files") or {}
+    missing = [name for name in ("config.json", "run.json", "history.csv") if name not in files]
+    if missing:
+        raise ValueError(f"the log carries no {', '.join(missing)} (an older train_lab.py?)")
+    config = {**files["config.json"], "run_id": run_id}
+    epochs_done = int(log["epochs_done"])
+    if epochs_done < config["epochs"]:
+        # Stopped early (--max-seconds): the run is what was trained, not 40 CPU hours more.
+        config["gpu"]["epochs_planned"] = config["epochs"]
+        config["epochs"] = epochs_done
+    write_json(staging / "config.json", config)
+    if "environment.json" in files:
+        write_json(staging / "environment.json", files["environment.json"])
+    (staging / "history.csv").write_text(files["history.csv"])
+    write_json(staging / "gpu_train_log.json", log)
+    write_json(
+        staging / "run.json",
+        {**files["run.json"], "run_id": run_id, "imported": _now(), "imported_by": __file__},
+    )
+    if epochs_done:
+        state = {
+            "epoch": epochs_done - 1,
+            "best_val_accuracy": log["best_val_accuracy"],
+            "best_epoch": log["best_epoch"],
+        }
+        # The exported weights are the kept ones (best.weights.h5 on the device).
+        save_checkpoint(staging / "checkpoints", epochs_done - 1, model, None, state)
+        save_best(staging / "checkpoints", model)
+    return config
+
+
 def import_run(args: argparse.Namespace) -> Path:
-    from bcclassify.storage.store import runs_dir, write_json
-    from bcclassify.training.runs import RunRecord
+    from bcclassify.storage.store import runs_dir
+    from bcclassify.training.runs import resume
 
     if _store_is_shrunk():
         raise RuntimeError(
@@ -295,9 +218,11 @@ def import_run(args: argparse.Namespace) -> Path:
     returned = [Path(r) for r in args.returned]
     log = read_returned(returned)
     merged, manifest = read_pack(Path(args.pack), log)
-    model = build_model(merged, manifest, read_weights_back(returned, log, merged, manifest))
+    weights = read_weights_back(returned, log, merged, manifest)
+    packed = build_model(merged, manifest, weights)
     image_size = int(manifest["model"]["image_size"])
-    probe = probe_check(model, log, Path(manifest["data"]["path"]), image_size)
+    data_root = Path(manifest["data"]["path"])
+    probe = probe_check(packed, log, data_root, image_size)
     print(f"probe: {probe}")
     if probe["images"] and (
         probe["max_abs_diff"] > PROBE_TOLERANCE or probe["argmax_agree"] < probe["images"] - 1
@@ -305,52 +230,37 @@ def import_run(args: argparse.Namespace) -> Path:
         if not args.force:
             raise ValueError(f"probe disagrees with the GPU's probabilities: {probe} (--force)")
 
-    started = log.get("started") or _now()
-    stamp = dt.datetime.fromisoformat(started).strftime("%Y%m%d-%H%M%S")
-    crop = manifest["model"]["center_crop"]
-    suffix = f"-crop{round(crop * 100)}" if crop < 1.0 else ""
-    arch = manifest["model"]["architecture"]
-    run_id = args.run_id or f"{stamp}-{arch}-{image_size}px{suffix}-lab"
+    run_id = args.run_id or log["run_id"]
     run_dir = runs_dir() / run_id
     if run_dir.exists():
         raise FileExistsError(f"{run_dir} exists; choose another --run-id")
+    config = (log.get("run_files") or {}).get("config.json") or {}
+    model = registry_model(config, weights)
+    # The registry's build must compute what the installed model does, or the run's evaluation
+    # would score another network.
+    same = probe_check(
+        model,
+        {"probe": {**log.get("probe", {}), "probabilities": None}},
+        data_root,
+        image_size,
+        reference=packed,
+    )
+    if same["images"] and same["max_abs_diff"] > 1e-4:
+        raise ValueError(f"the registry's {config['arch']} differs from the packed model: {same}")
     # Staged beside runs/, not in it: a half-written folder must not be listed as a run.
     staging = runs_dir().parent / f".{run_id}.importing"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        config = run_config(log, manifest, run_id, args.note)
-        write_json(staging / "config.json", config)
-        write_json(staging / "environment.json", environment(log))
-        write_json(staging / "gpu_train_log.json", log)
-        record = RunRecord(staging)
-        record.write_history(history_rows(log))
-        model.save(staging / "model.keras")
-        duration = (log.get("timings") or {}).get("total_s")
-        if args.score:
-            metrics = score_test_split(model, config, staging, log, args.batch_size)
-            metrics["duration_s"] = duration
-            record.write_metrics(metrics)
-        run = {
-            "run_id": run_id,
-            "arch": arch,
-            "status": "finished",
-            "created": started,
-            "host": (log.get("versions") or {}).get("hostname"),
-            "epochs_done": log.get("epochs_done"),
-            "initialisation": manifest["model"].get("initialisation"),
-            "init_from": manifest["model"].get("training_run"),
-            "duration_s": duration,
-            "finished": log.get("finished"),
-            "imported": _now(),
-            "imported_by": "scripts/gpu/import_run.py",
-            "probe": probe,
-        }
-        record.create(**run)
+        write_run(staging, log, run_id, model)
         staging.rename(run_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if args.score:
+        # train's own last step: no epochs are left, so resume scores the test split and writes
+        # metrics.json, predictions.csv and model.keras, and marks the run finished.
+        resume(run_id)
     return run_dir
 
 
@@ -363,14 +273,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--pack", default=str(REPO / "gpu_pack"), help="the pack it trained from")
     p.add_argument("--run-id", default=None)
-    p.add_argument("--note", default="lab preset, every layer fine-tuned on a GPU (issue 12)")
     p.add_argument(
         "--no-score",
         dest="score",
         action="store_false",
-        help="skip scoring the test split (no metrics.json: score before promote)",
+        help="leave the run unscored (then: python -m bcclassify train --resume RUN_ID)",
     )
-    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--force", action="store_true", help="import even if the probe disagrees")
     return p.parse_args(argv)
 

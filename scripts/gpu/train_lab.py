@@ -23,6 +23,7 @@ Under TensorFlow (the tests here) the same code runs unchanged with KERAS_BACKEN
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -46,7 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # lab_ops beside this 
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 
 from bcclassify.serving.classifier import zero_initialisers  # noqa: E402
-from bcclassify.storage.store import sha256_file  # noqa: E402
+from bcclassify.storage.runs import RunRecord  # noqa: E402
+from bcclassify.storage.store import read_json, sha256_file, write_json  # noqa: E402
+from bcclassify.training.loop import Epoch, fit_logs, run_epochs  # noqa: E402
+from bcclassify.training.runs import TrainConfig, new_run_id  # noqa: E402
 
 MIB = 1024 * 1024
 # What comes back from $OUT: at most 8 files of at most 16 MiB, 64 MiB together. The float16
@@ -60,6 +64,8 @@ HALF_PRECISION_MIN_SIZE = (
     4096  # as bcclassify.serving.classifier: large float32 arrays stored as float16
 )
 LOG_NAME = "train_log.json"
+# The run folder's small files, carried back inside the log (import_run.py writes them out).
+RUN_FILES = ("config.json", "environment.json", "run.json", "history.csv")
 PROBE_IMAGES = 16  # validation images whose probabilities the log keeps for import_run's check
 
 
@@ -454,34 +460,6 @@ def _time_limit_callback(clock: _Clock, reserve: float, sync_every: int = 8):
     return TimeLimit()
 
 
-def _save_checkpoint(work: Path, model, optimizer, state: dict) -> None:
-    """The last epoch (float32 weights, optimizer state, counters): what --resume continues from.
-    Written beside the old one, then renamed, so a kill leaves a whole checkpoint."""
-    folder = work / "ckpt"
-    partial = work / "ckpt.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    np.savez(partial / "weights.npz", *model.get_weights())
-    np.savez(partial / "optimizer.npz", *[v.numpy() for v in optimizer.variables])
-    (partial / "state.json").write_text(json.dumps(state, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
-
-
-def _restore_checkpoint(work: Path, model, optimizer) -> dict | None:
-    folder = work / "ckpt"
-    if not (folder / "state.json").is_file():
-        return None
-    with np.load(folder / "weights.npz") as stored:
-        model.set_weights([stored[f"arr_{i}"] for i in range(len(stored.files))])
-    optimizer.build(model.trainable_variables)
-    with np.load(folder / "optimizer.npz") as stored:
-        values = [stored[f"arr_{i}"] for i in range(len(stored.files))]
-    for variable, value in zip(optimizer.variables, values):
-        variable.assign(value)
-    return json.loads((folder / "state.json").read_text())
-
-
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -493,8 +471,153 @@ def _write_json(path: Path, payload: dict) -> None:
     partial.replace(path)
 
 
+# ----------------------------------------------------------------------------- the run record
+
+
+def lab_config(args: argparse.Namespace, manifest: dict) -> TrainConfig:
+    """The run's TrainConfig: the library's one config class, as ``train`` would be given it for
+    an end-to-end lab fine-tune of the packed model."""
+    model, data = manifest["model"], manifest["data"]
+    config = TrainConfig(
+        arch=model["architecture"],
+        data=data["path"],
+        image_size=int(model["image_size"]),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer="adam",
+        lr=args.lr,
+        augment=True,
+        augment_preset="lab",
+        keep_weights=args.keep,
+        seed=args.seed,
+        freeze_until=None,  # end to end: every layer trained, stem included
+        freeze_bn=args.freeze_bn,
+        center_crop=float(model["center_crop"]),
+        limit_per_class=data["limit_per_class"],  # the split's; the subsets are under "gpu"
+        aug_copies=0,  # fresh views every step, none cached
+        init_from=None,  # the source is an installed model, not a run folder: see "gpu"
+        backbone_weights="none",  # the installed model's weights, not ImageNet's
+        note=args.note,
+    )
+    config.run_id = args.run_id or f"{new_run_id(config, config.image_size)}-lab"
+    return config
+
+
+def run_config(config: TrainConfig, args: argparse.Namespace, manifest: dict, log: dict) -> dict:
+    """config.json as ``train`` writes it, plus how the device run differs (under ``gpu``)."""
+    data, model = manifest["data"], manifest["model"]
+    return {
+        **dataclasses.asdict(config),
+        "data_manifest_sha256": data["manifest_sha256"],
+        "num_images": data["num_images"],
+        "class_counts": data["class_counts"],
+        "skipped_files": [],
+        "split_sizes": [data["split_sizes"]],
+        "class_names": model["class_names"],
+        "augmentation": {
+            "ops": "dihedral flips/rotations, scale, shift, HSV + brightness/contrast jitter; "
+            "OD stain mixing, white balance, zoom, blur, noise, resolution, JPEG",
+            "preset": "lab",
+            **(manifest.get("augmentation") or {}),
+            "implementation": "keras.ops port (scripts/gpu/lab_ops.py) inside the jitted step; "
+            "JPEG simulated in-graph (DCT quantisation, 4:2:0)",
+            "clean_fraction": args.clean_fraction,
+        },
+        "smote_space": None,
+        "command": log.get("command"),
+        "gpu": {
+            "script": "scripts/gpu/train_lab.py",
+            "precision": args.precision,
+            "label_smoothing": args.label_smoothing,
+            "warmup_steps": args.warmup_steps,
+            "lr_schedule": "cosine per step after a linear warm-up (keras CosineDecay)",
+            "max_seconds": args.max_seconds,
+            "train_subset": data["train"],
+            "val_subset": data["val"],
+            "initialised_from": {
+                "model": model["name"],
+                "training_run": model["training_run"],
+                "card_sha256": model["card_sha256"],
+            },
+            "pack_manifest_sha256": (log.get("pack") or {}).get("manifest_sha256"),
+        },
+    }
+
+
+def environment(versions: dict) -> dict:
+    """environment.json with ``environment_info``'s keys, describing the device."""
+    return {
+        "python": versions.get("python"),
+        "platform": versions.get("platform"),
+        "packages": {
+            "tensorflow": versions.get("tensorflow"),
+            "keras": versions.get("keras"),
+            "jax": versions.get("jax"),
+            "jaxlib": versions.get("jaxlib"),
+            "numpy": versions.get("numpy"),
+            "pillow": versions.get("pillow"),
+        },
+        "cpu": None,
+        "cpu_count": versions.get("cpu_count"),
+        "gpus": versions.get("gpus") or [],
+        "intra_op_threads": None,
+        "inter_op_threads": None,
+        "hostname": versions.get("hostname"),
+        "backend": versions.get("backend"),
+    }
+
+
+def run_files(run_dir: Path) -> dict:
+    """The run folder's small files, carried back inside the log (at most 8 files come back,
+    and the weights need most of them); import_run.py writes them out again."""
+    files: dict[str, Any] = {}
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_file():
+            files[name] = (
+                path.read_text() if name.endswith(".csv") else json.loads(path.read_text())
+            )
+    return files
+
+
+def _open_run(args: argparse.Namespace, manifest: dict, log: dict) -> tuple[RunRecord, dict]:
+    """The run folder under --work (created, or the previous call's with --resume)."""
+    work = Path(args.work)
+    if args.resume:
+        previous = json.loads((work / LOG_NAME).read_text())
+        args.run_id = previous["run_id"]
+    config = lab_config(args, manifest)
+    run_dir = work / "runs" / config.run_id
+    record = RunRecord(run_dir)
+    if not (run_dir / "config.json").is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", run_config(config, args, manifest, log))
+        write_json(run_dir / "environment.json", environment(backend_versions()))
+        record.create(
+            run_id=config.run_id,
+            arch=config.arch,
+            status="running",
+            created=_now(),
+            pid=os.getpid(),
+            host=platform.node(),
+            epochs_done=0,
+            initialisation={"model": "installed model " + str(manifest["model"]["name"])},
+            init_from=manifest["model"].get("training_run"),
+            trained_by="scripts/gpu/train_lab.py",
+        )
+    else:
+        record.update(status="running", pid=os.getpid(), host=platform.node())
+    record.start_clock()
+    log["run_id"] = config.run_id
+    return record, dataclasses.asdict(config)
+
+
+# ----------------------------------------------------------------------------- training
+
+
 def train(args: argparse.Namespace, log: dict, clock: _Clock) -> dict:
-    """The fine-tune; fills ``log`` as it goes (the caller writes it)."""
+    """The fine-tune, through the library's epoch loop and checkpoints; fills ``log`` as it
+    goes (the caller writes it)."""
     pack, work, out = Path(args.pack), Path(args.work), Path(args.out)
     manifest = read_manifest(pack)
     check_pack_files(pack, manifest, require={"model", "weights", "train", "val"})
@@ -518,6 +641,7 @@ def train(args: argparse.Namespace, log: dict, clock: _Clock) -> dict:
     import keras
     from lab_ops import LabConfig, make_layer_class
 
+    record, config = _open_run(args, manifest, log)
     keras.utils.set_random_seed(args.seed)
     if args.backend_cache and keras.backend.backend() == "jax":
         import jax
@@ -565,86 +689,79 @@ def train(args: argparse.Namespace, log: dict, clock: _Clock) -> dict:
     log["schedule"] = {"steps_per_epoch": steps, "total_steps": total_steps, "warmup": warmup}
 
     targets = one_hot(y_train, classes)
-    state = _restore_checkpoint(work, base, optimizer) if args.resume else None
-    if state is None:
-        state = {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "history": []}
+    ckpt_dir = record.folder / "checkpoints"
+    if not (ckpt_dir / "latest.json").is_file():
         tick = time.monotonic()
         initial_probs = predict_probs(model, x_val, args.eval_batch_size)
         log["initial_val"] = scores(initial_probs, y_val)
         log["timings"]["initial_val_s"] = round(time.monotonic() - tick, 2)  # compile included
         log["reference_check"] = reference_check(manifest, val_files, initial_probs)
         print(f"initial validation {log['initial_val']}; {log['reference_check']}", flush=True)
-    history = state["history"]
-    log["history"] = history
 
     seed_state = augmenter.seed_generator.state
     log["augment_seed_state"] = {"start": keras.ops.convert_to_numpy(seed_state).tolist()}
-    stop = _time_limit_callback(clock, args.reserve_seconds)
-    log["stop_reason"] = "epochs"
-    for epoch in range(state["epoch"], args.epochs):
-        if clock.left() <= args.reserve_seconds:
-            log["stop_reason"] = "max-seconds before an epoch"
-            break
+    limit = _time_limit_callback(clock, args.reserve_seconds)
+
+    def fit_epoch(epoch: int) -> dict:
         tick = time.monotonic()
-        stop.steps = 0
+        limit.steps = 0
         fitted = model.fit(
             epoch_batches(x_train, targets, args.batch_size, steps, args.seed, epoch),
             shuffle=False,  # the generator shuffles, per epoch
             steps_per_epoch=steps,
             epochs=epoch + 1,
             initial_epoch=epoch,
-            callbacks=[stop],
+            callbacks=[limit],
             verbose=0,
         )
         train_s = time.monotonic() - tick
-        train_logs = {k: float(v[-1]) for k, v in fitted.history.items()}
-        val_tick = time.monotonic()
         val = scores(predict_probs(model, x_val, args.eval_batch_size), y_val)
-        val_s = time.monotonic() - val_tick
         row = {
-            "epoch": epoch + 1,
-            "loss": train_logs.get("loss"),
-            "accuracy": train_logs.get("accuracy"),
+            **fit_logs(fitted),
             "val_loss": val["loss"],
             "val_accuracy": val["accuracy"],
-            "learning_rate": float(keras.ops.convert_to_numpy(schedule(optimizer.iterations))),
-            "seconds": round(train_s + val_s, 2),
             "train_seconds": round(train_s, 2),
-            "steps": stop.steps,
-            "images_per_s": round(stop.steps * args.batch_size / max(train_s, 1e-9), 1),
-            "complete": not stop.stopped,
+            "steps": limit.steps,
+            "images_per_s": round(limit.steps * args.batch_size / max(train_s, 1e-9), 1),
+            "complete": not limit.stopped,
+            "stopped": limit.stopped,
         }
-        history.append(row)
-        print(json.dumps(row), flush=True)
-        state["epoch"] = epoch + 1
-        better = val["accuracy"] is not None and val["accuracy"] > state["best_val_accuracy"]
-        if better:
-            state.update(best_val_accuracy=val["accuracy"], best_epoch=epoch + 1)
-            best = work / "best"
-            best.mkdir(parents=True, exist_ok=True)
-            np.savez(best / "weights.tmp.npz", *stored_arrays(base.get_weights()))
-            (best / "weights.tmp.npz").replace(best / "weights.npz")
-            _write_json(best / "best.json", {"epoch": epoch + 1, "val": val})
-        if args.checkpoint:
-            _save_checkpoint(work, base, optimizer, state)
-        _write_json(work / LOG_NAME, log)
-        if stop.stopped:
-            log["stop_reason"] = "max-seconds mid-epoch"
-            break
+        print(json.dumps({"epoch": epoch + 1, **row}), flush=True)
+        return row
+
+    def out_of_time() -> str | None:
+        return "max-seconds before an epoch" if clock.left() <= args.reserve_seconds else None
+
+    # The checkpointed model is the classifier itself (what train's checkpoints hold), not
+    # the augmenting wrapper: the same files resume here and on the CPU.
+    state = run_epochs(
+        record,
+        ckpt_dir,
+        base,
+        optimizer,
+        [Epoch(index=e) for e in range(args.epochs)],
+        fit_epoch,
+        config["keep_weights"],
+        stop=out_of_time,
+    )
+    log["history"] = record.history()
+    log["epoch_details"] = state.pop("rows")
+    log["stop_reason"] = state["stop_reason"]
     # advanced once per step: every step drew fresh augmentation parameters
     log["augment_seed_state"]["end"] = keras.ops.convert_to_numpy(seed_state).tolist()
     log["best_epoch"], log["best_val_accuracy"] = state["best_epoch"], state["best_val_accuracy"]
-    log["epochs_done"] = state["epoch"]
+    log["epochs_done"] = state["epoch"] + 1
+    # Trained; the test split is scored here by import_run (train --resume's last step).
+    record.update(stop_reason=state["stop_reason"], device_finished=_now())
 
-    # Export what was asked for, in the precision it will be installed in.
+    # Export the kept weights (as train's evaluation loads them), in the installed precision.
     stored_base = read_stored_weights(pack, manifest)
-    if args.keep == "best" and (work / "best" / "weights.npz").is_file():
-        arrays = _load_npz_list(work / "best" / "weights.npz")
-    else:
-        arrays = stored_arrays(base.get_weights())
-    log["exported"] = export(arrays, stored_base, args.keep, work, out)
+    if (ckpt_dir / "best.weights.h5").is_file():
+        base.load_weights(ckpt_dir / "best.weights.h5")
+    arrays = stored_arrays(base.get_weights())
+    log["exported"] = export(arrays, stored_base, config["keep_weights"], work, out)
     # The probe and the last validation score exactly what was exported, decoded again.
-    staging = work / f"export-{args.keep}"
+    staging = work / f"export-{config['keep_weights']}"
     names = [f["file"] for f in log["exported"]["files"]]
     base.set_weights(as_float32(read_export([out, staging], names, stored_base)))
     exported_probs = predict_probs(model, x_val, args.eval_batch_size)
@@ -654,12 +771,8 @@ def train(args: argparse.Namespace, log: dict, clock: _Clock) -> dict:
         "labels": [int(v) for v in y_val[:PROBE_IMAGES]],
         "probabilities": np.round(exported_probs[:PROBE_IMAGES], 6).tolist(),
     }
+    log["run_files"] = run_files(record.folder)
     return log
-
-
-def _load_npz_list(path: Path) -> list[np.ndarray]:
-    with np.load(path) as stored:
-        return [stored[f"arr_{i}"] for i in range(len(stored.files))]
 
 
 def export(arrays: list[np.ndarray], base: list[np.ndarray], tag: str, work: Path, out: Path):
@@ -687,7 +800,7 @@ def export_only(args: argparse.Namespace, log: dict) -> dict:
     """A follow-up call: weights an earlier run left in --work into --out, with its log.
 
     ``pending``: the files that did not fit the training call; ``best`` / ``last``: that run's
-    best-validation or last-epoch weights (encoded and delivered the same way)."""
+    kept (best.weights.h5) or last-epoch checkpoint weights, encoded and delivered the same way."""
     work, out, pack = Path(args.work), Path(args.out), Path(args.pack)
     previous = json.loads((work / LOG_NAME).read_text())
     exported = previous.get("exported") or {}
@@ -700,11 +813,16 @@ def export_only(args: argparse.Namespace, log: dict) -> dict:
     else:
         manifest = read_manifest(pack)
         base = read_stored_weights(pack, manifest)
-        source = work / ("best" if args.export_only == "best" else "ckpt") / "weights.npz"
-        arrays = _load_npz_list(source)
-        if args.export_only == "last":
-            arrays = stored_arrays(arrays)
-        previous["exported"] = export(arrays, base, args.export_only, work, out)
+        ckpt_dir = work / "runs" / previous["run_id"] / "checkpoints"
+        if args.export_only == "best":
+            source = ckpt_dir / "best.weights.h5"
+        else:
+            source = ckpt_dir / read_json(ckpt_dir / "latest.json")["folder"] / "model.weights.h5"
+        model = build_model(pack, manifest)
+        model.load_weights(source)
+        previous["exported"] = export(
+            stored_arrays(model.get_weights()), base, args.export_only, work, out
+        )
         previous.pop("probe", None)  # it described other weights
         previous.pop("exported_val", None)
     previous.setdefault("follow_up_calls", []).append(log)
@@ -813,8 +931,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit-train", type=int, default=None, help="first N images (tests)")
     p.add_argument("--limit-val", type=int, default=None, help="first N images (tests)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--resume", action="store_true", help="continue from --work's checkpoint")
-    p.add_argument("--no-checkpoint", dest="checkpoint", action="store_false")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --work from its checkpoint"
+    )
+    p.add_argument("--run-id", default=None, help="default: <stamp>-<arch>-<size>px[-cropNN]-lab")
+    p.add_argument("--note", default="lab preset, every layer fine-tuned on a GPU (issue 12)")
     p.add_argument(
         "--no-backend-cache",
         dest="backend_cache",

@@ -25,6 +25,8 @@ import ops_parity  # noqa: E402
 import train_lab  # noqa: E402
 
 from bcclassify.data.augment import PRESETS  # noqa: E402
+from bcclassify.storage.runs import RunRecord  # noqa: E402
+from bcclassify.training.runs import TrainConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +195,8 @@ def _install_for(tiny_store: Path, store: Path, data: Path) -> None:
 @pytest.mark.slow
 def test_pack_train_import_evaluate_promote(tiny_store, tmp_path, monkeypatch, cli):
     """The whole route on the tiny CNN: pack its own training and validation split, one training
-    step under TensorFlow, back as a run record that evaluate and promote take."""
+    step under TensorFlow through the library's loop into a library run folder, the weights back
+    as that run's checkpoint, finished by resume, then evaluate and promote."""
     import import_run
     import pack
 
@@ -227,13 +230,29 @@ def test_pack_train_import_evaluate_promote(tiny_store, tmp_path, monkeypatch, c
     )  # fmt: skip
     assert status == 0
     log = json.loads((out / "train_log.json").read_text())
-    assert log["epochs_done"] == 1 and log["history"][0]["steps"] == 1
+    assert log["epochs_done"] == 1 and log["epoch_details"][0]["steps"] == 1
     assert log["reference_check"]["images"] == 4 and log["reference_check"]["max_abs_diff"] < 1e-4
     assert log["exported"]["pending"] == [] and log["versions"]["backend"] == "tensorflow"
     assert len(log["probe"]["files"]) == sizes["val"]
     seeds = log["augment_seed_state"]
     assert seeds["start"] != seeds["end"]  # the step drew fresh augmentation parameters
     assert len(list(out.iterdir())) <= train_lab.OUT_MAX_FILES
+
+    # On the device: the library's run folder, config and checkpoints (bcclassify.training.loop).
+    device_run = work / "runs" / log["run_id"]
+    stored = json.loads((device_run / "config.json").read_text())
+    config = TrainConfig(
+        **{k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__}
+    )
+    assert config.augment_preset == "lab" and config.epochs == 1 and config.batch_size == 4
+    ckpt = device_run / "checkpoints"
+    assert json.loads((ckpt / "latest.json").read_text()) == {"folder": "epoch-0000", "epoch": 0}
+    assert (ckpt / "epoch-0000" / "model.weights.h5").is_file()
+    assert (ckpt / "epoch-0000" / "optimizer.npz").is_file() and (
+        ckpt / "best.weights.h5"
+    ).is_file()
+    assert RunRecord(device_run).history()[0]["epoch"] == 1
+    assert set(log["run_files"]) == set(train_lab.RUN_FILES)
 
     # Out of time before the first epoch: nothing trained, the starting weights still come back.
     late = tmp_path / "late"
@@ -248,15 +267,27 @@ def test_pack_train_import_evaluate_promote(tiny_store, tmp_path, monkeypatch, c
     for got, want in zip(train_lab.read_export([late], names, start), start):
         np.testing.assert_array_equal(got, want)
 
+    # Back here: the weights into the run folder, finished by train's own last step (resume).
     assert import_run.main([str(out), "--pack", str(packed), "--run-id", "gpu-lab"]) == 0
     run_dir = store / "runs" / "gpu-lab"
     run = json.loads((run_dir / "run.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
     assert run["status"] == "finished" and (run_dir / "model.keras").is_file()
-    assert run["probe"]["images"] == sizes["val"] and run["probe"]["max_abs_diff"] < 1e-4
     assert config["augment_preset"] == "lab" and config["freeze_until"] is None
     assert config["data_manifest_sha256"] == manifest["data"]["manifest_sha256"]
     assert (run_dir / "metrics.json").is_file() and (run_dir / "history.csv").is_file()
+    assert (run_dir / "checkpoints" / "best.weights.h5").is_file()
+
+    # Unscored, it is an ordinary interrupted run: train --resume finishes it.
+    assert (
+        import_run.main([str(out), "--pack", str(packed), "--run-id", "gpu-lab-2", "--no-score"])
+        == 0
+    )
+    assert not (store / "runs" / "gpu-lab-2" / "metrics.json").is_file()
+    cli(["train", "--resume", "gpu-lab-2"], store=store, check=True)
+    resumed = json.loads((store / "runs" / "gpu-lab-2" / "metrics.json").read_text())
+    scored_first = json.loads((run_dir / "metrics.json").read_text())
+    assert resumed["accuracy"] == pytest.approx(scored_first["accuracy"])
 
     listed = cli(["list", "--json"], store=store, check=True)
     assert "gpu-lab" in listed.stdout
