@@ -57,7 +57,7 @@ def add_config_options(
         meta = field.metadata
         flag = meta.get("flag", "--" + field.name.replace("_", "-"))
         kwargs: dict[str, Any] = {"dest": field.name}
-        if "help" in meta:  # no help=None: BooleanOptionalAction would still append its default
+        if "help" in meta:
             kwargs["help"] = meta["help"]
         if "metavar" in meta:
             kwargs["metavar"] = meta["metavar"]
