@@ -41,12 +41,12 @@ def runs_table_ui(table) -> None:
     st.caption("Best test accuracy first; click a column header to sort by another.")
 
 
-def progress_ui(record: ui.RunRecord) -> None:
+def progress_ui(record: ui.RunView) -> None:
     fraction, text = ui.run_progress(record)
     st.progress(fraction, text=f"{record.run_id} is running: {text}")
 
 
-def details_ui(record: ui.RunRecord) -> None:
+def details_ui(record: ui.RunView) -> None:
     """Configuration, environment and (cross-validation) folds of one run."""
     run = record.run
     if run.get("status") == "failed":

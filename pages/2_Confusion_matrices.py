@@ -11,7 +11,7 @@ from bcclassify.data.imaging import ImageLoadError, load_image
 MAX_THUMBNAILS = 48
 
 
-def source_ui() -> ui.RunRecord | None:
+def source_ui() -> ui.RunView | None:
     """An installed model (its own figures, as served) or a run."""
     options = ui.figure_sources()
     if not options:
@@ -37,7 +37,7 @@ def cell_from_chart(event, labels: list[str]) -> None:
         st.session_state["cm_true"], st.session_state["cm_pred"] = pair
 
 
-def images_ui(record: ui.RunRecord, fold: int | None, true: str, predicted: str) -> None:
+def images_ui(record: ui.RunView, fold: int | None, true: str, predicted: str) -> None:
     frame = ui.run_predictions(record, fold)
     cell = frame[(frame["true"] == true) & (frame["predicted"] == predicted)]
     st.markdown(

@@ -21,26 +21,25 @@ from bcclassify.serving.classifier import (
     load_model_folder,
     predict_with_views,
 )
+from bcclassify.storage.cards import write_card
 from bcclassify.storage.runs import RunRecord, headline
 from bcclassify.storage.store import (
     default_model_name,
     models_dir,
-    read_json,
     runs_dir,
     set_default_model,
     sha256_file,
-    write_json,
 )
 
 
-def _run_dir(run_id: str) -> Path:
-    folder = runs_dir() / run_id
-    if not (folder / "config.json").is_file():
+def _run_record(run_id: str) -> RunRecord:
+    record = RunRecord.of(run_id)
+    if not (record.folder / "config.json").is_file():
         raise FileNotFoundError(f"no run {run_id!r} under {runs_dir()}")
-    return folder
+    return record
 
 
-def _scope(dataset, manifest: str | None, seed: int, limit: int | None):
+def split_scope(dataset, manifest: str | None, seed: int, limit: int | None):
     """The run's test split when ``dataset`` is its training data, else every image."""
     from bcclassify.data.datasets import subsample as _subsample
 
@@ -66,8 +65,8 @@ def evaluate(
     if run_id:
         import keras
 
-        folder = _run_dir(run_id)
-        config = read_json(folder / "config.json")
+        record = _run_record(run_id)
+        folder, config = record.folder, record.config()
         if config.get("folds"):
             raise ValueError(f"{run_id} is a cross-validation run: its folds are its record")
         if not (folder / "model.keras").is_file():
@@ -187,7 +186,7 @@ def _score(
     """Metrics, and the true labels and probabilities they come from."""
     from bcclassify.data.datasets import write_predictions
 
-    dataset, indices, scope = _scope(scan_dataset(data), *split_of)
+    dataset, indices, scope = split_scope(scan_dataset(data), *split_of)
     pixels, kept = load_pixels([dataset.paths[i] for i in indices], image_size, progress=True)
     probabilities = predict(pixels)
     labels = dataset.labels[indices][kept]
@@ -235,8 +234,8 @@ def promote(
     """
     import keras
 
-    folder = _run_dir(run_id)
-    run = RunRecord(folder).summary()
+    record = _run_record(run_id)
+    folder, run = record.folder, record.summary()
     status = run.status if run else None
     if status != "finished":
         raise ValueError(f"{run_id} is {status!r}, not finished")
@@ -257,13 +256,13 @@ def promote(
     if views != SINGLE_VIEW:
         served = evaluate_installed(
             load_model_folder(staging, name),
-            read_json(folder / "config.json")["data"],
+            record.config()["data"],
             predictions_to=staging / SERVED_PREDICTIONS,
         )
         card["single_view_test_metrics"] = card["test_metrics"]
         card["test_metrics"] = {key: served[key] for key in SERVED_METRICS}
         card["files_sha256"][SERVED_PREDICTIONS] = sha256_file(staging / SERVED_PREDICTIONS)
-        write_json(staging / "card.json", card)
+        write_card(staging, card)
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
@@ -284,9 +283,8 @@ def card_for_run(run_dir: Path, name: str, threshold: float = DEFAULT_THRESHOLD)
     """The card fields that come from the training run record (``promote`` adds the rest)."""
     from bcclassify.models.registry import TRUNKS, get_architecture
 
-    config = read_json(run_dir / "config.json", {}) or {}
-    metrics = read_json(run_dir / "metrics.json", {}) or {}
-    run = read_json(run_dir / "run.json", {}) or {}
+    record = RunRecord(run_dir)
+    config, metrics, run = record.config(), record.metrics() or {}, record.read()
     arch = get_architecture(config["arch"])
     figures = headline(metrics)
     return {

@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bcclassify.storage.cards import ModelCard, weights_id, write_card
+from bcclassify.storage.store import write_json
+
 log = logging.getLogger(__name__)
 
 STEPS = 10
@@ -232,7 +235,7 @@ def sample_test_cells(classifier, data: str | Path, cells: int, seed: int) -> li
     is not its training data is sampled whole.
     """
     from bcclassify.data.datasets import scan_dataset
-    from bcclassify.evaluation.scoring import _scope
+    from bcclassify.evaluation.scoring import split_scope
 
     card = classifier.card
     split_of = (
@@ -240,7 +243,7 @@ def sample_test_cells(classifier, data: str | Path, cells: int, seed: int) -> li
         card.get("training_config", {}).get("seed", 42),
         None,
     )
-    dataset, indices, scope = _scope(scan_dataset(data), *split_of)
+    dataset, indices, scope = split_scope(scan_dataset(data), *split_of)
     rng = np.random.default_rng(seed)
     labels = dataset.labels[indices]
     per_class = int(np.ceil(cells / len(dataset.class_names)))
@@ -377,17 +380,6 @@ def default_configs(classifier) -> tuple[Config, ...]:
     return (Config("gradcam", "gradcam", layers), Config("layercam", "layercam", layers))
 
 
-def weights_id(card: dict) -> str:
-    """A short id of the model's weights (not of its card, which other keys may change)."""
-    import hashlib
-
-    files = card.get("files_sha256", {})
-    # Only the network: calibration or novelty files added later do not change the maps.
-    network = {k: v for k, v in files.items() if k == "model.json" or k.startswith("weights-")}
-    listed = "".join(f"{k}={v};" for k, v in sorted(network.items()))
-    return hashlib.sha256(listed.encode()).hexdigest()[:12]
-
-
 def run(
     model: str | None,
     data: str | Path,
@@ -476,21 +468,22 @@ def record(model_folder: Path, result: dict, chosen: str | None, docs_dir: Path)
     The card is re-read right before it is written and only the explain keys change
     (``explain_layers``, ``explain_method``, ``faithfulness``): other tools update other keys.
     """
-    from bcclassify.storage.store import read_json, write_json
-
     docs_dir.mkdir(parents=True, exist_ok=True)
     out = docs_dir / f"faithfulness-{result['model']}.json"
     write_json(out, result)
     if chosen is not None:
         row = result["table"][chosen]
-        card_path = model_folder / "card.json"
-        card = read_json(card_path)
+        card = ModelCard.read(model_folder)
         if card is None:
-            raise FileNotFoundError(f"{card_path}: no readable card")
-        card["explain_layers"] = list(row["layers"])
-        card["explain_method"] = row["method"]
-        card["faithfulness"] = card_summary(result, chosen, str(out))
-        write_json(card_path, card)
+            raise FileNotFoundError(f"{model_folder / 'card.json'}: no readable card")
+        write_card(
+            model_folder,
+            card.updated(
+                explain_layers=list(row["layers"]),
+                explain_method=row["method"],
+                faithfulness=card_summary(result, chosen, str(out)),
+            ),
+        )
     return out
 
 

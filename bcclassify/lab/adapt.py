@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from bcclassify import CLASS_NAMES
+from bcclassify.storage.cards import ModelCard, write_card
+from bcclassify.storage.runs import RunRecord, utc_now
 
 DEFAULT_PER_CLASS = 10
 DEFAULT_PULL = 0.01  # L2 weight toward the source head (per mean cross-entropy); see module doc
@@ -355,8 +357,8 @@ def adapt(
         fit_temperature,
         l2_normalise,
     )
-    from bcclassify.storage.store import models_dir, read_json, runs_dir, sha256_file, write_json
-    from bcclassify.training.runs import _now, environment_info
+    from bcclassify.storage.store import models_dir, runs_dir, sha256_file, write_json
+    from bcclassify.training.runs import environment_info
 
     started = time.time()
     fit_views = tuple(VIEW_TRANSFORMS)  # all 8 symmetries: a cell has no orientation
@@ -401,18 +403,16 @@ def adapt(
         },
     )
     write_json(run_dir / "environment.json", environment_info())
-    write_json(
-        run_dir / "run.json",
-        {
-            "run_id": run_id,
-            "arch": source.architecture,
-            "kind": "adaptation",
-            "status": "running",
-            "created": _now(),
-            "pid": os.getpid(),
-            "host": platform.node(),
-            "model": config.name,
-        },
+    record = RunRecord(run_dir)
+    record.create(
+        run_id=run_id,
+        arch=source.architecture,
+        kind="adaptation",
+        status="running",
+        created=utc_now(),
+        pid=os.getpid(),
+        host=platform.node(),
+        model=config.name,
     )
     staging = _staging(config.name)
     try:
@@ -527,13 +527,12 @@ def adapt(
                 "file": file_name,
             }
             card["files_sha256"] = dict(sorted({**card["files_sha256"], file_name: digest}.items()))
-            write_json(staging / "card.json", card)
+            write_card(staging, card)
         if install:
             staging.replace(models_dir() / config.name)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        run = read_json(run_dir / "run.json", {}) or {}
-        write_json(run_dir / "run.json", {**run, "status": "failed", "error": f"{exc}"})
+        record.update(status="failed", error=f"{exc}")
         raise
 
     fit_seconds = round(time.time() - started, 1)
@@ -554,18 +553,8 @@ def adapt(
         "fit_seconds": fit_seconds,
         "duration_s": seconds,
     }
-    write_json(run_dir / "metrics.json", metrics)
-    run = read_json(run_dir / "run.json", {}) or {}
-    write_json(
-        run_dir / "run.json",
-        {
-            **run,
-            "status": "finished",
-            "finished": _now(),
-            "duration_s": seconds,
-            "model": config.name,
-        },
-    )
+    record.write_metrics(metrics)
+    record.update(status="finished", finished=utc_now(), duration_s=seconds, model=config.name)
     return Adapted(config.name, card, run_dir, len(taken), len(rest), figures, seconds, fit_seconds)
 
 
@@ -585,9 +574,8 @@ def evaluate_rest(
     """
     from bcclassify.serving.classifier import load_model_folder
     from bcclassify.serving.trust import temper, trust_figures
-    from bcclassify.storage.store import read_json
 
-    adapted = load_model_folder(adapted_folder, read_json(adapted_folder / "card.json")["name"])
+    adapted = load_model_folder(adapted_folder, ModelCard.read(adapted_folder).name)
     names = list(source.class_names)
     labels = np.asarray([names.index(c) for _, c in rest])
     feats = view_features(source, [i for i, _ in rest], "held-back cells", progress)

@@ -28,14 +28,13 @@ from bcclassify.presentation.tables import (
 )
 from bcclassify.review.report import spreadsheet_safe
 from bcclassify.storage.cards import ModelCard, installed_cards
-from bcclassify.storage.runs import run_summaries
+from bcclassify.storage.runs import RunRecord, run_summaries
 from bcclassify.storage.store import (
     REPO_ROOT,
     STORE_ENV,
     default_model_name,
     models_dir,
     read_csv,
-    read_json,
     runs_dir,
     sha256_bytes,
     sha256_file,
@@ -171,8 +170,10 @@ def _shown_path(match: re.Match) -> str:
 
 
 @dataclass
-class RunRecord:
-    """Everything a run folder holds, read for display (CV folds included)."""
+class RunView:
+    """What the run and figure pages show: a run folder read through
+    :class:`~bcclassify.storage.runs.RunRecord` (CV folds included), or an installed model's own
+    test figures in the same shape (:func:`model_figures`)."""
 
     run_id: str
     folder: Path
@@ -197,39 +198,39 @@ class RunRecord:
         )
 
 
-def _history_frame(path: Path) -> pd.DataFrame:
-    rows = read_csv(path)
-    frame = pd.DataFrame(rows)
+def history_frame(record: RunRecord) -> pd.DataFrame:
+    """A run's (or fold's) history.csv as numbers, for the learning-curve figures."""
+    frame = pd.DataFrame(record.history_rows())
     for column in frame.columns:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
 
 
-def load_run(run_id: str) -> RunRecord:
-    folder = runs_dir() / run_id
-    folds = []
-    for fold_dir in sorted(folder.glob("fold-*"), key=lambda p: int(p.name.split("-")[-1])):
-        folds.append(
-            {
-                "fold": int(fold_dir.name.split("-")[-1]),
-                "folder": fold_dir,
-                "metrics": read_json(fold_dir / "metrics.json", {}) or {},
-                "history": _history_frame(fold_dir / "history.csv"),
-            }
-        )
-    return RunRecord(
+def load_run(run_id: str) -> RunView:
+    """A run of the store, read for display."""
+    record = RunRecord.of(run_id)
+    folds = [
+        {
+            "fold": fold.fold,
+            "folder": fold.folder,
+            "metrics": fold.metrics() or {},
+            "history": history_frame(fold),
+        }
+        for fold in record.folds()
+    ]
+    return RunView(
         run_id=run_id,
-        folder=folder,
-        run=read_json(folder / "run.json", {}) or {},
-        config=read_json(folder / "config.json", {}) or {},
-        environment=read_json(folder / "environment.json", {}) or {},
-        metrics=read_json(folder / "metrics.json", {}) or {},
-        history=_history_frame(folder / "history.csv"),
+        folder=record.folder,
+        run=record.read(),
+        config=record.config(),
+        environment=record.environment(),
+        metrics=record.metrics() or {},
+        history=history_frame(record),
         folds=folds,
     )
 
 
-def run_progress(record: RunRecord) -> tuple[float, str]:
+def run_progress(record: RunView) -> tuple[float, str]:
     """Fraction done and a caption for a run in progress."""
     epochs = int(record.config.get("epochs") or 0)
     done = int(record.run.get("epochs_done") or 0)
@@ -247,7 +248,7 @@ def run_progress(record: RunRecord) -> tuple[float, str]:
     return (min(finished / total, 1.0) if total else 0.0), text
 
 
-def learning_curves(records: list[RunRecord]) -> dict[str, pd.DataFrame]:
+def learning_curves(records: list[RunView]) -> dict[str, pd.DataFrame]:
     """Histories to overlay, labelled by run (and fold for cross-validation runs)."""
     curves = {}
     for record in records:
@@ -260,7 +261,7 @@ def learning_curves(records: list[RunRecord]) -> dict[str, pd.DataFrame]:
     return curves
 
 
-def fold_table(record: RunRecord) -> pd.DataFrame:
+def fold_table(record: RunView) -> pd.DataFrame:
     """Each fold's accuracy and macro-F1, then mean ± std from the run's summary."""
     rows = [
         {
@@ -289,7 +290,7 @@ def evaluated_runs() -> list[str]:
     return [r.run_id for r in run_summaries() if (runs_dir() / r.run_id / "metrics.json").is_file()]
 
 
-def model_figures(name: str) -> RunRecord | None:
+def model_figures(name: str) -> RunView | None:
     """An installed model's own test figures, in the shape the run pages read (None: none).
 
     A model promoted with test-time views was scored as served: its test_predictions.csv holds
@@ -316,7 +317,7 @@ def model_figures(name: str) -> RunRecord | None:
         metrics, predictions = run.metrics, run.folder / "predictions.csv"
     else:
         return None
-    return RunRecord(
+    return RunView(
         run_id=name,
         folder=folder,
         run=run.run if run else {},
@@ -340,7 +341,7 @@ def figure_sources() -> list[str]:
     return models + [f"run: {run_id}" for run_id in evaluated_runs()]
 
 
-def load_figures(choice: str) -> RunRecord:
+def load_figures(choice: str) -> RunView:
     """The record behind a ``figure_sources`` choice."""
     kind, name = choice.split(": ", 1)
     record = model_figures(name) if kind == "model" else load_run(name)
@@ -349,7 +350,7 @@ def load_figures(choice: str) -> RunRecord:
     return record
 
 
-def figures_caption(record: RunRecord) -> str:
+def figures_caption(record: RunView) -> str:
     """Whose figures a page shows: a model's as served, or a run's."""
     if record.kind != "model":
         return f"Training run {record.run_id}: its test split, the image as given."
@@ -359,7 +360,7 @@ def figures_caption(record: RunRecord) -> str:
     return f"Installed model {record.run_id} ({how}), on the test split of {run}."
 
 
-def run_confusion(record: RunRecord, fold: int | None = None) -> np.ndarray:
+def run_confusion(record: RunView, fold: int | None = None) -> np.ndarray:
     """The run's test confusion matrix; for CV, one fold's or (fold None) the sum over folds."""
     metrics = record.metrics
     if fold is not None:
@@ -367,7 +368,7 @@ def run_confusion(record: RunRecord, fold: int | None = None) -> np.ndarray:
     return np.asarray(metrics.get("confusion_matrix") or np.zeros((8, 8)), dtype=np.int64)
 
 
-def run_predictions(record: RunRecord, fold: int | None = None) -> pd.DataFrame:
+def run_predictions(record: RunView, fold: int | None = None) -> pd.DataFrame:
     """predictions.csv rows (every fold's for CV when ``fold`` is None) with a resolved path."""
     if record.predictions_file is not None:
         files = [record.predictions_file]
@@ -393,7 +394,7 @@ def run_predictions(record: RunRecord, fold: int | None = None) -> pd.DataFrame:
     return frame
 
 
-def per_class_table(record: RunRecord) -> pd.DataFrame:
+def per_class_table(record: RunView) -> pd.DataFrame:
     """Precision, recall, F1 and support per class, then macro and weighted averages.
 
     A cross-validation run stores per-class scores per fold, so they are taken from the confusion

@@ -21,12 +21,8 @@ import numpy as np
 from bcclassify import CLASS_NAMES
 from bcclassify.data.imaging import ImageLoadError, ImageSource, load_image
 from bcclassify.serving.acquisition import AcquisitionRange
-from bcclassify.storage.store import (
-    default_model_name,
-    models_dir,
-    sha256_file,
-    write_json,
-)
+from bcclassify.storage.cards import write_card
+from bcclassify.storage.store import default_model_name, models_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +113,7 @@ def export_model(model, folder: Path, card: dict) -> dict:
         "files_sha256": {name: sha256_file(folder / name) for name in sorted(files)},
         "exported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    write_json(folder / "card.json", card)
+    write_card(folder, card)
     return card
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bcclassify.storage.cards import weights_id, write_card
+
 HEAD_LAYER = "predictions"
 
 
@@ -367,19 +369,6 @@ def trust_figures(
     }
 
 
-def _weights_id(card: dict) -> str:
-    """A short id of the model's weights, so cached features never outlive the model."""
-    import hashlib
-
-    listed = card.get("files_sha256") or {}
-    text = "".join(
-        f"{k}={v}"
-        for k, v in sorted(listed.items())
-        if k == "model.json" or k.startswith("weights-")
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
 def _served_from_record(classifier, relative_paths: list[str]) -> np.ndarray | None:
     """The installed model's own test-split probabilities (test_predictions.csv), if it has them."""
     import csv
@@ -425,7 +414,7 @@ def calibrate_model(
         reliability_table,
     )
     from bcclassify.serving.classifier import NOVELTY_FILE, load_model
-    from bcclassify.storage.store import sha256_file, write_json
+    from bcclassify.storage.store import sha256_file
 
     classifier = load_model(name)
     card = dict(classifier.card)
@@ -437,7 +426,7 @@ def calibrate_model(
 
     # Beside the store (the repository's cache/ for the bundled one), never inside a model.
     cache_root = cache_root or store_root().resolve().parent / "cache" / "trust"
-    cache = cache_root / f"{classifier.name}-{_weights_id(card)}"
+    cache = cache_root / f"{classifier.name}-{weights_id(card)}"
 
     def labelled(indices, averaged, set_name):
         got = extract(
@@ -583,7 +572,7 @@ def calibrate_model(
     files = {k: v for k, v in card["files_sha256"].items() if k != old_name}
     files[file_name] = digest
     card["files_sha256"] = dict(sorted(files.items()))
-    write_json(classifier.folder / "card.json", card)
+    write_card(classifier.folder, card)
     if old_name and old_name != file_name:
         (classifier.folder / old_name).unlink(missing_ok=True)
     return card
@@ -659,7 +648,7 @@ def fit_acquisition(name: str | None, data: str | Path, shifted: str | Path | No
     """Fit only the acquisition range of an installed model (calibrate does it too) and write
     it into the card; no TensorFlow needed. Returns the new card."""
     from bcclassify.serving.classifier import read_card, resolve_model_name
-    from bcclassify.storage.store import models_dir, write_json
+    from bcclassify.storage.store import models_dir
 
     chosen = resolve_model_name(name)
     folder = models_dir() / chosen
@@ -667,5 +656,5 @@ def fit_acquisition(name: str | None, data: str | Path, shifted: str | Path | No
     dataset, split, seed = _own_split(chosen, card, data)
     fitted, outside_of = _fit_acquisition(card, dataset, split, seed)
     card["acquisition"] = _acquisition_section(fitted, outside_of, dataset, split, shifted)
-    write_json(folder / "card.json", card)
+    write_card(folder, card)
     return card

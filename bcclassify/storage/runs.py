@@ -136,6 +136,10 @@ class RunRecord:
         """metrics.json (None until the run or fold has finished)."""
         return read_json(self.folder / "metrics.json")
 
+    def history_rows(self) -> list[dict[str, str]]:
+        """history.csv's rows as written (text), for tables that parse them their own way."""
+        return read_csv(self.folder / "history.csv")
+
     def history(self) -> list[dict]:
         """history.csv's rows, numbers parsed (the stage stays a name)."""
 
@@ -144,8 +148,7 @@ class RunRecord:
                 return value or None
             return float(value)
 
-        rows = read_csv(self.folder / "history.csv")
-        return [{k: parse(k, v) for k, v in row.items()} for row in rows]
+        return [{k: parse(k, v) for k, v in row.items()} for row in self.history_rows()]
 
     def folds(self) -> list[RunRecord]:
         """A cross-validated run's folds (``fold-1``, ``fold-2``, …), in order."""

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class Record(Protocol):
-    """What the loop needs of ``runs.RunRecord``."""
+    """What the loop needs of ``bcclassify.storage.runs.RunRecord``."""
 
     def history(self) -> list[dict]: ...
 

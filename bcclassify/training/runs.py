@@ -19,7 +19,6 @@ import logging
 import os
 import platform
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -27,7 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from bcclassify.storage.store import read_csv, read_json, runs_dir, write_csv, write_json
+
+from bcclassify.storage.runs import RunRecord, utc_now
+from bcclassify.storage.store import read_json, runs_dir, write_json
 from bcclassify.training.feeds import Feeds, activation_cache, make_feeds
 from bcclassify.training.loop import (  # noqa: F401  (keeps_epoch: runs' public name)
     Epoch,
@@ -42,17 +43,6 @@ if TYPE_CHECKING:
     from bcclassify.models.registry import Architecture, Stage
 
 log = logging.getLogger(__name__)
-
-HISTORY_COLUMNS = [
-    "epoch",
-    "loss",
-    "accuracy",
-    "val_loss",
-    "val_accuracy",
-    "learning_rate",
-    "seconds",
-    "stage",
-]
 
 
 @dataclass
@@ -184,79 +174,6 @@ def environment_info() -> dict:
     }
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-class RunRecord:
-    """The record of a run, or of one fold of it, in its folder: run.json, history.csv and
-    metrics.json (the model, its predictions and checkpoints sit beside them).
-
-    Once its clock is started, every update of run.json refreshes ``duration_s``: the seconds
-    recorded by earlier processes plus this one's, so a run killed with kill -9 still accounts
-    for its time up to then.
-    """
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self._clock: tuple[float, float] | None = None  # (seconds recorded before, start here)
-
-    def start_clock(self) -> None:
-        before = self.read().get("duration_s", 0.0) or 0.0
-        self._clock = (float(before), time.time())
-
-    def elapsed(self) -> float:
-        if self._clock is None:
-            raise RuntimeError(f"{self.folder}: the run's clock was never started")
-        before, started = self._clock
-        return round(before + time.time() - started, 1)
-
-    def read(self) -> dict:
-        return read_json(self.folder / "run.json", {}) or {}
-
-    def create(self, **fields) -> None:
-        write_json(self.folder / "run.json", fields)
-
-    def update(self, **changes) -> dict:
-        run = self.read()
-        if self._clock is not None and "duration_s" not in changes:
-            changes["duration_s"] = self.elapsed()
-        run.update(changes, updated=_now())
-        write_json(self.folder / "run.json", run)
-        return run
-
-    def history(self) -> list[dict]:
-        def parse(key: str, value: str):
-            if key == "stage" or value in ("", None):
-                return value or None
-            return float(value)
-
-        rows = read_csv(self.folder / "history.csv")
-        return [{k: parse(k, v) for k, v in row.items()} for row in rows]
-
-    def write_history(self, history: list[dict]) -> None:
-        write_csv(
-            self.folder / "history.csv",
-            HISTORY_COLUMNS,
-            [[row.get(c, "") for c in HISTORY_COLUMNS] for row in history],
-        )
-
-    def metrics(self) -> dict | None:
-        return read_json(self.folder / "metrics.json")
-
-    def write_metrics(self, metrics: dict) -> None:
-        write_json(self.folder / "metrics.json", metrics)
-
-    def finish(self, metrics: dict) -> None:
-        """metrics.json and the finished run.json, with one reading of the clock for both."""
-        metrics["duration_s"] = self.elapsed()
-        self.write_metrics(metrics)
-        self.update(status="finished", finished=_now(), duration_s=metrics["duration_s"])
-
-    def fail(self, exc: BaseException) -> None:
-        self.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-
-
 def _distribution_strategy(name: str):
     import tensorflow as tf
 
@@ -343,6 +260,7 @@ def _assemble(config: TrainConfig, arch: Architecture, num_classes: int) -> _Par
     """Build the model (seeded), cut it at the frozen boundaries or wrap it in the architecture's
     trainer, and compile it with a fresh optimizer."""
     import keras
+
     from bcclassify.models.registry import build, split_model
 
     image_size = config.image_size or arch.default_image_size
@@ -587,7 +505,7 @@ def train(config: TrainConfig) -> Path:
             run_id=run_id,
             arch=config.arch,
             status="running",
-            created=_now(),
+            created=utc_now(),
             pid=os.getpid(),
             host=platform.node(),
             epochs_done=0,

@@ -162,10 +162,3 @@ def test_faithfulness_command_prints_the_table_and_saves_it(store_env, tmp_path)
         cwd=tmp_path,
     )
     assert refused.returncode == 2 and "--set-default needs --save" in refused.stderr
-
-
-def test_checkpoints_follow_the_network_not_files_added_to_the_card_later():
-    card = {"files_sha256": {"model.json": "a", "weights-000.npz": "b"}}
-    calibrated = {"files_sha256": {**card["files_sha256"], "novelty-1.npz": "c"}}
-    retrained = {"files_sha256": {"model.json": "a", "weights-000.npz": "z"}}
-    assert fa.weights_id(card) == fa.weights_id(calibrated) != fa.weights_id(retrained)

@@ -40,7 +40,7 @@ def test_probability_figure_highlights_the_top_class():
 def test_cross_validation_per_class_scores_come_from_the_pooled_matrix(tmp_path):
     matrix = np.eye(8, dtype=int) * 3
     matrix[0, 1] = 1  # one basophil called an eosinophil
-    record = ui.RunRecord(
+    record = ui.RunView(
         run_id="cv",
         folder=tmp_path,
         run={},
@@ -64,7 +64,7 @@ def test_data_dir_prefers_the_environment_then_the_secret(monkeypatch, tmp_path)
 
 
 def test_run_progress_reports_epochs_and_eta(tmp_path):
-    record = ui.RunRecord(
+    record = ui.RunView(
         "r", tmp_path, {"epochs_done": 3, "eta_s": 125}, {"epochs": 10}, {}, {}, pd.DataFrame(), []
     )
     fraction, text = ui.run_progress(record)

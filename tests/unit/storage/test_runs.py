@@ -1,14 +1,9 @@
-"""Run summaries and model cards as typed records: unknown keys kept, headline figures read once."""
+"""Run records: one reader and writer of a run folder; summaries keep unknown keys, headline
+figures read once."""
 
 from __future__ import annotations
 
-import json
-
-import pytest
-from helpers import REPO
-
-from bcclassify.storage.cards import ModelCard
-from bcclassify.storage.runs import RunSummary, headline, mean_or_value, run_summaries
+from bcclassify.storage.runs import RunRecord, RunSummary, headline, mean_or_value, run_summaries
 from bcclassify.storage.store import list_runs, write_json
 
 
@@ -18,31 +13,6 @@ def test_a_fold_summary_gives_its_mean_and_a_plain_value_itself():
     cv = {"summary": {"accuracy": {"mean": 0.89, "std": 0.02}}, "duration_s": 10}
     assert headline(cv) == {"accuracy": 0.89}
     assert headline({"accuracy": 0.95, "macro_f1": 0.94})["macro_f1"] == 0.94
-
-
-def test_a_card_round_trips_with_its_unknown_sections_in_order():
-    card = {
-        "name": "m",
-        "architecture": "cnn",
-        "calibration": {"temperature": 1.2},
-        "test_metrics": {"accuracy": 0.9},
-        "adaptation": {"cells": 10},
-        "explain_layers": None,
-    }
-    typed = ModelCard.from_json(card)
-    assert typed.accuracy == 0.9 and typed.views == ["identity"]
-    assert typed.sections == {"calibration": {"temperature": 1.2}, "adaptation": {"cells": 10}}
-    assert list(typed.to_json().items()) == list(card.items())  # same keys, same order
-    assert typed.get("adaptation") == {"cells": 10}
-    typed.size_mb = 5.0  # a new field goes after the card's own keys
-    assert list(typed.to_json())[-1] == "size_mb"
-
-
-@pytest.mark.parametrize("folder", sorted((REPO / "model_store" / "models").iterdir()))
-def test_bundled_cards_are_written_back_byte_for_byte(folder):
-    text = (folder / "card.json").read_text()
-    card = ModelCard.from_json(json.loads(text))
-    assert json.dumps(card.to_json(), indent=2) + "\n" == text  # what store.write_json writes
 
 
 def test_a_run_summary_round_trips_and_keeps_unknown_keys():
@@ -70,3 +40,23 @@ def test_a_cross_validated_runs_summary_shows_the_fold_mean(tmp_path, monkeypatc
     assert (cv.run_id, cv.test_accuracy, cv.macro_f1, cv.folds) == ("cv", 0.8, 0.7, 5)
     assert (single.test_accuracy, single.macro_f1) == (0.9, 0.85)
     assert list_runs() == [cv.to_json(), single.to_json()]
+
+
+def test_a_run_record_reads_back_what_it_wrote(tmp_path):
+    record = RunRecord(tmp_path / "r")
+    record.create(run_id="r", status="running", created="2026-01-01T00:00:00+00:00")
+    write_json(record.folder / "config.json", {"arch": "cnn", "folds": 2})
+    record.write_history([{"epoch": 1, "loss": 0.5, "stage": "classifier"}])
+    for k in (2, 1):
+        RunRecord(record.folder / f"fold-{k}").write_metrics({"accuracy": k / 4})
+    record.start_clock()
+    record.finish({"summary": {"accuracy": {"mean": 0.375, "std": 0.125}}})
+    assert record.read()["status"] == "finished" and record.config()["folds"] == 2
+    assert record.history()[0] == {
+        "epoch": 1.0, "loss": 0.5, "accuracy": None, "val_loss": None, "val_accuracy": None,
+        "learning_rate": None, "seconds": None, "stage": "classifier",
+    }  # fmt: skip
+    assert [(f.fold, f.metrics()["accuracy"]) for f in record.folds()] == [(1, 0.25), (2, 0.5)]
+    summary = record.summary()
+    assert (summary.run_id, summary.test_accuracy, summary.finished) == ("r", 0.375, True)
+    assert summary.duration_s == record.metrics()["duration_s"]
