@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-import ui
 from bcclassify import DATASET_CREDIT
+from bcclassify.presentation.pages import store_description
+from ui.session import preload_default_model
 
 PAGES = [  # (script, title, icon), in sidebar order; the first is the default page
     ("pages/0_Classify.py", "Classify", ":material/biotech:"),
@@ -30,9 +31,9 @@ page = st.navigation(
         for index, (script, title, icon) in enumerate(PAGES)
     ]
 )
-ui.preload_default_model()  # in the background: ready by the first upload
+preload_default_model()  # in the background: ready by the first upload
 with st.sidebar:
-    st.caption(ui.store_description())
+    st.caption(store_description())
 page.run()
 with st.sidebar:
     st.divider()

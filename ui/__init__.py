@@ -1,126 +1,21 @@
-"""The app's presentation layer: what ``app.py`` and ``pages/`` call as ``ui.<name>``.
+"""The app's presentation layer: Streamlit and plotly are used only here, never in the library.
 
-Streamlit and plotly are used only in this package (``session``: secrets, model caches, the
-per-session caches the pages share, table sizing; ``figures``: plotly figures). The data shaping
-it hands to the pages lives in the library (``bcclassify.presentation.pages`` and
-``bcclassify.presentation.tables``) and is gathered here so a page has one namespace to read;
-the library and the command line never import this package."""
-
-from __future__ import annotations
-
-from bcclassify.presentation.pages import (
-    BENCH_HINT,
-    EXAMPLE_CREDIT,
-    EXAMPLES_DIR,
-    PROMOTE_HINT,
-    TRAIN_HINT,
-    CellInput,
-    RunView,
-    card_sha256,
-    empty_store_note,
-    example_images,
-    example_label,
-    figure_sources,
-    figures_caption,
-    fold_table,
-    learning_curves,
-    load_figures,
-    load_run,
-    model_cards,
-    oidc_providers,
-    oidc_reviewer,
-    per_class_table,
-    results_csv,
-    run_confusion,
-    run_predictions,
-    run_progress,
-    store_description,
-    trust_summary,
-    unique_inputs,
-    without_machine_paths,
-)
-from bcclassify.presentation.tables import (
-    MISSING,
-    class_label,
-    leaderboard,
-    percent,
-    reference_table,
-    runs_table,
-)
-from bcclassify.review.reviews import default_data_dir as configured_data_dir  # one resolver
-
-from .figures import (
-    confusion_figure,
-    count_figure,
-    learning_curve_figure,
-    per_class_comparison_figure,
-    probability_figure,
-    reliability_figure,
-)
-from .session import (
-    app_secrets,
-    cached_explainer,
-    cached_explanation,
-    cached_model,
-    cached_working_copy,
-    model_key,
-    preload_default_model,
-    session_lru,
-    table_height,
-    working_copies,
-)
+One module per page (``classify`` and ``review``, ``runs``, ``confusion``, ``metrics``,
+``comparison``, ``adapt``), each a set of regions that draw widgets and return the user's choices,
+plus what several pages share: ``login`` (who is reviewing), ``session`` (secrets, model caches,
+per-session caches, table sizing) and ``figures`` (plotly figures). The data they show is shaped in
+``bcclassify.presentation``; pages import what they use from these modules.
+"""
 
 __all__ = [
-    "BENCH_HINT",
-    "EXAMPLE_CREDIT",
-    "EXAMPLES_DIR",
-    "MISSING",
-    "PROMOTE_HINT",
-    "TRAIN_HINT",
-    "CellInput",
-    "RunView",
-    "app_secrets",
-    "cached_explainer",
-    "cached_explanation",
-    "cached_model",
-    "cached_working_copy",
-    "card_sha256",
-    "class_label",
-    "configured_data_dir",
-    "confusion_figure",
-    "count_figure",
-    "empty_store_note",
-    "example_images",
-    "example_label",
-    "figure_sources",
-    "figures_caption",
-    "fold_table",
-    "leaderboard",
-    "learning_curve_figure",
-    "learning_curves",
-    "load_figures",
-    "load_run",
-    "model_cards",
-    "model_key",
-    "oidc_providers",
-    "oidc_reviewer",
-    "per_class_comparison_figure",
-    "per_class_table",
-    "percent",
-    "preload_default_model",
-    "probability_figure",
-    "reference_table",
-    "reliability_figure",
-    "results_csv",
-    "run_confusion",
-    "run_predictions",
-    "run_progress",
-    "runs_table",
-    "session_lru",
-    "store_description",
-    "table_height",
-    "trust_summary",
-    "unique_inputs",
-    "without_machine_paths",
-    "working_copies",
+    "adapt",
+    "classify",
+    "comparison",
+    "confusion",
+    "figures",
+    "login",
+    "metrics",
+    "review",
+    "runs",
+    "session",
 ]

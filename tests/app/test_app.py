@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 import hashlib
 import io
+import json
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -17,8 +19,12 @@ from helpers import REPO
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+import bcclassify
 from bcclassify import CLASS_LABELS
 from bcclassify.access import accounts
+from bcclassify.data.imaging import IMAGE_TYPES
+from bcclassify.presentation.pages import EXAMPLES_DIR, example_images
+from bcclassify.serving.acquisition import fit_range, summaries
 from bcclassify.serving.classifier import Prediction
 
 APP = REPO / "app.py"
@@ -86,11 +92,20 @@ def test_app_py_only_sets_up_and_registers_every_page():
     assert all((REPO / page).is_file() for page in registered)
 
 
-def test_example_cells_ship_with_the_library_and_their_credit():
-    import bcclassify
-    from bcclassify.data.imaging import IMAGE_TYPES
-    from bcclassify.presentation.pages import EXAMPLES_DIR, example_images
+PAGE_LINES = 200  # a page reads as a table of contents; its regions live in ui/
 
+
+def test_pages_only_present_each_in_at_most_200_lines():
+    scripts = [APP, *sorted((REPO / "pages").glob("*.py"))]
+    long = {
+        p.relative_to(REPO).as_posix(): n
+        for p in scripts
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > PAGE_LINES
+    }
+    assert not long, f"over {PAGE_LINES} lines: {long}"
+
+
+def test_example_cells_ship_with_the_library_and_their_credit():
     package = Path(bcclassify.__file__).parent
     examples = example_images()
     assert [p.parent.name for p in examples] == [n for n in CLASS_LABELS for _ in range(2)]
@@ -413,11 +428,6 @@ def test_a_batch_mostly_unlike_the_training_cells_gets_the_other_lab_warning(
 ):
     """Another lab's look (yellowed backgrounds) is outside the model's acquisition range: every
     cell is unidentified and the batch gets a warning pointing to adaptation."""
-    import json
-    import shutil
-
-    from bcclassify.serving.acquisition import fit_range, summaries
-
     store = tmp_path / "store"
     shutil.copytree(tiny_store, store)
     card_path = store / "models" / "tiny-cnn" / "card.json"

@@ -1,0 +1,67 @@
+"""What the "Adapt to your lab" page shows, as data: the cells taken and held back per class, the
+kept cells' counts, the before/after figures and the staged result awaiting install (no Streamlit
+here; ``ui.adapt`` draws it)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+from bcclassify.presentation.tables import percent
+
+ZIP, KEPT = "Upload a zip", "Cells reviewed and kept here"  # where the cells come from
+FIGURE_ROWS = (  # (key of the adaptation's figures, row label), in the table's order
+    ("accuracy", "Accuracy"),
+    ("flagged_fraction", "Flagged for review (unidentified or low confidence)"),
+    ("unidentified_fraction", "Unidentified"),
+    ("wrong_and_unflagged_fraction", "Wrong and not flagged"),
+)
+
+
+def figures_table(figures: Mapping) -> pd.DataFrame:
+    """The source and the adapted model side by side on the cells held back."""
+    return pd.DataFrame(
+        {
+            "": [label for _, label in FIGURE_ROWS],
+            "source model": [percent(figures["before"].get(k)) for k, _ in FIGURE_ROWS],
+            "adapted model": [percent(figures["after"].get(k)) for k, _ in FIGURE_ROWS],
+        }
+    )
+
+
+def split_table(cells: Mapping[str, Sequence], taken: Sequence, rest: Sequence) -> pd.DataFrame:
+    """Per class: the cells given, those to fit on and those held back to score."""
+    return pd.DataFrame(
+        {
+            "class": list(cells),
+            "cells": [len(v) for v in cells.values()],
+            "to fit on": [sum(c == k for _, c in taken) for k in cells],
+            "held back to score": [sum(c == k for _, c in rest) for k in cells],
+        }
+    )
+
+
+def kept_counts_table(counts: Mapping[str, int]) -> pd.DataFrame:
+    return pd.DataFrame({"class": list(counts), "kept cells": list(counts.values())})
+
+
+def staged_result(done, source: str, kind: str, taken: Sequence, keep: bool) -> dict:
+    """What the page remembers of a staged adaptation (``adapt``'s result) until the reviewer
+    installs or discards it; ``keep``: the taken cells go with the model when installed."""
+    return {
+        "name": done.name,
+        "source": source,
+        "taken": done.taken,
+        "held_back": done.held_back,
+        "figures": done.figures,
+        "from": "the kept cells" if kind == KEPT else "your upload",
+        "keep": [item for item, _ in taken] if keep else None,
+    }
+
+
+def result_summary(result: Mapping) -> str:
+    return (
+        f"Fitted on {result['taken']} cells; scored on the {result['held_back']} cells of "
+        f"{result.get('from', 'your upload')} it did not take."
+    )
