@@ -1,5 +1,5 @@
 """The "lab" augmentation of ``bcclassify/data/augment.py`` ported to ``keras.ops`` and
-``keras.random``.
+``keras.random`` (backend-neutral: the GPU fine-tune, ``scripts/gpu/train_lab.py``, runs it).
 
 The original is TensorFlow-only (``tf.raw_ops``, ``tf.image``, a ``tf.random.Generator``), and the
 lent GPU machine has no TensorFlow: this port runs under any Keras backend, inside the jitted

@@ -118,7 +118,8 @@ def pillow_jpeg(images: np.ndarray, quality: int) -> np.ndarray:
 def port_ops(images: np.ndarray, saved: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The keras.ops port fed the recorded numbers; same names as :func:`original_ops`."""
     import keras
-    import lab_ops
+
+    from bcclassify.data import augment_ops as lab_ops
 
     cfg = lab_ops.LabConfig()
     x = images.astype(np.float32)

@@ -1,12 +1,17 @@
 """Fine-tune the shipped hybrid end to end with the lab augmentation, on a lent GPU (issue 12).
 
-Runs where there is no TensorFlow and no bcclassify: Keras 3 on JAX, NumPy, Pillow and the
-standard library only (``lab_ops.py`` beside it is the augmentation, in ``keras.ops``). Reads a
-pack made by ``scripts/gpu/pack.py`` (JPEG shards of the model's own training and validation
-splits, model.json and float16 weight shards, a manifest with checksums), fine-tunes every layer
-with fresh lab-augmented views every step, and writes to $OUT the weights (float16 as installed,
-encoded losslessly against the packed ones to fit the 64 MiB that come back) and a JSON log,
-which ``scripts/gpu/import_run.py`` turns into a run record.
+Runs where there is no TensorFlow: Keras 3 on JAX, NumPy and Pillow, with the repository's
+TensorFlow-free modules (the run's ``TrainConfig``, the epoch loop and checkpoints of
+``bcclassify.training.loop``, the run record of ``bcclassify.storage.runs``, the lab preset in
+``keras.ops`` from ``bcclassify.data.augment_ops``). What is left here is the device glue: read
+a pack made by ``scripts/gpu/pack.py`` (JPEG shards of the model's own training and validation
+splits, model.json and float16 weight shards, a manifest with checksums), decode it once, build
+the step (augmentation inside it, a per-step warm-up and cosine schedule, jit), bound the time,
+and write to $OUT the kept weights (float16 as installed, encoded losslessly against the packed
+ones to fit the 64 MiB that come back) and a JSON log carrying the run folder's small files.
+The run folder itself (config.json, run.json, history.csv, checkpoints/) is the library's, under
+``--work``/runs/<run-id>; ``scripts/gpu/import_run.py`` puts it and the weights under
+model_store/runs/ and finishes it with ``train --resume``'s code.
 
 Modes (scripts/gpu/README.md gives the device calls):
   --check-env     versions and devices (the first call: is the machine as expected?)
@@ -41,10 +46,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # lab_ops beside this file
 # The repository root: bcclassify's store and serving modules import without TensorFlow or Keras
 # (checked under JAX in cache/jaxenv), so the device reuses them rather than copies.
-sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bcclassify.serving.classifier import zero_initialisers  # noqa: E402
 from bcclassify.storage.runs import RunRecord  # noqa: E402
@@ -519,8 +523,8 @@ def run_config(config: TrainConfig, args: argparse.Namespace, manifest: dict, lo
             "OD stain mixing, white balance, zoom, blur, noise, resolution, JPEG",
             "preset": "lab",
             **(manifest.get("augmentation") or {}),
-            "implementation": "keras.ops port (scripts/gpu/lab_ops.py) inside the jitted step; "
-            "JPEG simulated in-graph (DCT quantisation, 4:2:0)",
+            "implementation": "keras.ops port (bcclassify.data.augment_ops) inside the jitted "
+            "step; JPEG simulated in-graph (DCT quantisation, 4:2:0)",
             "clean_fraction": args.clean_fraction,
         },
         "smote_space": None,
@@ -639,7 +643,8 @@ def train(args: argparse.Namespace, log: dict, clock: _Clock) -> dict:
     )
 
     import keras
-    from lab_ops import LabConfig, make_layer_class
+
+    from bcclassify.data.augment_ops import LabConfig, make_layer_class
 
     record, config = _open_run(args, manifest, log)
     keras.utils.set_random_seed(args.seed)

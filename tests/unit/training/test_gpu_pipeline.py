@@ -20,10 +20,10 @@ tf = pytest.importorskip("tensorflow")
 GPU_SCRIPTS = REPO / "scripts" / "gpu"
 sys.path.insert(0, str(GPU_SCRIPTS))
 
-import lab_ops  # noqa: E402
 import ops_parity  # noqa: E402
 import train_lab  # noqa: E402
 
+from bcclassify.data import augment_ops as lab_ops  # noqa: E402
 from bcclassify.data.augment import PRESETS  # noqa: E402
 from bcclassify.storage.runs import RunRecord  # noqa: E402
 from bcclassify.training.runs import TrainConfig  # noqa: E402
