@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from bcclassify import CLASS_NAMES, DATASET_CREDIT
-from bcclassify.data.datasets import load_pixels, scan_dataset, train_val_test_split
+from bcclassify.data.datasets import load_pixels, scan_dataset, subsample, train_val_test_split
 from bcclassify.evaluation.metrics import classification_metrics, confidence_coverage
 from bcclassify.serving.classifier import (
     DEFAULT_THRESHOLD,
@@ -41,9 +41,7 @@ def _run_record(run_id: str) -> RunRecord:
 
 def split_scope(dataset, manifest: str | None, seed: int, limit: int | None):
     """The run's test split when ``dataset`` is its training data, else every image."""
-    from bcclassify.data.datasets import subsample as _subsample
-
-    candidate = _subsample(dataset, limit, seed)
+    candidate = subsample(dataset, limit, seed)
     if manifest and candidate.manifest_hash() == manifest:
         split = train_val_test_split(candidate.labels, candidate.hashes, seed)
         return candidate, split.test, "the run's test split"

@@ -357,7 +357,7 @@ def adapt(
         fit_temperature,
         l2_normalise,
     )
-    from bcclassify.storage.store import models_dir, runs_dir, sha256_file, write_json
+    from bcclassify.storage.store import models_dir, runs_dir, sha256_file
     from bcclassify.training.runs import environment_info
 
     started = time.time()
@@ -387,8 +387,8 @@ def adapt(
     run_dir = runs_dir() / run_id
     run_dir.mkdir(parents=True, exist_ok=False)
     cells_sha256 = dict(_item_digest(item, root) for item, _ in taken)
-    write_json(
-        run_dir / "config.json",
+    record = RunRecord(run_dir)
+    record.write_config(
         {
             **asdict(config),
             "kind": "adaptation",
@@ -402,8 +402,7 @@ def adapt(
             "command": " ".join(sys.argv),
         },
     )
-    write_json(run_dir / "environment.json", environment_info())
-    record = RunRecord(run_dir)
+    record.write_environment(environment_info())
     record.create(
         run_id=run_id,
         arch=source.architecture,

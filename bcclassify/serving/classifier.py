@@ -21,7 +21,7 @@ import numpy as np
 from bcclassify import CLASS_NAMES
 from bcclassify.data.imaging import ImageLoadError, ImageSource, load_image
 from bcclassify.serving.acquisition import AcquisitionRange
-from bcclassify.storage.cards import write_card
+from bcclassify.storage.cards import CardError, load_card, write_card
 from bcclassify.storage.store import default_model_name, models_dir, sha256_file
 
 log = logging.getLogger(__name__)
@@ -123,17 +123,10 @@ REINSTALL = "reinstall the model with `python -m bcclassify promote RUN_ID --nam
 
 def read_card(folder: Path) -> dict:
     """``folder/card.json`` as a dict, or :class:`ModelIntegrityError` saying why it is unusable."""
-    path = folder / "card.json"
     try:
-        card = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelIntegrityError(f"{path}: missing; {REINSTALL}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ModelIntegrityError(f"{path}: cannot be read ({reason}); {REINSTALL}") from None
-    if not isinstance(card, dict):
-        raise ModelIntegrityError(f"{path}: not a model card (a JSON object); {REINSTALL}")
-    return card
+        return load_card(folder).to_json()
+    except CardError as exc:
+        raise ModelIntegrityError(f"{exc}; {REINSTALL}") from None
 
 
 def listed_files(folder: Path, card: dict) -> dict[str, str]:

@@ -39,6 +39,10 @@ CARD_FILE = "card.json"
 HISTORY_DIR = ".card-history"  # under models/: hidden, so never taken for an installed model
 
 
+class CardError(ValueError):
+    """A card.json that is missing, unreadable or not a JSON object; the message says which."""
+
+
 @dataclass
 class ModelCard:
     """An installed model's card.json: the fields read by name, every other section kept."""
@@ -97,9 +101,11 @@ class ModelCard:
 
     @classmethod
     def read(cls, folder: Path) -> ModelCard | None:
-        """``folder/card.json`` (None when missing or not a JSON object)."""
-        card = read_json(folder / CARD_FILE)
-        return cls.from_json(card) if isinstance(card, dict) else None
+        """``folder/card.json`` (None when missing or not a JSON object; see :func:`load_card`)."""
+        try:
+            return load_card(folder)
+        except CardError:
+            return None
 
     def updated(self, **changes: Any) -> ModelCard:
         """A copy with some keys set (typed or not): existing keys keep their place."""
@@ -121,6 +127,21 @@ class ModelCard:
     def views(self) -> list[str]:
         """The test-time views the model averages (the image as given when none)."""
         return list(self.test_time_views or ["identity"])
+
+
+def load_card(folder: Path) -> ModelCard:
+    """``folder/card.json``, or :class:`CardError` saying why it cannot be used."""
+    path = folder / CARD_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CardError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CardError(f"{path}: cannot be read ({reason})") from None
+    if not isinstance(data, dict):
+        raise CardError(f"{path}: not a model card (a JSON object)")
+    return ModelCard.from_json(data)
 
 
 def as_card(card: ModelCard | Mapping[str, Any]) -> ModelCard:

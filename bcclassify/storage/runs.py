@@ -90,6 +90,13 @@ class RunRecord:
         before, started = self._clock
         return round(before + time.time() - started, 1)
 
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        """config.json: every argument of the run, and what it was run on."""
+        write_json(self.folder / "config.json", dict(config))
+
+    def write_environment(self, environment: Mapping[str, Any]) -> None:
+        write_json(self.folder / "environment.json", dict(environment))
+
     def create(self, **fields: Any) -> None:
         write_json(self.folder / "run.json", fields)
 

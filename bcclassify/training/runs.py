@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bcclassify.storage.runs import RunRecord, utc_now
-from bcclassify.storage.store import read_json, runs_dir, write_json
+from bcclassify.storage.store import runs_dir
 from bcclassify.training.feeds import Feeds, activation_cache, make_feeds
 from bcclassify.training.loop import (  # noqa: F401  (keeps_epoch: runs' public name)
     Epoch,
@@ -479,14 +479,13 @@ def train(config: TrainConfig) -> Path:
     else:
         splits = [train_val_test_split(dataset.labels, dataset.hashes, config.seed)]
     if resuming:
-        stored = read_json(run_dir / "config.json")
+        stored = record.config()
         if stored["data_manifest_sha256"] != dataset.manifest_hash():
             raise ValueError(f"{config.data}: data differs from the data run {run_id} started on")
         record.update(status="running", pid=os.getpid(), host=platform.node())
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(
-            run_dir / "config.json",
+        record.write_config(
             {
                 **asdict(config),
                 "data_manifest_sha256": dataset.manifest_hash(),
@@ -500,7 +499,7 @@ def train(config: TrainConfig) -> Path:
                 "command": " ".join(sys.argv),
             },
         )
-        write_json(run_dir / "environment.json", environment_info())
+        record.write_environment(environment_info())
         record.create(
             run_id=run_id,
             arch=config.arch,
@@ -548,7 +547,7 @@ def train(config: TrainConfig) -> Path:
 
 def resume(run_id: str, **overrides) -> Path:
     """Continue an interrupted run from its last checkpoint, with the same split and config."""
-    stored = read_json(runs_dir() / run_id / "config.json")
+    stored = RunRecord.of(run_id).config()
     if not stored:
         raise FileNotFoundError(f"no run {run_id!r} under {runs_dir()}")
     fields = {k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__}

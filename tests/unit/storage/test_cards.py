@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 from helpers import REPO
 
-from bcclassify.storage.cards import ModelCard, card_history, weights_id, write_card
+from bcclassify.storage.cards import (
+    CardError,
+    ModelCard,
+    card_history,
+    load_card,
+    weights_id,
+    write_card,
+)
 from bcclassify.storage.store import write_json
 
 
@@ -88,3 +95,15 @@ def test_a_card_round_trips_with_its_unknown_sections_in_order():
     assert typed.get("adaptation") == {"cells": 10}
     typed.size_mb = 5.0  # a new field goes after the card's own keys
     assert list(typed.to_json())[-1] == "size_mb"
+
+
+def test_a_card_that_cannot_be_used_is_refused_with_the_reason(tmp_path):
+    with pytest.raises(CardError, match="card.json: missing"):
+        load_card(tmp_path)
+    (tmp_path / "card.json").write_text("[1, 2]")
+    with pytest.raises(CardError, match="not a model card"):
+        load_card(tmp_path)
+    (tmp_path / "card.json").write_text("{")
+    with pytest.raises(CardError, match="cannot be read"):
+        load_card(tmp_path)
+    assert ModelCard.read(tmp_path) is None  # the lenient reader of listings

@@ -45,7 +45,7 @@ def test_a_cross_validated_runs_summary_shows_the_fold_mean(tmp_path, monkeypatc
 def test_a_run_record_reads_back_what_it_wrote(tmp_path):
     record = RunRecord(tmp_path / "r")
     record.create(run_id="r", status="running", created="2026-01-01T00:00:00+00:00")
-    write_json(record.folder / "config.json", {"arch": "cnn", "folds": 2})
+    record.write_config({"arch": "cnn", "folds": 2})
     record.write_history([{"epoch": 1, "loss": 0.5, "stage": "classifier"}])
     for k in (2, 1):
         RunRecord(record.folder / f"fold-{k}").write_metrics({"accuracy": k / 4})
