@@ -1,3 +1,3 @@
 """Reproducible, resumable training runs and what they train on (pixel and activation feeds)."""
 
-__all__ = ["feeds", "runs"]
+__all__ = ["config", "feeds", "loop", "runs"]

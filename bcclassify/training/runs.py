@@ -13,14 +13,13 @@ all in one epoch loop that checkpoints every epoch. Two modes feed it (``feeds``
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 import os
 import platform
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ import numpy as np
 
 from bcclassify.storage.runs import RunRecord, utc_now
 from bcclassify.storage.store import runs_dir
+from bcclassify.training.config import TrainConfig, new_run_id  # noqa: F401 (re-exported)
 from bcclassify.training.feeds import Feeds, activation_cache, make_feeds
 from bcclassify.training.loop import (  # noqa: F401  (keeps_epoch: runs' public name)
     Epoch,
@@ -43,98 +43,6 @@ if TYPE_CHECKING:
     from bcclassify.models.registry import Architecture, Stage
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Every argument of a run; saved whole in config.json."""
-
-    # metadata: the command line's help, choices and flags (bcclassify/cli/from_config.py).
-    arch: str = field(metadata={"help": "architecture (required unless --resume)"})
-    data: str = field(metadata={"help": "image-folder dataset: one sub-folder per class"})
-    image_size: int | None = field(
-        default=None, metadata={"help": "input side in px (default: per architecture)"}
-    )
-    epochs: int = 10
-    batch_size: int = 32
-    optimizer: str = field(default="adam", metadata={"choices": ("adam", "sgd", "rmsprop")})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (cosine decay)"})
-    augment: bool = True
-    augment_preset: str = field(  # or "lab": stain, illuminant, zoom, camera (issue 12)
-        default="standard",
-        metadata={
-            "choices": ("standard", "lab"),
-            "help": "lab: also stain (OD), white balance, zoom up to 3x, blur, noise, JPEG "
-            "(other labs)",
-        },
-    )
-    keep_weights: str = field(  # "best": best validation epoch; "last": the final epoch
-        default="best",
-        metadata={
-            "choices": ("best", "last"),
-            "help": "the epoch whose weights the run keeps: best validation accuracy, or the last",
-        },
-    )
-    smote: bool = field(default=False, metadata={"help": "SMOTE-oversample the training part"})
-    class_weights: bool = field(default=False, metadata={"help": "weight the loss by class rarity"})
-    folds: int = field(default=0, metadata={"help": "stratified K-fold cross-validation"})
-    shuffle: bool = field(
-        default=True, metadata={"flag": "--no-shuffle", "help": "training batches in class order"}
-    )
-    seed: int = 42
-    freeze_until: str | None = field(
-        default=None,
-        metadata={
-            "help": "freeze up to these layers (comma list; 'layer:input' cuts before a layer; "
-            "'auto' uses the architecture's default) and train the rest on cached activations"
-        },
-    )
-    freeze_bn: bool = field(
-        default=False,
-        metadata={
-            "help": "keep pretrained trunks' batch-norm statistics fixed (use a small --lr, "
-            "e.g. 1e-4)"
-        },
-    )
-    center_crop: float = field(
-        default=1.0,
-        metadata={
-            "metavar": "FRACTION",
-            "help": "the network sees only the central FRACTION of its input (a layer in the "
-            "model; PBC crops centre the cell, so 0.75 gives it more pixels at the same cost)",
-        },
-    )
-    strategy: str = field(default="auto", metadata={"choices": ("auto", "mirrored", "multiworker")})
-    backbone_weights: str | None = field(
-        default=None, metadata={"metavar": "DIR", "help": "folder of ImageNet-derived weights"}
-    )
-    limit_per_class: int | None = field(
-        default=None, metadata={"help": "use at most N images per class"}
-    )
-    aug_copies: int = field(default=2, metadata={"help": "augmented copies (cached mode)"})
-    init_from: str | None = field(
-        default=None,
-        metadata={
-            "metavar": "RUN_ID",
-            "help": "start from another run's final weights (fine-tune)",
-        },
-    )
-    # The classifier stage of an architecture that trains in two stages (supcon).
-    head_epochs: int = field(default=3, metadata={"help": "supcon: classifier epochs"})
-    head_lr: float | None = field(  # None: the same as lr
-        default=None,
-        metadata={
-            "help": "supcon: peak learning rate of the linear classifier on the frozen embedding "
-            "(default: --lr; a linear probe wants a larger one than the encoder)"
-        },
-    )
-    cache_dir: str | None = field(
-        default="cache", metadata={"help": "where decoded pixels/activations go"}
-    )
-    note: str = field(default="", metadata={"help": "free text kept in the run record"})
-    run_id: str | None = field(
-        default=None, metadata={"help": "name for the run folder (default: time-arch-size)"}
-    )
 
 
 def environment_info() -> dict:
@@ -443,12 +351,6 @@ def _weights_digest(model) -> str:
 
 
 # ----------------------------------------------------------------------------- runs
-
-
-def new_run_id(config: TrainConfig, image_size: int) -> str:
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-    crop = f"-crop{round(config.center_crop * 100)}" if config.center_crop < 1.0 else ""
-    return f"{stamp}-{config.arch}-{image_size}px{crop}"
 
 
 def train(config: TrainConfig) -> Path:

@@ -193,7 +193,12 @@ def write_run(staging: Path, log: dict, run_id: str, model) -> dict:
     write_json(staging / "gpu_train_log.json", log)
     write_json(
         staging / "run.json",
-        {**files["run.json"], "run_id": run_id, "imported": _now(), "imported_by": __file__},
+        {
+            **files["run.json"],
+            "run_id": run_id,
+            "imported": _now(),
+            "imported_by": "scripts/gpu/import_run.py",
+        },
     )
     if epochs_done:
         state = {

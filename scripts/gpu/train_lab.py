@@ -53,8 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bcclassify.serving.classifier import zero_initialisers  # noqa: E402
 from bcclassify.storage.runs import RunRecord  # noqa: E402
 from bcclassify.storage.store import read_json, sha256_file, write_json  # noqa: E402
+from bcclassify.training.config import TrainConfig, new_run_id  # noqa: E402
 from bcclassify.training.loop import Epoch, fit_logs, run_epochs  # noqa: E402
-from bcclassify.training.runs import TrainConfig, new_run_id  # noqa: E402
 
 MIB = 1024 * 1024
 # What comes back from $OUT: at most 8 files of at most 16 MiB, 64 MiB together. The float16
@@ -605,8 +605,9 @@ def _open_run(args: argparse.Namespace, manifest: dict, log: dict) -> tuple[RunR
             pid=os.getpid(),
             host=platform.node(),
             epochs_done=0,
-            initialisation={"model": "installed model " + str(manifest["model"]["name"])},
-            init_from=manifest["model"].get("training_run"),
+            # Not initialisation/init_from: train's fields, rewritten when resume finishes it.
+            started_from_model=manifest["model"]["name"],
+            started_from_run=manifest["model"].get("training_run"),
             trained_by="scripts/gpu/train_lab.py",
         )
     else:
