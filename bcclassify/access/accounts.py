@@ -13,13 +13,30 @@ import datetime as dt
 import json
 import os
 import re
+import tomllib
 from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from bcclassify.review.reviews import default_data_dir, make_private_dir
-from bcclassify.storage.store import atomic_write_bytes
+from bcclassify.storage.store import REPO_ROOT, atomic_write_bytes
+
+__all__ = [
+    "ACCOUNTS_ENV",
+    "ACCOUNTS_NAME",
+    "AccountError",
+    "MIN_PASSWORD_CHARS",
+    "NAME_PATTERN",
+    "accounts_path",
+    "add_user",
+    "check_name",
+    "has_accounts",
+    "list_users",
+    "remove_user",
+    "streamlit_secrets",
+    "verify",
+]
 
 ACCOUNTS_ENV = "BCCLASSIFY_ACCOUNTS"
 ACCOUNTS_NAME = "accounts.json"
@@ -39,10 +56,6 @@ class AccountError(ValueError):
 def streamlit_secrets() -> dict:
     """Top-level keys of the app's secrets files (global, then the project's), as the app sees
     them, so ``users`` commands find the same account file as the app without Streamlit."""
-    import tomllib
-
-    from bcclassify.storage.store import REPO_ROOT
-
     merged: dict = {}
     for path in (
         Path.home() / ".streamlit" / "secrets.toml",

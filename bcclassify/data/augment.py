@@ -18,6 +18,18 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import tensorflow as tf
 
+__all__ = [
+    "AugmentConfig",
+    "PRESETS",
+    "augment_batch",
+    "camera",
+    "colour",
+    "dihedral",
+    "lab_colour",
+    "preset",
+    "scale_shift",
+]
+
 
 @dataclass(frozen=True)
 class AugmentConfig:

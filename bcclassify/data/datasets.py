@@ -13,10 +13,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import StratifiedKFold, train_test_split
+from tqdm import tqdm
 
 from bcclassify import CLASS_NAMES
 from bcclassify.data.imaging import ImageLoadError, is_hidden, load_image
 from bcclassify.storage.store import sha256_file, write_csv
+
+__all__ = [
+    "Dataset",
+    "Split",
+    "TEST_FRACTION",
+    "VALIDATION_FRACTION",
+    "cached_pixels",
+    "kfold_splits",
+    "load_pixels",
+    "scan_dataset",
+    "subsample",
+    "train_val_test_split",
+    "write_predictions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +244,6 @@ def load_pixels(
     ok = np.zeros(len(paths), dtype=bool)
     iterator = enumerate(paths)
     if progress:
-        from tqdm import tqdm
-
         iterator = tqdm(iterator, total=len(paths), desc=f"loading images at {image_size}px")
     for i, path in iterator:
         try:

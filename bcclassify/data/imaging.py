@@ -18,6 +18,29 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+__all__ = [
+    "ACCEPTED",
+    "ALPHA_MODES",
+    "ICC_SPACES",
+    "IMAGE_TYPES",
+    "ImageLoadError",
+    "ImageSource",
+    "KNOWN_MODES",
+    "MAX_PIXELS",
+    "MIN_SIDE_PX",
+    "RESAMPLE",
+    "TRAINING_COPY_JPEG_QUALITY",
+    "TRAINING_COPY_PX",
+    "WIDE_GREY_MODES",
+    "as_training_copy",
+    "collect_image_paths",
+    "cropped_size",
+    "input_label",
+    "is_hidden",
+    "load_image",
+    "real_range",
+]
+
 log = logging.getLogger(__name__)
 
 MIN_SIDE_PX = 32

@@ -16,9 +16,37 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from bcclassify.models.registry import REGISTRY
+from bcclassify.models.registry import CENTER_CROP_LAYER, REGISTRY, get_architecture
+
+__all__ = [
+    "COLOUR_BAR_CAPTION",
+    "DEFAULT_METHOD",
+    "Explainer",
+    "Explanation",
+    "JOINT_LAYER",
+    "MAX_JOINT_SIDE",
+    "METHODS",
+    "POOLED_HEAD_ARCHITECTURES",
+    "SCORECAM_ALL_CHANNELS_UP_TO",
+    "SCORECAM_MAX_N",
+    "SEEN_CAPTION",
+    "TRUNK_OF_LAYER",
+    "colour_bar",
+    "colour_bar_figure",
+    "cut_tensors",
+    "explain_view",
+    "explanation_figure",
+    "map_caption",
+    "map_title",
+    "normalize_map",
+    "overlay",
+    "place_in_frame",
+    "resize_map",
+    "seen_side",
+    "seen_square",
+]
 
 METHODS = {
     "gradcam": "Grad-CAM",
@@ -66,7 +94,7 @@ def _compiled_features_layer(extractor, same_image: bool = False):
     ``same_image``: every sample of a batch is the same image (tf-keras-vis gets it once per
     map), so the trunks run on the first and their maps are repeated.
     """
-    import keras
+    import keras  # lazy: TensorFlow takes seconds; the app and CLI start without it
     import tensorflow as tf
 
     def extract(x):
@@ -158,7 +186,7 @@ def _compiled_upper_layer(upper):
     Unlike the trunks below, gradients do flow through it (to the explained maps); a traced
     function is differentiable and far cheaper than Keras's eager layer-by-layer call.
     """
-    import keras
+    import keras  # lazy: TensorFlow takes seconds; the app and CLI start without it
     import tensorflow as tf
 
     run = tf.function(lambda xs: upper(xs, training=False))
@@ -196,7 +224,7 @@ def explain_view(
     Returns None for non-square maps, a joint grid over ``MAX_JOINT_SIDE`` or layers that
     cannot be cut apart.
     """
-    import keras
+    import keras  # lazy: TensorFlow takes seconds; the app and CLI start without it
 
     head = model.get_layer(head_layer)
     cut = cut_tensors(model, layers, head.input)
@@ -260,8 +288,6 @@ class Explainer:
     def layers(self) -> list[str]:
         layers = self._layers or self.classifier.card.get("explain_layers")
         if not layers:
-            from bcclassify.models.registry import get_architecture
-
             layers = list(get_architecture(self.classifier.architecture).explain_layers)
         return layers
 
@@ -272,6 +298,7 @@ class Explainer:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if method not in self.visualizers:
+            # lazy: tf-keras-vis imports TensorFlow (seconds); the app starts without it
             from tf_keras_vis.gradcam import Gradcam
             from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
             from tf_keras_vis.layercam import Layercam
@@ -311,8 +338,8 @@ class Explainer:
         Each map is taken back to its own grid (the joint grid repeats it by an integer factor)
         and expanded to the input size with the same linear zoom tf-keras-vis applies.
         """
-        import tensorflow as tf
-        from scipy.ndimage import zoom
+        import tensorflow as tf  # lazy: TensorFlow takes seconds; the app and CLI start without it
+        from scipy.ndimage import zoom  # lazy: ~0.5 s, not needed at app start-up
         from tf_keras_vis.utils.scores import CategoricalScore
 
         n = len(self.layers)
@@ -375,6 +402,7 @@ class Explainer:
         e.g. the original image's. ``probabilities``: the served probabilities of this image
         when the caller already has them (they are not computed again).
         """
+        # lazy: tf-keras-vis imports TensorFlow (seconds); the app starts without it
         from tf_keras_vis.utils.scores import CategoricalScore
 
         method = method or self.default_method
@@ -424,8 +452,6 @@ class Explainer:
 
 def seen_side(model) -> int | None:
     """Side of the central square a centre-cropping model sees; None without a crop layer."""
-    from bcclassify.models.registry import CENTER_CROP_LAYER
-
     try:
         return int(model.get_layer(CENTER_CROP_LAYER).output.shape[1])
     except ValueError:
@@ -524,8 +550,6 @@ def colour_bar(width: int = 256, height: int = 14) -> np.ndarray:
 
 def colour_bar_figure(width: int = 320):
     """A labelled colour bar (PIL image): the strip with "low" and "high" under its ends."""
-    from PIL import ImageDraw
-
     strip = Image.fromarray(colour_bar(width - 16, 14))
     canvas = Image.new("RGB", (width, 34), "white")
     canvas.paste(strip, (8, 2))
@@ -561,8 +585,6 @@ def map_caption(explanation: Explanation, layer: str, class_label=str) -> str:
 def explanation_figure(image: np.ndarray, explanation: Explanation, opacity: float = 0.45):
     """A PIL image: the input, each trunk's map and the fused overlay side by side, labelled,
     with the colour bar and, for a centre-cropping model, its seen square outlined."""
-    from PIL import ImageDraw
-
     tile = 256
     base = np.asarray(Image.fromarray(image).resize((tile, tile), Image.Resampling.LANCZOS))
     panels = [("Input", base)]

@@ -30,9 +30,27 @@ from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from bcclassify import CLASS_NAMES
 from bcclassify.review.reviews import create_private_file, default_data_dir, make_private_dir
 from bcclassify.storage.store import atomic_write_bytes, sha256_bytes
+
+__all__ = [
+    "EXTENSIONS",
+    "INDEX_NAME",
+    "KEPT_DIR",
+    "KeptCell",
+    "KeptCells",
+    "KeptCellsError",
+    "MAX_CELL_BYTES",
+    "MAX_KEPT_CELLS",
+    "MAX_SIDE",
+    "cell_bytes",
+    "image_format",
+    "kept_dir",
+    "write_private_bytes",
+]
 
 KEPT_DIR = "kept-cells"
 INDEX_NAME = "index.sqlite3"
@@ -85,8 +103,6 @@ def write_private_bytes(path: Path, data: bytes) -> None:
 
 def image_format(data: bytes) -> tuple[str, tuple[int, int]]:
     """(PIL format, (width, height)) of ``data`` read from its header; refuses a non-image."""
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(data)) as img:
             return str(img.format or ""), img.size
@@ -97,8 +113,6 @@ def image_format(data: bytes) -> tuple[str, tuple[int, int]]:
 def cell_bytes(copy) -> bytes:
     """The bytes to keep for a working copy (``bcclassify.serving.uploads.WorkingCopy``): its
     source when that is a bounded image in a kept format, else a lossless PNG of its pixels."""
-    from PIL import Image
-
     source = copy.source
     try:
         fmt, size = image_format(source)

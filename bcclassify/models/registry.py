@@ -27,6 +27,30 @@ if TYPE_CHECKING:
 
     from bcclassify.training.runs import TrainConfig
 
+__all__ = [
+    "Architecture",
+    "CENTER_CROP_LAYER",
+    "CROSS_ENTROPY",
+    "DEFAULT_WEIGHTS_DIRS",
+    "REGISTRY",
+    "SCALE_0_1",
+    "SCALE_MINUS1_1",
+    "SUPCON_LOSS",
+    "Stage",
+    "TRUNKS",
+    "Trunk",
+    "WEIGHTS_ENV",
+    "architecture_names",
+    "boundary_tensor",
+    "build",
+    "classifier_stages",
+    "get_architecture",
+    "register",
+    "resolve_weights_dir",
+    "split_model",
+    "supcon_stages",
+]
+
 log = logging.getLogger(__name__)
 
 WEIGHTS_ENV = "BCCLASSIFY_WEIGHTS"
@@ -152,7 +176,7 @@ def resolve_weights_dir(weights: str | Path | None) -> Path | None:
 
 
 def _scale(inputs, scaling: str, name: str):
-    from keras import layers
+    from keras import layers  # lazy: the registry is read without TensorFlow (tests check)
 
     if scaling == SCALE_0_1:
         return layers.Rescaling(1.0 / 255.0, name=name)(inputs)
@@ -161,7 +185,7 @@ def _scale(inputs, scaling: str, name: str):
 
 def _trunk(key: str, inputs, weights_dir: Path | None, init_record: dict):
     """Build a keras.applications trunk on ``inputs`` (pixels), scaled as its weights expect."""
-    import keras
+    import keras  # lazy: the registry is read without TensorFlow (tests check)
 
     spec = TRUNKS[key]
     scaled = _scale(inputs, spec.scaling, f"{key}_scale")
@@ -188,7 +212,7 @@ def _inputs(image_size: int, center_crop: float):
     detail of a 171 px image for the cost of a 128 px one). The crop is a layer, so serving feeds
     whole images exactly as training did.
     """
-    import keras
+    import keras  # lazy: the registry is read without TensorFlow (tests check)
     from keras import layers
 
     pixels = keras.Input((image_size, image_size, 3), name="pixels", dtype="float32")
@@ -199,7 +223,7 @@ def _inputs(image_size: int, center_crop: float):
 
 
 def _classifier(features, num_classes: int, dropout: float):
-    from keras import layers
+    from keras import layers  # lazy: the registry is read without TensorFlow (tests check)
 
     x = layers.Dropout(dropout, name="head_dropout")(features)
     return layers.Dense(num_classes, activation="softmax", name="predictions", dtype="float32")(x)
@@ -207,7 +231,7 @@ def _classifier(features, num_classes: int, dropout: float):
 
 def _single_trunk_builder(key: str):
     def build_single(image_size, num_classes, weights_dir, init_record, center_crop, dropout=0.3):
-        import keras
+        import keras  # lazy: the registry is read without TensorFlow (tests check)
         from keras import layers
 
         pixels, seen = _inputs(image_size, center_crop)
@@ -221,7 +245,7 @@ def _single_trunk_builder(key: str):
 
 def _build_hybrid(image_size, num_classes, weights_dir, init_record, center_crop, dropout=0.4):
     """InceptionV3 and Xception on ONE shared input in one flat graph; pooled features joined."""
-    import keras
+    import keras  # lazy: the registry is read without TensorFlow (tests check)
     from keras import layers
 
     pixels, seen = _inputs(image_size, center_crop)
@@ -236,7 +260,7 @@ def _build_hybrid(image_size, num_classes, weights_dir, init_record, center_crop
 
 
 def _conv_block(x, filters: int, name: str):
-    from keras import layers
+    from keras import layers  # lazy: the registry is read without TensorFlow (tests check)
 
     for i in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
@@ -247,7 +271,7 @@ def _conv_block(x, filters: int, name: str):
 
 def _build_cnn(image_size, num_classes, weights_dir, init_record, center_crop, dropout=0.3):
     """A compact custom CNN: four conv blocks (32-256 filters), global pooling, softmax."""
-    import keras
+    import keras  # lazy: the registry is read without TensorFlow (tests check)
     from keras import layers
 
     pixels, seen = _inputs(image_size, center_crop)
@@ -263,7 +287,7 @@ def _build_cnn(image_size, num_classes, weights_dir, init_record, center_crop, d
 
 def _build_unet(image_size, num_classes, weights_dir, init_record, center_crop, dropout=0.3):
     """U-Net-style encoder-decoder; bottleneck and decoder features feed the classifier."""
-    import keras
+    import keras  # lazy: the registry is read without TensorFlow (tests check)
     from keras import layers
 
     pixels, seen = _inputs(image_size, center_crop)
@@ -297,7 +321,7 @@ def _build_supcon(
     Training (``supcon.SupConTrainer``) first fits the encoder with a supervised contrastive loss
     on a projection of ``supcon_embedding``, then fits ``predictions`` on the frozen embedding.
     """
-    import keras
+    import keras  # lazy: the registry is read without TensorFlow (tests check)
     from keras import layers
 
     pixels, seen = _inputs(image_size, center_crop)
@@ -310,7 +334,7 @@ def _build_supcon(
 
 
 def _supcon_trainer(model: keras.Model, seed: int, image_size: int) -> keras.Model:
-    from bcclassify.models.supcon import SupConTrainer
+    from bcclassify.models.supcon import SupConTrainer  # lazy: supcon imports TensorFlow
 
     trainer = SupConTrainer(model, seed=seed)
     trainer.build_all(image_size)
@@ -440,7 +464,7 @@ def split_model(model: keras.Model, boundaries: tuple[str, ...]) -> tuple[keras.
 
     The top shares its layers with ``model``: training it trains the full model's top blocks.
     """
-    import keras
+    import keras  # lazy: the registry is read without TensorFlow (tests check)
 
     tensors = [boundary_tensor(model, spec) for spec in boundaries]
     stem = keras.Model(model.inputs, tensors, name=f"{model.name}_stem")

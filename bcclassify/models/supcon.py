@@ -16,6 +16,8 @@ import tensorflow as tf
 
 from bcclassify.data.augment import augment_batch
 
+__all__ = ["SupConTrainer", "TEMPERATURE", "supervised_contrastive_loss"]
+
 TEMPERATURE = 0.1
 
 

@@ -8,6 +8,20 @@ from collections.abc import Iterable, Mapping
 
 from bcclassify import CLASS_NAMES
 
+__all__ = [
+    "FORMULA_STARTS",
+    "LEUKOCYTE_CLASSES",
+    "REVIEW_FLAGS",
+    "SHIFT_MIN_CELLS",
+    "SHIFT_SHARE",
+    "batch_shift_notice",
+    "differential_count",
+    "final_class",
+    "needs_review",
+    "reviewed_differential",
+    "spreadsheet_safe",
+]
+
 # The leukocyte differential: the five mature leukocyte classes plus immature granulocytes.
 LEUKOCYTE_CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "ig")
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

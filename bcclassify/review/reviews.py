@@ -23,6 +23,17 @@ from pathlib import Path
 from bcclassify import CLASS_NAMES
 from bcclassify.review.report import spreadsheet_safe
 
+__all__ = [
+    "DATA_DIR_ENV",
+    "EXPORT_COLUMNS",
+    "LOG_NAME",
+    "ReviewLog",
+    "ReviewLogUnavailable",
+    "create_private_file",
+    "default_data_dir",
+    "make_private_dir",
+]
+
 DATA_DIR_ENV = "BCCLASSIFY_DATA_DIR"
 LOG_NAME = "reviews.sqlite3"
 EXPORT_COLUMNS = [

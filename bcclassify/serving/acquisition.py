@@ -22,6 +22,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bcclassify.data.imaging import load_image
+
+__all__ = [
+    "AcquisitionRange",
+    "MARGIN",
+    "STATISTICS",
+    "TAIL_PERCENT",
+    "file_summaries",
+    "fit_range",
+    "summaries",
+]
+
 STATISTICS = ("background_r", "background_g", "background_brightness", "darker_share")
 TAIL_PERCENT = 0.5  # percentile cut at each end of the training images' range
 MARGIN = 0.5  # added on each side, as a share of the cut range's width
@@ -96,8 +108,6 @@ class AcquisitionRange:
 def file_summaries(paths: list, size: int) -> np.ndarray:
     """:func:`summaries` of image files as the model is given them (the one loader, at ``size``),
     64 at a time so memory stays bounded."""
-    from bcclassify.data.imaging import load_image
-
     parts = [
         summaries(np.stack([load_image(p, size) for p in paths[i : i + 64]]))
         for i in range(0, len(paths), 64)

@@ -12,6 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from bcclassify import EXAMPLES_DIR, REPO_ROOT
+from bcclassify.explain.maps import Explainer
+from bcclassify.serving.classifier import load_model
+
+__all__ = ["FLOP_PER_CYCLE_FP32_AVX2", "cpu_info", "forward_flops", "run_benchmark"]
 
 FLOP_PER_CYCLE_FP32_AVX2 = 32  # two 8-wide FMA units: 2 x 8 x 2
 
@@ -21,7 +25,7 @@ def forward_flops(model) -> int:
 
     Convolutions and dense layers only: they are >99% of the work in these networks.
     """
-    import keras
+    import keras  # lazy: Keras takes seconds to load; the CLI starts without it
 
     total = 0
     for layer in model.layers:
@@ -89,10 +93,7 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 def run_benchmark(name: str, repeats: int = 20, explain_repeats: int = 5) -> dict:
-    import tensorflow as tf
-
-    from bcclassify.explain.maps import Explainer
-    from bcclassify.serving.classifier import load_model
+    import tensorflow as tf  # lazy: TensorFlow takes seconds to load; the CLI starts without it
 
     load_s = _fresh_process_load_seconds(name)
     classifier = load_model(name)

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +21,36 @@ import numpy as np
 
 from bcclassify import CLASS_NAMES
 from bcclassify.data.imaging import ImageLoadError, ImageSource, load_image
-from bcclassify.serving.acquisition import AcquisitionRange
+from bcclassify.serving.acquisition import AcquisitionRange, summaries
 from bcclassify.storage.cards import CardError, load_card, write_card
 from bcclassify.storage.store import default_model_name, models_dir, sha256_file
+
+__all__ = [
+    "ClassifierModel",
+    "DEFAULT_THRESHOLD",
+    "HALF_PRECISION_MIN_SIZE",
+    "ModelIntegrityError",
+    "ModelNotFoundError",
+    "NOVELTY_FILE",
+    "Prediction",
+    "REINSTALL",
+    "SHARD_BYTES",
+    "SINGLE_VIEW",
+    "VIEW_TRANSFORMS",
+    "WEIGHT_FILES",
+    "check_views",
+    "export_model",
+    "installed_model_names",
+    "iter_sources",
+    "listed_files",
+    "load_model",
+    "load_model_folder",
+    "predict_with_views",
+    "read_card",
+    "resolve_model_name",
+    "verify_model_files",
+    "zero_initialisers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +306,7 @@ class ClassifierModel:
     def feature_forward(self):
         """The compiled pixels -> (head features, probabilities) function, built once."""
         if self._feature_forward is None:
-            from bcclassify.serving.trust import feature_forward
+            from bcclassify.serving.trust import feature_forward  # lazy: trust imports this module
 
             self._feature_forward = feature_forward(self.model)
         return self._feature_forward
@@ -309,6 +337,7 @@ class ClassifierModel:
 
         Averaged over the card's test-time views, or over ``views`` when given.
         """
+        # lazy: TensorFlow takes seconds; predict refuses bad files first, scripts/gpu has no TF
         import tensorflow as tf
 
         if self._forward is None:
@@ -320,7 +349,7 @@ class ClassifierModel:
         return self._calibrated(probs)
 
     def _calibrated(self, probs: np.ndarray) -> np.ndarray:
-        from bcclassify.serving.trust import temper
+        from bcclassify.serving.trust import temper  # lazy: trust imports this module
 
         if self.temperature != 1.0:
             probs = temper(probs, self.temperature)
@@ -336,13 +365,12 @@ class ClassifierModel:
         if self.novelty is None:
             probabilities, scores = self.predict_pixels(pixels), None
         else:
+            # lazy: trust imports this module
             from bcclassify.serving.trust import features_and_probabilities
 
             features, _, served = features_and_probabilities(self, pixels)
             probabilities, scores = self._calibrated(served), self.novelty.score(features)
         if self.acquisition is not None:
-            from bcclassify.serving.acquisition import summaries
-
             base = np.full(len(pixels), -np.inf) if scores is None else scores
             scores = self.acquisition.gate(base, summaries(pixels))
         return probabilities, scores
@@ -400,8 +428,6 @@ def load_model(name: str | None = None, verify: bool = True) -> ClassifierModel:
 
 def load_model_folder(folder: Path, name: str, verify: bool = True) -> ClassifierModel:
     """Load the exported model in ``folder`` (installed or being installed) as ``name``."""
-    from concurrent.futures import ThreadPoolExecutor
-
     card = read_card(folder)
     files = listed_files(folder, card)  # always: only the card's files are ever loaded
     if verify:
@@ -410,7 +436,7 @@ def load_model_folder(folder: Path, name: str, verify: bool = True) -> Classifie
     with ThreadPoolExecutor(max_workers=1) as pool:
         weights = pool.submit(_read_weights, folder, files)
         novelty = pool.submit(_load_novelty, folder, card, files)
-        import keras
+        import keras  # lazy: seconds to load, overlapping the weights read above
 
         architecture = json.loads((folder / "model.json").read_text())
         model = keras.models.model_from_json(json.dumps(zero_initialisers(architecture)))
@@ -457,7 +483,7 @@ def zero_initialisers(config):
 
 def _load_novelty(folder: Path, card: dict, files: dict[str, str]):
     """The card's novelty detector (``unidentified`` flag), from a file the card checksums."""
-    from bcclassify.serving.trust import NoveltyDetector
+    from bcclassify.serving.trust import NoveltyDetector  # lazy: trust imports this module
 
     section = card.get("novelty")
     if not section:

@@ -22,6 +22,23 @@ from PIL import Image
 from bcclassify.data.imaging import RESAMPLE, ImageLoadError, load_image
 from bcclassify.serving.classifier import Prediction
 
+__all__ = [
+    "DEFAULT_MAX_FILES",
+    "DEFAULT_MAX_PIXELS",
+    "LRU",
+    "MAX_FILES_ENV",
+    "MAX_PIXELS_ENV",
+    "THUMB_PX",
+    "UploadLimits",
+    "WORKING_PX",
+    "WorkingCopy",
+    "check_pixel_cap",
+    "classify_uploads",
+    "explain_copy",
+    "thumbnail",
+    "working_copy",
+]
+
 MAX_PIXELS_ENV = "BCCLASSIFY_MAX_UPLOAD_PIXELS"
 MAX_FILES_ENV = "BCCLASSIFY_MAX_FILES"
 DEFAULT_MAX_PIXELS = 25_000_000  # well under the loader's 90 MP; a whole smear field is ~5-20 MP

@@ -17,10 +17,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from tqdm import tqdm
 
 if TYPE_CHECKING:
     from bcclassify.data.datasets import Dataset, Split
     from bcclassify.training.runs import TrainConfig
+
+__all__ = [
+    "ActivationFeed",
+    "Feeds",
+    "PixelFeed",
+    "STEM_CHUNK",
+    "activation_cache",
+    "apply_smote",
+    "epoch_order",
+    "indices_key",
+    "make_feeds",
+    "stem_activations",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +45,7 @@ def apply_smote(
     features: np.ndarray, labels: np.ndarray, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """SMOTE (imbalanced-learn) on flattened samples; returns (features, labels) incl. synthetic."""
-    from imblearn.over_sampling import SMOTE
+    from imblearn.over_sampling import SMOTE  # lazy: ~4 s with scikit-learn; only --smote runs
 
     shape = features.shape[1:]
     flat = features.reshape(len(features), -1).astype(np.float32)
@@ -62,9 +76,9 @@ class PixelFeed:
             self.pixels, self.labels = apply_smote(pixels, labels, config.seed)
 
     def epoch(self, epoch: int):
-        import tensorflow as tf
+        import tensorflow as tf  # lazy: TensorFlow takes seconds; the CLI starts without it
 
-        from bcclassify.data.augment import augment_batch, preset
+        from bcclassify.data.augment import augment_batch, preset  # lazy: imports TensorFlow
 
         augmentation = preset(self.config.augment_preset)
         order = epoch_order(self.labels, self.config.shuffle, self.config.seed, epoch)
@@ -80,7 +94,7 @@ class PixelFeed:
     @staticmethod
     def inputs(pixels: np.ndarray, batch_size: int, labels: np.ndarray | None = None):
         """Evaluation feed: elements (x, y) with labels, else (x,) for predict."""
-        import tensorflow as tf
+        import tensorflow as tf  # lazy: TensorFlow takes seconds; the CLI starts without it
 
         if labels is None:
             ds = tf.data.Dataset.from_tensor_slices(pixels).batch(batch_size)
@@ -113,7 +127,7 @@ class ActivationFeed:
         return self._smoted[index]
 
     def epoch(self, epoch: int):
-        import tensorflow as tf
+        import tensorflow as tf  # lazy: TensorFlow takes seconds; the CLI starts without it
 
         arrays, labels = self._copy(epoch % len(self.copies))
         order = epoch_order(labels, self.config.shuffle, self.config.seed, epoch)
@@ -124,7 +138,7 @@ class ActivationFeed:
     @staticmethod
     def inputs(arrays: list[np.ndarray], batch_size: int, labels: np.ndarray | None = None):
         """Evaluation feed: elements (x, y) with labels, else (x,) for predict."""
-        import tensorflow as tf
+        import tensorflow as tf  # lazy: TensorFlow takes seconds; the CLI starts without it
 
         def cast(x):
             return tuple(tf.cast(t, tf.float32) for t in x)
@@ -148,10 +162,9 @@ def stem_activations(
 
     A killed extraction resumes at the first missing chunk.
     """
-    import tensorflow as tf
-    from tqdm import tqdm
+    import tensorflow as tf  # lazy: TensorFlow takes seconds; the CLI starts without it
 
-    from bcclassify.data.augment import augment_batch, preset
+    from bcclassify.data.augment import augment_batch, preset  # lazy: imports TensorFlow
 
     outputs: list[list[np.ndarray]] = []
     generator = tf.random.Generator.from_seed(augment_seed) if augment_seed is not None else None
