@@ -35,6 +35,27 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+__all__ = [
+    "CHROMA_TABLE",
+    "JPEG_MAX_QUALITY",
+    "LUMA_TABLE",
+    "LabConfig",
+    "augment",
+    "blur",
+    "camera",
+    "colour",
+    "dihedral",
+    "draw_params",
+    "gaussian_kernel",
+    "jpeg",
+    "make_layer_class",
+    "quality_tables",
+    "resampling_matrix",
+    "resolution",
+    "scale_shift",
+    "stain_and_white_balance",
+]
+
 
 @dataclass(frozen=True)
 class LabConfig:
