@@ -10,7 +10,8 @@ Every tool that changes a card (promote, calibrate, faithfulness, adapt) writes 
 
 1. the current card.json, if any and different, is kept whole as
    ``<models>/.card-history/<name>/<UTC time>-<sha256[:12]>.json`` (beside the model folders,
-   not in them, so a model folder holds only the files its card lists);
+   not in them, so a model folder holds only the files its card lists). A hidden folder (promote's
+   or adapt's staging) keeps none: its card was never installed;
 2. the new card is written to a temporary file in the model folder and fsynced (staged);
 3. ``os.replace`` puts it over card.json in one step (promoted).
 
@@ -157,8 +158,8 @@ def card_history(folder: Path) -> Path:
 def write_card(folder: Path, card: ModelCard | Mapping[str, Any]) -> ModelCard:
     """Stage ``card`` as the new version of ``folder/card.json`` and promote it atomically.
 
-    The previous version, when there is one and it differs, is kept in :func:`card_history`
-    first. Returns the card written.
+    The previous version of an installed model's card, when it differs, is kept in
+    :func:`card_history` first. Returns the card written.
     """
     card = as_card(card)
     data = card.to_bytes()
@@ -169,7 +170,7 @@ def write_card(folder: Path, card: ModelCard | Mapping[str, Any]) -> ModelCard:
         previous = None
     if previous == data:
         return card
-    if previous is not None:
+    if previous is not None and not folder.name.startswith("."):
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         kept = card_history(folder) / f"{stamp}-{sha256_bytes(previous)[:12]}.json"
         atomic_write_bytes(kept, previous)

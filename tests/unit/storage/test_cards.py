@@ -59,11 +59,12 @@ def test_a_crash_between_staging_and_promoting_leaves_the_old_card_in_force(tmp_
     assert sorted(p.name for p in folder.iterdir()) == ["card.json"]  # the staged file is gone
 
 
-def test_the_first_card_of_a_model_has_no_history(tmp_path):
-    folder = tmp_path / "models" / ".m.staging"
-    card = write_card(folder, {"name": "m", "files_sha256": {"model.json": "a"}})
+def test_a_staged_model_keeps_no_card_history(tmp_path):
+    folder = tmp_path / "models" / ".m.staging"  # promote's staging folder: not installed yet
+    write_card(folder, {"name": "m", "files_sha256": {"model.json": "a"}})
+    card = write_card(folder, {"name": "m", "files_sha256": {"model.json": "b"}})
     assert json.loads((folder / "card.json").read_text()) == card.to_json()
-    assert not card_history(folder).exists()
+    assert not (tmp_path / "models" / ".card-history").exists()
 
 
 @pytest.mark.parametrize("folder", sorted((REPO / "model_store" / "models").glob("*/card.json")))
