@@ -358,6 +358,15 @@ def deliver(files: list[dict], staging: Path, out: Path) -> tuple[list[dict], li
 # ----------------------------------------------------------------------------- training
 
 
+def _version_of(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def backend_versions() -> dict:
     import keras
     import PIL
@@ -371,6 +380,7 @@ def backend_versions() -> dict:
         "keras": keras.__version__,
         "numpy": np.__version__,
         "pillow": PIL.__version__,
+        "h5py": _version_of("h5py"),  # the library's checkpoints are .weights.h5
     }
     if keras.backend.backend() == "jax":
         import jax
