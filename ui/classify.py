@@ -22,6 +22,7 @@ from bcclassify.presentation.classify import (
     cell_choice_label,
     cell_key,
     count_table,
+    disputed_note,
     gallery_groups,
     group_heading,
     low_confidence_note,
@@ -177,6 +178,8 @@ def probabilities_ui(prediction: Prediction) -> None:
         return
     st.markdown(f"### {class_label(prediction.label)}")
     st.metric("Confidence", percent(prediction.confidence, 1))
+    if prediction.flag == "disputed":
+        st.warning(disputed_note(prediction))
     if prediction.flag == "low_confidence":
         st.warning(low_confidence_note(prediction))
     st.plotly_chart(chart, key=f"probs-{prediction.path}")

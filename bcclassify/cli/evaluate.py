@@ -86,13 +86,14 @@ def _evaluate_ood(args: argparse.Namespace) -> int:
     rows = [("all", result)] + list(result["by_folder"].items())
     print(f"non-cell images in {args.ood}, model {result['source']}:")
     print(
-        f"  {'folder':<16}{'images':>7}{'flagged':>9}{'unidentified':>14}{'low conf.':>11}"
-        f"{'refused':>9}"
+        f"  {'folder':<16}{'images':>7}{'flagged':>9}{'unidentified':>14}{'disputed':>10}"
+        f"{'low conf.':>11}{'refused':>9}"
     )
     for name, r in rows:
         print(
             f"  {name:<16}{r['num_images']:>7d}{100 * r['flagged_fraction']:>8.1f}%"
             f"{100 * r['unidentified_fraction']:>13.1f}%"
+            f"{100 * r['disputed_fraction']:>9.1f}%"
             f"{100 * r['low_confidence_fraction']:>10.1f}%"
             f"{100 * r['refused_fraction']:>8.1f}%"
         )
@@ -106,7 +107,8 @@ def format_trust(trust: dict) -> list[str]:
     return [
         "",
         "served answers (calibrated probabilities; flags as predict writes them):",
-        f"  unidentified {pct_of('unidentified_fraction')}, low confidence "
+        f"  unidentified {pct_of('unidentified_fraction')}, disputed "
+        f"{100 * trust.get('disputed_fraction', 0.0):.2f}%, low confidence "
         f"{pct_of('low_confidence_fraction')}, flagged in all {pct_of('flagged_fraction')}",
         "  accuracy of the unflagged: " + ("-" if unflagged is None else f"{100 * unflagged:.2f}%"),
         f"  wrong and unflagged: {pct_of('wrong_and_unflagged_fraction')} of all cells",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bcclassify.cli.common import EXIT_OK, SubParsers, UsageError, start_tensorflow, view_list
 from bcclassify.serving.classifier import ModelIntegrityError, ModelNotFoundError
-from bcclassify.serving.trust import calibrate_model, fit_acquisition
+from bcclassify.serving.trust import calibrate_model, fit_acquisition, fit_second_opinion
 from bcclassify.storage.cards import ModelCard, bench_record, installed_cards
 from bcclassify.storage.store import default_model_name, list_runs, run_state
 
@@ -161,6 +161,20 @@ def add_calibrate(sub: SubParsers) -> None:
         help="only (re)fit the acquisition range (background colour, brightness, darker share of "
         "the training images; outside it a cell is unidentified): seconds, no features",
     )
+    p.add_argument(
+        "--second-opinion",
+        metavar="NAME",
+        help="only name installed model NAME as this model's second opinion: a served class "
+        "it gives little probability is flagged 'disputed'; the floor is chosen on the "
+        "validation split within --dispute-budget",
+    )
+    p.add_argument(
+        "--dispute-budget",
+        type=float,
+        default=0.01,
+        help="with --second-opinion: the most that disputes may add to the validation cells "
+        "flagged (default 0.01: 1%%)",
+    )
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
@@ -179,6 +193,18 @@ def run_calibrate(args: argparse.Namespace) -> int:
         except refused as exc:
             raise UsageError(str(exc)) from None
         print(json.dumps({"acquisition": card["acquisition"]}, indent=2))
+        return EXIT_OK
+    if args.second_opinion:
+        if not 0.0 <= args.dispute_budget < 1.0:
+            raise UsageError("--dispute-budget must be in [0, 1)")
+        start_tensorflow()
+        try:
+            card = fit_second_opinion(
+                args.model, args.second_opinion, args.data, budget=args.dispute_budget
+            )
+        except refused as exc:
+            raise UsageError(str(exc)) from None
+        print(json.dumps({"second_opinion": card["second_opinion"]}, indent=2))
         return EXIT_OK
     if args.method == "knn+oe" and not args.outliers:
         raise UsageError("--method knn+oe needs --outliers DIR (non-cell images)")

@@ -103,6 +103,7 @@ def evaluate_installed(
     split_of = (trained_on.get("manifest_sha256"), train_cfg.get("seed", 42), None)
 
     novelty: list[np.ndarray] = []
+    support: list[np.ndarray] = []  # the second opinion's, when the card has one
     assess = views == classifier.test_time_views and (
         classifier.novelty is not None or classifier.acquisition is not None
     )
@@ -114,6 +115,8 @@ def evaluate_installed(
             if assess:  # the served answer: calibrated probabilities and novelty scores
                 probs, scores = classifier.assess_pixels(batch)
                 novelty.append(scores)
+                if classifier.second_opinion is not None:
+                    support.append(classifier.second_support(batch, probs))
             else:
                 probs = classifier.predict_pixels(batch, views=views)
             parts.append(probs)
@@ -133,6 +136,11 @@ def evaluate_installed(
                 np.concatenate(novelty),
                 classifier.unidentified_threshold,
                 classifier.threshold,
+                disputed=(
+                    np.concatenate(support) < classifier.second_opinion.min_support
+                    if support
+                    else None
+                ),
             ),
             "ece": expected_calibration_error(labels, probabilities),
             "brier": brier_score(labels, probabilities),
@@ -164,6 +172,7 @@ def evaluate_ood(classifier: ClassifierModel, folder: str | Path, batch_size: in
         return {
             "num_images": n,
             "unidentified_fraction": flags.count("unidentified") / n,
+            "disputed_fraction": flags.count("disputed") / n,
             "low_confidence_fraction": flags.count("low_confidence") / n,
             "refused_fraction": flags.count("error") / n,
             "flagged_fraction": sum(f != "" for f in flags) / n,

@@ -16,6 +16,7 @@ from bcclassify.serving.classifier import Prediction
 
 FLAG_GROUPS = {  # shown ahead of the classes, in this order
     "unidentified": "Unidentified — not like the cells this model was trained on",
+    "disputed": "Disputed — a second model disagrees, needs review",
     "low_confidence": "Low confidence — needs review",
 }
 OTHER_FLAGS = "Flagged — needs review"
@@ -98,6 +99,7 @@ def awaiting_note(counts: dict) -> str:
     return (
         f"{counts['awaiting_review']} cell(s) awaiting review are not counted "
         f"({by_flag.get('unidentified', 0)} unidentified, "
+        f"{by_flag.get('disputed', 0)} disputed, "
         f"{by_flag.get('low_confidence', 0)} low confidence): each counts once a reviewer "
         "assigns its class."
     )
@@ -120,6 +122,18 @@ def unidentified_note(prediction: Prediction) -> str:
     return (
         f"{why} Its class is withheld: a reviewer assigns one, and until then the cell is "
         "left out of the differential."
+    )
+
+
+def disputed_note(prediction: Prediction) -> str:
+    """Why a disputed cell's class is held back: the second model's support for it."""
+    return (
+        f"{FLAG_GROUPS['disputed']}: a second model, trained apart from this one to resist "
+        "other labs' stains and cameras, gives this class only "
+        f"{percent(prediction.second_support or 0.0, 1)} (it disputes below "
+        f"{percent(prediction.min_support, 0)}). Such disagreements catch most of the answers "
+        "that are wrong on another lab's cells; the cell is left out of the differential until "
+        "a reviewer assigns a class."
     )
 
 

@@ -66,7 +66,7 @@ def differential_count(labels: Iterable[str]) -> dict:
 
 # Flags that keep a cell out of the count until a reviewer gives it a class, in the order the
 # app shows their groups. Any other non-empty flag except "error" is held back the same way.
-REVIEW_FLAGS = ("unidentified", "low_confidence")
+REVIEW_FLAGS = ("unidentified", "disputed", "low_confidence")
 
 
 def needs_review(prediction) -> bool:
@@ -93,8 +93,8 @@ def reviewed_differential(
 
     ``cells`` are ``(key, prediction)`` pairs (a prediction has ``label`` and ``flag``);
     ``decisions`` maps a key to the reviewer's class. A reviewer's class always counts; an
-    unreviewed flagged cell (``unidentified``, ``low_confidence``) does not, and is reported as
-    awaiting review instead, so a doubtful cell never silently moves the differential.
+    unreviewed flagged cell (``unidentified``, ``disputed``, ``low_confidence``) does not, and is
+    reported as awaiting review instead, so a doubtful cell never silently moves the differential.
     """
     labels: list[str] = []
     awaiting = {flag: 0 for flag in REVIEW_FLAGS}

@@ -22,6 +22,8 @@ import numpy as np
 from bcclassify import CLASS_NAMES
 from bcclassify.data.imaging import ImageLoadError, ImageSource, load_image
 from bcclassify.serving.acquisition import AcquisitionRange, summaries
+from bcclassify.serving.second_opinion import CARD_KEY as SECOND_OPINION_KEY
+from bcclassify.serving.second_opinion import SecondOpinion, SecondOpinionConfig
 from bcclassify.storage.cards import CardError, load_card, write_card
 from bcclassify.storage.store import default_model_name, models_dir, sha256_file
 
@@ -252,6 +254,10 @@ class Prediction:
     # How unlike the training cells the image is, and where "unidentified" starts (the card's).
     novelty: float | None = None
     novelty_threshold: float = float("inf")
+    # The second model's probability of this answer, and the floor under which it disputes it
+    # (the card's second_opinion; second_opinion.py). None: no second opinion was asked.
+    second_support: float | None = None
+    min_support: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -275,7 +281,14 @@ class Prediction:
             return "error"
         if self.unidentified:
             return "unidentified"
+        if self.disputed:
+            return "disputed"
         return "low_confidence" if self.confidence < self.threshold else ""
+
+    @property
+    def disputed(self) -> bool:
+        """A second, independently trained model gives this answer little probability."""
+        return self.second_support is not None and self.second_support < self.min_support
 
     @property
     def taken_unlike_training(self) -> bool:
@@ -302,6 +315,7 @@ class ClassifierModel:
     _feature_forward: object = field(default=None, repr=False)
     novelty: object = None  # trust.NoveltyDetector when the card has one (novelty.npz)
     acquisition: object = None  # acquisition.AcquisitionRange when the card has one
+    second_opinion: SecondOpinion | None = None  # when the card names one (second_opinion.py)
 
     def feature_forward(self):
         """The compiled pixels -> (head features, probabilities) function, built once."""
@@ -375,6 +389,12 @@ class ClassifierModel:
             scores = self.acquisition.gate(base, summaries(pixels))
         return probabilities, scores
 
+    def second_support(self, pixels: np.ndarray, probabilities: np.ndarray) -> np.ndarray | None:
+        """The second opinion's probability of each served class (None without one)."""
+        if self.second_opinion is None:
+            return None
+        return self.second_opinion.support(pixels, np.argmax(probabilities, axis=1))
+
     @property
     def unidentified_threshold(self) -> float:
         """The novelty score above which a cell is unidentified (the detector's, else 0)."""
@@ -396,12 +416,17 @@ class ClassifierModel:
         def flush() -> None:
             if not pending:
                 return
-            probs, novelty = self.assess_pixels(np.stack([p for _, p in pending]))
+            pixels = np.stack([p for _, p in pending])
+            probs, novelty = self.assess_pixels(pixels)
+            support = self.second_support(pixels, probs)
             for n, ((index, _), row) in enumerate(zip(pending, probs)):
                 results[index].probabilities = row
                 if novelty is not None:
                     results[index].novelty = float(novelty[n])
                     results[index].novelty_threshold = self.unidentified_threshold
+                if support is not None:
+                    results[index].second_support = float(support[n])
+                    results[index].min_support = self.second_opinion.min_support
             pending.clear()
 
         for done, (label, source) in enumerate(sources, start=1):
@@ -446,6 +471,13 @@ def load_model_folder(folder: Path, name: str, verify: bool = True) -> Classifie
         )
         classifier.novelty = novelty.result()
     classifier.acquisition = AcquisitionRange.from_card(card.get("acquisition"))
+    second = SecondOpinionConfig.from_card(card.get(SECOND_OPINION_KEY))
+    if second is not None and second.model != name:
+        classifier.second_opinion = SecondOpinion(
+            load_model(second.model, verify), second.min_support
+        )
+    elif second is not None:  # a model as its own second opinion (tests): no second load
+        classifier.second_opinion = SecondOpinion(classifier, second.min_support)
     return classifier
 
 

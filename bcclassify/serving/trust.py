@@ -348,20 +348,25 @@ def trust_figures(
     novelty: np.ndarray,
     novelty_threshold: float,
     low_confidence: float,
+    disputed: np.ndarray | None = None,
 ) -> dict:
     """What a reviewer meets on a labelled set: how many cells are flagged, and how often an
-    unflagged answer is wrong. ``probabilities`` are the served (calibrated) ones."""
+    unflagged answer is wrong. ``probabilities`` are the served (calibrated) ones; ``disputed``
+    marks the cells a second opinion disputes (second_opinion.py), none when not given."""
     labels = np.asarray(labels)
     predicted = np.asarray(probabilities).argmax(axis=1)
     unidentified = np.asarray(novelty) > novelty_threshold
-    low = ~unidentified & (np.asarray(probabilities).max(axis=1) < low_confidence)
-    flagged = unidentified | low
+    disputed = np.zeros(len(labels), bool) if disputed is None else np.asarray(disputed, bool)
+    disputed = ~unidentified & disputed
+    low = ~unidentified & ~disputed & (np.asarray(probabilities).max(axis=1) < low_confidence)
+    flagged = unidentified | disputed | low
     correct = predicted == labels
     n = max(len(labels), 1)
     return {
         "num_samples": int(len(labels)),
         "accuracy": float(correct.mean()) if len(labels) else None,
         "unidentified_fraction": float(unidentified.sum() / n),
+        "disputed_fraction": float(disputed.sum() / n),
         "low_confidence_fraction": float(low.sum() / n),
         "flagged_fraction": float(flagged.sum() / n),
         "accuracy_of_unflagged": float(correct[~flagged].mean()) if (~flagged).any() else None,
@@ -657,4 +662,68 @@ def fit_acquisition(name: str | None, data: str | Path, shifted: str | Path | No
     fitted, outside_of = _fit_acquisition(card, dataset, split, seed)
     card["acquisition"] = _acquisition_section(fitted, outside_of, dataset, split, shifted)
     write_card(folder, card)
+    return card
+
+
+def fit_second_opinion(
+    name: str | None,
+    second: str,
+    data: str | Path,
+    budget: float = 0.01,
+    batch_size: int = 32,
+) -> dict:
+    """Name ``second`` as the second opinion of installed model ``name`` (issue 21), with the
+    support floor chosen on ``name``'s own validation split so that disputes add at most
+    ``budget`` to the cells flagged there (second_opinion.choose_min_support). Writes the card's
+    ``second_opinion`` section and returns the new card."""
+    from bcclassify.serving.classifier import iter_sources, load_model
+    from bcclassify.serving.second_opinion import (
+        CARD_KEY,
+        choose_min_support,
+        disputed_mask,
+        resize_batch,
+        support_for,
+    )
+    from bcclassify.storage.store import sha256_file
+
+    classifier = load_model(name)
+    if second == classifier.name:
+        raise ValueError(f"{second}: a model cannot be its own second opinion")
+    other = load_model(second)
+    classifier.second_opinion = None  # the served flags without any earlier second opinion
+    dataset, split, _ = _own_split(classifier.name, classifier.card, data)
+    paths = [dataset.paths[i] for i in split.val]
+    served, support_rows, flagged = [], [], []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        predictions = classifier.classify(iter_sources(chunk), batch_size=batch_size)
+        pixels = np.stack([classifier.load(p) for p in chunk])
+        probabilities = np.stack([p.probabilities for p in predictions])
+        served.append(probabilities)
+        support_rows.append(other.predict_pixels(resize_batch(pixels, other.image_size)))
+        flagged.append(np.array([p.flag != "" for p in predictions]))
+    served_all, second_all = np.concatenate(served), np.concatenate(support_rows)
+    already = np.concatenate(flagged)
+    min_support = choose_min_support(served_all, second_all, already, budget)
+    disputed = disputed_mask(support_for(second_all, served_all.argmax(axis=1)), min_support)
+    labels = dataset.labels[split.val]
+    wrong = served_all.argmax(axis=1) != labels
+    card = dict(classifier.card)
+    card[CARD_KEY] = {
+        "model": other.name,
+        "min_support": min_support,
+        "card_sha256": sha256_file(other.folder / "card.json"),
+        "chosen_on": f"validation split of {Path(data).name} ({len(paths)} cells)",
+        "budget_extra_flagged": budget,
+        "validation": {
+            "disputed_fraction": float(disputed.mean()),
+            "extra_flagged_fraction": float((disputed & ~already).mean()),
+            "flagged_fraction_before": float(already.mean()),
+            "flagged_fraction": float((disputed | already).mean()),
+            "wrong_and_unflagged_before": float((wrong & ~already).mean()),
+            "wrong_and_unflagged": float((wrong & ~already & ~disputed).mean()),
+            "second_accuracy": float((second_all.argmax(axis=1) == labels).mean()),
+        },
+    }
+    write_card(classifier.folder, card)
     return card

@@ -23,11 +23,21 @@ from bcclassify.presentation.runs import curve_defaults, filter_runs, stopped_no
 from bcclassify.serving.classifier import Prediction
 
 
-def _cell(name: str, top: int, p: float, novelty: float | None = None):
+def _cell(
+    name: str, top: int, p: float, novelty: float | None = None, support: float | None = None
+):
     probs = np.full(8, (1 - p) / 7)
     probs[top] = p
     item = CellInput.from_bytes(name, name.encode())
-    return item, Prediction(name, probabilities=probs, novelty=novelty, novelty_threshold=1.0), None
+    prediction = Prediction(
+        name,
+        probabilities=probs,
+        novelty=novelty,
+        novelty_threshold=1.0,
+        second_support=support,
+        min_support=0.1,
+    )
+    return item, prediction, None
 
 
 def test_flagged_cells_come_first_then_classes_most_confident_first():
@@ -36,10 +46,13 @@ def test_flagged_cells_come_first_then_classes_most_confident_first():
         _cell("b", 1, 0.9),
         _cell("c", 2, 0.2),  # low confidence
         _cell("d", 3, 0.9, novelty=5.0),  # unidentified
+        _cell("e", 4, 0.95, support=0.02),  # disputed by the second opinion
+        _cell("f", 1, 0.8, support=0.5),  # the second opinion agrees enough
     ]
     groups = gallery_groups(cells)
     assert [title for title, _ in groups] == [*FLAG_GROUPS.values(), "Eosinophil"]
-    assert [c[0].name for c in groups[2][1]] == ["b", "a"]
+    assert [c[0].name for c in groups[1][1]] == ["e"]
+    assert [c[0].name for c in groups[3][1]] == ["b", "f", "a"]
     heading = group_heading(*groups[0], reviewed={})
     assert heading.endswith("1 cell(s) · 1 awaiting review")
     reviewed = {groups[0][1][0][0].sha256: "monocyte"}
