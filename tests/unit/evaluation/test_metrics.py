@@ -111,13 +111,14 @@ def test_flagged_cells_wait_for_a_reviewer_before_they_count():
         ("d", _pred("ig", "unidentified")),
         ("e", _pred(None, "error")),
         ("f", _pred("monocyte")),
+        ("g", _pred("eosinophil", "disputed")),
     ]
     report = reviewed_differential(cells, {"d": "eosinophil", "f": "basophil"})
     counted = {r["class"]: r["count"] for r in report["all_cells"] if r["count"]}
     assert counted == {"lymphocyte": 1, "eosinophil": 1, "basophil": 1}
     assert report["total_cells"] == 3 and report["reviewed"] == 2
-    assert report["awaiting_review"] == 2
-    assert report["awaiting_by_flag"] == {"unidentified": 1, "low_confidence": 1}
+    assert report["awaiting_review"] == 3
+    assert report["awaiting_by_flag"] == {"unidentified": 1, "disputed": 1, "low_confidence": 1}
 
 
 def test_reviewed_differential_with_real_predictions():
