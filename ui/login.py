@@ -14,6 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from bcclassify.access import accounts
+from bcclassify.access.roles import Identity, Role
 from bcclassify.presentation.pages import oidc_providers, oidc_reviewer
 
 LOGIN_ATTEMPTS = 5  # failed log-ins per session before a pause
@@ -29,6 +30,20 @@ def signed_in_reviewer(secrets: dict) -> str | None:
     if oidc_providers(secrets) is not None:
         return oidc_reviewer(st.user)
     return local_reviewer(accounts.accounts_path(secrets))
+
+
+def signed_in_identity(secrets: dict) -> Identity | None:
+    """The logged-in user with their role, or None; draws nothing.
+
+    Local accounts carry their role in the account file. Sign-on users are reviewers here;
+    roles for them come from the sign-on allow-list (security issue #22)."""
+    name = signed_in_reviewer(secrets)
+    if name is None:
+        return None
+    if oidc_providers(secrets) is not None:
+        return Identity(name=name, role=Role.REVIEWER)
+    role = accounts.user_role(accounts.accounts_path(secrets), name)
+    return Identity(name=name, role=role) if role is not None else None
 
 
 def local_reviewer(path: Path) -> str | None:

@@ -1,3 +1,3 @@
-"""Who may do what: local reviewer accounts."""
+"""Who may do what: local reviewer accounts and the roles table."""
 
-__all__ = ["accounts"]
+__all__ = ["accounts", "roles"]

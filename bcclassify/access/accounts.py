@@ -19,6 +19,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from bcclassify.access.roles import Role, parse_role
 from bcclassify.review.reviews import default_data_dir, make_private_dir
 from bcclassify.storage.store import REPO_ROOT, atomic_write_bytes
 
@@ -34,6 +35,8 @@ __all__ = [
     "has_accounts",
     "list_users",
     "remove_user",
+    "set_role",
+    "user_role",
     "streamlit_secrets",
     "verify",
 ]
@@ -105,24 +108,55 @@ def check_name(name: str) -> str:
 
 
 def list_users(path: Path) -> list[dict]:
-    """Account names with their creation time, sorted by name (hashes are not returned)."""
+    """Account names with their creation time and role, sorted by name (no hashes)."""
     users = _read(path)["users"]
-    return [{"name": n, "created": users[n].get("created", "")} for n in sorted(users)]
+    return [
+        {
+            "name": n,
+            "created": users[n].get("created", ""),
+            "role": str(parse_role(users[n].get("role"))),
+        }
+        for n in sorted(users)
+    ]
 
 
-def add_user(path: Path, name: str, password: str, replace: bool = False) -> None:
-    """Create an account (or, with ``replace``, set a new password for an existing one)."""
+def add_user(
+    path: Path, name: str, password: str, replace: bool = False, role: Role | None = None
+) -> None:
+    """Create an account (or, with ``replace``, set a new password for an existing one).
+
+    ``role`` defaults to reviewer for a new account and to the existing role on ``replace``."""
     check_name(name)
     if len(password) < MIN_PASSWORD_CHARS:
         raise AccountError(f"the password must have at least {MIN_PASSWORD_CHARS} characters")
     payload = _read(path)
     if name in payload["users"] and not replace:
         raise AccountError(f"user {name!r} exists; use --replace to set a new password")
+    previous = payload["users"].get(name) or {}
     payload["users"][name] = {
         "argon2": _hasher.hash(password),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "role": str(role or parse_role(previous.get("role"))),
     }
     _write(path, payload)
+
+
+def set_role(path: Path, name: str, role: Role) -> None:
+    """Give an existing account another role."""
+    payload = _read(path)
+    if name not in payload["users"]:
+        raise AccountError(f"no user {name!r} in {path}")
+    payload["users"][name]["role"] = str(Role(role))
+    _write(path, payload)
+
+
+def user_role(path: Path, name: str) -> Role | None:
+    """The account's role, or None when there is no such account (or the file is unreadable)."""
+    try:
+        record = _read(path)["users"].get(name)
+    except AccountError:
+        return None
+    return parse_role(record.get("role")) if isinstance(record, dict) else None
 
 
 def remove_user(path: Path, name: str) -> None:

@@ -6,6 +6,7 @@ import argparse
 import getpass
 import sys
 
+from bcclassify.access.roles import Role
 from bcclassify.cli.common import EXIT_OK, SubParsers, UsageError
 
 __all__ = ["add_users", "run_users"]
@@ -26,7 +27,17 @@ def add_users(sub: SubParsers) -> None:
         "--password-stdin", action="store_true", help="read the password from stdin (one line)"
     )
     add.add_argument("--replace", action="store_true", help="set a new password for NAME")
-    actions.add_parser("list", help="account names and when they were created")
+    add.add_argument(
+        "--role",
+        choices=[str(r) for r in Role],
+        default=None,
+        help="reviewer (default for a new account), pathologist (also signs off cases) or "
+        "admin (also installs models, exports every decision, forgets kept cells)",
+    )
+    actions.add_parser("list", help="account names, roles and when they were created")
+    role = actions.add_parser("role", help="give an account another role")
+    role.add_argument("name")
+    role.add_argument("role", choices=[str(r) for r in Role])
     remove = actions.add_parser("remove", help="delete an account")
     remove.add_argument("name")
 
@@ -39,6 +50,7 @@ def run_users(args: argparse.Namespace) -> int:
         add_user,
         list_users,
         remove_user,
+        set_role,
         streamlit_secrets,
     )
 
@@ -46,7 +58,10 @@ def run_users(args: argparse.Namespace) -> int:
     try:
         if args.users_command == "list":
             for user in list_users(path):
-                print(f"{user['name']}\t{user['created']}")
+                print(f"{user['name']}\t{user['role']}\t{user['created']}")
+        elif args.users_command == "role":
+            set_role(path, args.name, Role(args.role))
+            print(f"{args.name} is now {args.role} in {path}", file=sys.stderr)
         elif args.users_command == "remove":
             remove_user(path, args.name)
             print(f"removed {args.name} from {path}", file=sys.stderr)
@@ -57,7 +72,8 @@ def run_users(args: argparse.Namespace) -> int:
                 password = getpass.getpass(f"Password for {args.name}: ")
                 if getpass.getpass("Repeat it: ") != password:
                     raise UsageError("the two passwords differ; nothing was changed")
-            add_user(path, args.name, password, replace=args.replace)
+            role_arg = Role(args.role) if args.role else None
+            add_user(path, args.name, password, replace=args.replace, role=role_arg)
             verb = "updated" if args.replace else "added"
             print(f"{verb} {args.name} in {path}", file=sys.stderr)
     except AccountError as exc:

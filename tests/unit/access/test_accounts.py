@@ -91,3 +91,21 @@ def test_accounts_file_sits_in_the_review_logs_data_directory(tmp_path, monkeypa
     assert accounts.accounts_path(secrets) == tmp_path / "from-secrets" / "accounts.json"
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert accounts.accounts_path() == tmp_path / "home" / ".bcclassify" / "accounts.json"
+
+
+def test_roles_default_to_reviewer_are_kept_on_replace_and_can_change(tmp_path):
+    from bcclassify.access.roles import Identity, Role, allowed
+
+    path = tmp_path / "accounts.json"
+    accounts.add_user(path, "ana", "correct horse battery")
+    assert accounts.user_role(path, "ana") is Role.REVIEWER
+    accounts.set_role(path, "ana", Role.ADMIN)
+    accounts.add_user(path, "ana", "another long password", replace=True)
+    assert accounts.user_role(path, "ana") is Role.ADMIN
+    assert [u["role"] for u in accounts.list_users(path)] == ["admin"]
+    assert accounts.user_role(path, "nobody") is None
+    assert allowed(Identity("ana", Role.ADMIN), "install_model")
+    assert not allowed(Identity("bo", Role.REVIEWER), "install_model")
+    assert not allowed(Identity("bo", Role.PATHOLOGIST), "export_all_decisions")
+    assert allowed(Identity("bo", Role.PATHOLOGIST), "sign_off_final")
+    assert not allowed(None, "review")
