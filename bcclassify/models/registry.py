@@ -139,14 +139,23 @@ class Architecture:
     finetune_boundaries: tuple[str, ...] = ()
     # The training stages a config asks for.
     stages: Callable[[TrainConfig], tuple[Stage, ...]] = classifier_stages
-    # Wraps the built model for stages other than plain classification: (model, seed, image size)
-    # -> a keras.Model with ``set_stage(name)``. A trainer augments inside its own train step, so
-    # its pixel feed stays raw; None: the model trains itself.
-    trainer: Callable[[keras.Model, int, int], keras.Model] | None = None
+    # Wraps the built model for stages other than plain classification: (model, seed, image size,
+    # boundary tensors when the model is the top of a cut) -> a keras.Model with
+    # ``set_stage(name)``. On pixels a trainer augments inside its own train step, so its pixel
+    # feed stays raw; None: the model trains itself.
+    trainer: Callable[..., keras.Model] | None = None
     # Head is Dense(concat(GAP(map) for each explained map)): explain.py's fast view applies.
     pooled_head: bool = False
     # (layer-name prefix, title) for the maps of a model with several trunks.
     map_titles: tuple[tuple[str, str], ...] = ()
+    # Another architecture whose frozen stem is layer for layer the same as this one's: cached
+    # activations are shared with it (supcon-xception trains on Xception's cache).
+    shares_stem_with: str | None = None
+
+    @property
+    def cache_family(self) -> str:
+        """The name cached stem activations are keyed and filed under."""
+        return self.shares_stem_with or self.name
 
     @property
     def min_size(self) -> int:
@@ -313,31 +322,41 @@ def _build_unet(image_size, num_classes, weights_dir, init_record, center_crop, 
     return keras.Model(pixels, _classifier(features, num_classes, dropout), name="unet")
 
 
-def _build_supcon(
-    image_size, num_classes, weights_dir, init_record, center_crop, dropout=0.0, embed_dim=128
-):
-    """Supervised-contrastive encoder (MobileNetV2 trunk + embedding) with a linear classifier.
+def _supcon_builder(key: str, model_name: str):
+    """Supervised-contrastive encoder (``key`` trunk + embedding) with a linear classifier.
 
     Training (``supcon.SupConTrainer``) first fits the encoder with a supervised contrastive loss
     on a projection of ``supcon_embedding``, then fits ``predictions`` on the frozen embedding.
     """
-    import keras  # lazy: the registry is read without TensorFlow (tests check)
-    from keras import layers
 
-    pixels, seen = _inputs(image_size, center_crop)
-    pooled = layers.GlobalAveragePooling2D(name="mobilenetv2_pool")(
-        _trunk("mobilenetv2", seen, weights_dir, init_record)
-    )
-    embedding = layers.Dense(embed_dim, name="supcon_embedding")(pooled)
-    embedding = layers.UnitNormalization(name="supcon_normalize")(embedding)
-    return keras.Model(pixels, _classifier(embedding, num_classes, dropout), name="supcon")
+    def build_supcon(
+        image_size, num_classes, weights_dir, init_record, center_crop, dropout=0.0, embed_dim=128
+    ):
+        import keras  # lazy: the registry is read without TensorFlow (tests check)
+        from keras import layers
+
+        pixels, seen = _inputs(image_size, center_crop)
+        pooled = layers.GlobalAveragePooling2D(name=f"{key}_pool")(
+            _trunk(key, seen, weights_dir, init_record)
+        )
+        embedding = layers.Dense(embed_dim, name="supcon_embedding")(pooled)
+        embedding = layers.UnitNormalization(name="supcon_normalize")(embedding)
+        return keras.Model(pixels, _classifier(embedding, num_classes, dropout), name=model_name)
+
+    return build_supcon
 
 
-def _supcon_trainer(model: keras.Model, seed: int, image_size: int) -> keras.Model:
+def _supcon_trainer(
+    model: keras.Model, seed: int, image_size: int, boundary_tensors: list | None = None
+) -> keras.Model:
     from bcclassify.models.supcon import SupConTrainer  # lazy: supcon imports TensorFlow
 
-    trainer = SupConTrainer(model, seed=seed)
-    trainer.build_all(image_size)
+    # On pixels the trainer draws two augmented views per image; on a frozen stem's cached
+    # activations (the top of a cut model) the feed already holds augmented copies.
+    trainer = SupConTrainer(
+        model, seed=seed, augment_views=not boundary_tensors, encoder_inputs=boundary_tensors
+    )
+    trainer.build_all()
     return trainer
 
 
@@ -399,11 +418,26 @@ register(
         name="supcon",
         description="Supervised contrastive encoder (MobileNetV2 trunk) + linear classifier",
         default_image_size=96,
-        builder=_build_supcon,
+        builder=_supcon_builder("mobilenetv2", "supcon"),
         trunks=("mobilenetv2",),
         explain_layers=("out_relu",),
         stages=supcon_stages,
         trainer=_supcon_trainer,
+    )
+)
+register(
+    Architecture(
+        name="supcon-xception",
+        description="Supervised contrastive encoder (Xception trunk, top blocks on Xception's "
+        "cached activations) + linear classifier",
+        default_image_size=128,
+        builder=_supcon_builder("xception", "supcon_xception"),
+        trunks=("xception",),
+        explain_layers=("block14_sepconv2_act",),
+        finetune_boundaries=("block13_sepconv1_act:input",),
+        stages=supcon_stages,
+        trainer=_supcon_trainer,
+        shares_stem_with="xception",
     )
 )
 

@@ -45,11 +45,25 @@ def supervised_contrastive_loss(
 class SupConTrainer(keras.Model):
     """Wraps the supcon classifier; ``stage`` selects contrastive or classifier training."""
 
-    def __init__(self, classifier: keras.Model, seed: int, projection_dim: int = 64, **kwargs):
+    def __init__(
+        self,
+        classifier: keras.Model,
+        seed: int,
+        projection_dim: int = 64,
+        augment_views: bool = True,
+        encoder_inputs: list | None = None,
+        **kwargs,
+    ):
+        """``augment_views``: draw two augmented views of each image (pixel input). Off for a
+        classifier on cached activations, whose feed already mixes augmented copies; a batch's
+        same-class samples are then the positives. ``encoder_inputs``: for the top of a cut
+        model, the boundary tensors of the full graph (Keras gives the top copies of them, which
+        the embedding layer's output is not connected to)."""
         super().__init__(**kwargs)
         self.classifier = classifier
+        self.augment_views = augment_views
         self.encoder = keras.Model(
-            classifier.inputs, classifier.get_layer("supcon_normalize").output
+            encoder_inputs or classifier.inputs, classifier.get_layer("supcon_normalize").output
         )
         self.projection = keras.Sequential(
             [
@@ -68,8 +82,9 @@ class SupConTrainer(keras.Model):
     def call(self, inputs, training=False):
         return self.classifier(inputs, training=training)
 
-    def build_all(self, image_size: int) -> None:
-        dummy = tf.zeros([1, image_size, image_size, 3])
+    def build_all(self) -> None:
+        dummy = [tf.zeros([1, *t.shape[1:]]) for t in self.classifier.inputs]
+        dummy = dummy[0] if len(dummy) == 1 else dummy
         self.projection(self.encoder(dummy))
         self.classifier(dummy)
         self.built = True
@@ -92,17 +107,22 @@ class SupConTrainer(keras.Model):
     def train_step(self, data):
         images, labels = data[0], data[1]
         if self.stage == "contrastive":
-            views = tf.concat(
-                [augment_batch(images, self.generator), augment_batch(images, self.generator)], 0
-            )
+            if self.augment_views:
+                views = tf.concat(
+                    [augment_batch(images, self.generator), augment_batch(images, self.generator)],
+                    0,
+                )
+                view_labels = tf.concat([labels, labels], 0)
+            else:
+                views, view_labels = images, labels
             variables = self.encoder.trainable_variables + self.projection.trainable_variables
             with tf.GradientTape() as tape:
                 projections = self.projection(self.encoder(views, training=True), training=True)
-                loss = supervised_contrastive_loss(projections, tf.concat([labels, labels], 0))
+                loss = supervised_contrastive_loss(projections, view_labels)
             self.optimizer.apply(tape.gradient(loss, variables), variables)
             self.loss_tracker.update_state(loss)
             return {"loss": self.loss_tracker.result()}
-        augmented = augment_batch(images, self.generator)
+        augmented = augment_batch(images, self.generator) if self.augment_views else images
         embedding = self.encoder(augmented, training=False)  # frozen encoder, BN in inference
         variables = self.head.trainable_variables
         with tf.GradientTape() as tape:

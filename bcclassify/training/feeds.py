@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
+from bcclassify.models.registry import get_architecture
+
 if TYPE_CHECKING:
     from bcclassify.data.datasets import Dataset, Split
     from bcclassify.training.runs import TrainConfig
@@ -200,12 +202,14 @@ def activation_cache(
     init_record: dict,
 ) -> Path:
     """The cache folder of one stem's activations, keyed on everything that determines them."""
-    parts = [config.arch, image_size, list(boundaries), init_record, dataset.manifest_hash()]
+    # Architectures with the same stem share one cache (models.Architecture.shares_stem_with).
+    family = get_architecture(config.arch).cache_family
+    parts = [family, image_size, list(boundaries), init_record, dataset.manifest_hash()]
     if config.center_crop < 1.0:  # appended only when set, so existing caches keep their keys
         parts.append(config.center_crop)
     key = json.dumps(parts, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return Path(config.cache_dir or "cache") / "activations" / f"{config.arch}-{digest}"
+    return Path(config.cache_dir or "cache") / "activations" / f"{family}-{digest}"
 
 
 def indices_key(indices: np.ndarray) -> str:

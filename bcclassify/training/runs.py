@@ -169,7 +169,7 @@ def _assemble(config: TrainConfig, arch: Architecture, num_classes: int) -> _Par
     trainer, and compile it with a fresh optimizer."""
     import keras
 
-    from bcclassify.models.registry import build, split_model
+    from bcclassify.models.registry import boundary_tensor, build, split_model
 
     image_size = config.image_size or arch.default_image_size
     strategy = _distribution_strategy(config.strategy)
@@ -187,12 +187,11 @@ def _assemble(config: TrainConfig, arch: Architecture, num_classes: int) -> _Par
         if config.freeze_bn:
             freeze_pretrained_batch_norm(model, init_record)
         boundaries = _boundaries(config, arch)
-        if boundaries and arch.trainer is not None:
-            raise ValueError(
-                f"{arch.name} trains on pixels in its own stages; --freeze-until does not apply"
-            )
         if boundaries:
             stem, trainable = split_model(model, boundaries)
+            if arch.trainer is not None:
+                tensors = [boundary_tensor(model, spec) for spec in boundaries]
+                trainable = arch.trainer(trainable, config.seed, image_size, tensors)
         elif arch.trainer is not None:
             stem, trainable = None, arch.trainer(model, config.seed, image_size)
         else:

@@ -302,7 +302,7 @@ def test_pooled_heads_and_map_titles_come_from_the_registry():
     from bcclassify.explain.maps import POOLED_HEAD_ARCHITECTURES, map_title
     from bcclassify.models.registry import REGISTRY
 
-    assert POOLED_HEAD_ARCHITECTURES == set(REGISTRY) - {"unet", "supcon"}
+    assert POOLED_HEAD_ARCHITECTURES == set(REGISTRY) - {"unet", "supcon", "supcon-xception"}
     assert map_title("mixed7") == "InceptionV3 (mixed7)"
     assert map_title("block14_sepconv2_act") == "Xception (block14_sepconv2_act)"
     assert map_title("fused") == "Fused" and map_title("out_relu") == "out_relu"

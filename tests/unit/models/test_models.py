@@ -12,7 +12,7 @@ from helpers import REPO
 from bcclassify import ARCHITECTURES, CLASS_NAMES
 from bcclassify.models.registry import REGISTRY, build, get_architecture, split_model
 
-SMALL = {"inceptionv3": 75, "xception": 71, "hybrid": 75}
+SMALL = {"inceptionv3": 75, "xception": 71, "hybrid": 75, "supcon-xception": 71}
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
@@ -122,13 +122,14 @@ def test_registry_lists_every_reference_architecture():
         "xception",
         "hybrid",
         "supcon",
+        "supcon-xception",
     }
 
 
 def test_the_registry_is_read_without_starting_tensorflow():
     code = (
         "import sys; from bcclassify import ARCHITECTURES; import bcclassify.models.registry; "
-        "assert len(ARCHITECTURES) == 10; "
+        "assert len(ARCHITECTURES) == 11; "
         "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
     )
     result = subprocess.run(
@@ -147,7 +148,7 @@ def test_every_architecture_supplies_its_training_stages(name):
     stages = get_architecture(name).stages(config)
     assert stages and all(isinstance(stage, Stage) for stage in stages)
     assert stages[-1].validated  # every run ends by fitting the classifier it saves
-    if name == "supcon":
+    if name.startswith("supcon"):
         assert [(s.name, s.epochs, s.lr, s.loss) for s in stages] == [
             ("contrastive", 7, 2e-3, "supcon"),
             ("classifier", 4, 5e-2, "crossentropy"),

@@ -305,22 +305,48 @@ def test_centre_crop_run_is_recorded_and_served_with_the_crop(tmp_path, monkeypa
     assert all(r.error is None and r.label in classifier.class_names for r in results)
 
 
-def test_an_architecture_with_its_own_trainer_refuses_frozen_layers(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_supcon_trains_its_stages_on_a_frozen_stems_cached_activations(tmp_path, monkeypatch):
     monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path / "store"))
     config = TrainConfig(
         arch="supcon",
         data=str(FIXTURE_IMAGES),
         image_size=32,
         epochs=1,
-        freeze_until="out_relu",
+        head_epochs=1,
+        batch_size=8,
+        freeze_until="block_15_add",
+        augment=True,
+        aug_copies=1,
         backbone_weights="none",
         cache_dir=str(tmp_path / "cache"),
         run_id="frozen-supcon",
     )
-    with pytest.raises(ValueError, match="--freeze-until does not apply"):
-        train(config)
-    record = read_json(tmp_path / "store" / "runs" / "frozen-supcon" / "run.json")
-    assert record["status"] == "failed"
+    run_dir = train(config)
+    history = read_csv(run_dir / "history.csv")
+    assert [row["stage"] for row in history] == ["contrastive", "supervised"]
+    record = read_json(run_dir / "run.json")
+    assert record["status"] == "finished" and record["boundaries"] == ["block_15_add"]
+    assert any((tmp_path / "cache" / "activations").glob("supcon-*/identity/chunk-*.npz"))
+
+
+def test_supcon_xception_files_its_activations_with_xceptions(tmp_path):
+    from bcclassify.data.datasets import scan_dataset
+    from bcclassify.training.feeds import activation_cache
+
+    dataset = scan_dataset(FIXTURE_IMAGES)
+    caches = {
+        arch: activation_cache(
+            TrainConfig(arch=arch, data="x", center_crop=0.75, cache_dir=str(tmp_path)),
+            dataset,
+            213,
+            ("block13_sepconv1_act:input",),
+            {"xception": "pretrained: xception_imagenet_notop.weights.h5"},
+        )
+        for arch in ("xception", "supcon-xception", "hybrid")
+    }
+    assert caches["xception"] == caches["supcon-xception"] != caches["hybrid"]
+    assert caches["xception"].name.startswith("xception-")
 
 
 def test_keep_weights_best_keeps_improvements_and_last_keeps_every_epoch():
