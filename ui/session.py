@@ -85,8 +85,31 @@ def cached_explainer(name: str):
 
 
 PRELOAD_ENV = "BCCLASSIFY_PRELOAD"  # "0": load models only when a page first needs them
-_preload_lock = threading.Lock()
-_preloading: threading.Thread | None = None
+
+
+class Preloader:
+    """Starts the default model's background load once (per instance; the app uses one)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> threading.Thread | None:
+        if os.environ.get(PRELOAD_ENV, "1") == "0":
+            return None
+        with self._lock:
+            if self.thread is None:
+                name = default_model_name()
+                if name is None:
+                    return None
+                self.thread = threading.Thread(
+                    target=_warm, args=(name,), name="bcclassify-preload", daemon=True
+                )
+                self.thread.start()
+        return self.thread
+
+
+PRELOADER = Preloader()
 
 
 def preload_default_model() -> threading.Thread | None:
@@ -97,19 +120,7 @@ def preload_default_model() -> threading.Thread | None:
     the first upload. A page that needs the model meanwhile waits on the same cache entry.
     Returns the loading thread (None when disabled or when there is no default model).
     """
-    global _preloading
-    if os.environ.get(PRELOAD_ENV, "1") == "0":
-        return None
-    with _preload_lock:
-        if _preloading is None:
-            name = default_model_name()
-            if name is None:
-                return None
-            _preloading = threading.Thread(
-                target=_warm, args=(name,), name="bcclassify-preload", daemon=True
-            )
-            _preloading.start()
-    return _preloading
+    return PRELOADER.start()
 
 
 def _warm(name: str) -> None:

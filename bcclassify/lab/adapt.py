@@ -22,8 +22,6 @@ sha256 of every cell used; cells of the folder that were not taken are never rea
 from __future__ import annotations
 
 import datetime as dt
-import os
-import platform
 import re
 import shutil
 import sys
@@ -403,16 +401,7 @@ def adapt(
         },
     )
     record.write_environment(environment_info())
-    record.create(
-        run_id=run_id,
-        arch=source.architecture,
-        kind="adaptation",
-        status="running",
-        created=utc_now(),
-        pid=os.getpid(),
-        host=platform.node(),
-        model=config.name,
-    )
+    record.start(source.architecture, kind="adaptation", model=config.name)
     staging = _staging(config.name)
     try:
 

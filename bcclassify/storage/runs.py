@@ -9,6 +9,8 @@ Nothing here needs TensorFlow.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import platform
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -99,6 +101,25 @@ class RunRecord:
 
     def create(self, **fields: Any) -> None:
         write_json(self.folder / "run.json", fields)
+
+    def start(self, arch: str, **fields: Any) -> None:
+        """A new run.json for a run starting in this process (status running, who and where
+        runs it), then the clock; ``fields`` add what kind of run it is."""
+        self.create(
+            run_id=self.run_id,
+            arch=arch,
+            status="running",
+            created=utc_now(),
+            pid=os.getpid(),
+            host=platform.node(),
+            **fields,
+        )
+        self.start_clock()
+
+    def resume(self) -> None:
+        """An interrupted run continues in this process: running again, its clock restarted."""
+        self.update(status="running", pid=os.getpid(), host=platform.node())
+        self.start_clock()
 
     def update(self, **changes: Any) -> dict:
         run = self.read()

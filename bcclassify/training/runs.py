@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bcclassify.storage.runs import RunRecord, utc_now
+from bcclassify.storage.runs import RunRecord
 from bcclassify.storage.store import runs_dir
 from bcclassify.training.config import TrainConfig, new_run_id  # noqa: F401 (re-exported)
 from bcclassify.training.feeds import Feeds, activation_cache, make_feeds
@@ -383,7 +383,7 @@ def train(config: TrainConfig) -> Path:
         stored = record.config()
         if stored["data_manifest_sha256"] != dataset.manifest_hash():
             raise ValueError(f"{config.data}: data differs from the data run {run_id} started on")
-        record.update(status="running", pid=os.getpid(), host=platform.node())
+        record.resume()
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         record.write_config(
@@ -401,16 +401,7 @@ def train(config: TrainConfig) -> Path:
             },
         )
         record.write_environment(environment_info())
-        record.create(
-            run_id=run_id,
-            arch=config.arch,
-            status="running",
-            created=utc_now(),
-            pid=os.getpid(),
-            host=platform.node(),
-            epochs_done=0,
-        )
-    record.start_clock()
+        record.start(config.arch, epochs_done=0)
     try:
         pixels, kept = cached_pixels(
             dataset, image_size, Path(config.cache_dir) / "pixels" if config.cache_dir else None

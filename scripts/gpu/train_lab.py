@@ -450,7 +450,7 @@ class _Clock:
         return math.inf if self.max_seconds is None else self.max_seconds - self.elapsed()
 
 
-def _time_limit_callback(clock: _Clock, reserve: float, sync_every: int = 8):
+def time_limit_callback(clock: _Clock, reserve: float, sync_every: int = 8):
     import keras
 
     class TimeLimit(keras.callbacks.Callback):
@@ -607,13 +607,8 @@ def _open_run(args: argparse.Namespace, manifest: dict, log: dict) -> tuple[RunR
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", run_config(config, args, manifest, log))
         write_json(run_dir / "environment.json", environment(backend_versions()))
-        record.create(
-            run_id=config.run_id,
-            arch=config.arch,
-            status="running",
-            created=_now(),
-            pid=os.getpid(),
-            host=platform.node(),
+        record.start(
+            config.arch,
             epochs_done=0,
             # Not initialisation/init_from: train's fields, rewritten when resume finishes it.
             started_from_model=manifest["model"]["name"],
@@ -621,8 +616,7 @@ def _open_run(args: argparse.Namespace, manifest: dict, log: dict) -> tuple[RunR
             trained_by="scripts/gpu/train_lab.py",
         )
     else:
-        record.update(status="running", pid=os.getpid(), host=platform.node())
-    record.start_clock()
+        record.resume()
     log["run_id"] = config.run_id
     return record, dataclasses.asdict(config)
 
@@ -716,7 +710,7 @@ def train(args: argparse.Namespace, log: dict, clock: _Clock) -> dict:
 
     seed_state = augmenter.seed_generator.state
     log["augment_seed_state"] = {"start": keras.ops.convert_to_numpy(seed_state).tolist()}
-    limit = _time_limit_callback(clock, args.reserve_seconds)
+    limit = time_limit_callback(clock, args.reserve_seconds)
 
     def fit_epoch(epoch: int) -> dict:
         tick = time.monotonic()

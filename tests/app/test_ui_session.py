@@ -43,7 +43,7 @@ def test_preload_loads_and_traces_the_default_in_the_background(tiny_store, monk
     from ui import session
 
     monkeypatch.setenv(session.PRELOAD_ENV, "1")
-    monkeypatch.setattr(session, "_preloading", None)
+    monkeypatch.setattr(session, "PRELOADER", session.Preloader())
     thread = session.preload_default_model()
     assert thread is not None and thread.daemon
     assert session.preload_default_model() is thread  # once per process

@@ -145,7 +145,7 @@ def test_time_limit_stops_fit_mid_epoch():
             return self.left_seconds
 
     clock = Clock()
-    limit = train_lab._time_limit_callback(clock, reserve=30.0)
+    limit = train_lab.time_limit_callback(clock, reserve=30.0)
     model = type("Model", (), {"stop_training": False})()
     limit.set_model(model)
     limit.on_train_batch_end(0, {"loss": 1.0})
