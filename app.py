@@ -1,4 +1,9 @@
-"""bcclassify web app: the entry point. Run with ``streamlit run app.py``.
+"""bcclassify web app: the entry point. Run with ``python app.py`` (or ``streamlit run app.py``).
+
+``python app.py [streamlit flags]`` starts loading the default model in the background and then
+serves the app from the same process, so the model is ready by the first upload; with
+``streamlit run app.py`` the load starts only when the first browser session opens (Streamlit
+runs no app code before that).
 
 This file only sets the app up: the page configuration, the navigation (every page, Classify
 included, is a script in ``pages/``) and the sidebar captions. Pages only present results: every
@@ -7,11 +12,21 @@ model, image and metric operation is a call into the ``bcclassify`` library.
 
 from __future__ import annotations
 
+import sys
+
 import streamlit as st
 
 from bcclassify import DATASET_CREDIT
 from bcclassify.presentation.pages import store_description
 from ui.session import preload_default_model
+
+if __name__ == "__main__" and not st.runtime.exists():
+    # Launched as `python app.py`: warm the model while the server starts, then serve this file.
+    from streamlit.web import cli as streamlit_cli
+
+    preload_default_model()
+    sys.argv = ["streamlit", "run", __file__, *sys.argv[1:]]
+    sys.exit(streamlit_cli.main())
 
 PAGES = [  # (script, title, icon), in sidebar order; the first is the default page
     ("pages/0_Classify.py", "Classify", ":material/biotech:"),

@@ -1,0 +1,130 @@
+"""Time the first upload on a fresh app server, as a user meets it (#24's start-up targets).
+
+Starts the app on a free local port (``python app.py``, which loads the default model while the
+server starts, or ``streamlit run app.py``, which loads it when the first session opens), opens
+the Classify page in headless Debian Chromium as soon as the server answers, uploads one bundled
+example cell at once and reports, as JSON, the seconds from process start to a healthy server and
+from the upload to the result heading and to the fused Grad-CAM map. Needs the dev requirements
+(Playwright) and /usr/bin/chromium.
+
+    python scripts/measure_first_upload.py --launch python --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bcclassify import CLASS_LABELS  # noqa: E402 (after the path is set)
+
+EXAMPLE = REPO / "bcclassify" / "examples" / "pbc" / "lymphocyte" / "LY_107981.jpg"
+CHROMIUM = "/usr/bin/chromium"
+LIMIT_MS = 300_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the app exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+def one_fresh_server(launch: str, store: Path, log_dir: Path) -> dict[str, float]:
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    flags = ["--server.headless", "true", "--server.port", str(port)]
+    flags += ["--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+    command = (
+        [sys.executable, "app.py", *flags]
+        if launch == "python"
+        else [sys.executable, "-m", "streamlit", "run", "app.py", *flags]
+    )
+    env = {
+        **os.environ,
+        "BCCLASSIFY_STORE": str(store),
+        "BCCLASSIFY_DATA_DIR": str(log_dir / "data"),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    with (log_dir / f"app-{port}.log").open("wb") as log:
+        server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_healthy(url, server)
+            healthy = time.monotonic() - started
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(
+                    executable_path=CHROMIUM, args=["--headless", "--no-sandbox"]
+                )
+                page = browser.new_page(viewport={"width": 1400, "height": 1600})
+                page.goto(url)
+                page.get_by_role("heading", name="Classify blood cells").wait_for(timeout=LIMIT_MS)
+                page_open = time.monotonic() - started
+                upload = time.monotonic()
+                page.locator('input[type="file"]').first.set_input_files(str(EXAMPLE))
+                labels = re.compile("|".join([*CLASS_LABELS.values(), "Unidentified"]))
+                heading = page.get_by_role("heading", level=3).filter(has_text=labels).first
+                heading.wait_for(timeout=LIMIT_MS)
+                to_result = time.monotonic() - upload
+                page.get_by_text("· Fused").first.wait_for(timeout=LIMIT_MS)
+                to_maps = time.monotonic() - upload
+                browser.close()
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    return {
+        "start_to_healthy_s": round(healthy, 2),
+        "start_to_page_s": round(page_open, 2),
+        "upload_to_result_s": round(to_result, 2),
+        "upload_to_maps_s": round(to_maps, 2),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--launch", choices=["python", "streamlit"], default="python")
+    parser.add_argument("--store", default=str(REPO / "model_store"))
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.repeat):
+            runs.append(one_fresh_server(args.launch, Path(args.store), Path(tmp)))
+            print(json.dumps(runs[-1]), file=sys.stderr)
+    medians = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    print(json.dumps({"launch": args.launch, "runs": runs, "median": medians}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
