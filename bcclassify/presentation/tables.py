@@ -133,6 +133,7 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "latency ms": lambda v: f"{1000 * v:.0f}",
     "maps ms": lambda v: f"{1000 * v:.0f}",
     "duration": duration,
+    "training time": duration,
     "augmentation": lambda v: "yes" if v else "no",
     "SMOTE": lambda v: "yes" if v else "no",
     "shuffle": lambda v: "yes" if v else "no",
@@ -170,7 +171,7 @@ def runs_table(runs: Iterable[RunSummary | Mapping[str, Any]]) -> pd.DataFrame:
 
 LEADERBOARD_COLUMNS = (
     "kind", "name", "architecture", "input px", "test accuracy", "macro-F1", "size MB",
-    "parameters", "latency ms", "maps ms", "initialisation", "source",
+    "parameters", "latency ms", "maps ms", "training time", "initialisation", "source",
 )  # fmt: skip
 
 
@@ -180,19 +181,29 @@ def leaderboard_rows(
     benches: Mapping[str, Mapping] | None = None,
     default: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Installed models and finished runs in one list, best test accuracy first."""
+    """Installed models and finished runs in one list, best test accuracy first; a model's
+    training time is its training run's (wall time on the machine that ran it)."""
+    finished = [r for r in runs if r.finished]
+    durations = {r.run_id: r.duration_s for r in finished}
     rows = [
         {
             **row,
             "kind": "model",
             "name": row["model"] + (" (default)" if row["default"] else ""),
             "source": row["training run"],
+            "training time": durations.get(row["training run"] or ""),
         }
         for row in model_rows(cards, benches, default)
     ]
     rows += [
-        {**row, "kind": "run", "name": row["run id"], "source": row["split"]}
-        for row in run_rows(r for r in runs if r.finished)
+        {
+            **row,
+            "kind": "run",
+            "name": row["run id"],
+            "source": row["split"],
+            "training time": row["duration"],
+        }
+        for row in run_rows(finished)
     ]
     return _best_first(rows)
 

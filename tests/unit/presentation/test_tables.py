@@ -19,9 +19,16 @@ RUNS = [
     RunSummary("cv", arch="cnn", image_size=32, status="finished", test_accuracy=0.9, folds=5),
     RunSummary("mid", arch="unet", image_size=32, status="finished", test_accuracy=0.7),
 ]
+B_RUN = RunSummary("b-run", arch="hybrid", status="finished", test_accuracy=0.95, duration_s=3723)
 CARDS = {
     "a": ModelCard("a", architecture="cnn", image_size=32, test_metrics={"accuracy": 0.8}),
-    "b": ModelCard("b", architecture="hybrid", test_metrics={"accuracy": 0.95}, size_mb=86.3),
+    "b": ModelCard(
+        "b",
+        architecture="hybrid",
+        test_metrics={"accuracy": 0.95},
+        size_mb=86.3,
+        training_run="b-run",
+    ),
 }
 
 
@@ -33,13 +40,16 @@ def test_runs_are_sorted_by_accuracy_with_unscored_runs_last():
 
 
 def test_the_leaderboard_mixes_models_and_finished_runs_best_first():
-    rows = leaderboard_rows(CARDS, RUNS, {"a": {"predict_single_s": 0.012}}, default="a")
+    rows = leaderboard_rows(CARDS, [*RUNS, B_RUN], {"a": {"predict_single_s": 0.012}}, default="a")
     text = as_text(rows, LEADERBOARD_COLUMNS)
-    assert [r["name"] for r in text] == ["b", "cv", "a (default)", "mid", "low"]
+    assert [r["name"] for r in text] == ["b", "b-run", "cv", "a (default)", "mid", "low"]
     by_name = {r["name"]: r for r in text}
     assert by_name["a (default)"]["latency ms"] == "12"
     assert by_name["b"]["latency ms"] == MISSING and by_name["b"]["size MB"] == "86.3"
     assert by_name["cv"]["size MB"] == MISSING and by_name["cv"]["source"] == "5-fold CV"
+    # A model's training time is its run's; a run's is its own.
+    assert by_name["b"]["training time"] == by_name["b-run"]["training time"] == "1h 02m"
+    assert by_name["a (default)"]["training time"] == MISSING
 
 
 def test_markdown_uses_the_same_rows_and_mark():
