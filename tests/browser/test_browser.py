@@ -87,8 +87,8 @@ def app_url(tiny_store, tmp_path):
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "BCCLASSIFY_PRELOAD": "1",  # as a user's server: the default loads when the page opens
     }
-    command = [
-        sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"),
+    command = [  # the README's quick start: `python app.py`, which serves it with streamlit
+        sys.executable, str(REPO / "app.py"),
         "--server.headless", "true", "--server.port", str(port),
         "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
         "--browser.gatherUsageStats", "false",
