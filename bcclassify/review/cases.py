@@ -59,6 +59,7 @@ __all__ = [
     "CaseError",
     "CaseNotFound",
     "CaseStore",
+    "cell_result",
     "normalise_accession",
     "parse_wbc",
     "report_fhir",
@@ -173,6 +174,25 @@ def parse_wbc(value: object) -> float | None:
             f"{low:g} to {high:g}, or empty when the analyser's count is not known"
         )
     return round(number, 2)
+
+
+def cell_result(prediction, file_name: str, image_sha256: str = "") -> dict:
+    """A classifier ``Prediction`` as :meth:`CaseStore.add_cells` takes it (``predict --format
+    json``'s fields, plus the file name and the image's sha256)."""
+    ok = prediction.error is None
+    return {
+        "file": file_name,
+        "image_sha256": image_sha256,
+        "label": prediction.label if ok else None,
+        "confidence": prediction.confidence if ok else None,
+        "flag": prediction.flag,
+        "error": prediction.error,
+        "probabilities": (
+            {c: float(p) for c, p in zip(prediction.class_names, prediction.probabilities)}
+            if ok
+            else None
+        ),
+    }
 
 
 def _signer(identity: Identity | None) -> Identity:
