@@ -7,6 +7,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
 from helpers import REPO
 from streamlit.testing.v1 import AppTest
 
@@ -109,3 +110,31 @@ def test_a_case_from_accession_to_final_sign_off(tmp_path, monkeypatch):
     # What the FHIR button serves: the library's resource for this case, now final.
     resource = report_fhir(CaseStore(data / "reviews.sqlite3"), case.case_id)
     assert json.loads(json.dumps(resource))["status"] == "final"
+
+
+@pytest.mark.slow
+def test_cells_classified_on_the_page_join_the_case_all_or_nothing(
+    tiny_store, tmp_path, monkeypatch
+):
+    data = tmp_path / "data"
+    monkeypatch.setenv("BCCLASSIFY_DATA_DIR", str(data))
+    monkeypatch.delenv("BCCLASSIFY_ACCOUNTS", raising=False)
+    accounts.add_user(data / "accounts.json", "ann", PASSWORD)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    at = _log_in(_ok(at.switch_page(PAGE).run()), "ann")
+    at.text_input(key="accession").set_value("H26-0043")
+    at = _ok(_button(at, "Create case").click().run())
+    examples = ["basophil/BA_112418.jpg", "ig/IG_132866.jpg"]
+    at.multiselect(key="examples").set_value(examples).run()
+    at = _ok(_button(at, "Classify and add 2 image(s)").click().run())
+    assert "2 cell(s) added, classified with tiny-hybrid" in _texts(at.success)
+    store = CaseStore(data / "reviews.sqlite3")
+    (case,) = store.list()
+    cells = store.cells(case.case_id)
+    assert [c["file_name"] for c in cells] == examples
+    assert {c["model"] for c in cells} == {"tiny-hybrid"}
+    assert all(len(c["model_card_sha256"]) == 64 and len(c["image_sha256"]) == 64 for c in cells)
+    # The same files again: refused by name, nothing added.
+    at = _ok(_button(at, "Classify and add 2 image(s)").click().run())
+    assert "already in case" in _texts(at.text)
+    assert len(store.cells(case.case_id)) == 2
