@@ -118,7 +118,9 @@ def _conclusion(report: Mapping) -> str:
         f"{apart['refused_files']} refused file(s).",
     ]
     if results["flags"]:
-        parts.append("Flags: " + "; ".join(f"{f['flag']} ({f['rule']})" for f in results["flags"]))
+        parts.append(
+            "Flags: " + "; ".join(f"{f['flag']} ({f['rule']})" for f in results["flags"]) + "."
+        )
     models = report["model"]
     parts.append(
         f"Model: {', '.join(models['names']) or 'unknown'}; card sha256 "
