@@ -69,8 +69,10 @@ def limits_ui(secrets: dict) -> ReportLimits:
         return ReportLimits()
 
 
-def done(message: str) -> None:
-    st.session_state[DONE] = message
+def done(message: str, detail: str = "") -> None:
+    """Rerun so every region shows the saved state; the next run says what was saved (a fixed
+    message, and any user data in it as plain text)."""
+    st.session_state[DONE] = (message, detail)
     st.rerun()
 
 
@@ -93,7 +95,7 @@ def new_case_ui(store: CaseStore, identity: Identity) -> None:
             refused(exc, "The case was not created:")
             return
         st.session_state[CASE] = case.case_id
-        done(f"Case {case.case_id} created for accession {case.accession}.")
+        done("Case created.", f"Case {case.case_id} for accession {case.accession}.")
 
 
 def case_picker_ui(store: CaseStore) -> Case | None:
@@ -105,9 +107,11 @@ def case_picker_ui(store: CaseStore) -> Case | None:
     if st.session_state.get(CASE) not in by_id:
         st.session_state[CASE] = cases[0].case_id
     chosen = st.selectbox("Case", list(by_id), key=CASE, format_func=lambda i: case_label(by_id[i]))
-    message = st.session_state.pop(DONE, None)
-    if message:
-        st.success(message)
+    saved = st.session_state.pop(DONE, None)
+    if saved:
+        st.success(saved[0])
+        if saved[1]:
+            st.text(saved[1])  # file names, accession numbers: data, never Markdown
     return by_id[chosen]
 
 
@@ -136,7 +140,7 @@ def add_cells_ui(store: CaseStore, case: Case, model: tuple[str, dict]) -> None:
     except (CaseError, ReviewLogUnavailable) as exc:
         refused(exc, "No cell was added (all or nothing):")
         return
-    done(f"{len(cells)} cell(s) added, classified with {name}.")
+    done(f"{len(cells)} cell(s) added.", f"Classified with {name}.")
 
 
 def report_ui(report: dict) -> None:
@@ -196,7 +200,7 @@ def cells_ui(store: CaseStore, case: Case, cells: list[dict], identity: Identity
         except (CaseError, ReviewLogUnavailable) as exc:
             refused(exc, "The decision was not saved:")
             return
-        done(f"{file_name}: {class_label(chosen)} saved.")
+        done("Decision saved.", f"{file_name}: {class_label(chosen)}")
 
 
 def sign_off_ui(store: CaseStore, case: Case, cells: list[dict], identity: Identity) -> None:

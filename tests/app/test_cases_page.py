@@ -69,7 +69,8 @@ def test_a_case_from_accession_to_final_sign_off(tmp_path, monkeypatch):
     at.text_input(key="accession").set_value(" h26-0042 ")
     at.text_input(key="wbc").set_value("7,4")
     at = _ok(_button(at, "Create case").click().run())
-    assert "created for accession H26-0042" in _texts(at.success)
+    assert "Case created." in _texts(at.success)
+    assert "for accession H26-0042" in _texts(at.text)
     assert "Accession: H26-0042" in _texts(at.text)
     (case,) = CaseStore(data / "reviews.sqlite3").list()
 
@@ -87,7 +88,8 @@ def test_a_case_from_accession_to_final_sign_off(tmp_path, monkeypatch):
     assert at.selectbox(key="review_cell").value == "m.jpg"  # the flagged cell first
     at.selectbox(key="review_class").set_value("lymphocyte")
     at = _ok(_button(at, "Save decision").click().run())
-    assert "m.jpg: Lymphocyte saved." in _texts(at.success)
+    assert "Decision saved." in _texts(at.success)
+    assert "m.jpg: Lymphocyte" in _texts(at.text)  # a file name: plain text
     assert "Monocyte -> Lymphocyte: 1" in _texts(at.text)
     at = _ok(_button(at, "Sign as reviewer").click().run())
     assert "awaits the final sign-off" in _texts(at.success)
@@ -127,7 +129,8 @@ def test_cells_classified_on_the_page_join_the_case_all_or_nothing(
     examples = ["basophil/BA_112418.jpg", "ig/IG_132866.jpg"]
     at.multiselect(key="examples").set_value(examples).run()
     at = _ok(_button(at, "Classify and add 2 image(s)").click().run())
-    assert "2 cell(s) added, classified with tiny-hybrid" in _texts(at.success)
+    assert "2 cell(s) added." in _texts(at.success)
+    assert "Classified with tiny-hybrid." in _texts(at.text)
     store = CaseStore(data / "reviews.sqlite3")
     (case,) = store.list()
     cells = store.cells(case.case_id)
