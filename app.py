@@ -35,6 +35,7 @@ PAGES = [  # (script, title, icon), in sidebar order; the first is the default p
     ("pages/3_Per-class_metrics.py", "Per-class metrics", ":material/bar_chart:"),
     ("pages/4_Model_comparison.py", "Model comparison", ":material/compare:"),
     ("pages/5_Adapt_to_your_lab.py", "Adapt to your lab", ":material/tune:"),
+    ("pages/6_Cases.py", "Cases and reports", ":material/assignment:"),
 ]
 
 st.set_page_config(

@@ -129,7 +129,9 @@ def test_the_page_data_modules_import_neither_streamlit_nor_plotly():
 
     code = (
         "import sys, bcclassify.presentation.classify, bcclassify.presentation.adapt, "
-        "bcclassify.presentation.runs, bcclassify.presentation.confusion; "
+        "bcclassify.presentation.runs, bcclassify.presentation.confusion, "
+        "bcclassify.presentation.cases, bcclassify.review.cases, bcclassify.review.fhir, "
+        "bcclassify.review.pdf; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('streamlit', 'plotly', 'ui')))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
