@@ -30,8 +30,12 @@ __all__ = [
     "ReviewLog",
     "ReviewLogUnavailable",
     "create_private_file",
+    "decision_values",
     "default_data_dir",
+    "insert_decision",
     "make_private_dir",
+    "sql_statements",
+    "utc_now",
 ]
 
 DATA_DIR_ENV = "BCCLASSIFY_DATA_DIR"
@@ -49,6 +53,7 @@ EXPORT_COLUMNS = [
     "comment",
     "reviewer",
     "time",
+    "case_id",
 ]
 
 _SCHEMA = """
@@ -65,7 +70,8 @@ CREATE TABLE IF NOT EXISTS reviews (
     reviewer TEXT NOT NULL DEFAULT '',
     time TEXT NOT NULL,
     model_card_sha256 TEXT NOT NULL DEFAULT '',
-    training_run TEXT NOT NULL DEFAULT ''
+    training_run TEXT NOT NULL DEFAULT '',
+    case_id TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS reviews_image ON reviews (image_sha256);
 """
@@ -73,6 +79,8 @@ CREATE INDEX IF NOT EXISTS reviews_image ON reviews (image_sha256);
 _ADDED_COLUMNS = {
     "model_card_sha256": "TEXT NOT NULL DEFAULT ''",
     "training_run": "TEXT NOT NULL DEFAULT ''",
+    # The case (bcclassify.review.cases) a decision belongs to; '' for the Classify page's.
+    "case_id": "TEXT NOT NULL DEFAULT ''",
 }
 _APPEND_ONLY = """
 CREATE TRIGGER IF NOT EXISTS reviews_no_update BEFORE UPDATE ON reviews
@@ -110,7 +118,7 @@ def create_private_file(path: Path) -> None:
             os.chmod(path, 0o600)  # a log written by an older version was world-readable
 
 
-def _statements(script: str) -> list[str]:
+def sql_statements(script: str) -> list[str]:
     """Split a script of simple statements; trigger bodies end in ``END;``."""
     out, current = [], []
     for line in script.strip().splitlines():
@@ -130,13 +138,13 @@ def _migrate(db: sqlite3.Connection) -> None:
     """
     db.execute("BEGIN IMMEDIATE")
     try:
-        for statement in _statements(_SCHEMA):
+        for statement in sql_statements(_SCHEMA):
             db.execute(statement)
         present = {row[1] for row in db.execute("PRAGMA table_info(reviews)")}
         for column, kind in _ADDED_COLUMNS.items():
             if column not in present:
                 db.execute(f"ALTER TABLE reviews ADD COLUMN {column} {kind}")
-        for statement in _statements(_APPEND_ONLY):
+        for statement in sql_statements(_APPEND_ONLY):
             db.execute(statement)
         db.execute("COMMIT")
     except BaseException:
@@ -155,23 +163,77 @@ def _reason(exc: BaseException) -> str:
     return text
 
 
+def decision_values(
+    file_name: str,
+    image_sha256: str,
+    model: str,
+    predicted_class: str,
+    probabilities: Mapping[str, float] | list[float],
+    reviewer_class: str,
+    comment: str = "",
+    reviewer: str = "",
+    *,
+    model_card_sha256: str = "",
+    training_run: str = "",
+    case_id: str = "",
+) -> dict:
+    """One decision's row, validated (classes known, reviewer named), stamped with UTC time."""
+    for label, value in (("predicted", predicted_class), ("reviewer", reviewer_class)):
+        if value not in CLASS_NAMES:
+            raise ValueError(f"{label} class {value!r} is not one of {', '.join(CLASS_NAMES)}")
+    if not (reviewer or "").strip():
+        raise ValueError("a decision needs its reviewer: log in to save decisions")
+    if not isinstance(probabilities, Mapping):
+        probabilities = dict(zip(CLASS_NAMES, (float(p) for p in probabilities)))
+    decision = "confirmed" if reviewer_class == predicted_class else "corrected"
+    return {
+        "file_name": file_name,
+        "image_sha256": image_sha256,
+        "model": model,
+        "model_card_sha256": model_card_sha256 or "",
+        "training_run": training_run or "",
+        "predicted_class": predicted_class,
+        "probabilities": json.dumps({k: round(float(v), 6) for k, v in probabilities.items()}),
+        "reviewer_class": reviewer_class,
+        "decision": decision,
+        "comment": comment or "",
+        "reviewer": reviewer.strip(),
+        "time": utc_now(),
+        "case_id": case_id or "",
+    }
+
+
+def insert_decision(db: sqlite3.Connection, values: Mapping[str, object]) -> int:
+    """Append one row made by :func:`decision_values` on ``db`` (the caller's transaction)."""
+    columns = ", ".join(values)
+    marks = ", ".join("?" for _ in values)
+    cursor = db.execute(f"INSERT INTO reviews ({columns}) VALUES ({marks})", tuple(values.values()))
+    return int(cursor.lastrowid)
+
+
+def utc_now() -> str:
+    """The time stamp every row of the log carries: UTC, ISO 8601, milliseconds."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
 class ReviewLog:
     """Append-only review decisions in ``<data_dir>/reviews.sqlite3``."""
 
-    def __init__(self, data_dir: str | Path | None = None) -> None:
+    def __init__(self, data_dir: str | Path | None = None, *, file_name: str = LOG_NAME) -> None:
         folder = Path(data_dir or default_data_dir())
-        self.path = folder / LOG_NAME
+        self.path = folder / file_name
         try:
             make_private_dir(folder)
             # SQLite gives the -wal and -shm files the database file's own permissions.
             create_private_file(self.path)
-            with closing(self._connect()) as db:
+            with closing(self.connect()) as db:
                 db.execute("PRAGMA journal_mode=WAL")
                 _migrate(db)
         except (sqlite3.Error, OSError) as exc:
             raise ReviewLogUnavailable(f"{self.path}: {_reason(exc)}") from None
 
-    def _connect(self) -> sqlite3.Connection:
+    def connect(self) -> sqlite3.Connection:
+        """A connection with the log's settings (busy timeout, synchronous=FULL, Row rows)."""
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         db.execute("PRAGMA busy_timeout=30000")
         db.execute("PRAGMA synchronous=FULL")  # a confirmed decision survives a power cut
@@ -191,48 +253,34 @@ class ReviewLog:
         *,
         model_card_sha256: str = "",
         training_run: str = "",
+        case_id: str = "",
     ) -> int:
         """Save one decision (committed before returning); returns its row id.
 
         ``reviewer`` is who made the decision (the app passes the logged-in user); it is required.
         """
-        for label, value in (("predicted", predicted_class), ("reviewer", reviewer_class)):
-            if value not in CLASS_NAMES:
-                raise ValueError(f"{label} class {value!r} is not one of {', '.join(CLASS_NAMES)}")
-        if not (reviewer or "").strip():
-            raise ValueError("a decision needs its reviewer: log in to save decisions")
-        if not isinstance(probabilities, Mapping):
-            probabilities = dict(zip(CLASS_NAMES, (float(p) for p in probabilities)))
-        decision = "confirmed" if reviewer_class == predicted_class else "corrected"
-        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-        values = {
-            "file_name": file_name,
-            "image_sha256": image_sha256,
-            "model": model,
-            "model_card_sha256": model_card_sha256 or "",
-            "training_run": training_run or "",
-            "predicted_class": predicted_class,
-            "probabilities": json.dumps({k: round(float(v), 6) for k, v in probabilities.items()}),
-            "reviewer_class": reviewer_class,
-            "decision": decision,
-            "comment": comment or "",
-            "reviewer": reviewer.strip(),
-            "time": now,
-        }
-        columns = ", ".join(values)
-        marks = ", ".join("?" for _ in values)
+        values = decision_values(
+            file_name,
+            image_sha256,
+            model,
+            predicted_class,
+            probabilities,
+            reviewer_class,
+            comment,
+            reviewer,
+            model_card_sha256=model_card_sha256,
+            training_run=training_run,
+            case_id=case_id,
+        )
         try:
-            with closing(self._connect()) as db:
-                cursor = db.execute(
-                    f"INSERT INTO reviews ({columns}) VALUES ({marks})", tuple(values.values())
-                )
-                return int(cursor.lastrowid)
+            with closing(self.connect()) as db:
+                return insert_decision(db, values)
         except sqlite3.Error as exc:
             raise ReviewLogUnavailable(f"{self.path}: not saved - {_reason(exc)}") from None
 
     def _rows(self, where: str = "", args: tuple = ()) -> list[dict]:
         try:
-            with closing(self._connect()) as db:
+            with closing(self.connect()) as db:
                 return [
                     dict(r) for r in db.execute(f"SELECT * FROM reviews {where} ORDER BY id", args)
                 ]
@@ -245,7 +293,10 @@ class ReviewLog:
         if latest_only:
             newest: dict[tuple[str, str], dict] = {}
             for row in rows:
-                newest[(row["image_sha256"], row["model"])] = row
+                # A case's cell may come without an image sha256: its file name in its case is
+                # then the key (file names are unique within a case).
+                image = row["image_sha256"] or f"{row['case_id']}/{row['file_name']}"
+                newest[(image, row["model"])] = row
             rows = sorted(newest.values(), key=lambda r: r["id"])
         return rows
 
