@@ -32,7 +32,7 @@ from bcclassify.access.tokens import TOKENS_NAME, client_for_token
 from bcclassify.api import DEFAULT_HOST, DEFAULT_PORT
 from bcclassify.api.cells import Upload, classify_cells
 from bcclassify.data.imaging import ACCEPTED
-from bcclassify.review.reviews import default_data_dir
+from bcclassify.review.reviews import LOG_NAME, ReviewLogUnavailable, default_data_dir
 from bcclassify.serving.uploads import MAX_FILES_ENV, UploadLimits
 from bcclassify.storage.store import sha256_file
 
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST_ENV = "BCCLASSIFY_API_MAX_REQUEST_MB"
 DEFAULT_MAX_REQUEST_MB = 256  # a whole request; each file is also held to the app's per-file cap
-CASES_NAME = "cases.sqlite3"  # in the data directory, beside the review log
+CASES_NAME = LOG_NAME  # cases live in the review log's file (review.cases)
 PUBLIC_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
@@ -212,6 +212,10 @@ def create_app(
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
 
+    @app.exception_handler(ReviewLogUnavailable)
+    async def log_unavailable(_: Request, exc: ReviewLogUnavailable) -> JSONResponse:
+        return ApiError(503, f"the case store is unavailable: {exc}").response()
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
@@ -282,7 +286,7 @@ def create_app(
         cases, store = case_store()
         try:
             store.get(case_id)
-        except cases.CaseError as exc:
+        except cases.CaseNotFound as exc:
             raise ApiError(404, str(exc)) from None
         return cases, store
 
@@ -317,7 +321,9 @@ def create_app(
         served = model()
         rows = classify_cells(served, items, limits)
         try:
-            store.add_cells(case_id, [r for r in rows if r["status"] == 200], card_sha256)
+            # Refused files are answered but not added: sent again fixed, the name is free.
+            classified = [r for r in rows if r["status"] == 200]
+            store.add_cells(case_id, classified, card_sha256, model=served.name)
         except cases.CaseError as exc:
             raise ApiError(422, str(exc)) from None
         return {"case_id": case_id, "model": served.name, "results": rows}

@@ -212,7 +212,10 @@ def test_a_case_is_created_filled_and_reported_as_json_fhir_and_pdf(client):
     assert response.status_code == 201, response.text
     case = response.json()
     case_id = case["case_id"]
-    assert case["accession"] == "A-2026-0001"
+    assert case["accession"] == "A-2026-0001" and case["status"] == "open"
+    assert client.get(f"/cases/{case_id}").json()["created_by"] == "api:lis"
+    again = client.post("/cases", json={"accession": "a-2026-0001"})
+    assert again.status_code == 422 and case_id in again.json()["error"]
     files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in CELLS]
     files.append(("files", ("drawing.svg", REFUSED["svg"][0], "image/svg+xml")))
     added = client.post(f"/cases/{case_id}/cells", files=files)
@@ -224,8 +227,13 @@ def test_a_case_is_created_filled_and_reported_as_json_fhir_and_pdf(client):
     )
     assert "A-2026-0001" in report.text
     fhir = client.get(f"/cases/{case_id}/report.fhir.json")
-    assert fhir.status_code == 200 and fhir.json()["resourceType"] == "Bundle"
+    assert fhir.status_code == 200 and fhir.json()["resourceType"] == "DiagnosticReport"
     pdf = client.get(f"/cases/{case_id}/report.pdf")
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
     assert pdf.headers["content-type"] == "application/pdf"
-    assert client.get("/cases/no-such-case/report").status_code == 404
+    missing = client.get("/cases/no-such-case/report")
+    assert missing.status_code == 404 and "no-such-case" in missing.json()["error"]
+    assert client.post("/cases/no-such-case/cells", files=files[:1]).status_code == 404
+    # A file name already in the case: nothing of the request is added (all or nothing).
+    repeat = client.post(f"/cases/{case_id}/cells", files=files[:1])
+    assert repeat.status_code == 422 and "already in case" in repeat.json()["error"]
