@@ -94,3 +94,10 @@ def test_malformed_requests_are_422_naming_the_field(api):
     assert response.status_code == 422
     error = response.json()["error"]
     assert "accession" in error and "wbc_count" in error
+
+
+def test_serve_api_refuses_a_bad_port_before_loading_anything(capsys):
+    from bcclassify.cli.main import main
+
+    assert main(["serve-api", "--port", "70000"]) == 2
+    assert "--port 70000 is not a port number" in capsys.readouterr().err
