@@ -1,7 +1,7 @@
 """Uploaded cells through the app's bounds and the served model, answered as ``predict`` answers.
 
 No web framework here: uploads come in as ``(name, size, read)`` and leave as the JSON rows of
-``predict --format json`` (``cli.predict.prediction_json``), each with the HTTP status of its
+``predict --format json`` (``serving.classifier.prediction_json``), each with the HTTP status of its
 outcome (200, or 413/415/422 for a refusal) and the image's sha256. Each upload is held to the
 app's caps (``serving.uploads``: bytes, then pixels from the header) before it is decoded, by the
 one loader, into a bounded working copy; one refused file never stops the others.
@@ -13,14 +13,13 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bcclassify.cli.predict import prediction_json
 from bcclassify.data.imaging import (
     ACCEPTED,
     REFUSED_TOO_LARGE,
     REFUSED_UNSUPPORTED,
     ImageLoadError,
 )
-from bcclassify.serving.classifier import Prediction
+from bcclassify.serving.classifier import Prediction, prediction_json
 from bcclassify.serving.uploads import UploadLimits, check_byte_cap, working_copy
 from bcclassify.storage.store import sha256_bytes
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 from bcclassify import CLASS_NAMES
 from bcclassify.access import tokens
-from bcclassify.cli.predict import prediction_json
+from bcclassify.serving.classifier import prediction_json
 from bcclassify.storage.store import sha256_bytes, sha256_file
 
 pytestmark = pytest.mark.slow
