@@ -36,6 +36,7 @@ PAGES = [  # (script, title, icon), in sidebar order; the first is the default p
     ("pages/4_Model_comparison.py", "Model comparison", ":material/compare:"),
     ("pages/5_Adapt_to_your_lab.py", "Adapt to your lab", ":material/tune:"),
     ("pages/6_Cases.py", "Cases and reports", ":material/assignment:"),
+    ("pages/7_Method_verification.py", "Method verification", ":material/fact_check:"),
 ]
 
 st.set_page_config(

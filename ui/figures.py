@@ -101,8 +101,16 @@ def learning_curve_figure(curves: dict[str, pd.DataFrame]):
     return fig
 
 
-def confusion_figure(matrix, class_names=CLASS_NAMES, normalized: bool = False):
-    """Heatmap with true classes on rows and predicted classes on columns."""
+def confusion_figure(
+    matrix,
+    class_names=CLASS_NAMES,
+    normalized: bool = False,
+    rows: str = "true class",
+    columns: str = "predicted class",
+    unit: str = "images",
+):
+    """Heatmap with true classes (``rows``) on rows and predicted classes (``columns``) on
+    columns."""
     counts = np.asarray(matrix)
     values = row_normalize(counts) if normalized else counts
     labels = [class_label(n) for n in class_names]
@@ -118,14 +126,15 @@ def confusion_figure(matrix, class_names=CLASS_NAMES, normalized: bool = False):
             zmin=0,
             zmax=1 if normalized else None,
             customdata=counts,
-            hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata} images<extra></extra>",
+            hovertemplate=f"{rows} %{{y}}<br>{columns} %{{x}}<br>%{{customdata}} {unit}"
+            "<extra></extra>",
         )
     )
     fig.update_layout(
         **_LAYOUT,
         height=520,
-        xaxis=dict(title="predicted class", side="bottom"),
-        yaxis=dict(title="true class", autorange="reversed"),
+        xaxis=dict(title=columns, side="bottom"),
+        yaxis=dict(title=rows, autorange="reversed"),
     )
     return fig
 

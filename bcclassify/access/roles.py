@@ -23,6 +23,7 @@ class Role(StrEnum):
 ACTIONS: dict[str, frozenset[Role]] = {
     "review": frozenset(Role),
     "export_own_decisions": frozenset(Role),
+    "view_agreement": frozenset(Role),  # aggregate model-vs-reviewer figures, no one's decisions
     "sign_off_review": frozenset(Role),
     "sign_off_final": frozenset({Role.PATHOLOGIST, Role.ADMIN}),
     "export_all_decisions": frozenset({Role.ADMIN}),

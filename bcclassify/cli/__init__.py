@@ -9,6 +9,7 @@ TensorFlow without its start-up chatter.
 
 __all__ = [
     "adapt",
+    "api",
     "bench",
     "common",
     "evaluate",

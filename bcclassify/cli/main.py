@@ -1,8 +1,8 @@
 """``python -m bcclassify``: the parser of every command, and the exit status of a run.
 
 Each command lives in its own module (train, predict, evaluate, models, explain, bench, users,
-adapt) as ``add_<command>(sub)``, which declares its options, and ``run_<command>(args)``, which
-returns its exit status. Here they are put together, and whatever a command raises becomes one
+adapt, api) as ``add_<command>(sub)``, which declares its options, and ``run_<command>(args)``,
+which returns its exit status. Here they are put together, and whatever a command raises becomes one
 line on stderr and a status (README, "Exit statuses").
 """
 
@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from bcclassify.cli import adapt, bench, evaluate, explain, models, predict, train, users
+from bcclassify.cli import adapt, api, bench, evaluate, explain, models, predict, train, users
 from bcclassify.cli.common import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -56,6 +56,8 @@ PARSERS = (
     users.add_users,
     models.add_calibrate,
     adapt.add_adapt,
+    api.add_serve_api,
+    api.add_api_tokens,
 )
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -70,6 +72,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "users": users.run_users,
     "calibrate": models.run_calibrate,
     "adapt": adapt.run_adapt,
+    "serve-api": api.run_serve_api,
+    "api-tokens": api.run_api_tokens,
 }
 
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 
 from tqdm import tqdm
 
 from bcclassify.cli.common import EXIT_OK, EXIT_REFUSED, SubParsers, UsageError, load_classifier
 from bcclassify.data.imaging import collect_image_paths
 from bcclassify.review.report import batch_shift_notice
-from bcclassify.serving.classifier import Prediction, iter_sources
+from bcclassify.serving.classifier import iter_sources, prediction_json
 
 __all__ = ["add_predict", "prediction_json", "run_predict"]
 
@@ -33,20 +32,6 @@ def add_predict(sub: SubParsers) -> None:
     p.add_argument("--model", help="installed model name (default: the default model)")
     p.add_argument("--format", choices=("csv", "json"), default="csv")
     p.add_argument("--batch-size", type=int, default=32)
-
-
-def prediction_json(pred: Prediction, names: Sequence[str]) -> dict:
-    """One prediction as ``--format json`` writes it (probabilities None when refused)."""
-    return {
-        "path": pred.path,
-        "label": pred.label,
-        "confidence": pred.confidence,
-        "flag": pred.flag,
-        "error": pred.error,
-        "probabilities": None
-        if not pred.ok
-        else {c: float(p) for c, p in zip(names, pred.probabilities)},
-    }
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -28,6 +28,9 @@ __all__ = [
     "KNOWN_MODES",
     "MAX_PIXELS",
     "MIN_SIDE_PX",
+    "REFUSED_INVALID",
+    "REFUSED_TOO_LARGE",
+    "REFUSED_UNSUPPORTED",
     "RESAMPLE",
     "TRAINING_COPY_JPEG_QUALITY",
     "TRAINING_COPY_PX",
@@ -75,12 +78,19 @@ def input_label(image_size: int | None, center_crop: float | None = 1.0) -> str:
     return str(image_size)
 
 
-class ImageLoadError(ValueError):
-    """An input that is not an acceptable cell image. The message names the file and the rule."""
+# What kind of refusal an ImageLoadError is, for callers that answer with a status (the HTTP API:
+# 413 too large, 415 not a supported image, 422 an image that cannot be used).
+REFUSED_INVALID, REFUSED_UNSUPPORTED, REFUSED_TOO_LARGE = "invalid", "unsupported", "too_large"
 
-    def __init__(self, name: str, reason: str) -> None:
+
+class ImageLoadError(ValueError):
+    """An input that is not an acceptable cell image. The message names the file and the rule;
+    ``kind`` says which sort of rule (``REFUSED_*``)."""
+
+    def __init__(self, name: str, reason: str, kind: str = REFUSED_INVALID) -> None:
         self.name = name
         self.reason = reason
+        self.kind = kind
         super().__init__(f"{name}: {reason}; {ACCEPTED}")
 
 
@@ -194,7 +204,7 @@ def _at_full_depth(img: Image.Image, data: bytes, label: str) -> Image.Image:
     scaled by its real range (:func:`real_range`); modes that cannot be converted faithfully
     refused with a message."""
     if img.mode not in KNOWN_MODES:
-        raise ImageLoadError(label, f"colour mode {img.mode} is not supported")
+        raise ImageLoadError(label, f"colour mode {img.mode} is not supported", REFUSED_UNSUPPORTED)
     if img.mode in WIDE_GREY_MODES or img.format not in ("PNG", "TIFF", "PPM"):
         return img  # greyscale is scaled later; other formats have no 16-bit colour
     try:
@@ -204,6 +214,7 @@ def _at_full_depth(img: Image.Image, data: bytes, label: str) -> Image.Image:
             label,
             f"16-bit colour in this file cannot be read at full depth ({exc}); save it with 8 "
             "bits per channel or as a 16-bit PNG",
+            REFUSED_UNSUPPORTED,
         ) from None
     if samples is None:
         return img
@@ -296,7 +307,7 @@ def load_image(source: ImageSource, size: int | None = None, name: str | None = 
         raise ImageLoadError(label, "the file is empty")
     non_raster = _sniff_non_raster(data[:1024])
     if non_raster:
-        raise ImageLoadError(label, non_raster)
+        raise ImageLoadError(label, non_raster, REFUSED_UNSUPPORTED)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -304,16 +315,20 @@ def load_image(source: ImageSource, size: int | None = None, name: str | None = 
             width, height = img.size
             if width * height > MAX_PIXELS:
                 raise ImageLoadError(
-                    label, f"{width}x{height} px is too large (a possible decompression bomb)"
+                    label,
+                    f"{width}x{height} px is too large (a possible decompression bomb)",
+                    REFUSED_TOO_LARGE,
                 )
             img.seek(0)  # first frame of animations
             img.load()
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageLoadError(label, "too many pixels (a possible decompression bomb)") from None
+        raise ImageLoadError(
+            label, "too many pixels (a possible decompression bomb)", REFUSED_TOO_LARGE
+        ) from None
     except UnidentifiedImageError:
-        raise ImageLoadError(label, "not a recognised raster image") from None
+        raise ImageLoadError(label, "not a recognised raster image", REFUSED_UNSUPPORTED) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageLoadError(label, f"the image data is damaged or truncated ({reason})") from None

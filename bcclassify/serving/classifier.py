@@ -48,6 +48,7 @@ __all__ = [
     "load_model",
     "load_model_folder",
     "predict_with_views",
+    "prediction_json",
     "read_card",
     "resolve_model_name",
     "verify_model_files",
@@ -300,6 +301,21 @@ class Prediction:
     def unidentified(self) -> bool:
         """Not like the cells the model was trained on: no class should be shown as its answer."""
         return self.novelty is not None and self.novelty > self.novelty_threshold
+
+
+def prediction_json(pred: Prediction, names: Sequence[str]) -> dict:
+    """One prediction as ``predict --format json`` writes it and the HTTP API answers it
+    (probabilities None when refused)."""
+    return {
+        "path": pred.path,
+        "label": pred.label,
+        "confidence": pred.confidence,
+        "flag": pred.flag,
+        "error": pred.error,
+        "probabilities": None
+        if not pred.ok
+        else {c: float(p) for c, p in zip(names, pred.probabilities)},
+    }
 
 
 @dataclass

@@ -19,19 +19,22 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from bcclassify.data.imaging import RESAMPLE, ImageLoadError, load_image
+from bcclassify.data.imaging import REFUSED_TOO_LARGE, RESAMPLE, ImageLoadError, load_image
 from bcclassify.serving.classifier import Prediction
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_FILES",
     "DEFAULT_MAX_PIXELS",
     "LRU",
+    "MAX_BYTES_ENV",
     "MAX_FILES_ENV",
     "MAX_PIXELS_ENV",
     "THUMB_PX",
     "UploadLimits",
     "WORKING_PX",
     "WorkingCopy",
+    "check_byte_cap",
     "check_pixel_cap",
     "classify_uploads",
     "explain_copy",
@@ -41,8 +44,12 @@ __all__ = [
 
 MAX_PIXELS_ENV = "BCCLASSIFY_MAX_UPLOAD_PIXELS"
 MAX_FILES_ENV = "BCCLASSIFY_MAX_FILES"
+MAX_BYTES_ENV = "BCCLASSIFY_MAX_UPLOAD_MB"
 DEFAULT_MAX_PIXELS = 25_000_000  # well under the loader's 90 MP; a whole smear field is ~5-20 MP
 DEFAULT_MAX_FILES = 200
+# Per file: the app's server.maxUploadSize (.streamlit/config.toml, a test keeps them equal).
+# PBC crops are ~20 kB, whole fields of view a few MB.
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 WORKING_PX = 1024  # long side of the working copy: 3 MB of RGB at most
 THUMB_PX = 96
 
@@ -52,10 +59,12 @@ class UploadLimits:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_files: int = DEFAULT_MAX_FILES
     working_px: int = WORKING_PX
+    max_bytes: int = DEFAULT_MAX_BYTES
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> UploadLimits:
-        """Caps from $BCCLASSIFY_MAX_UPLOAD_PIXELS and $BCCLASSIFY_MAX_FILES (positive integers)."""
+        """Caps from $BCCLASSIFY_MAX_UPLOAD_PIXELS, $BCCLASSIFY_MAX_FILES and
+        $BCCLASSIFY_MAX_UPLOAD_MB (positive integers; the last in MiB per file)."""
         env = os.environ if environ is None else environ
 
         def number(key: str, default: int) -> int:
@@ -68,6 +77,7 @@ class UploadLimits:
         return cls(
             max_pixels=number(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS),
             max_files=number(MAX_FILES_ENV, DEFAULT_MAX_FILES),
+            max_bytes=number(MAX_BYTES_ENV, DEFAULT_MAX_BYTES // 2**20) * 2**20,
         )
 
 
@@ -85,6 +95,17 @@ class WorkingCopy:
         return self.pixels.shape[1::-1] != self.original_size
 
 
+def check_byte_cap(name: str, size: int, max_bytes: int) -> None:
+    """Refuse a file over ``max_bytes`` before it is read any further."""
+    if size > max_bytes:
+        raise ImageLoadError(
+            name,
+            f"{size / 2**20:.1f} MB is over this app's limit of {max_bytes / 2**20:g} MB per "
+            f"file (set by {MAX_BYTES_ENV})",
+            REFUSED_TOO_LARGE,
+        )
+
+
 def check_pixel_cap(name: str, data: bytes, max_pixels: int) -> None:
     """Refuse an image over ``max_pixels`` from its header alone (nothing is decoded)."""
     try:
@@ -97,11 +118,13 @@ def check_pixel_cap(name: str, data: bytes, max_pixels: int) -> None:
             name,
             f"{width}x{height} px is over this app's limit of {max_pixels / 1e6:g} million "
             f"pixels (set by {MAX_PIXELS_ENV}); crop the cell first",
+            REFUSED_TOO_LARGE,
         )
 
 
 def working_copy(name: str, data: bytes, limits: UploadLimits) -> WorkingCopy:
     """Decode ``data`` once and keep a copy at most ``limits.working_px`` on its long side."""
+    check_byte_cap(name, len(data), limits.max_bytes)
     check_pixel_cap(name, data, limits.max_pixels)
     rgb = load_image(data, name=name)
     height, width = rgb.shape[:2]

@@ -78,3 +78,22 @@ def test_input_label_names_the_centre_a_cropping_model_sees():
     assert cropped_size(171, 0.75) == 128
     assert input_label(171, 0.75) == "171 (centre 128)"
     assert input_label(None) == "-"
+
+
+@pytest.mark.parametrize(
+    "case, kind",
+    [
+        ("svg", "unsupported"),
+        ("pdf", "unsupported"),
+        ("undecodable", "unsupported"),
+        ("bomb", "too_large"),
+        ("empty", "invalid"),
+        ("truncated", "invalid"),
+        ("tiny", "invalid"),
+    ],
+)
+def test_each_refusal_says_what_kind_it_is(case, kind):
+    """The HTTP API answers 415 / 413 / 422 from the kind, not from the message's words."""
+    with pytest.raises(ImageLoadError) as refused:
+        load_image(REFUSED[case][0], name=f"{case}.bin")
+    assert refused.value.kind == kind

@@ -92,3 +92,23 @@ def test_lru_keeps_the_most_recently_used():
     assert cache.get("a") == 1  # "a" is now the most recent
     cache["c"] = 3
     assert "b" not in cache and "a" in cache and "c" in cache and len(cache) == 2
+
+
+def test_the_per_file_byte_cap_is_the_apps_upload_limit_and_refuses_before_decoding():
+    import tomllib
+
+    from helpers import REPO
+
+    from bcclassify.data.imaging import REFUSED_TOO_LARGE
+    from bcclassify.serving.uploads import DEFAULT_MAX_BYTES, MAX_BYTES_ENV, check_byte_cap
+
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert DEFAULT_MAX_BYTES == config["server"]["maxUploadSize"] * MB  # one limit, two servers
+    assert UploadLimits.from_env({MAX_BYTES_ENV: "2"}).max_bytes == 2 * MB
+    assert UploadLimits.from_env({MAX_BYTES_ENV: "zero"}).max_bytes == DEFAULT_MAX_BYTES
+    check_byte_cap("cell.png", MB, MB)
+    with pytest.raises(ImageLoadError, match=r"cell.png: 1.0 MB is over this app's limit of 1 MB"):
+        check_byte_cap("cell.png", MB + 1, MB)
+    with pytest.raises(ImageLoadError) as refused:
+        working_copy("noise.bin", b"\0" * (MB + 1), UploadLimits(max_bytes=MB))
+    assert refused.value.kind == REFUSED_TOO_LARGE
