@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from bcclassify.data.imaging import RESAMPLE, ImageLoadError, load_image
+from bcclassify.data.imaging import RESAMPLE, ImageLoadError, load_bounded
 from bcclassify.serving.classifier import Prediction
 
 __all__ = [
@@ -101,21 +101,20 @@ def check_pixel_cap(name: str, data: bytes, max_pixels: int) -> None:
 
 
 def working_copy(name: str, data: bytes, limits: UploadLimits) -> WorkingCopy:
-    """Decode ``data`` once and keep a copy at most ``limits.working_px`` on its long side."""
+    """Decode ``data`` once and keep a copy at most ``limits.working_px`` on its long side.
+
+    The image is shrunk before it becomes an array (``imaging.load_bounded``), so an upload at
+    the pixel cap costs a couple of full-size 8-bit Pillow images at most, whatever its bit
+    depth; the pixels are those of ``load_image`` resized with Lanczos, as before.
+    """
     check_pixel_cap(name, data, limits.max_pixels)
-    rgb = load_image(data, name=name)
-    height, width = rgb.shape[:2]
-    if max(height, width) <= limits.working_px:
-        return WorkingCopy(name, rgb, data, (width, height))
-    scale = limits.working_px / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    image = Image.fromarray(rgb)
-    del rgb  # the full-size array goes before the small one is made
-    small = image.resize(size, RESAMPLE)
-    image.close()
+    pixels, (width, height) = load_bounded(data, limits.working_px, name=name)
+    if pixels.shape[1::-1] == (width, height):
+        return WorkingCopy(name, pixels, data, (width, height))
     buffer = io.BytesIO()
-    small.save(buffer, format="PNG", compress_level=1)  # lossless: the classifier sees these pixels
-    return WorkingCopy(name, np.asarray(small), buffer.getvalue(), (width, height))
+    # Lossless: the classifier sees exactly these pixels.
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return WorkingCopy(name, pixels, buffer.getvalue(), (width, height))
 
 
 def thumbnail(pixels: np.ndarray, px: int = THUMB_PX) -> np.ndarray:
