@@ -240,7 +240,7 @@ def view_features(
     """
     from tqdm import tqdm
 
-    from bcclassify.data.imaging import ImageLoadError
+    from bcclassify.data.imaging import DecoderBusyError, ImageLoadError
     from bcclassify.serving.classifier import VIEW_TRANSFORMS
 
     forward = classifier.feature_forward()
@@ -260,6 +260,8 @@ def view_features(
             name, source = _name_and_source(item)
             try:
                 batch.append(classifier.load(source, name=name))
+            except DecoderBusyError as exc:
+                raise AdaptError(str(exc)) from None
             except ImageLoadError as exc:
                 raise AdaptError(f"unreadable image: {exc}") from None
         pixels = np.stack(batch).astype(np.float32)

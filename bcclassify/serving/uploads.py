@@ -19,19 +19,22 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from bcclassify.data.imaging import RESAMPLE, ImageLoadError, load_bounded
+from bcclassify.data.imaging import RESAMPLE, DecoderBusyError, ImageLoadError, load_bounded
 from bcclassify.serving.classifier import Prediction
 
 __all__ = [
     "DEFAULT_MAX_FILES",
+    "DEFAULT_MAX_FILE_MB",
     "DEFAULT_MAX_PIXELS",
     "LRU",
     "MAX_FILES_ENV",
+    "MAX_FILE_MB_ENV",
     "MAX_PIXELS_ENV",
     "THUMB_PX",
     "UploadLimits",
     "WORKING_PX",
     "WorkingCopy",
+    "admit_uploads",
     "check_pixel_cap",
     "classify_uploads",
     "explain_copy",
@@ -41,8 +44,10 @@ __all__ = [
 
 MAX_PIXELS_ENV = "BCCLASSIFY_MAX_UPLOAD_PIXELS"
 MAX_FILES_ENV = "BCCLASSIFY_MAX_FILES"
+MAX_FILE_MB_ENV = "BCCLASSIFY_MAX_FILE_MB"
 DEFAULT_MAX_PIXELS = 25_000_000  # well under the loader's 90 MP; a whole smear field is ~5-20 MP
 DEFAULT_MAX_FILES = 200
+DEFAULT_MAX_FILE_MB = 5  # a PBC crop is ~20 kB, a whole field of view as JPEG a few MB
 WORKING_PX = 1024  # long side of the working copy: 3 MB of RGB at most
 THUMB_PX = 96
 
@@ -52,10 +57,12 @@ class UploadLimits:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_files: int = DEFAULT_MAX_FILES
     working_px: int = WORKING_PX
+    max_file_mb: int = DEFAULT_MAX_FILE_MB  # per image file; the uploader's max_upload_size too
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> UploadLimits:
-        """Caps from $BCCLASSIFY_MAX_UPLOAD_PIXELS and $BCCLASSIFY_MAX_FILES (positive integers)."""
+        """Caps from $BCCLASSIFY_MAX_UPLOAD_PIXELS, $BCCLASSIFY_MAX_FILES and
+        $BCCLASSIFY_MAX_FILE_MB (positive integers; anything else leaves the default)."""
         env = os.environ if environ is None else environ
 
         def number(key: str, default: int) -> int:
@@ -68,6 +75,7 @@ class UploadLimits:
         return cls(
             max_pixels=number(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS),
             max_files=number(MAX_FILES_ENV, DEFAULT_MAX_FILES),
+            max_file_mb=number(MAX_FILE_MB_ENV, DEFAULT_MAX_FILE_MB),
         )
 
 
@@ -83,6 +91,33 @@ class WorkingCopy:
     @property
     def downscaled(self) -> bool:
         return self.pixels.shape[1::-1] != self.original_size
+
+
+def admit_uploads(
+    files: Sequence, limits: UploadLimits, room: int | None = None
+) -> tuple[list, list, list[tuple[str, str]]]:
+    """Which uploaded files to read, decided from their names and sizes alone (nothing read).
+
+    ``files`` have ``name`` and ``size`` (bytes), like Streamlit's UploadedFile; ``room`` is how
+    many more images the batch takes (default ``limits.max_files``). Returns (admitted, beyond
+    the count cap, refused as (name, reason)): files over ``limits.max_file_mb`` are refused by
+    name, the first ``room`` of the rest admitted in order, and the others left unread. The
+    browser holds uploads to the same size (the uploader's ``max_upload_size``), but a client
+    can skip that check, so it is made here again.
+    """
+    room = limits.max_files if room is None else max(0, room)
+    cap = limits.max_file_mb * 2**20
+    refused = [
+        (
+            f.name,
+            f"{f.size / 2**20:.1f} MB is over this app's limit of {limits.max_file_mb} MB "
+            f"per image (set by {MAX_FILE_MB_ENV}); crop the cell first",
+        )
+        for f in files
+        if f.size > cap
+    ]
+    fitting = [f for f in files if f.size <= cap]
+    return fitting[:room], fitting[room:], refused
 
 
 def check_pixel_cap(name: str, data: bytes, max_pixels: int) -> None:
@@ -171,7 +206,8 @@ def classify_uploads(
     Returns ``(prediction, thumbnail)`` per upload, in order; a refused upload gets an error
     prediction and no thumbnail. Working copies go into ``keep`` (keyed by sha256) and are
     otherwise dropped once their batch is done, so memory is bounded by a batch, not by the
-    number of uploads.
+    number of uploads. ``DecoderBusyError`` (every decode slot taken for too long) is raised,
+    not turned into rows: it says nothing about the files.
     """
     out: list[tuple[Prediction, np.ndarray | None]] = []
     for start in range(0, len(uploads), batch_size):
@@ -180,6 +216,8 @@ def classify_uploads(
         for item in chunk:
             try:
                 copy = working_copy(item.name, item.data, limits)
+            except DecoderBusyError:
+                raise  # the server is busy, not the file bad: nothing is cached, retry later
             except ImageLoadError as exc:
                 copies.append(exc)
                 continue
