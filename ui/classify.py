@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from bcclassify.data.imaging import IMAGE_TYPES, ImageLoadError, load_image
+from bcclassify.data.imaging import IMAGE_TYPES, DecoderBusyError, ImageLoadError, load_image
 from bcclassify.explain.maps import (
     COLOUR_BAR_CAPTION,
     METHODS,
@@ -125,8 +125,12 @@ def inputs_ui(limits: UploadLimits) -> list[CellInput]:
             disabled=not options,
         )
         with st.expander("Example gallery"):
-            thumbs = [load_image(p, THUMB_PX) for p in examples]
-            st.image(thumbs, caption=[class_label(p.parent.name) for p in examples], width=64)
+            try:
+                thumbs = [load_image(p, THUMB_PX) for p in examples]
+            except DecoderBusyError:  # other sessions' uploads hold every decode slot
+                st.caption("The gallery is not shown while the server is busy; reopen it soon.")
+            else:
+                st.image(thumbs, caption=[class_label(p.parent.name) for p in examples], width=64)
             st.caption(EXAMPLE_CREDIT)
     # The caps are applied from names and sizes before any file is read or hashed.
     admitted, beyond, refused = admit_uploads(uploaded or [], limits)
