@@ -94,7 +94,8 @@ def adapt_ui(config: AdaptConfig, cells: dict) -> Adapted | None:
     try:
         return adapt(config, cells=cells, progress=progress, install=False)
     except AdaptError as exc:
-        st.error(str(exc))
+        st.error("The adaptation was refused:")
+        st.text(str(exc))  # may name a cell of the user's zip: plain text
         return None
 
 
