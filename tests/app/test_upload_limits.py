@@ -50,6 +50,7 @@ def test_files_beyond_the_count_or_over_the_size_cap_are_never_read(
     cells = sorted(EXAMPLES.rglob("*.jpg"))[:5]
     files = [("=huge.png", b"\x89PNG" + b"\0" * (2 * 2**20), "image/png")]  # 2 MB
     files += [(p.name, p.read_bytes(), "image/jpeg") for p in cells]
+    assert at.file_uploader(key="uploads").proto.max_upload_size_mb == 1  # the browser's check
     read = _read_names(monkeypatch)
     at.file_uploader(key="uploads").set_value(files).run()
     _no_exception(at)
@@ -105,6 +106,7 @@ def test_the_adapt_page_parses_an_uploaded_zip_once(tiny_store, tmp_path, monkey
     )
     at = _log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT).run(), "qa")
     at.switch_page(PAGE).run()
+    assert at.file_uploader(key="adapt_zip").proto.max_upload_size_mb == 50
     archive = ("lab.zip", _zip(("lymphocyte", "neutrophil")), "application/zip")
     at.file_uploader(key="adapt_zip").set_value(archive).run()
     at.number_input(key="adapt_per_class").set_value(1).run()
