@@ -22,13 +22,14 @@ def main() -> None:
         st.info(f"No model installed. Install one with\n\n```\n{PROMOTE_HINT}\n```")
         return
     names, method, opacity = view.settings_ui(cards)
-    item = view.image_ui()
+    limits = UploadLimits.from_env()
+    item = view.image_ui(limits)
     if item is None or not names:
         st.info("Choose an image and at least one model (two or more to compare).")
         return
     try:
         # Decoded once, within the upload caps; a bad file is a message, not a crash.
-        copy = cached_working_copy(item.name, item.data, item.sha256, UploadLimits.from_env())
+        copy = cached_working_copy(item.name, item.data, item.sha256, limits)
     except ImageLoadError as exc:
         st.error("This image cannot be used.")
         st.text(str(exc))  # names the file: plain text

@@ -27,6 +27,9 @@ RESULT = "adapt_result"  # session key: the staged adaptation awaiting install o
 CONFIRM_FORGET = "adapt_confirm_forget"  # session key: the forget-all confirmation is showing
 INSTALLED, KEPT_COUNT = "adapt_installed", "adapt_kept"  # session keys: the last install's notes
 FORGOTTEN = "adapt_forgotten"  # session key: how many kept cells the last forget-all deleted
+# Session key: (upload's file_id, its cells, or why it was refused): the zip is parsed once, not
+# again on every rerun of the page (each setting changed, the Adapt click).
+ZIP_READ = "adapt_zip_read"
 
 
 def settings_ui(cards: dict[str, dict]) -> tuple[str, str, int, int]:
@@ -91,7 +94,8 @@ def adapt_ui(config: AdaptConfig, cells: dict) -> Adapted | None:
     try:
         return adapt(config, cells=cells, progress=progress, install=False)
     except AdaptError as exc:
-        st.error(str(exc))
+        st.error("The adaptation was refused:")
+        st.text(str(exc))  # may name a cell of the user's zip: plain text
         return None
 
 
@@ -102,6 +106,7 @@ def zip_cells_ui() -> tuple[dict, str, bool] | None:
         f"{MAX_ZIP_BYTES // 2**20} MB)",
         type=["zip"],
         key="adapt_zip",
+        max_upload_size=MAX_ZIP_BYTES // 2**20,  # the browser's check; read_zip_cells checks again
     )
     st.caption(
         "Your upload is read in memory and is not written to disk. The adapted model's card "
@@ -113,11 +118,19 @@ def zip_cells_ui() -> tuple[dict, str, bool] | None:
         key="adapt_keep",
     )
     if upload is None:
+        st.session_state.pop(ZIP_READ, None)
         return None
-    try:
-        cells = read_zip_cells(upload.getvalue())
-    except AdaptError as exc:
-        st.error(str(exc))
+    read = st.session_state.get(ZIP_READ)
+    if read is None or read[0] != upload.file_id:
+        try:
+            read = (upload.file_id, read_zip_cells(upload.getvalue()), None)
+        except AdaptError as exc:
+            read = (upload.file_id, None, str(exc))
+        st.session_state[ZIP_READ] = read
+    _, cells, problem = read
+    if problem is not None:
+        st.error("This zip cannot be used:")
+        st.text(problem)  # names members of the user's zip: plain text
         return None
     return cells, f"upload:{upload.name}", keep
 

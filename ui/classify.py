@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from bcclassify.data.imaging import IMAGE_TYPES, ImageLoadError, load_image
+from bcclassify.data.imaging import IMAGE_TYPES, DecoderBusyError, ImageLoadError, load_image
 from bcclassify.explain.maps import (
     COLOUR_BAR_CAPTION,
     METHODS,
@@ -26,6 +26,7 @@ from bcclassify.presentation.classify import (
     gallery_groups,
     group_heading,
     low_confidence_note,
+    not_read_table,
     refused_table,
     shown_maps,
     thumbnail_caption,
@@ -47,7 +48,12 @@ from bcclassify.presentation.pages import (
 from bcclassify.presentation.tables import MISSING, class_label, percent
 from bcclassify.review.reviews import ReviewLog
 from bcclassify.serving.classifier import Prediction
-from bcclassify.serving.uploads import UploadLimits, WorkingCopy, classify_uploads
+from bcclassify.serving.uploads import (
+    UploadLimits,
+    WorkingCopy,
+    admit_uploads,
+    classify_uploads,
+)
 from ui.figures import count_figure, probability_figure
 from ui.review import review_ui
 from ui.session import (
@@ -56,6 +62,7 @@ from ui.session import (
     cached_model,
     cached_working_copy,
     session_lru,
+    stop_when_busy,
     working_copies,
 )
 
@@ -100,6 +107,7 @@ def inputs_ui(limits: UploadLimits) -> list[CellInput]:
         type=list(IMAGE_TYPES),
         accept_multiple_files=True,
         key="uploads",
+        max_upload_size=limits.max_file_mb,  # the browser's check; admit_uploads checks again
     )
     examples = example_images()
     options = [str(p.relative_to(EXAMPLES_DIR)) for p in examples]
@@ -117,19 +125,31 @@ def inputs_ui(limits: UploadLimits) -> list[CellInput]:
             disabled=not options,
         )
         with st.expander("Example gallery"):
-            thumbs = [load_image(p, THUMB_PX) for p in examples]
-            st.image(thumbs, caption=[class_label(p.parent.name) for p in examples], width=64)
+            try:
+                thumbs = [load_image(p, THUMB_PX) for p in examples]
+            except DecoderBusyError:  # other sessions' uploads hold every decode slot
+                st.caption("The gallery is not shown while the server is busy; reopen it soon.")
+            else:
+                st.image(thumbs, caption=[class_label(p.parent.name) for p in examples], width=64)
             st.caption(EXAMPLE_CREDIT)
-    items = [CellInput.from_bytes(f.name, f.getvalue()) for f in uploaded or []]
-    items += [CellInput.from_bytes(rel, (EXAMPLES_DIR / rel).read_bytes()) for rel in chosen]
-    items = unique_inputs(items)
-    if len(items) > limits.max_files:
+    # The caps are applied from names and sizes before any file is read or hashed.
+    admitted, beyond, refused = admit_uploads(uploaded or [], limits)
+    examples_taken = chosen[: limits.max_files - len(admitted)]
+    if refused:
+        st.error(f"{len(refused)} file(s) not read:")
+        st.dataframe(not_read_table(refused), hide_index=True, key="not_read")
+    skipped = len(beyond) + len(chosen) - len(examples_taken)
+    if skipped:
         st.warning(
-            f"{len(items)} images given; this server classifies at most {limits.max_files} per "
-            f"batch (BCCLASSIFY_MAX_FILES), so only the first {limits.max_files} are used."
+            f"{len(admitted) + len(examples_taken) + skipped} images given; this server "
+            f"classifies at most {limits.max_files} per batch (BCCLASSIFY_MAX_FILES), so only "
+            f"the first {limits.max_files} are read; {skipped} were left unread."
         )
-        items = items[: limits.max_files]
-    return items
+    items = [CellInput.from_bytes(f.name, f.getvalue()) for f in admitted]
+    items += [
+        CellInput.from_bytes(rel, (EXAMPLES_DIR / rel).read_bytes()) for rel in examples_taken
+    ]
+    return unique_inputs(items)
 
 
 def classify_inputs(
@@ -142,14 +162,15 @@ def classify_inputs(
     if todo:
         classifier = cached_model(model_key[0])
         bar = st.progress(0.0, text=f"Classifying {len(todo)} image(s)…")
-        results = classify_uploads(
-            classifier,
-            todo,
-            limits,
-            batch_size=BATCH_SIZE,
-            progress=lambda done: bar.progress(done / len(todo), text=f"{done}/{len(todo)}"),
-            keep=copies,
-        )
+        with stop_when_busy():
+            results = classify_uploads(
+                classifier,
+                todo,
+                limits,
+                batch_size=BATCH_SIZE,
+                progress=lambda done: bar.progress(done / len(todo), text=f"{done}/{len(todo)}"),
+                keep=copies,
+            )
         bar.empty()
         for item, result in zip(todo, results):
             cache[(*model_key, item.sha256, item.name)] = result

@@ -19,9 +19,16 @@ from bcclassify.presentation.pages import (
 )
 from bcclassify.presentation.tables import class_label, leaderboard, percent, reference_table
 from bcclassify.serving.classifier import Prediction
-from bcclassify.serving.uploads import WorkingCopy
+from bcclassify.serving.uploads import UploadLimits, WorkingCopy, admit_uploads
 from ui.figures import probability_figure
-from ui.session import cached_explanation, cached_model, model_key, session_lru, table_height
+from ui.session import (
+    cached_explanation,
+    cached_model,
+    model_key,
+    session_lru,
+    stop_when_busy,
+    table_height,
+)
 
 PREDICTIONS_KEPT = 32  # per session: (model, card, image) -> prediction
 
@@ -98,12 +105,14 @@ def settings_ui(cards: dict[str, dict]) -> tuple[list[str], str, float]:
     return names, method, opacity
 
 
-def image_ui() -> CellInput | None:
+def image_ui(limits: UploadLimits) -> CellInput | None:
+    """The uploaded cell (refused by name when over the file size cap), else the example."""
     a, b = st.columns(2)
     upload = a.file_uploader(
         "Upload one cell image",
         type=list(IMAGE_TYPES),
         key="compare_upload",
+        max_upload_size=limits.max_file_mb,
     )
     examples = example_images()
     options = ["", *[str(p.relative_to(EXAMPLES_DIR)) for p in examples]]
@@ -114,7 +123,11 @@ def image_ui() -> CellInput | None:
         format_func=lambda r: "—" if not r else example_label(EXAMPLES_DIR / r),
     )
     if upload is not None:
-        return CellInput.from_bytes(upload.name, upload.getvalue())
+        admitted, _, refused = admit_uploads([upload], limits)
+        for name, reason in refused:
+            st.error("This image cannot be used.")
+            st.text(f"{name}: {reason}")  # a file name from the browser: plain text
+        return CellInput.from_bytes(upload.name, upload.getvalue()) if admitted else None
     if example:
         return CellInput.from_bytes(example, (EXAMPLES_DIR / example).read_bytes())
     return None
@@ -127,7 +140,8 @@ def prediction_for(model: tuple[str, str], copy: WorkingCopy, sha256: str) -> Pr
     key = (*model, sha256)
     if key not in cache:
         # Through classify, so each model's flags (low confidence, unidentified) apply here too.
-        cache[key] = cached_model(model[0]).classify([(copy.name, copy.source)])[0]
+        with stop_when_busy():
+            cache[key] = cached_model(model[0]).classify([(copy.name, copy.source)])[0]
     return cache[key]
 
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import streamlit as st
 
+from bcclassify.data.imaging import DecoderBusyError
 from bcclassify.presentation.pages import card_sha256
 from bcclassify.serving.uploads import LRU, UploadLimits, WorkingCopy, explain_copy, working_copy
 from bcclassify.storage.store import default_model_name, store_root
@@ -160,6 +163,18 @@ def working_copies() -> LRU:
     return session_lru("working_copies", WORKING_COPIES_KEPT)
 
 
+@contextmanager
+def stop_when_busy() -> Iterator[None]:
+    """Every decode slot of the server stayed taken (``imaging.decode_slot``): say so, cache
+    nothing, and end this run of the page; the user's next click retries."""
+    try:
+        yield
+    except DecoderBusyError as exc:
+        st.warning("The server is busy decoding other users' images. Try again in a minute.")
+        st.text(str(exc))
+        st.stop()
+
+
 def cached_working_copy(name: str, data: bytes, sha256: str, limits: UploadLimits) -> WorkingCopy:
     """The image's bounded working copy, decoded once; a refused image raises ImageLoadError."""
     copies = working_copies()
@@ -184,7 +199,7 @@ def cached_explanation(
     key = (*model_key, sha256, method, target)
     if key not in cache:
         name = model_key[0]
-        with st.spinner(spinner):
+        with st.spinner(spinner), stop_when_busy():
             cache[key] = explain_copy(
                 cached_model(name), cached_explainer(name), copy, method, target, probabilities
             )

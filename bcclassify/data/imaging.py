@@ -11,7 +11,10 @@ import io
 import logging
 import os
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,6 +24,10 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 __all__ = [
     "ACCEPTED",
     "ALPHA_MODES",
+    "DECODE_SLOTS",
+    "DECODE_SLOTS_ENV",
+    "DECODE_WAIT_S",
+    "DecoderBusyError",
     "ICC_SPACES",
     "IMAGE_TYPES",
     "ImageLoadError",
@@ -36,10 +43,13 @@ __all__ = [
     "TRAINING_COPY_PX",
     "WIDE_GREY_MODES",
     "as_training_copy",
+    "bounded_size",
     "collect_image_paths",
     "cropped_size",
+    "decode_slot",
     "input_label",
     "is_hidden",
+    "load_bounded",
     "load_image",
     "real_range",
 ]
@@ -62,6 +72,29 @@ TRAINING_COPY_PX = 224
 TRAINING_COPY_JPEG_QUALITY = 90
 
 ImageSource = str | Path | bytes | BinaryIO
+
+# Wide samples are scaled to 8 bits a strip of rows at a time, about this many samples each, so
+# the float temporaries stay a few MB whatever the image's size (a 25 MP 16-bit RGB image in one
+# piece took ~2 GB of float64).
+_STRIP_SAMPLES = 1 << 20
+
+# At most this many images are decoded at once in the process, whichever session asks: each
+# decode may hold a few hundred MB at the pixel cap, so N sessions uploading together cannot
+# multiply that without bound. A decode waits at most DECODE_WAIT_S for a slot, then is refused
+# as busy (DecoderBusyError: try again), never queued without end.
+DECODE_SLOTS_ENV = "BCCLASSIFY_DECODE_SLOTS"
+
+
+def _slots_from_env() -> int:
+    try:
+        return max(1, int(os.environ.get(DECODE_SLOTS_ENV, "") or 2))
+    except ValueError:
+        return 2
+
+
+DECODE_SLOTS = _slots_from_env()
+DECODE_WAIT_S = 30.0
+_decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
 
 
 def cropped_size(image_size: int, center_crop: float) -> int:
@@ -92,6 +125,32 @@ class ImageLoadError(ValueError):
         self.reason = reason
         self.kind = kind
         super().__init__(f"{name}: {reason}; {ACCEPTED}")
+
+
+class DecoderBusyError(ImageLoadError):
+    """Every decode slot stayed taken for DECODE_WAIT_S: nothing is wrong with the file."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        ValueError.__init__(self, f"{name}: {reason}")
+
+
+@contextmanager
+def decode_slot(name: str, wait_s: float | None = None) -> Iterator[None]:
+    """Hold one of the process's DECODE_SLOTS while decoding; DecoderBusyError after ``wait_s``
+    (default DECODE_WAIT_S) without a free slot."""
+    wait = DECODE_WAIT_S if wait_s is None else wait_s
+    if not _decode_slots.acquire(timeout=wait):
+        raise DecoderBusyError(
+            name,
+            f"the server is busy decoding other images ({DECODE_SLOTS} at a time, waited "
+            f"{wait:g} s); nothing is wrong with the file: try again in a minute",
+        )
+    try:
+        yield
+    finally:
+        _decode_slots.release()
 
 
 def _read_bytes(source: ImageSource) -> bytes:
@@ -132,7 +191,20 @@ def real_range(values: np.ndarray) -> float:
     12-bit cells nearly black; scaling by the image's own maximum would stretch every image's
     contrast. 8-bit data in a 16-bit container (nothing above 255) stays as it is.
     """
-    top = float(np.nanmax(values)) if values.size else 0.0
+    return _range_of(_top(values))
+
+
+def _top(values: np.ndarray) -> float:
+    """The largest sample, NaN ignored (0 when there is none)."""
+    if not values.size:
+        return 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN strip
+        top = float(np.nanmax(values))
+    return 0.0 if np.isnan(top) else top
+
+
+def _range_of(top: float) -> float:
     bits = max(8, int(max(top, 0.0)).bit_length())
     return float(2 ** (bits + bits % 2) - 1)
 
@@ -142,73 +214,111 @@ def _to_eight_bit(values: np.ndarray, full_scale: float) -> np.ndarray:
     return np.clip(scaled, 0, 255).round().astype(np.uint8)
 
 
+def _row_strips(img: Image.Image, channels: int) -> list[tuple[int, int, int, int]]:
+    """Boxes of whole rows, about _STRIP_SAMPLES samples each, covering ``img`` top to bottom."""
+    width, height = img.size
+    rows = max(1, _STRIP_SAMPLES // max(1, width * channels))
+    return [(0, top, width, min(top + rows, height)) for top in range(0, height, rows)]
+
+
 def _grey_to_eight_bit(img: Image.Image) -> Image.Image:
-    """16-bit, 32-bit integer and float greyscale as 8-bit ``L``, the same rule for every format."""
-    values = np.asarray(img, dtype=np.float64)
-    if img.mode == "F" and values.size and np.nanmax(values) <= 1.0:
-        full_scale = 1.0  # floats in [0, 1]
-    else:
-        full_scale = real_range(values)
-    grey = Image.fromarray(_to_eight_bit(values, full_scale), "L")
+    """16-bit, 32-bit integer and float greyscale as 8-bit ``L``, the same rule for every format.
+
+    Two passes over strips of rows (the brightest sample, then the scaling), so no full-size
+    float copy is made; the result is the same as scaling the whole image at once.
+    """
+    strips = _row_strips(img, 1)
+    top = max(_top(np.asarray(img.crop(box), dtype=np.float64)) for box in strips)
+    full_scale = 1.0 if img.mode == "F" and top <= 1.0 else _range_of(top)  # floats in [0, 1]
+    grey = Image.new("L", img.size)
+    for box in strips:
+        values = np.asarray(img.crop(box), dtype=np.float64)
+        grey.paste(Image.fromarray(_to_eight_bit(values, full_scale), "L"), box[:2])
     grey.info = dict(img.info)
     return grey
 
 
-def _sixteen_bit_samples(data: bytes) -> np.ndarray | None:
-    """The full ``(H, W, C)`` uint16 samples of a 16-bit-per-channel colour image, else None.
+def _sixteen_bit_tiles(tiles: list) -> tuple[list, list] | None:
+    """Tiles that decode the high and the low bytes of 16-bit-per-channel colour, else None.
 
     Pillow has no 16-bit colour mode and keeps only the high byte of each sample (12-bit data
     comes out at 0-15). Decoding the same tiles a second time with the opposite byte order
     yields the low bytes, so a sample is ``high * 256 + low``. 16-bit grey+alpha (which Pillow
-    opens as RGBA) is read once as four 8-bit bytes per pixel. ValueError for 16-bit colour
-    other than RGB(A) (CMYK, say).
+    opens as RGBA) is read once as four 8-bit bytes per pixel (no low tiles). ``tiles`` are the
+    image's own, read before it is loaded. ValueError for 16-bit colour other than RGB(A).
     """
-    high, low = Image.open(io.BytesIO(data)), Image.open(io.BytesIO(data))
     high_tiles, low_tiles = [], []
-    for tile in high.tile:
+    for tile in tiles:
         args = tile.args
         if tile.codec_name == "ppm" and isinstance(args, tuple) and args[1:2] and args[1] > 255:
             # 16-bit binary PPM: Pillow scales by the declared maxval; read the samples raw.
-            args, tile = (f"{high.mode};16B", 0, 1), tile._replace(codec_name="raw")
+            args, tile = (f"{args[0]};16B", 0, 1), tile._replace(codec_name="raw")
         rawmode = args if isinstance(args, str) else args[0] if isinstance(args, tuple) else ""
         if not isinstance(rawmode, str) or rawmode[-3:] not in _SWAPPED_16:
             return None
-        if high.mode not in ("RGB", "RGBA"):
-            raise ValueError(f"16-bit {high.mode} is not supported")
         if rawmode == "LA;16B":  # grey high, grey low, alpha high, alpha low
             high_tiles.append(tile._replace(args=_with_rawmode(args, "RGBA")))
             continue
         swapped = rawmode[:-3] + _SWAPPED_16[rawmode[-3:]]
         high_tiles.append(tile._replace(args=_with_rawmode(args, rawmode)))
         low_tiles.append(tile._replace(args=_with_rawmode(args, swapped)))
-    if not high_tiles:
-        return None
-    # No seek(0) before loading: a PNG's seek would restore the original tiles.
-    high.tile = high_tiles
-    high.load()
-    if not low_tiles:
-        b = np.asarray(high, dtype=np.uint16)
-        grey, alpha = b[..., 0] * 256 + b[..., 1], b[..., 2] * 256 + b[..., 3]
-        return np.dstack([grey, grey, grey, alpha])
-    low.tile = low_tiles
-    low.load()
-    return np.asarray(high, dtype=np.uint16) * 256 + np.asarray(low, dtype=np.uint16)
+    return (high_tiles, low_tiles) if high_tiles else None
+
+
+def _decoded_with(data: bytes, tiles: list) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.tile = tiles  # no seek(0) before loading: a PNG's seek would restore the original tiles
+    img.load()
+    return img
 
 
 def _with_rawmode(args, rawmode: str):
     return rawmode if isinstance(args, str) else (rawmode, *args[1:])
 
 
-def _at_full_depth(img: Image.Image, data: bytes, label: str) -> Image.Image:
+def _sixteen_bit_strip(high: Image.Image, low: Image.Image | None, box) -> np.ndarray:
+    """The ``(h, w, C)`` uint16 samples of one strip of rows (C = 3 or 4)."""
+    b = np.asarray(high.crop(box), dtype=np.uint16)
+    if low is None:
+        grey, alpha = b[..., 0] * 256 + b[..., 1], b[..., 2] * 256 + b[..., 3]
+        return np.dstack([grey, grey, grey, alpha])
+    return b * 256 + np.asarray(low.crop(box), dtype=np.uint16)
+
+
+def _at_full_depth(img: Image.Image, data: bytes, label: str, tiles: list) -> Image.Image:
     """The decoded image ready for :func:`_to_rgb_array`: 16-bit colour read at full depth and
     scaled by its real range (:func:`real_range`); modes that cannot be converted faithfully
-    refused with a message."""
+    refused with a message. ``tiles``: ``img``'s tiles before it was loaded.
+
+    16-bit colour is scaled a strip of rows at a time and written back over the high bytes, so
+    it costs two 8-bit decodes and no full-size uint16 or float copy.
+    """
     if img.mode not in KNOWN_MODES:
         raise ImageLoadError(label, f"colour mode {img.mode} is not supported", REFUSED_UNSUPPORTED)
     if img.mode in WIDE_GREY_MODES or img.format not in ("PNG", "TIFF", "PPM"):
         return img  # greyscale is scaled later; other formats have no 16-bit colour
     try:
-        samples = _sixteen_bit_samples(data)
+        plan = _sixteen_bit_tiles(tiles)
+        if plan is None:
+            return img
+        if img.mode not in ("RGB", "RGBA"):
+            raise ValueError(f"16-bit {img.mode} is not supported")
+        high_tiles, low_tiles = plan
+        info, exif = dict(img.info), img.getexif()
+        if high_tiles == tiles:
+            high = img  # the image as loaded holds the high bytes already
+        else:
+            img.close()  # its pixels are not needed: free them before the next decode
+            high = _decoded_with(data, high_tiles)
+        low = _decoded_with(data, low_tiles) if low_tiles else None
+        strips = _row_strips(high, 4)
+        top = max(_top(_sixteen_bit_strip(high, low, box)[..., :3]) for box in strips)
+        for box in strips:
+            samples = _sixteen_bit_strip(high, low, box)
+            pixels = _to_eight_bit(samples[..., :3], _range_of(top))
+            if high.mode == "RGBA":  # alpha is a fraction of 65535, not a measurement
+                pixels = np.dstack([pixels, _to_eight_bit(samples[..., 3], 65535.0)])
+            high.paste(Image.fromarray(pixels, high.mode), box[:2])
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageLoadError(
             label,
@@ -216,18 +326,10 @@ def _at_full_depth(img: Image.Image, data: bytes, label: str) -> Image.Image:
             "bits per channel or as a 16-bit PNG",
             REFUSED_UNSUPPORTED,
         ) from None
-    if samples is None:
-        return img
-    colour = samples[..., :3]
-    pixels = _to_eight_bit(colour, real_range(colour))
-    if img.mode == "RGBA":  # alpha is a fraction of 65535, not a measurement
-        pixels = np.dstack([pixels, _to_eight_bit(samples[..., 3], 65535.0)])
-    full = Image.fromarray(pixels, img.mode)
-    full.info = dict(img.info)
-    exif = img.getexif()
+    high.info = info
     if exif:  # TIFF keeps its orientation in tags, not in info: carry it for exif_transpose
-        full.info["exif"] = exif.tobytes()
-    return full
+        high.info["exif"] = exif.tobytes()
+    return high
 
 
 @functools.lru_cache(maxsize=1)
@@ -268,8 +370,22 @@ def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
         return img
 
 
-def _to_rgb_array(img: Image.Image) -> np.ndarray:
-    """Convert a Pillow image to 8-bit sRGB.
+def _composited_on_white(img: Image.Image) -> Image.Image:
+    """Transparency composited on opaque white, a strip of rows at a time (no full-size RGBA
+    copies); grey+alpha stays grey. Pixel for pixel what one ``alpha_composite`` gives."""
+    rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+    grey = img.mode in ("LA", "La")
+    flat = Image.new("L" if grey else "RGB", img.size)
+    for box in _row_strips(rgba, 4):
+        part = rgba.crop(box)
+        white = Image.new("RGBA", part.size, (255, 255, 255, 255))
+        done = Image.alpha_composite(white, part).convert("RGB")
+        flat.paste(done.convert("L") if grey else done, box[:2])
+    return flat
+
+
+def _to_rgb_image(img: Image.Image) -> Image.Image:
+    """Convert a Pillow image to 8-bit sRGB (mode ``RGB``).
 
     Wide greyscale is scaled by its real range, transparency is composited on white and an
     embedded ICC profile is applied (:func:`_to_srgb`).
@@ -279,24 +395,17 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
         img = _grey_to_eight_bit(img)
     has_alpha = img.mode in ALPHA_MODES or (img.mode == "P" and "transparency" in img.info)
     if has_alpha:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        flat = Image.alpha_composite(white, rgba).convert("RGB")
-        img = flat.convert("L") if img.mode in ("LA", "La") else flat  # grey stays grey
+        img = _composited_on_white(img)
     elif img.mode in ("1", "P"):
         img = img.convert("RGB" if img.mode == "P" else "L")
     elif img.mode not in ("L", "RGB", "CMYK", "LAB"):
         img = img.convert("RGB")  # RGBX, YCbCr, HSV
-    return np.asarray(_to_srgb(img, icc).convert("RGB"))
+    img = _to_srgb(img, icc)
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def load_image(source: ImageSource, size: int | None = None, name: str | None = None) -> np.ndarray:
-    """Decode one cell image to an ``(H, W, 3)`` uint8 RGB array, resized to ``size`` if given.
-
-    ``source`` is a path, raw bytes or a binary file object; ``name`` is what error messages call
-    it (defaults to the path). Raises :class:`ImageLoadError` for anything not accepted.
-    """
-    label = name or (str(source) if isinstance(source, (str, Path)) else "upload")
+def _decode(source: ImageSource, label: str) -> Image.Image:
+    """The whole decode of one image to 8-bit sRGB, as a Pillow image (see load_image)."""
     try:
         data = _read_bytes(source)
     except OSError as exc:
@@ -320,6 +429,7 @@ def load_image(source: ImageSource, size: int | None = None, name: str | None = 
                     REFUSED_TOO_LARGE,
                 )
             img.seek(0)  # first frame of animations
+            tiles = list(img.tile)  # what 16-bit colour is read with (_at_full_depth)
             img.load()
     except ImageLoadError:
         raise
@@ -332,19 +442,75 @@ def load_image(source: ImageSource, size: int | None = None, name: str | None = 
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageLoadError(label, f"the image data is damaged or truncated ({reason})") from None
-    img = _at_full_depth(img, data, label)
+    img = _at_full_depth(img, data, label, tiles)
     try:
         img = ImageOps.exif_transpose(img) or img
     except Exception:  # noqa: BLE001 - a malformed EXIF block should not refuse the pixels
         pass
     if min(img.size) < MIN_SIDE_PX:
         raise ImageLoadError(label, f"{img.size[0]}x{img.size[1]} px is too small")
-    rgb = _to_rgb_array(img)
-    if size is not None:
-        rgb = as_training_copy(rgb)
-        if rgb.shape[:2] != (size, size):
-            rgb = np.asarray(Image.fromarray(rgb).resize((size, size), RESAMPLE))
+    return _to_rgb_image(img)
+
+
+def _label(source: ImageSource, name: str | None) -> str:
+    return name or (str(source) if isinstance(source, (str, Path)) else "upload")
+
+
+def load_image(source: ImageSource, size: int | None = None, name: str | None = None) -> np.ndarray:
+    """Decode one cell image to an ``(H, W, 3)`` uint8 RGB array, resized to ``size`` if given.
+
+    ``source`` is a path, raw bytes or a binary file object; ``name`` is what error messages call
+    it (defaults to the path). Raises :class:`ImageLoadError` for anything not accepted, and
+    :class:`DecoderBusyError` when the process's decode slots stay taken (:func:`decode_slot`).
+    """
+    label = _label(source, name)
+    with decode_slot(label):
+        img = _decode(source, label)
+        if size is None:
+            return np.ascontiguousarray(np.asarray(img))
+        rgb = _training_copy(img)
+    if rgb.shape[:2] != (size, size):
+        rgb = np.asarray(Image.fromarray(rgb).resize((size, size), RESAMPLE))
     return np.ascontiguousarray(rgb)
+
+
+def bounded_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) scaled so the long side is ``max_side`` (unchanged when within it)."""
+    if max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def load_bounded(
+    source: ImageSource, max_side: int, name: str | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode like :func:`load_image`, at most ``max_side`` px on the long side (Lanczos).
+
+    The image is shrunk while still a Pillow image, so no full-size array is ever made; the
+    pixels are those of ``load_image`` resized the same way. Returns the pixels and the decoded
+    image's full (width, height).
+    """
+    label = _label(source, name)
+    with decode_slot(label):
+        img = _decode(source, label)
+        full = img.size
+        small = bounded_size(*full, max_side)
+        if small != full:
+            img = img.resize(small, RESAMPLE)
+        return np.ascontiguousarray(np.asarray(img)), full
+
+
+def _training_copy(img: Image.Image) -> np.ndarray:
+    """as_training_copy of a decoded RGB image, without an array of it at full size."""
+    if img.size == (TRAINING_COPY_PX, TRAINING_COPY_PX):
+        return np.asarray(img)
+    copy = img.resize((TRAINING_COPY_PX, TRAINING_COPY_PX), RESAMPLE)
+    buffer = io.BytesIO()
+    copy.save(buffer, format="JPEG", quality=TRAINING_COPY_JPEG_QUALITY)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return np.asarray(decoded.convert("RGB"))
 
 
 def as_training_copy(rgb: np.ndarray) -> np.ndarray:
@@ -358,12 +524,7 @@ def as_training_copy(rgb: np.ndarray) -> np.ndarray:
     """
     if rgb.shape[:2] == (TRAINING_COPY_PX, TRAINING_COPY_PX):
         return rgb
-    copy = Image.fromarray(rgb).resize((TRAINING_COPY_PX, TRAINING_COPY_PX), RESAMPLE)
-    buffer = io.BytesIO()
-    copy.save(buffer, format="JPEG", quality=TRAINING_COPY_JPEG_QUALITY)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return np.asarray(decoded.convert("RGB"))
+    return _training_copy(Image.fromarray(rgb))
 
 
 def is_hidden(path: Path) -> bool:

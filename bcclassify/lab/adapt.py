@@ -26,6 +26,7 @@ import re
 import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -238,7 +239,7 @@ def view_features(
     """
     from tqdm import tqdm
 
-    from bcclassify.data.imaging import ImageLoadError
+    from bcclassify.data.imaging import DecoderBusyError, ImageLoadError
     from bcclassify.serving.classifier import VIEW_TRANSFORMS
 
     forward = classifier.feature_forward()
@@ -258,6 +259,8 @@ def view_features(
             name, source = _name_and_source(item)
             try:
                 batch.append(classifier.load(source, name=name))
+            except DecoderBusyError as exc:
+                raise AdaptError(str(exc)) from None
             except ImageLoadError as exc:
                 raise AdaptError(f"unreadable image: {exc}") from None
         pixels = np.stack(batch).astype(np.float32)
@@ -612,43 +615,68 @@ def discard_staged(name: str) -> None:
 # ----------------------------------------------------------------------------- uploads
 
 MAX_ZIP_BYTES = 50 * 1024 * 1024  # as server.maxUploadSize; also the uncompressed total
-MAX_ZIP_FILES = 2000
+MAX_ZIP_FILES = 2000  # entries of any kind: hidden, __MACOSX and folders count too
+_LISTED = 10  # problems named in one message; the rest are counted
 
 
-def read_zip_cells(data: bytes, max_bytes: int = MAX_ZIP_BYTES) -> dict[str, list[tuple]]:
+def _skipped(parts: list[str]) -> bool:
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+
+
+def _listed(problems: list[str]) -> str:
+    more = len(problems) - _LISTED
+    return "\n".join(problems[:_LISTED] + ([f"... and {more} more"] if more > 0 else []))
+
+
+def read_zip_cells(
+    data: bytes, max_bytes: int = MAX_ZIP_BYTES, max_pixels: int | None = None
+) -> dict[str, list[tuple]]:
     """Class folders of a zip, in memory: class -> [("class/file", bytes)], sorted.
 
     Entries are ``class/file`` or ``top/class/file`` (a zipped folder); hidden entries and
-    ``__MACOSX`` are skipped; anything else, an unknown class, more than ``MAX_ZIP_FILES``
-    files or more than ``max_bytes`` uncompressed is an :class:`AdaptError`. Nothing is written
-    to disk.
+    ``__MACOSX`` are skipped (but count toward ``MAX_ZIP_FILES``, like folders). The zip's
+    directory is parsed once and each member read once. Refused with an :class:`AdaptError`:
+    more than ``MAX_ZIP_FILES`` entries or more than ``max_bytes`` (compressed or
+    uncompressed), a file outside a class folder or in an unknown one, a name given twice, and
+    members that cannot be used: damaged (bad CRC), encrypted, compressed with a method this
+    Python cannot read, or over ``max_pixels`` (the app's per-upload cap, default from
+    $BCCLASSIFY_MAX_UPLOAD_PIXELS) from the image header alone; every such member is named in
+    one message. Nothing is written to disk.
     """
     import io
     import zipfile
+    import zlib
 
+    from bcclassify.data.imaging import ImageLoadError
+    from bcclassify.serving.uploads import UploadLimits, check_pixel_cap
+
+    if max_pixels is None:
+        max_pixels = UploadLimits.from_env().max_pixels
     if len(data) > max_bytes:
         raise AdaptError(f"the zip is larger than {max_bytes // 2**20} MB")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-        entries = [e for e in archive.infolist() if not e.is_dir()]
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise AdaptError(f"not a readable zip file ({exc})") from None
-    parts = {
-        e.filename: [p for p in e.filename.split("/") if p]
-        for e in entries
-        if not any(p.startswith(".") or p == "__MACOSX" for p in e.filename.split("/"))
-    }
-    kept = [e for e in entries if e.filename in parts]
-    if len(kept) > MAX_ZIP_FILES:
-        raise AdaptError(f"the zip holds more than {MAX_ZIP_FILES} files")
-    if sum(e.file_size for e in kept) > max_bytes:
+    entries = archive.infolist()
+    if len(entries) > MAX_ZIP_FILES:
+        raise AdaptError(
+            f"the zip holds {len(entries)} entries, more than {MAX_ZIP_FILES} (hidden files, "
+            "__MACOSX and folders count too)"
+        )
+    kept = [
+        (entry, parts)
+        for entry in entries
+        if not entry.is_dir() and not _skipped(parts := [p for p in entry.filename.split("/") if p])
+    ]
+    if sum(entry.file_size for entry, _ in kept) > max_bytes:
         raise AdaptError(f"the zip unpacks to more than {max_bytes // 2**20} MB")
-    tops = {parts[e.filename][0] for e in kept}
+    tops = {parts[0] for _, parts in kept}
     # A zipped folder adds one level (lab/neutrophil/x.png): drop it when it is the only one.
     strip = len(tops) == 1 and next(iter(tops)) not in CLASS_NAMES
-    cells: dict[str, list[tuple]] = {}
-    for entry in kept:
-        path = parts[entry.filename][1:] if strip else parts[entry.filename]
+    named = []
+    for entry, parts in kept:
+        path = parts[1:] if strip else parts
         if len(path) != 2:
             raise AdaptError(
                 f"{entry.filename}: not in a class folder; the zip holds folders named after "
@@ -659,7 +687,35 @@ def read_zip_cells(data: bytes, max_bytes: int = MAX_ZIP_BYTES) -> dict[str, lis
                 f"{entry.filename}: unknown class folder {path[0]!r}; class folders are named "
                 + ", ".join(CLASS_NAMES)
             )
-        cells.setdefault(path[0], []).append(("/".join(path), archive.read(entry)))
+        named.append((entry, "/".join(path)))
+    counts = Counter(name for _, name in named)
+    twice = sorted(name for name, n in counts.items() if n > 1)
+    if twice:
+        raise AdaptError(
+            f"the zip holds {len(twice)} name(s) more than once, each cell must have its own "
+            f"name:\n{_listed(twice)}"
+        )
+    cells: dict[str, list[tuple]] = {}
+    problems = []
+    for entry, name in named:
+        try:
+            member = archive.read(entry)
+            check_pixel_cap(name, member, max_pixels)
+        except NotImplementedError:  # before RuntimeError, its base class
+            problems.append(
+                f"{entry.filename}: compressed with a method this server cannot read (method "
+                f"{entry.compress_type}); zip it with the usual method (deflate)"
+            )
+        except RuntimeError:  # zipfile's word for a member that needs a password
+            problems.append(f"{entry.filename}: encrypted; zip the cells without a password")
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+            problems.append(f"{entry.filename}: damaged in the zip ({exc})")
+        except ImageLoadError as exc:
+            problems.append(f"{entry.filename}: {exc.reason}")
+        else:
+            cells.setdefault(name.split("/")[0], []).append((name, member))
+    if problems:
+        raise AdaptError(f"{len(problems)} file(s) in the zip cannot be used:\n{_listed(problems)}")
     if not any(cells.values()):
         raise AdaptError("the zip holds no cells (expected class folders of images)")
     return {c: sorted(v) for c, v in sorted(cells.items())}

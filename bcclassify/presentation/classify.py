@@ -83,6 +83,12 @@ def refused_table(refused: Iterable[tuple[CellInput, Prediction]]) -> pd.DataFra
     )
 
 
+def not_read_table(refused: Iterable[tuple[str, str]]) -> pd.DataFrame:
+    """Files refused before they were read (admit_uploads): name and reason."""
+    refused = list(refused)
+    return pd.DataFrame({"file": [n for n, _ in refused], "reason": [r for _, r in refused]})
+
+
 def count_table(rows: list[dict], percent_label: str) -> pd.DataFrame:
     """A differential's rows as the page's table: class, count and one percentage column."""
     return pd.DataFrame(

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from bcclassify import CLASS_NAMES
-from bcclassify.data.imaging import ImageLoadError, ImageSource, load_image
+from bcclassify.data.imaging import DecoderBusyError, ImageLoadError, ImageSource, load_image
 from bcclassify.serving.acquisition import AcquisitionRange, summaries
 from bcclassify.serving.second_opinion import CARD_KEY as SECOND_OPINION_KEY
 from bcclassify.serving.second_opinion import SecondOpinion, SecondOpinionConfig
@@ -451,6 +451,8 @@ class ClassifierModel:
             )
             try:
                 pending.append((len(results) - 1, self.load(source, name=label)))
+            except DecoderBusyError:
+                raise  # the server is busy, not the file bad: the caller retries the batch
             except ImageLoadError as exc:
                 results[-1].error = str(exc)
             if len(pending) >= batch_size:

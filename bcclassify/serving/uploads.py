@@ -19,21 +19,28 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from bcclassify.data.imaging import REFUSED_TOO_LARGE, RESAMPLE, ImageLoadError, load_image
+from bcclassify.data.imaging import (
+    REFUSED_TOO_LARGE,
+    RESAMPLE,
+    DecoderBusyError,
+    ImageLoadError,
+    load_bounded,
+)
 from bcclassify.serving.classifier import Prediction
 
 __all__ = [
-    "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_FILES",
+    "DEFAULT_MAX_FILE_MB",
     "DEFAULT_MAX_PIXELS",
     "LRU",
-    "MAX_BYTES_ENV",
     "MAX_FILES_ENV",
+    "MAX_FILE_MB_ENV",
     "MAX_PIXELS_ENV",
     "THUMB_PX",
     "UploadLimits",
     "WORKING_PX",
     "WorkingCopy",
+    "admit_uploads",
     "check_byte_cap",
     "check_pixel_cap",
     "classify_uploads",
@@ -44,12 +51,10 @@ __all__ = [
 
 MAX_PIXELS_ENV = "BCCLASSIFY_MAX_UPLOAD_PIXELS"
 MAX_FILES_ENV = "BCCLASSIFY_MAX_FILES"
-MAX_BYTES_ENV = "BCCLASSIFY_MAX_UPLOAD_MB"
+MAX_FILE_MB_ENV = "BCCLASSIFY_MAX_FILE_MB"
 DEFAULT_MAX_PIXELS = 25_000_000  # well under the loader's 90 MP; a whole smear field is ~5-20 MP
 DEFAULT_MAX_FILES = 200
-# Per file: the app's server.maxUploadSize (.streamlit/config.toml, a test keeps them equal).
-# PBC crops are ~20 kB, whole fields of view a few MB.
-DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+DEFAULT_MAX_FILE_MB = 5  # a PBC crop is ~20 kB, a whole field of view as JPEG a few MB
 WORKING_PX = 1024  # long side of the working copy: 3 MB of RGB at most
 THUMB_PX = 96
 
@@ -59,12 +64,17 @@ class UploadLimits:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_files: int = DEFAULT_MAX_FILES
     working_px: int = WORKING_PX
-    max_bytes: int = DEFAULT_MAX_BYTES
+    max_file_mb: int = DEFAULT_MAX_FILE_MB  # per image file; the uploader's max_upload_size too
+
+    @property
+    def max_bytes(self) -> int:
+        """The per-image cap in bytes (the app's uploaders and the HTTP API alike)."""
+        return self.max_file_mb * 2**20
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> UploadLimits:
         """Caps from $BCCLASSIFY_MAX_UPLOAD_PIXELS, $BCCLASSIFY_MAX_FILES and
-        $BCCLASSIFY_MAX_UPLOAD_MB (positive integers; the last in MiB per file)."""
+        $BCCLASSIFY_MAX_FILE_MB (positive integers; anything else leaves the default)."""
         env = os.environ if environ is None else environ
 
         def number(key: str, default: int) -> int:
@@ -77,7 +87,7 @@ class UploadLimits:
         return cls(
             max_pixels=number(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS),
             max_files=number(MAX_FILES_ENV, DEFAULT_MAX_FILES),
-            max_bytes=number(MAX_BYTES_ENV, DEFAULT_MAX_BYTES // 2**20) * 2**20,
+            max_file_mb=number(MAX_FILE_MB_ENV, DEFAULT_MAX_FILE_MB),
         )
 
 
@@ -98,12 +108,33 @@ class WorkingCopy:
 def check_byte_cap(name: str, size: int, max_bytes: int) -> None:
     """Refuse a file over ``max_bytes`` before it is read any further."""
     if size > max_bytes:
-        raise ImageLoadError(
-            name,
-            f"{size / 2**20:.1f} MB is over this app's limit of {max_bytes / 2**20:g} MB per "
-            f"file (set by {MAX_BYTES_ENV})",
-            REFUSED_TOO_LARGE,
-        )
+        raise ImageLoadError(name, _too_large(size, max_bytes), REFUSED_TOO_LARGE)
+
+
+def _too_large(size: int, max_bytes: int) -> str:
+    return (
+        f"{size / 2**20:.1f} MB is over this app's limit of {max_bytes / 2**20:g} MB per image "
+        f"(set by {MAX_FILE_MB_ENV}); crop the cell first"
+    )
+
+
+def admit_uploads(
+    files: Sequence, limits: UploadLimits, room: int | None = None
+) -> tuple[list, list, list[tuple[str, str]]]:
+    """Which uploaded files to read, decided from their names and sizes alone (nothing read).
+
+    ``files`` have ``name`` and ``size`` (bytes), like Streamlit's UploadedFile; ``room`` is how
+    many more images the batch takes (default ``limits.max_files``). Returns (admitted, beyond
+    the count cap, refused as (name, reason)): files over ``limits.max_file_mb`` are refused by
+    name, the first ``room`` of the rest admitted in order, and the others left unread. The
+    browser holds uploads to the same size (the uploader's ``max_upload_size``), but a client
+    can skip that check, so it is made here again.
+    """
+    room = limits.max_files if room is None else max(0, room)
+    cap = limits.max_file_mb * 2**20
+    refused = [(f.name, _too_large(f.size, cap)) for f in files if f.size > cap]
+    fitting = [f for f in files if f.size <= cap]
+    return fitting[:room], fitting[room:], refused
 
 
 def check_pixel_cap(name: str, data: bytes, max_pixels: int) -> None:
@@ -123,22 +154,20 @@ def check_pixel_cap(name: str, data: bytes, max_pixels: int) -> None:
 
 
 def working_copy(name: str, data: bytes, limits: UploadLimits) -> WorkingCopy:
-    """Decode ``data`` once and keep a copy at most ``limits.working_px`` on its long side."""
-    check_byte_cap(name, len(data), limits.max_bytes)
+    """Decode ``data`` once and keep a copy at most ``limits.working_px`` on its long side.
+
+    The image is shrunk before it becomes an array (``imaging.load_bounded``), so an upload at
+    the pixel cap costs a couple of full-size 8-bit Pillow images at most, whatever its bit
+    depth; the pixels are those of ``load_image`` resized with Lanczos, as before.
+    """
     check_pixel_cap(name, data, limits.max_pixels)
-    rgb = load_image(data, name=name)
-    height, width = rgb.shape[:2]
-    if max(height, width) <= limits.working_px:
-        return WorkingCopy(name, rgb, data, (width, height))
-    scale = limits.working_px / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    image = Image.fromarray(rgb)
-    del rgb  # the full-size array goes before the small one is made
-    small = image.resize(size, RESAMPLE)
-    image.close()
+    pixels, (width, height) = load_bounded(data, limits.working_px, name=name)
+    if pixels.shape[1::-1] == (width, height):
+        return WorkingCopy(name, pixels, data, (width, height))
     buffer = io.BytesIO()
-    small.save(buffer, format="PNG", compress_level=1)  # lossless: the classifier sees these pixels
-    return WorkingCopy(name, np.asarray(small), buffer.getvalue(), (width, height))
+    # Lossless: the classifier sees exactly these pixels.
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return WorkingCopy(name, pixels, buffer.getvalue(), (width, height))
 
 
 def thumbnail(pixels: np.ndarray, px: int = THUMB_PX) -> np.ndarray:
@@ -195,7 +224,8 @@ def classify_uploads(
     Returns ``(prediction, thumbnail)`` per upload, in order; a refused upload gets an error
     prediction and no thumbnail. Working copies go into ``keep`` (keyed by sha256) and are
     otherwise dropped once their batch is done, so memory is bounded by a batch, not by the
-    number of uploads.
+    number of uploads. ``DecoderBusyError`` (every decode slot taken for too long) is raised,
+    not turned into rows: it says nothing about the files.
     """
     out: list[tuple[Prediction, np.ndarray | None]] = []
     for start in range(0, len(uploads), batch_size):
@@ -204,6 +234,8 @@ def classify_uploads(
         for item in chunk:
             try:
                 copy = working_copy(item.name, item.data, limits)
+            except DecoderBusyError:
+                raise  # the server is busy, not the file bad: nothing is cached, retry later
             except ImageLoadError as exc:
                 copies.append(exc)
                 continue

@@ -91,7 +91,7 @@ def test_adapt_page_refuses_a_zip_without_class_folders(tiny_store, tmp_path, mo
         ("lab.zip", buffer.getvalue(), "application/zip")
     ).run()
     _no_exception(at)
-    assert "unknown class folder" in _texts(at.error)
+    assert "cannot be used" in _texts(at.error) and "unknown class folder" in _texts(at.text)
     assert not any(b.label == "Adapt" for b in at.button)
 
 

@@ -50,7 +50,7 @@ def server(tiny_store, tmp_path_factory):
         **os.environ,
         "BCCLASSIFY_STORE": str(tiny_store),
         "BCCLASSIFY_DATA_DIR": str(data_dir),
-        "BCCLASSIFY_MAX_UPLOAD_MB": "1",
+        "BCCLASSIFY_MAX_FILE_MB": "1",
         "BCCLASSIFY_MAX_FILES": "6",
         "BCCLASSIFY_API_MAX_REQUEST_MB": "3",
         "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -145,7 +145,7 @@ def test_a_batch_answers_every_file_in_order_and_bad_files_get_their_own_error(c
         "empty.png": (b"", 422, "empty"),
         "bomb.png": (REFUSED["bomb"][0], 413, "decompression bomb"),
         "field.png": (huge_png_header(6000, 6000), 413, "limit of 25 million pixels"),
-        "big.png": (_oversized_png(), 413, "over this app's limit of 1 MB per file"),
+        "big.png": (_oversized_png(), 413, "over this app's limit of 1 MB per image"),
     }
     assert len(bad["big.png"][0]) > 2**20
     sent = [good[0], *((name, data) for name, (data, _, _) in bad.items())]

@@ -6,12 +6,11 @@ from __future__ import annotations
 import io
 import os
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import FIXTURE_IMAGES
+from helpers import FIXTURE_IMAGES, png16, pnm16, tiff16
 from PIL import Image
 
 from bcclassify.data.imaging import ImageLoadError, collect_image_paths, load_image, real_range
@@ -31,67 +30,6 @@ def _save(img: Image.Image, fmt: str, **kw) -> bytes:
     buffer = io.BytesIO()
     img.save(buffer, format=fmt, **kw)
     return buffer.getvalue()
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png16(samples: np.ndarray) -> bytes:
-    """A 16-bit PNG (grey, grey+alpha, RGB or RGBA by the channel count), big-endian samples."""
-    height, width = samples.shape[:2]
-    channels = 1 if samples.ndim == 2 else samples.shape[2]
-    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
-    rows = samples.reshape(height, width * channels).astype(">u2")
-    raw = b"".join(b"\0" + row.tobytes() for row in rows)  # filter type 0 on every row
-    ihdr = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", ihdr)
-        + _chunk(b"IDAT", zlib.compress(raw))
-        + _chunk(b"IEND", b"")
-    )
-
-
-def tiff16(samples: np.ndarray, photometric: int = 2, extra_tags=()) -> bytes:
-    """An uncompressed little-endian TIFF, one strip; 16 bits per sample unless uint8 is given."""
-    height, width = samples.shape[:2]
-    channels = 1 if samples.ndim == 2 else samples.shape[2]
-    bits = 8 if samples.dtype == np.uint8 else 16
-    pixels = samples.astype("<u2" if bits == 16 else np.uint8).tobytes()
-    bits_block = struct.pack(f"<{channels}H", *[bits] * channels) if channels > 2 else b""
-    pixel_offset = 8 + len(bits_block)
-    ifd_offset = pixel_offset + len(pixels) + len(pixels) % 2
-    short, long = 3, 4
-    tags = [
-        (256, long, 1, width),
-        (257, long, 1, height),
-        (258, short, channels, 8 if channels > 2 else bits),  # offset of the list, or the value
-        (259, short, 1, 1),
-        (262, short, 1, photometric),
-        (273, long, 1, pixel_offset),
-        (277, short, 1, channels),
-        (278, long, 1, height),
-        (279, long, 1, len(pixels)),
-        (284, short, 1, 1),
-        *extra_tags,
-    ]
-    entries = b"".join(
-        struct.pack("<HHIHH", tag, kind, count, value, 0)
-        if kind == short and count == 1
-        else struct.pack("<HHII", tag, kind, count, value)
-        for tag, kind, count, value in sorted(tags)
-    )
-    ifd = struct.pack("<H", len(tags)) + entries + struct.pack("<I", 0)
-    header = b"II*\x00" + struct.pack("<I", ifd_offset)
-    return header + bits_block + pixels + b"\0" * (len(pixels) % 2) + ifd
-
-
-def pnm16(samples: np.ndarray, maxval: int = 65535) -> bytes:
-    """Binary PGM (grey) or PPM (RGB) with 16-bit big-endian samples."""
-    height, width = samples.shape[:2]
-    magic = b"P5" if samples.ndim == 2 else b"P6"
-    return magic + f"\n{width} {height}\n{maxval}\n".encode() + samples.astype(">u2").tobytes()
 
 
 def _close(pixels: np.ndarray, expected: np.ndarray, tolerance: int = 1) -> bool:
