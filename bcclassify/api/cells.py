@@ -17,6 +17,7 @@ from bcclassify.data.imaging import (
     ACCEPTED,
     REFUSED_TOO_LARGE,
     REFUSED_UNSUPPORTED,
+    DecoderBusyError,
     ImageLoadError,
 )
 from bcclassify.serving.classifier import Prediction, prediction_json
@@ -64,6 +65,8 @@ def classify_cells(classifier, uploads: Sequence[Upload], limits: UploadLimits) 
                 check_byte_cap(upload.name, upload.size, limits.max_bytes)  # before reading
                 data = upload.read()
                 copy = working_copy(upload.name, data, limits)
+            except DecoderBusyError:
+                raise  # the server is busy, not the file wrong: the whole request gets 503
             except ImageLoadError as exc:
                 rows.append(_refused(exc, classifier))
                 continue

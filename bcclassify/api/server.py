@@ -31,7 +31,7 @@ import bcclassify
 from bcclassify.access.tokens import TOKENS_NAME, client_for_token
 from bcclassify.api import DEFAULT_HOST, DEFAULT_PORT
 from bcclassify.api.cells import Upload, classify_cells
-from bcclassify.data.imaging import ACCEPTED
+from bcclassify.data.imaging import ACCEPTED, DecoderBusyError
 from bcclassify.review.reviews import LOG_NAME, ReviewLogUnavailable, default_data_dir
 from bcclassify.serving.uploads import MAX_FILES_ENV, UploadLimits
 from bcclassify.storage.store import sha256_file
@@ -211,6 +211,12 @@ def create_app(
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(DecoderBusyError)
+    async def decoder_busy(_: Request, exc: DecoderBusyError) -> JSONResponse:
+        response = ApiError(503, f"the server is busy decoding other images: {exc}").response()
+        response.headers["Retry-After"] = "10"
+        return response
 
     @app.exception_handler(ReviewLogUnavailable)
     async def log_unavailable(_: Request, exc: ReviewLogUnavailable) -> JSONResponse:

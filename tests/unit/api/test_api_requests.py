@@ -101,3 +101,21 @@ def test_serve_api_refuses_a_bad_port_before_loading_anything(capsys):
 
     assert main(["serve-api", "--port", "70000"]) == 2
     assert "--port 70000 is not a port number" in capsys.readouterr().err
+
+
+def test_a_busy_decoder_fails_the_request_not_the_file(monkeypatch):
+    """Every decode slot taken: the batch is not answered with per-file refusals (nothing is
+    wrong with the files); the error goes up, and the server answers 503 with Retry-After."""
+    from contextlib import ExitStack
+
+    from bcclassify.api.cells import Upload, classify_cells
+    from bcclassify.data import imaging
+
+    monkeypatch.setattr(imaging, "DECODE_WAIT_S", 0.05)
+    data = ACCEPTED["png"]()
+    upload = Upload(name="cell.png", size=len(data), read=lambda: data)
+    with ExitStack() as held:
+        for _ in range(imaging.DECODE_SLOTS):
+            held.enter_context(imaging.decode_slot("held by another session"))
+        with pytest.raises(imaging.DecoderBusyError):
+            classify_cells(None, [upload], UploadLimits())
