@@ -74,7 +74,7 @@ def main() -> None:
         evaluate=True,
         requested_by=who.name,
     )
-    done = view.adapt_ui(config, cells)
+    done = view.adapt_ui(config, cells, who)
     if done is None:
         return
     st.session_state[view.RESULT] = staged_result(done, source, kind, taken, keep)

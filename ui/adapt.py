@@ -116,7 +116,7 @@ def result_ui(secrets: dict, identity: Identity) -> None:
         st.rerun()
 
 
-def adapt_ui(config: AdaptConfig, cells: dict) -> Adapted | None:
+def adapt_ui(config: AdaptConfig, cells: dict, identity: Identity) -> Adapted | None:
     """Run the adaptation (staged, not installed) under a progress bar; None on a refusal."""
     bar = st.progress(0.0, text="Starting…")
 
@@ -125,8 +125,8 @@ def adapt_ui(config: AdaptConfig, cells: dict) -> Adapted | None:
 
     import_tensorflow_quietly()  # TensorFlow only now: the page opens without it
     try:
-        return adapt(config, cells=cells, progress=progress, install=False)
-    except AdaptError as exc:
+        return adapt(config, cells=cells, progress=progress, install=False, identity=identity)
+    except (AdaptError, AccessDenied) as exc:
         st.error(str(exc))
         return None
 

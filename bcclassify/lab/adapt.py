@@ -337,7 +337,7 @@ def adapt(
     cells: dict[str, list] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     install: bool = True,
-    installer: Identity | None = None,
+    identity: Identity | None = None,
 ) -> Adapted:
     """Adapt ``config.source`` to the cells of ``config.cells`` and install ``config.name``.
 
@@ -345,12 +345,14 @@ def adapt(
     passes uploaded (name, bytes) pairs, so nothing is written to disk). ``progress(stage, done,
     total)`` reports feature extraction. With ``install`` False the model is left staged
     (unlisted) until :func:`install_staged` or :func:`discard_staged`: the app shows the
-    before/after figures first. ``installer``: who installs (it must be allowed to; default
-    :func:`~bcclassify.access.roles.command_line_identity`), recorded in the card. Raises
-    :class:`AdaptError` on bad input or a full quota, ``AccessDenied`` for a role that may not.
+    before/after figures first. ``identity``: who adapts (and installs), which must be allowed
+    to (default :func:`~bcclassify.access.roles.command_line_identity`); an install records it
+    in the card. Raises :class:`AdaptError` on bad input or a full quota, ``AccessDenied`` (before
+    any work) for a role that may not.
     """
+    identity = require(identity or command_line_identity(), "adapt")
     if install:
-        installer = require(installer or command_line_identity(), "install_model")
+        require(identity, "install_model")
         check_quota()
     from bcclassify.serving.classifier import (
         NOVELTY_FILE,
@@ -541,7 +543,7 @@ def adapt(
             write_card(staging, card)
         if install:
             staging.replace(models_dir() / config.name)
-            record_install(models_dir() / config.name, installer)
+            record_install(models_dir() / config.name, identity)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         record.update(status="failed", error=f"{exc}")

@@ -122,3 +122,13 @@ def test_models_uninstall_command(store, capsys):
     )
     assert card["uninstalled"]["by"].endswith("(command line)")
     assert "base-lab" not in installed_cards()
+
+
+def test_adapt_itself_refuses_a_role_that_may_not_before_any_work(store, tmp_path):
+    from bcclassify.lab.adapt import AdaptConfig, adapt
+
+    config = AdaptConfig(source="base", cells=str(tmp_path / "none"), name="base-lab")
+    for install in (False, True):
+        with pytest.raises(AccessDenied, match="adapting models needs the admin role"):
+            adapt(config, cells={"ig": [("a.jpg", b"x")]}, install=install, identity=REVIEWER)
+    assert not (store / "runs").exists() and set(installed_cards()) == {"base"}
