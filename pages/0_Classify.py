@@ -14,7 +14,7 @@ from bcclassify import CLASS_NAMES
 from bcclassify.review.report import batch_shift_notice, reviewed_differential
 from bcclassify.serving.uploads import UploadLimits
 from ui import classify as view
-from ui.login import login_ui
+from ui.login import login_ui, signed_in_identity
 from ui.review import final_labels, open_review_log, review_log_ui
 from ui.session import app_secrets, model_key
 
@@ -39,7 +39,7 @@ def main() -> None:
         st.caption("Not logged in: you can classify and explain; saving decisions needs a log-in.")
     if not items:
         st.info("Upload one or more cell images, or pick example cells, to classify them.")
-        review_log_ui(log, reviewer)
+        review_log_ui(log, signed_in_identity(secrets))
         return
     results = view.classify_inputs(key, items, limits)
     view.refused_ui(items, results)
@@ -59,7 +59,7 @@ def main() -> None:
         st.divider()
         view.cell_detail_ui(log, reviewer, chosen, key, *view.cell_picker_ui(cells), limits)
     st.divider()
-    review_log_ui(log, reviewer)
+    review_log_ui(log, signed_in_identity(secrets))
 
 
 main()

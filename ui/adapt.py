@@ -6,21 +6,31 @@ from __future__ import annotations
 
 import streamlit as st
 
+from bcclassify.access.roles import AccessDenied, Identity, allowed
 from bcclassify.cli.quiet_tensorflow import import_tensorflow_quietly
 from bcclassify.lab.adapt import (
     DEFAULT_PER_CLASS,
+    MAX_ADAPTED_MODELS,
     MAX_ZIP_BYTES,
     AdaptConfig,
     Adapted,
     AdaptError,
     adapt,
+    adapted_models,
     discard_staged,
     install_staged,
     keep_cells,
     read_zip_cells,
+    uninstall_adapted,
 )
 from bcclassify.lab.kept import KeptCells, KeptCellsError
-from bcclassify.presentation.adapt import figures_table, kept_counts_table, result_summary
+from bcclassify.presentation.adapt import (
+    figures_table,
+    installed_line,
+    kept_counts_table,
+    result_summary,
+)
+from bcclassify.presentation.pages import model_cards
 from bcclassify.review.reviews import default_data_dir as configured_data_dir  # one resolver
 
 RESULT = "adapt_result"  # session key: the staged adaptation awaiting install or discard
@@ -30,6 +40,7 @@ FORGOTTEN = "adapt_forgotten"  # session key: how many kept cells the last forge
 # Session key: (upload's file_id, its cells, or why it was refused): the zip is parsed once, not
 # again on every rerun of the page (each setting changed, the Adapt click).
 ZIP_READ = "adapt_zip_read"
+UNINSTALLED = "adapt_uninstalled"  # session key: the model the last Uninstall took away
 
 
 def settings_ui(cards: dict[str, dict]) -> tuple[str, str, int, int]:
@@ -54,7 +65,32 @@ def installed_ui() -> None:
             st.caption(f"{kept} cells kept, as you chose, under the data folder's lab-cells/.")
 
 
-def result_ui(secrets: dict) -> None:
+def uninstall_ui(identity: Identity) -> None:
+    """The adapted models installed here, who installed each and when, each with Uninstall
+    (admins only; the library checks the role again)."""
+    gone = st.session_state.pop(UNINSTALLED, None)
+    if gone:
+        st.success(f"Uninstalled {gone[0]}; its files are kept under {gone[1]}.")
+    names = adapted_models()
+    if not names or not allowed(identity, "uninstall_model"):
+        return
+    cards = model_cards()
+    with st.expander(f"Adapted models installed: {len(names)} of at most {MAX_ADAPTED_MODELS}"):
+        for name in names:
+            left, right = st.columns([3, 1])
+            left.text(installed_line(name, cards.get(name, {})))
+            if right.button("Uninstall", key=f"adapt_uninstall-{name}"):
+                try:
+                    moved = uninstall_adapted(name, identity)
+                except (AdaptError, AccessDenied) as exc:
+                    st.error("Not uninstalled:")
+                    st.text(str(exc))
+                    return
+                st.session_state[UNINSTALLED] = (name, moved.parent.name + "/" + moved.name)
+                st.rerun()
+
+
+def result_ui(secrets: dict, identity: Identity) -> None:
     """The staged adaptation's figures, then Install (keeping the cells if asked) or Discard."""
     result = st.session_state[RESULT]
     figures = result["figures"]
@@ -67,8 +103,8 @@ def result_ui(secrets: dict) -> None:
     install, discard = st.columns(2)
     if install.button("Install this model", type="primary", key="adapt_install"):
         try:
-            install_staged(result["name"])
-        except AdaptError as exc:
+            install_staged(result["name"], identity)
+        except (AdaptError, AccessDenied) as exc:
             st.error(str(exc))
             return
         if result["keep"] is not None:
@@ -83,7 +119,7 @@ def result_ui(secrets: dict) -> None:
         st.rerun()
 
 
-def adapt_ui(config: AdaptConfig, cells: dict) -> Adapted | None:
+def adapt_ui(config: AdaptConfig, cells: dict, identity: Identity) -> Adapted | None:
     """Run the adaptation (staged, not installed) under a progress bar; None on a refusal."""
     bar = st.progress(0.0, text="Starting…")
 
@@ -92,8 +128,8 @@ def adapt_ui(config: AdaptConfig, cells: dict) -> Adapted | None:
 
     import_tensorflow_quietly()  # TensorFlow only now: the page opens without it
     try:
-        return adapt(config, cells=cells, progress=progress, install=False)
-    except AdaptError as exc:
+        return adapt(config, cells=cells, progress=progress, install=False, identity=identity)
+    except (AdaptError, AccessDenied) as exc:
         st.error("The adaptation was refused:")
         st.text(str(exc))  # may name a cell of the user's zip: plain text
         return None
@@ -135,7 +171,7 @@ def zip_cells_ui() -> tuple[dict, str, bool] | None:
     return cells, f"upload:{upload.name}", keep
 
 
-def kept_cells_ui(secrets: dict) -> dict | None:
+def kept_cells_ui(secrets: dict, identity: Identity) -> dict | None:
     """Counts of the cells reviewers kept on the Classify page, a forget-all button (with a
     confirmation step), and those cells as ``adapt``'s mapping; None when there are none."""
     store = KeptCells(configured_data_dir(secrets), create=False)
@@ -161,14 +197,15 @@ def kept_cells_ui(secrets: dict) -> dict | None:
         return None
     st.dataframe(kept_counts_table(counts), hide_index=True, key="adapt_kept_counts")
     if st.session_state.get(CONFIRM_FORGET):
-        forget_all_ui(store, sum(counts.values()))
+        forget_all_ui(store, sum(counts.values()), identity)
         return None
-    st.button(
-        "Forget all kept cells…",
-        key="adapt_forget",
-        on_click=st.session_state.update,
-        kwargs={CONFIRM_FORGET: True},
-    )
+    if allowed(identity, "forget_cells"):
+        st.button(
+            "Forget all kept cells…",
+            key="adapt_forget",
+            on_click=st.session_state.update,
+            kwargs={CONFIRM_FORGET: True},
+        )
     try:
         return store.cells()
     except KeptCellsError as exc:
@@ -177,15 +214,15 @@ def kept_cells_ui(secrets: dict) -> dict | None:
         return None
 
 
-def forget_all_ui(store: KeptCells, total: int) -> None:
+def forget_all_ui(store: KeptCells, total: int, identity: Identity) -> None:
     """The forget-all confirmation: delete every kept cell, or cancel."""
     st.warning(f"Delete all {total} kept cells from this server? Installed models are not changed.")
     yes, no = st.columns(2)
     if yes.button(f"Delete {total} kept cells", type="primary", key="adapt_forget_yes"):
         st.session_state.pop(CONFIRM_FORGET, None)
         try:
-            st.session_state[FORGOTTEN] = store.forget_all()
-        except KeptCellsError as exc:
+            st.session_state[FORGOTTEN] = store.forget_all(identity)
+        except (KeptCellsError, AccessDenied) as exc:
             st.error("Not all kept cells could be deleted:")
             st.text(str(exc))
             return

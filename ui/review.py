@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from bcclassify.access.roles import Identity, allowed
 from bcclassify.lab.kept import KeptCells, KeptCellsError
 from bcclassify.presentation.classify import (
     KEEP_CAPTION,
@@ -137,22 +138,26 @@ def review_ui(
         st.text(last_decision_line(earlier[-1]))  # plain text: names and times are data
 
 
-def review_log_ui(log: ReviewLog | None, reviewer: str | None) -> None:
-    """The log's decisions, newest first, and its CSV export (logged-in reviewers only)."""
+def review_log_ui(log: ReviewLog | None, identity: Identity | None) -> None:
+    """The decisions the logged-in user may see, newest first, and their CSV export: every
+    reviewer's for an admin, their own for anyone else (``ReviewLog.visible_entries``)."""
     st.subheader("Review log")
-    if reviewer is None:
+    if identity is None:
         st.info("Log in to see, save and export review decisions.")
         return
     if log is None:
         return
     try:
-        entries = log.entries()
-        exported = log.export_csv()
+        entries = log.visible_entries(identity)
+        exported = log.export_csv(identity)
     except ReviewLogUnavailable as exc:
         st.error("The review log cannot be read.")
         st.text(str(exc))
         return
-    st.caption(f"{len(entries)} decision(s), newest first; rows are never changed or deleted.")
+    whose = "every reviewer's" if allowed(identity, "export_all_decisions") else "yours only"
+    st.caption(
+        f"{len(entries)} decision(s) ({whose}), newest first; rows are never changed or deleted."
+    )
     if entries:
         st.dataframe(review_log_frame(entries), hide_index=True, key="review_log")
     st.download_button(

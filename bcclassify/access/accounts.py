@@ -32,6 +32,7 @@ __all__ = [
     "accounts_path",
     "add_user",
     "check_name",
+    "generation",
     "has_accounts",
     "list_users",
     "remove_user",
@@ -137,6 +138,8 @@ def add_user(
         "argon2": _hasher.hash(password),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "role": str(role or parse_role(previous.get("role"))),
+        # Sessions remember the generation they logged in with; a new password ends them.
+        "generation": _generation_of(previous) + 1,
     }
     _write(path, payload)
 
@@ -157,6 +160,22 @@ def user_role(path: Path, name: str) -> Role | None:
     except AccountError:
         return None
     return parse_role(record.get("role")) if isinstance(record, dict) else None
+
+
+def _generation_of(record: object) -> int:
+    value = record.get("generation", 0) if isinstance(record, dict) else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def generation(path: Path, name: str) -> int | None:
+    """The account's password generation (1 when created, +1 at each new password), or None
+    when there is no such account or the file cannot be read: a session logged in with another
+    generation is over."""
+    try:
+        record = _read(path)["users"].get(name)
+    except AccountError:
+        return None
+    return _generation_of(record) if isinstance(record, dict) else None
 
 
 def remove_user(path: Path, name: str) -> None:

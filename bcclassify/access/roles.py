@@ -7,10 +7,21 @@ uninstalling models, exporting every reviewer's decisions and forgetting kept ce
 
 from __future__ import annotations
 
+import getpass
+import platform
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["ACTIONS", "Identity", "Role", "allowed", "parse_role"]
+__all__ = [
+    "ACTIONS",
+    "AccessDenied",
+    "Identity",
+    "Role",
+    "allowed",
+    "command_line_identity",
+    "parse_role",
+    "require",
+]
 
 
 class Role(StrEnum):
@@ -70,3 +81,41 @@ def allowed(identity: Identity | None, action: str) -> bool:
     if action not in ACTIONS:
         raise KeyError(f"unknown action {action!r}; known: {', '.join(sorted(ACTIONS))}")
     return identity.role in ACTIONS[action]
+
+
+class AccessDenied(PermissionError):
+    """An action refused for the identity's role; the message names the action and the roles."""
+
+
+# What each action is called in a refusal (the ACTIONS keys are for code).
+_ACTION_WORDS = {
+    "export_all_decisions": "exporting every reviewer's decisions",
+    "install_model": "installing models",
+    "uninstall_model": "uninstalling models",
+    "forget_cells": "forgetting kept cells",
+    "adapt": "adapting models",
+    "sign_off_final": "the final sign-off",
+}
+
+
+def require(identity: Identity | None, action: str) -> Identity:
+    """``identity`` when it may do ``action``; :class:`AccessDenied` otherwise.
+
+    Library functions that change or reveal the whole lab's data call this themselves, so a page
+    that shows a button by mistake still cannot do what the role does not allow."""
+    if allowed(identity, action):
+        return identity  # type: ignore[return-value]  # allowed() is False for None
+    what = _ACTION_WORDS.get(action, action.replace("_", " "))
+    roles = " or ".join(sorted(str(r) for r in ACTIONS[action]))
+    who = "nobody is logged in" if identity is None else f"{identity.name} is {identity.role}"
+    raise AccessDenied(f"{what} needs the {roles} role; {who}")
+
+
+def command_line_identity() -> Identity:
+    """Who runs ``python -m bcclassify``: the lab admin, since writing the store and the data
+    directory already takes the server account; named by login and host for the records."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for the uid (containers)
+        user = "unknown"
+    return Identity(name=f"{user}@{platform.node()} (command line)", role=Role.ADMIN)

@@ -1,10 +1,11 @@
 """Installed models: ``promote`` a run, ``list`` runs and models, ``calibrate`` a model's
-confidence and its "unidentified" detector."""
+confidence and its "unidentified" detector, ``models uninstall`` an adapted model."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,11 +18,13 @@ from bcclassify.storage.store import default_model_name, list_runs, run_state
 __all__ = [
     "add_calibrate",
     "add_list",
+    "add_models",
     "add_promote",
     "markdown_tables",
     "pct",
     "run_calibrate",
     "run_list",
+    "run_models",
     "run_promote",
 ]
 
@@ -224,4 +227,29 @@ def run_calibrate(args: argparse.Namespace) -> int:
     except refused as exc:
         raise UsageError(str(exc)) from None
     print(json.dumps({k: card[k] for k in ("calibration", "novelty", "acquisition")}, indent=2))
+    return EXIT_OK
+
+
+def add_models(sub: SubParsers) -> None:
+    p = sub.add_parser("models", help="manage installed models (uninstall an adapted one)")
+    actions = p.add_subparsers(dest="models_command", required=True)
+    gone = actions.add_parser(
+        "uninstall",
+        help="take an adapted model out of service (moved under models/.uninstalled/)",
+        description="Only models made by `adapt`, never the default model nor another model's "
+        "second opinion. The folder is moved whole under model_store/models/.uninstalled/ with "
+        "who and when in its card; move it back to undo.",
+    )
+    gone.add_argument("name", metavar="NAME")
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from bcclassify.access.roles import command_line_identity
+    from bcclassify.lab.adapt import AdaptError, uninstall_adapted
+
+    try:
+        moved = uninstall_adapted(args.name, command_line_identity())
+    except AdaptError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"uninstalled {args.name}; its files are kept in {moved}", file=sys.stderr)
     return EXIT_OK

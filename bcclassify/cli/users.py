@@ -64,7 +64,7 @@ def run_users(args: argparse.Namespace) -> int:
             print(f"{args.name} is now {args.role} in {path}", file=sys.stderr)
         elif args.users_command == "remove":
             remove_user(path, args.name)
-            print(f"removed {args.name} from {path}", file=sys.stderr)
+            print(f"removed {args.name} from {path}; its open sessions end", file=sys.stderr)
         else:
             if args.password_stdin:
                 password = sys.stdin.readline().rstrip("\r\n")
@@ -74,8 +74,9 @@ def run_users(args: argparse.Namespace) -> int:
                     raise UsageError("the two passwords differ; nothing was changed")
             role_arg = Role(args.role) if args.role else None
             add_user(path, args.name, password, replace=args.replace, role=role_arg)
-            verb = "updated" if args.replace else "added"
-            print(f"{verb} {args.name} in {path}", file=sys.stderr)
+            done = "updated" if args.replace else "added"
+            ended = "; its open sessions end" if args.replace else ""
+            print(f"{done} {args.name} in {path}{ended}", file=sys.stderr)
     except AccountError as exc:
         raise UsageError(str(exc)) from None
     return EXIT_OK

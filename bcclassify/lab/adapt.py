@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from bcclassify import CLASS_NAMES
-from bcclassify.storage.cards import ModelCard, write_card
+from bcclassify.access.roles import Identity, command_line_identity, require
+from bcclassify.storage.cards import ModelCard, installed_cards, write_card
 from bcclassify.storage.runs import RunRecord, utc_now
 
 DEFAULT_PER_CLASS = 10
@@ -46,6 +47,10 @@ CROSS_FIT_FOLDS = 5
 # scored 88.6% on the remaining cells (worst draw 84.2%), on 8 symmetries + 8 augmented views
 # 89.5% (worst 88.0%); fitting only, the model still serves its card's views.
 DEFAULT_AUGMENTED_VIEWS = 8
+# Adapted models installed at once, at most: each is a full copy of its source (86 MB for the
+# hybrid), installed from the app by an admin; past it, one must be uninstalled first.
+MAX_ADAPTED_MODELS = 10
+UNINSTALLED_DIR = ".uninstalled"  # under models/: hidden, so never listed or loaded
 
 
 class AdaptError(ValueError):
@@ -333,6 +338,7 @@ def adapt(
     cells: dict[str, list] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     install: bool = True,
+    identity: Identity | None = None,
 ) -> Adapted:
     """Adapt ``config.source`` to the cells of ``config.cells`` and install ``config.name``.
 
@@ -340,8 +346,15 @@ def adapt(
     passes uploaded (name, bytes) pairs, so nothing is written to disk). ``progress(stage, done,
     total)`` reports feature extraction. With ``install`` False the model is left staged
     (unlisted) until :func:`install_staged` or :func:`discard_staged`: the app shows the
-    before/after figures first. Raises :class:`AdaptError` on bad input.
+    before/after figures first. ``identity``: who adapts (and installs), which must be allowed
+    to (default :func:`~bcclassify.access.roles.command_line_identity`); an install records it
+    in the card. Raises :class:`AdaptError` on bad input or a full quota, ``AccessDenied`` (before
+    any work) for a role that may not.
     """
+    identity = require(identity or command_line_identity(), "adapt")
+    if install:
+        require(identity, "install_model")
+        check_quota()
     from bcclassify.serving.classifier import (
         NOVELTY_FILE,
         VIEW_TRANSFORMS,
@@ -441,6 +454,7 @@ def adapt(
                 "test_metrics",
                 "single_view_test_metrics",
                 "exported",
+                "installed",
             )
         }
         card.update(
@@ -521,6 +535,7 @@ def adapt(
             write_card(staging, card)
         if install:
             staging.replace(models_dir() / config.name)
+            record_install(models_dir() / config.name, identity)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         record.update(status="failed", error=f"{exc}")
@@ -593,18 +608,91 @@ def _staging(name: str) -> Path:
     return models_dir() / f".{name}.adapting"
 
 
-def install_staged(name: str) -> Path:
-    """Install an adaptation left staged by ``adapt(..., install=False)``."""
+def install_staged(name: str, identity: Identity | None) -> Path:
+    """Install an adaptation left staged by ``adapt(..., install=False)``, as ``identity``.
+
+    Refused (``AccessDenied``) unless the identity may install models, and (:class:`AdaptError`)
+    past :data:`MAX_ADAPTED_MODELS`. Who, when and from which run is written into the card."""
     from bcclassify.serving.classifier import installed_model_names
     from bcclassify.storage.store import models_dir
 
+    require(identity, "install_model")
     staged = _staging(name)
     if not (staged / "card.json").is_file():
         raise AdaptError(f"no staged adaptation named {name!r}")
     if name in installed_model_names():
         raise AdaptError(f"a model named {name!r} is already installed; choose another")
+    check_quota()
     target = models_dir() / name
     staged.replace(target)
+    record_install(target, identity)
+    return target
+
+
+def record_install(folder: Path, identity: Identity) -> None:
+    """Write who installed the model, when and from which run into its card (``installed``).
+
+    The card is not among the checksummed files, so the model still loads; the card before the
+    record is kept in the card history like any other change."""
+    card = ModelCard.read(folder)
+    if card is None:
+        raise AdaptError(f"{folder / 'card.json'}: missing or unreadable; not installed")
+    installed = {
+        "by": identity.name,
+        "key": identity.key,
+        "role": str(identity.role),
+        "at": utc_now(),
+        "from_run": card.get("adaptation_run") or card.training_run,
+    }
+    write_card(folder, card.updated(installed=installed))
+
+
+def adapted_models() -> list[str]:
+    """Installed models made by ``adapt`` (their card names an adaptation run), by name."""
+    return sorted(n for n, c in installed_cards().items() if c.get("adaptation_run"))
+
+
+def check_quota() -> None:
+    """Refuse another adapted model when :data:`MAX_ADAPTED_MODELS` are installed."""
+    installed = adapted_models()
+    if len(installed) >= MAX_ADAPTED_MODELS:
+        raise AdaptError(
+            f"{len(installed)} adapted models are installed, the most this server allows "
+            f"({MAX_ADAPTED_MODELS}); uninstall one first (the Adapt page, or "
+            "python -m bcclassify models uninstall NAME)"
+        )
+
+
+def uninstall_adapted(name: str, identity: Identity | None) -> Path:
+    """Take the adapted model ``name`` out of service, as ``identity``; returns where it went.
+
+    Only models made by ``adapt``, never the default model nor a model another card names as its
+    second opinion. The folder is moved whole (one rename) under ``models/.uninstalled/``, with
+    an ``uninstalled`` record in its card, so the step can be undone by moving it back."""
+    from bcclassify.storage.store import default_model_name, models_dir
+
+    require(identity, "uninstall_model")
+    cards = installed_cards()
+    card = cards.get(name)
+    if card is None:
+        raise AdaptError(f"no installed model named {name!r}")
+    if name == default_model_name():
+        raise AdaptError(f"{name!r} is the default model; it is never uninstalled here")
+    if not card.get("adaptation_run"):
+        raise AdaptError(
+            f"{name!r} was not made by adapt; only adapted models are uninstalled here "
+            f"(adapted: {', '.join(adapted_models()) or 'none'})"
+        )
+    users = [n for n, c in cards.items() if (c.get("second_opinion") or {}).get("model") == name]
+    if users:
+        raise AdaptError(f"{name!r} is the second opinion of {', '.join(users)}; not uninstalled")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = models_dir() / UNINSTALLED_DIR / f"{name}-{stamp}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (models_dir() / name).replace(target)
+    moved = ModelCard.read(target) or card
+    record = {"by": identity.name, "key": identity.key, "at": utc_now()}  # type: ignore[union-attr]
+    write_card(target, moved.updated(uninstalled=record))
     return target
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from PIL import Image
 
 from bcclassify import CLASS_NAMES
+from bcclassify.access.roles import Identity, require
 from bcclassify.review.reviews import create_private_file, default_data_dir, make_private_dir
 from bcclassify.storage.store import atomic_write_bytes, sha256_bytes
 
@@ -326,11 +327,13 @@ class KeptCells:
                     path.unlink(missing_ok=True)
         return len(rows)
 
-    def forget_all(self) -> int:
+    def forget_all(self, identity: Identity | None) -> int:
         """Delete every kept cell, its index and the kept-cells folder; returns how many.
 
-        The rows go first, in one transaction: a crash part way leaves only files no row names,
-        which are never listed and which the next call removes."""
+        Every reviewer's cells go, so ``identity`` must be allowed to ``forget_cells`` (an admin;
+        ``AccessDenied`` otherwise). The rows go first, in one transaction: a crash part way
+        leaves only files no row names, which are never listed and which the next call removes."""
+        require(identity, "forget_cells")
         if not self.root.exists():
             return 0
         try:

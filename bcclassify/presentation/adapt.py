@@ -65,3 +65,15 @@ def result_summary(result: Mapping) -> str:
         f"Fitted on {result['taken']} cells; scored on the {result['held_back']} cells of "
         f"{result.get('from', 'your upload')} it did not take."
     )
+
+
+def installed_line(name: str, card: Mapping) -> str:
+    """One adapted model for the uninstall list: its source, who installed it and when."""
+    source = (card.get("source_model") or {}).get("name", "?")
+    installed = card.get("installed") or {}
+    who = (
+        f"installed by {installed['by']} at {installed.get('at', '?')}"
+        if installed
+        else ("installed before installs were recorded")
+    )
+    return f"{name} (from {source}), {who}"

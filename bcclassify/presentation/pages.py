@@ -109,13 +109,6 @@ def oidc_providers(secrets: dict) -> list[str | None] | None:
     return named or [None]
 
 
-def oidc_reviewer(user: Mapping) -> str | None:
-    """The reviewer name for a user logged in through OpenID Connect (e-mail, else name)."""
-    if user.get("is_logged_in") is not True:
-        return None
-    return str(user.get("email") or user.get("name") or user.get("sub") or "") or None
-
-
 def card_sha256(name: str) -> str:
     """sha256 of the installed model's card.json ('' when it cannot be read)."""
     try:

@@ -21,6 +21,7 @@ from contextlib import closing
 from pathlib import Path
 
 from bcclassify import CLASS_NAMES
+from bcclassify.access.roles import Identity, allowed, require
 from bcclassify.review.report import spreadsheet_safe
 
 __all__ = [
@@ -303,12 +304,22 @@ class ReviewLog:
     def decisions_for(self, image_sha256: str) -> list[dict]:
         return self._rows("WHERE image_sha256 = ?", (image_sha256,))
 
-    def export_csv(self) -> str:
-        """Every decision as CSV; cells a spreadsheet would run as formulas are escaped."""
+    def visible_entries(self, identity: Identity | None) -> list[dict]:
+        """The decisions ``identity`` may read and export, oldest first: every reviewer's for an
+        admin, their own (recorded under their name) for anyone else; ``AccessDenied`` when
+        nobody is logged in."""
+        if allowed(identity, "export_all_decisions"):
+            return self.entries()
+        require(identity, "export_own_decisions")
+        return self._rows("WHERE reviewer = ?", (identity.name,))  # type: ignore[union-attr]
+
+    def export_csv(self, identity: Identity | None) -> str:
+        """The decisions ``identity`` may export (:meth:`visible_entries`) as CSV; cells a
+        spreadsheet would run as formulas are escaped."""
         buffer = io.StringIO()
         # CRLF rows (RFC 4180): the csv module then quotes any cell holding a CR or LF.
         writer = csv.writer(buffer, lineterminator="\r\n")
         writer.writerow(EXPORT_COLUMNS)
-        for row in self.entries():
+        for row in self.visible_entries(identity):
             writer.writerow([spreadsheet_safe(row[c]) for c in EXPORT_COLUMNS])
         return buffer.getvalue()

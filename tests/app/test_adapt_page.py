@@ -5,6 +5,7 @@ discard); uploads not kept; kept cells can all be forgotten."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import zipfile
 
@@ -21,6 +22,7 @@ from test_app import (
 )
 
 from bcclassify.access import accounts
+from bcclassify.access.roles import Role
 from bcclassify.lab.kept import KeptCells
 
 PAGE = "pages/5_Adapt_to_your_lab.py"
@@ -42,7 +44,7 @@ def test_adapt_page_needs_a_log_in_then_adapts_and_installs(tiny_store, tmp_path
     data = tmp_path / "data"
     monkeypatch.setenv("BCCLASSIFY_DATA_DIR", str(data))
     monkeypatch.delenv("BCCLASSIFY_ACCOUNTS", raising=False)
-    accounts.add_user(data / "accounts.json", "qa.lead", PASSWORD)
+    accounts.add_user(data / "accounts.json", "qa.lead", PASSWORD, role=Role.ADMIN)
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
     at.switch_page(PAGE).run()
     _no_exception(at)
@@ -74,14 +76,39 @@ def test_adapt_page_needs_a_log_in_then_adapts_and_installs(tiny_store, tmp_path
     assert "Installed tiny-lab" in _texts(at.success)
     assert (store / "models" / "tiny-lab" / "card.json").is_file()
     assert not (data / "lab-cells").exists()  # uploads were not kept
+    installed = json.loads((store / "models" / "tiny-lab" / "card.json").read_text())["installed"]
+    assert installed["by"] == "qa.lead" and installed["from_run"].endswith("adapt-tiny-lab")
     at.switch_page(CLASSIFY).run()
     assert "tiny-lab" in at.selectbox(key="model").options
+
+    at.switch_page(PAGE).run()  # the admin can take it out of service again
+    assert "installed by qa.lead" in _texts(at.text)
+    at.button(key="adapt_uninstall-tiny-lab").click().run()
+    _no_exception(at)
+    assert "Uninstalled tiny-lab" in _texts(at.success)
+    assert not (store / "models" / "tiny-lab").exists()
+    assert list((store / "models" / ".uninstalled").glob("tiny-lab-*/card.json"))
+
+
+def test_adapt_page_is_for_admins_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path / "store"))  # no model: a fast page
+    data = tmp_path / "data"
+    monkeypatch.setenv("BCCLASSIFY_DATA_DIR", str(data))
+    monkeypatch.delenv("BCCLASSIFY_ACCOUNTS", raising=False)
+    accounts.add_user(data / "accounts.json", "qa", PASSWORD)  # a reviewer
+    accounts.add_user(data / "accounts.json", "dr.p", PASSWORD, role=Role.PATHOLOGIST)
+    for name in ("qa", "dr.p"):
+        at = _log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT).run(), name)
+        at.switch_page(PAGE).run()
+        _no_exception(at)
+        assert "for lab admins" in _texts(at.info), name
+        assert not at.get("file_uploader") and not any(b.label == "Adapt" for b in at.button)
 
 
 def test_adapt_page_refuses_a_zip_without_class_folders(tiny_store, tmp_path, monkeypatch):
     monkeypatch.setenv("BCCLASSIFY_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("BCCLASSIFY_ACCOUNTS", raising=False)
-    accounts.add_user(tmp_path / "data" / "accounts.json", "qa", PASSWORD)
+    accounts.add_user(tmp_path / "data" / "accounts.json", "qa", PASSWORD, role=Role.ADMIN)
     at = _log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT).run(), "qa")
     at.switch_page(PAGE).run()
     buffer = io.BytesIO()
@@ -102,7 +129,7 @@ def test_adapt_page_adapts_from_kept_cells_and_forgets_them(tiny_store, tmp_path
     data = tmp_path / "data"
     monkeypatch.setenv("BCCLASSIFY_DATA_DIR", str(data))
     monkeypatch.delenv("BCCLASSIFY_ACCOUNTS", raising=False)
-    accounts.add_user(data / "accounts.json", "qa.lead", PASSWORD)
+    accounts.add_user(data / "accounts.json", "qa.lead", PASSWORD, role=Role.ADMIN)
     at = _log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT).run(), "qa.lead")
     at.switch_page(PAGE).run()
     at.radio(key="adapt_cells_from").set_value("Cells reviewed and kept here").run()

@@ -317,14 +317,26 @@ def test_oidc_login_when_an_auth_section_is_configured(tmp_path, monkeypatch):
     _no_exception(at)
     assert any(b.label == "Log in" for b in at.button)
     assert not any(t.key == "login_user" for t in at.text_input)  # no local form beside OIDC
+    listed = {"auth": auth, "bcclassify": {"sso_users": {"dr.ana@lab.example.org": "admin"}}}
+    claims = {"iss": "https://id.example.org", "sub": "4711", "email_verified": True}
     at = _start(
         monkeypatch,
         tmp_path / "data",
-        {"auth": auth},
-        {"is_logged_in": True, "email": "dr.ana@lab.example.org"},
+        listed,
+        {"is_logged_in": True, "email": "dr.ana@lab.example.org", **claims},
     )
     _no_exception(at)
-    assert "Logged in as dr.ana@lab.example.org" in _texts(at.text)
+    assert "Logged in as dr.ana@lab.example.org (admin)" in _texts(at.text)
+    # Anyone else at the provider, or an address it did not verify, is not let in.
+    for user in (
+        {"is_logged_in": True, "email": "someone@gmail.com", **claims},
+        {"is_logged_in": True, "email": "dr.ana@lab.example.org", **claims, "email_verified": 0},
+        {"is_logged_in": True, "name": "dr.ana@lab.example.org", "iss": "x", "sub": "1"},
+    ):
+        at = _start(monkeypatch, tmp_path / "data", listed, user)
+        _no_exception(at)
+        assert "not let in" in _texts(at.error) and "Logged in as" not in _texts(at.text)
+        assert any(b.label == "Log out" for b in at.button)
 
 
 def test_a_damaged_review_log_is_a_banner_and_classification_goes_on(

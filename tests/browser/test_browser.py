@@ -26,6 +26,7 @@ from helpers import REPO
 
 from bcclassify import CLASS_LABELS
 from bcclassify.access import accounts
+from bcclassify.access.roles import Role
 
 pytestmark = pytest.mark.browser
 
@@ -133,7 +134,8 @@ def _screenshot(page, name: str) -> None:
 def test_upload_classify_review_and_open_every_page(app_url, tmp_path, tiny_store):
     sync_api = pytest.importorskip("playwright.sync_api")
     data_dir = tmp_path / "data"
-    accounts.add_user(data_dir / "accounts.json", REVIEWER, PASSWORD)
+    # An admin: the same log-in reviews on Classify and adapts and installs on Adapt.
+    accounts.add_user(data_dir / "accounts.json", REVIEWER, PASSWORD, role=Role.ADMIN)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:

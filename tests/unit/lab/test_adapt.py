@@ -97,6 +97,9 @@ def test_adapt_installs_a_model_that_lists_its_cells_and_predicts(cli, store, la
     )
     run = store / "runs" / card["adaptation_run"]
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    # the install is recorded: the command line acts as the lab admin
+    assert card["installed"]["from_run"] == run.name and card["installed"]["role"] == "admin"
+    assert card["installed"]["by"].endswith("(command line)")
     config = json.loads((run / "config.json").read_text())
     assert config["seed"] == 0 and config["augmented_views"] == 8
     assert card["adaptation"]["augmented_views"] == 8

@@ -13,6 +13,7 @@ import pytest
 from helpers import REPO
 from PIL import Image
 
+from bcclassify.access.roles import AccessDenied, Identity, Role
 from bcclassify.lab.adapt import choose_cells
 from bcclassify.lab.kept import (
     INDEX_NAME,
@@ -27,6 +28,7 @@ from bcclassify.serving.uploads import WORKING_PX, UploadLimits, working_copy
 from bcclassify.storage.store import sha256_bytes
 
 EXAMPLES = REPO / "bcclassify" / "examples" / "pbc"
+ADMIN = Identity("lab.admin", Role.ADMIN)
 
 
 def _png(value: int, side: int = 8) -> bytes:
@@ -46,7 +48,7 @@ def _files(root: Path) -> list[str]:
 def test_nothing_is_created_until_a_cell_is_kept(tmp_path):
     kept = KeptCells(tmp_path, create=False)
     assert kept.entries() == [] and kept.cells() == {} and kept.counts() == {}
-    assert kept.forget("0" * 64) == 0 and kept.forget_all() == 0
+    assert kept.forget("0" * 64) == 0 and kept.forget_all(ADMIN) == 0
     assert not (tmp_path / KEPT_DIR).exists()
 
 
@@ -104,7 +106,11 @@ def test_forget_one_and_all(tmp_path):
     assert kept.counts() == {}
     kept.keep(a, "basophil", "qa")
     kept.keep(b, "platelet", "qa")
-    assert kept.forget_all() == 2
+    for who in (None, Identity("qa"), Identity("dr.p", Role.PATHOLOGIST)):
+        with pytest.raises(AccessDenied, match="forgetting kept cells needs the admin role"):
+            kept.forget_all(who)  # every reviewer's cells: an admin's call
+    assert kept.counts() == {"basophil": 1, "platelet": 1}
+    assert kept.forget_all(ADMIN) == 2
     assert not (tmp_path / KEPT_DIR).exists()
     assert kept.counts() == {} and kept.cells() == {}
     kept.keep(a, "basophil", "qa")  # keeping again after a withdrawal starts afresh

@@ -90,7 +90,7 @@ def test_cases_and_decisions_persist_across_sessions(tmp_path):
         "corrected",
     )
     assert row["model_card_sha256"] == CARD
-    assert case.case_id in ReviewLog(tmp_path).export_csv()
+    assert case.case_id in ReviewLog(tmp_path).export_csv(Identity("lab.admin", Role.ADMIN))
 
 
 def test_a_bad_result_midway_saves_none_of_the_batch(store):

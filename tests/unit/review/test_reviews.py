@@ -11,9 +11,11 @@ import sqlite3
 import pytest
 
 from bcclassify import CLASS_NAMES
+from bcclassify.access.roles import AccessDenied, Identity, Role
 from bcclassify.review.reviews import EXPORT_COLUMNS, ReviewLog, ReviewLogUnavailable
 
 PROBS = [0.05, 0.05, 0.05, 0.05, 0.6, 0.1, 0.05, 0.05]
+ADMIN = Identity("lab.admin", Role.ADMIN)
 
 
 def test_decisions_persist_and_export(tmp_path):
@@ -35,7 +37,7 @@ def test_decisions_persist_and_export(tmp_path):
     rows = reopened.entries()
     assert [r["decision"] for r in rows] == ["confirmed", "corrected"]
     assert rows[1]["comment"] == "kidney nucleus"
-    exported = list(csv.DictReader(io.StringIO(reopened.export_csv())))
+    exported = list(csv.DictReader(io.StringIO(reopened.export_csv(Identity("qa")))))
     assert list(exported[0]) == EXPORT_COLUMNS
     assert exported[1]["reviewer_class"] == "monocyte"
     assert '"lymphocyte": 0.6' in exported[1]["probabilities"]
@@ -171,9 +173,26 @@ def test_export_escapes_spreadsheet_formulas(tmp_path):
     hostile = ['=HYPERLINK("http://x")', "+SUM(1,1)", "-1+2", "@cmd", "\tx", "\rx"]
     for i, text in enumerate(hostile):
         log.record(text, f"sha-{i}", "hybrid", "ig", PROBS, "ig", comment=text, reviewer=text)
-    rows = list(csv.DictReader(io.StringIO(log.export_csv(), newline="")))
+    rows = list(csv.DictReader(io.StringIO(log.export_csv(ADMIN), newline="")))
     for row, text in zip(rows, hostile):
         for column in ("file_name", "comment", "reviewer"):
             if column != "reviewer" or text == text.strip():  # a name is saved stripped
                 assert row[column] == "'" + text, (column, row[column])
     assert rows[0]["probabilities"].startswith("{")  # ordinary cells are left alone
+
+
+def test_a_reviewer_reads_and_exports_only_their_own_decisions_an_admin_every_one(tmp_path):
+    log = ReviewLog(tmp_path)
+    log.record("a.jpg", "sha-a", "hybrid", "ig", PROBS, "ig", reviewer="ana")
+    log.record("b.jpg", "sha-b", "hybrid", "ig", PROBS, "monocyte", reviewer="ben")
+    log.record("c.jpg", "sha-c", "hybrid", "ig", PROBS, "ig", reviewer="ana")
+
+    def exported(who) -> list[str]:
+        return [r["file_name"] for r in csv.DictReader(io.StringIO(log.export_csv(who)))]
+
+    assert exported(Identity("ana")) == ["a.jpg", "c.jpg"]
+    assert exported(Identity("ben", Role.PATHOLOGIST)) == ["b.jpg"]
+    assert exported(ADMIN) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert [r["reviewer"] for r in log.visible_entries(Identity("ben"))] == ["ben"]
+    with pytest.raises(AccessDenied):
+        log.export_csv(None)
