@@ -23,6 +23,7 @@ from test_app import (
 
 import ui.adapt
 from bcclassify.access import accounts
+from bcclassify.access.roles import Role
 from bcclassify.data import imaging
 from bcclassify.data.imaging import decode_slot
 
@@ -98,7 +99,8 @@ def test_the_adapt_page_parses_an_uploaded_zip_once(tiny_store, tmp_path, monkey
     data = tmp_path / "data"
     monkeypatch.setenv("BCCLASSIFY_DATA_DIR", str(data))
     monkeypatch.delenv("BCCLASSIFY_ACCOUNTS", raising=False)
-    accounts.add_user(data / "accounts.json", "qa", PASSWORD)
+    # The Adapt page is for lab admins (access.roles).
+    accounts.add_user(data / "accounts.json", "qa", PASSWORD, role=Role.ADMIN)
     calls = []
     parse = ui.adapt.read_zip_cells
     monkeypatch.setattr(
