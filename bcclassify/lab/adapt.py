@@ -40,7 +40,8 @@ from bcclassify.storage.runs import RunRecord, utc_now
 
 DEFAULT_PER_CLASS = 10
 DEFAULT_PULL = 0.01  # L2 weight toward the source head (per mean cross-entropy); see module doc
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Matched whole (fullmatch): "$" would also accept a name ending in a newline.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 CROSS_FIT_FOLDS = 5
 # Besides the 8 symmetries of each taken cell, this many views drawn by the standard training
 # augmentation: on ext-tecom (5 draws of 10 cells a class) the head fitted on the 4 served views
@@ -364,7 +365,7 @@ def adapt(
     fit_views = tuple(VIEW_TRANSFORMS)  # all 8 symmetries: a cell has no orientation
     if config.augmented_views < 0:
         raise AdaptError("augmented_views must be 0 or more")
-    if not NAME_PATTERN.match(config.name):
+    if not NAME_PATTERN.fullmatch(config.name):
         raise AdaptError(
             f"--name {config.name!r}: use letters, digits, '.', '_' or '-' (at most 64)"
         )

@@ -172,6 +172,7 @@ def test_bad_cells_exit_two_with_one_line(cli, store, lab, make, message):
     [
         (["--name", "tiny-cnn"], "already installed"),
         (["--name", "../escape"], "--name"),
+        (["--name", "ok\n"], "--name"),  # "$" in a regex accepts a trailing newline
         (["--name", "ok", "--from", "nope"], "unknown model"),
         (["--name", "ok", "--per-class", "0"], "at least 1"),
     ],
