@@ -173,8 +173,9 @@ def last_decision_line(row: dict) -> str:
 
 
 def review_log_frame(entries: list[dict]) -> pd.DataFrame:
-    """The log's rows newest first, without the probability vectors."""
-    return pd.DataFrame(entries).drop(columns=["probabilities"]).iloc[::-1]
+    """The log's rows newest first, without the probability vectors and chain hashes."""
+    frame = pd.DataFrame(entries).drop(columns=["probabilities", "chain_sha256"], errors="ignore")
+    return frame.iloc[::-1]
 
 
 def kept_cell_for(kept: KeptCells, sha256: str) -> KeptCell | None:
