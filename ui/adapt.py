@@ -41,6 +41,13 @@ def settings_ui(cards: dict[str, dict]) -> tuple[str, str, int, int]:
     return source, name.strip(), int(per_class), int(seed)
 
 
+def refused_ui(what: str, exc: Exception) -> None:
+    """A refusal: what was refused, then the reason as plain text (it quotes file names from the
+    upload, which Markdown would render)."""
+    st.error(what)
+    st.text(str(exc))
+
+
 def installed_ui() -> None:
     """After an install (the run before this one): what was installed and what was kept."""
     installed = st.session_state.pop(INSTALLED, None)
@@ -64,9 +71,9 @@ def result_ui(secrets: dict) -> None:
     install, discard = st.columns(2)
     if install.button("Install this model", type="primary", key="adapt_install"):
         try:
-            install_staged(result["name"])
+            install_staged(result["run_id"], result["name"])
         except AdaptError as exc:
-            st.error(str(exc))
+            refused_ui("Not installed:", exc)
             return
         if result["keep"] is not None:
             folder = configured_data_dir(secrets) / "lab-cells" / result["name"]
@@ -75,7 +82,7 @@ def result_ui(secrets: dict) -> None:
         st.session_state[INSTALLED] = result["name"]
         st.rerun()
     if discard.button("Discard", key="adapt_discard"):
-        discard_staged(result["name"])
+        discard_staged(result["run_id"])
         st.session_state.pop(RESULT)
         st.rerun()
 
@@ -91,7 +98,7 @@ def adapt_ui(config: AdaptConfig, cells: dict) -> Adapted | None:
     try:
         return adapt(config, cells=cells, progress=progress, install=False)
     except AdaptError as exc:
-        st.error(str(exc))
+        refused_ui("The adaptation was refused:", exc)
         return None
 
 
@@ -117,7 +124,7 @@ def zip_cells_ui() -> tuple[dict, str, bool] | None:
     try:
         cells = read_zip_cells(upload.getvalue())
     except AdaptError as exc:
-        st.error(str(exc))
+        refused_ui("The zip cannot be used:", exc)
         return None
     return cells, f"upload:{upload.name}", keep
 

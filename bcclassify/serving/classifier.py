@@ -51,6 +51,7 @@ __all__ = [
     "read_card",
     "resolve_model_name",
     "verify_model_files",
+    "verify_model_folder",
     "zero_initialisers",
 ]
 
@@ -206,6 +207,14 @@ def _verify(folder: Path, card: dict) -> None:
                 f"{path}: sha256 {actual[:12]}… does not match the card's {expected[:12]}…; "
                 "the file is damaged or was replaced - reinstall the model with `promote`"
             )
+
+
+def verify_model_folder(folder: Path) -> dict:
+    """Check every file of the model in ``folder`` (installed or staged) against its card;
+    returns the card, or raises :class:`ModelIntegrityError`."""
+    card = read_card(folder)
+    _verify(folder, card)
+    return card
 
 
 def verify_model_files(name: str | None = None) -> dict:
