@@ -43,7 +43,7 @@ def main() -> None:
     source, name, per_class, seed = view.settings_ui(cards)
     kind = st.radio("Cells to adapt to", [ZIP, KEPT], horizontal=True, key="adapt_cells_from")
     if kind == KEPT:
-        cells, label, keep = view.kept_cells_ui(secrets), "kept-cells", False
+        cells, label, keep = view.kept_cells_ui(secrets, who), "kept-cells", False
     else:
         cells, label, keep = view.zip_cells_ui() or (None, "", False)
     if cells is None:

@@ -129,7 +129,7 @@ def zip_cells_ui() -> tuple[dict, str, bool] | None:
     return cells, f"upload:{upload.name}", keep
 
 
-def kept_cells_ui(secrets: dict) -> dict | None:
+def kept_cells_ui(secrets: dict, who: str) -> dict | None:
     """Counts of the cells reviewers kept on the Classify page, a forget-all button (with a
     confirmation step), and those cells as ``adapt``'s mapping; None when there are none."""
     store = KeptCells(configured_data_dir(secrets), create=False)
@@ -155,7 +155,7 @@ def kept_cells_ui(secrets: dict) -> dict | None:
         return None
     st.dataframe(kept_counts_table(counts), hide_index=True, key="adapt_kept_counts")
     if st.session_state.get(CONFIRM_FORGET):
-        forget_all_ui(store, sum(counts.values()))
+        forget_all_ui(store, sum(counts.values()), who)
         return None
     st.button(
         "Forget all kept cells…",
@@ -171,14 +171,19 @@ def kept_cells_ui(secrets: dict) -> dict | None:
         return None
 
 
-def forget_all_ui(store: KeptCells, total: int) -> None:
-    """The forget-all confirmation: delete every kept cell, or cancel."""
-    st.warning(f"Delete all {total} kept cells from this server? Installed models are not changed.")
+def forget_all_ui(store: KeptCells, total: int, who: str) -> None:
+    """The forget-all confirmation: delete every kept cell (and the cells kept with installed
+    adaptations), recorded as done by ``who``; or cancel."""
+    st.warning(
+        f"Delete all {total} kept cells from this server, and the cells kept with installed "
+        "adaptations (lab-cells/)? Installed models are not changed; the kept-cells log records "
+        "who did it."
+    )
     yes, no = st.columns(2)
     if yes.button(f"Delete {total} kept cells", type="primary", key="adapt_forget_yes"):
         st.session_state.pop(CONFIRM_FORGET, None)
         try:
-            st.session_state[FORGOTTEN] = store.forget_all()
+            st.session_state[FORGOTTEN] = store.forget_all(by=who)
         except KeptCellsError as exc:
             st.error("Not all kept cells could be deleted:")
             st.text(str(exc))

@@ -800,12 +800,18 @@ def read_zip_cells(data: bytes, max_bytes: int = MAX_ZIP_BYTES) -> dict[str, lis
 
 
 def keep_cells(cells: list[tuple], folder: Path) -> int:
-    """Write (name, bytes) cells under ``folder`` (opt-in in the app); returns how many."""
-    from bcclassify.storage.store import atomic_write_bytes
+    """Write (name, bytes) cells under ``folder`` (opt-in in the app); returns how many.
 
+    Private as the kept cells: folders 0700, files 0600 (they are a lab's patients' cells)."""
+    from bcclassify.lab.kept import write_private_bytes
+    from bcclassify.review.reviews import make_private_dir
+
+    make_private_dir(folder.parent)  # lab-cells/ itself: mkdir's parents take the umask
     for name, data in cells:
         target = folder / name
         if not target.resolve().is_relative_to(folder.resolve()):
             raise AdaptError(f"{name}: not a plain relative name")
-        atomic_write_bytes(target, data)
+        for parent in reversed(target.relative_to(folder).parents):
+            make_private_dir(folder / parent)  # lab-cells/, lab-cells/NAME/, NAME/<class>/
+        write_private_bytes(target, data)
     return len(cells)

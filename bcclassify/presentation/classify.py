@@ -211,6 +211,6 @@ def apply_keep(
         )
         return f"Kept on this server as {class_label(chosen)} for adapting to this lab."
     if was_kept is not None:
-        kept.forget(item.sha256)
+        kept.forget(item.sha256, by=reviewer)
         return "No longer kept on this server."
     return None
