@@ -66,6 +66,7 @@ PARSERS = (
     users.add_users,
     reviews.add_reviews,
     models.add_calibrate,
+    models.add_seal,
     adapt.add_adapt,
 )
 
@@ -81,6 +82,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "users": users.run_users,
     "reviews": reviews.run_reviews,
     "calibrate": models.run_calibrate,
+    "seal": models.run_seal,
     "adapt": adapt.run_adapt,
 }
 

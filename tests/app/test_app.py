@@ -26,6 +26,7 @@ from bcclassify.data.imaging import IMAGE_TYPES
 from bcclassify.presentation.pages import EXAMPLES_DIR, example_images
 from bcclassify.serving.acquisition import fit_range, summaries
 from bcclassify.serving.classifier import Prediction
+from bcclassify.storage.cards import write_card
 
 APP = REPO / "app.py"
 CLASSIFY = "pages/0_Classify.py"  # the default page
@@ -436,7 +437,7 @@ def test_a_batch_mostly_unlike_the_training_cells_gets_the_other_lab_warning(
         np.asarray(Image.open(p).convert("RGB").resize((32, 32))) for p in EXAMPLES.rglob("*.jpg")
     ]
     card["acquisition"] = fit_range(summaries(np.stack(own)), "example cells").to_card()
-    card_path.write_text(json.dumps(card))
+    write_card(card_path.parent, card)  # the one card writer: card.sha256 too
     monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
     files = []
     for path in sorted(EXAMPLES.rglob("*.jpg"))[:6]:

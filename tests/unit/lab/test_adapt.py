@@ -48,7 +48,7 @@ def store(tiny_store, tmp_path) -> Path:
     """A store holding a copy of tiny-cnn with a k-NN novelty detector (as `calibrate` installs)."""
     from bcclassify.serving.classifier import NOVELTY_FILE, load_model_folder
     from bcclassify.serving.trust import atomic_savez, extract, fit_novelty
-    from bcclassify.storage.store import write_json
+    from bcclassify.storage.cards import write_card
 
     root = tmp_path / "store"
     folder = root / "models" / "tiny-cnn"
@@ -65,7 +65,7 @@ def store(tiny_store, tmp_path) -> Path:
     card["novelty"] = {"method": "knn", "k": 2, "threshold": detector.threshold, "file": file_name}
     card["calibration"] = {"temperature": 1.5}
     card["files_sha256"] = {**card["files_sha256"], file_name: sha256_file(folder / file_name)}
-    write_json(folder / "card.json", card)
+    write_card(folder, card)
     assert NOVELTY_FILE  # the name calibrate stems from
     return root
 
