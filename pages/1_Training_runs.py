@@ -9,6 +9,8 @@ from bcclassify.presentation.runs import stopped_note
 from bcclassify.presentation.tables import runs_table
 from bcclassify.storage.store import list_runs
 from ui import runs as view
+from ui.login import signed_in_identity
+from ui.session import app_secrets
 
 
 def main() -> None:
@@ -28,7 +30,8 @@ def main() -> None:
             st.warning(note)
         elif run.get("status") == "running":
             view.progress_ui(load_run(run["run_id"]))
-    view.learning_curves_ui(list(shown["run id"]), running)
+    signed_in = signed_in_identity(app_secrets()) is not None  # who asked, which files
+    view.learning_curves_ui(list(shown["run id"]), running, signed_in)
 
 
 main()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import streamlit as st
 
 from bcclassify.access.roles import allowed
-from bcclassify.lab.adapt import AdaptConfig, AdaptError, choose_cells
+from bcclassify.lab.adapt import AdaptConfig, AdaptError, choose_cells, clean_stale_staging
 from bcclassify.presentation.adapt import KEPT, ZIP, split_table, staged_result
 from bcclassify.presentation.pages import PROMOTE_HINT, model_cards
 from ui import adapt as view
@@ -40,6 +40,7 @@ def main() -> None:
         )
         st.text(f"{who.name} ({who.role})")
         return
+    clean_stale_staging()  # staged adaptations nobody can install any more: ~100 MB each
     view.installed_ui()
     view.uninstall_ui(who)
     if view.RESULT in st.session_state:
@@ -60,7 +61,7 @@ def main() -> None:
     try:
         taken, rest = choose_cells(cells, per_class, seed)
     except AdaptError as exc:
-        st.error(str(exc))
+        view.refused_ui("The cells cannot be used:", exc)
         return
     st.dataframe(split_table(cells, taken, rest), hide_index=True, key="adapt_counts")
     if not st.button("Adapt", type="primary", key="adapt_run"):

@@ -102,7 +102,7 @@ def main() -> None:
     if "--write-card" in sys.argv:
         import json
 
-        from bcclassify.storage.store import write_json
+        from bcclassify.storage.cards import write_card
 
         path = REPO / "model_store" / "models" / "hybrid" / "card.json"
         card = json.loads(path.read_text())
@@ -111,7 +111,7 @@ def main() -> None:
             "(python scripts/parity_study.py --write-card)",
             **flags_on_originals(keep),
         }
-        write_json(path, card)
+        write_card(path.parent, card)  # the one card writer: history and card.sha256
 
 
 if __name__ == "__main__":

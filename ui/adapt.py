@@ -55,6 +55,13 @@ def settings_ui(cards: dict[str, dict]) -> tuple[str, str, int, int]:
     return source, name.strip(), int(per_class), int(seed)
 
 
+def refused_ui(what: str, exc: Exception) -> None:
+    """A refusal: what was refused, then the reason as plain text (it quotes file names from the
+    upload, which Markdown would render)."""
+    st.error(what)
+    st.text(str(exc))
+
+
 def installed_ui() -> None:
     """After an install (the run before this one): what was installed and what was kept."""
     installed = st.session_state.pop(INSTALLED, None)
@@ -103,9 +110,9 @@ def result_ui(secrets: dict, identity: Identity) -> None:
     install, discard = st.columns(2)
     if install.button("Install this model", type="primary", key="adapt_install"):
         try:
-            install_staged(result["name"], identity)
+            install_staged(result["run_id"], result["name"], identity)
         except (AdaptError, AccessDenied) as exc:
-            st.error(str(exc))
+            refused_ui("Not installed:", exc)
             return
         if result["keep"] is not None:
             folder = configured_data_dir(secrets) / "lab-cells" / result["name"]
@@ -114,7 +121,7 @@ def result_ui(secrets: dict, identity: Identity) -> None:
         st.session_state[INSTALLED] = result["name"]
         st.rerun()
     if discard.button("Discard", key="adapt_discard"):
-        discard_staged(result["name"])
+        discard_staged(result["run_id"])
         st.session_state.pop(RESULT)
         st.rerun()
 
@@ -130,8 +137,7 @@ def adapt_ui(config: AdaptConfig, cells: dict, identity: Identity) -> Adapted | 
     try:
         return adapt(config, cells=cells, progress=progress, install=False, identity=identity)
     except (AdaptError, AccessDenied) as exc:
-        st.error("The adaptation was refused:")
-        st.text(str(exc))  # may name a cell of the user's zip: plain text
+        refused_ui("The adaptation was refused:", exc)
         return None
 
 
@@ -161,12 +167,11 @@ def zip_cells_ui() -> tuple[dict, str, bool] | None:
         try:
             read = (upload.file_id, read_zip_cells(upload.getvalue()), None)
         except AdaptError as exc:
-            read = (upload.file_id, None, str(exc))
+            read = (upload.file_id, None, exc)
         st.session_state[ZIP_READ] = read
     _, cells, problem = read
     if problem is not None:
-        st.error("This zip cannot be used:")
-        st.text(problem)  # names members of the user's zip: plain text
+        refused_ui("The zip cannot be used:", problem)
         return None
     return cells, f"upload:{upload.name}", keep
 
@@ -215,8 +220,13 @@ def kept_cells_ui(secrets: dict, identity: Identity) -> dict | None:
 
 
 def forget_all_ui(store: KeptCells, total: int, identity: Identity) -> None:
-    """The forget-all confirmation: delete every kept cell, or cancel."""
-    st.warning(f"Delete all {total} kept cells from this server? Installed models are not changed.")
+    """The forget-all confirmation: delete every kept cell (and the cells kept with installed
+    adaptations), recorded as done by ``identity``; or cancel."""
+    st.warning(
+        f"Delete all {total} kept cells from this server, and the cells kept with installed "
+        "adaptations (lab-cells/)? Installed models are not changed; the kept-cells log records "
+        "who did it."
+    )
     yes, no = st.columns(2)
     if yes.button(f"Delete {total} kept cells", type="primary", key="adapt_forget_yes"):
         st.session_state.pop(CONFIRM_FORGET, None)

@@ -14,7 +14,7 @@ from bcclassify.presentation.pages import (
     run_progress,
     without_machine_paths,
 )
-from bcclassify.presentation.runs import RUN_OPTIONS, curve_defaults, filter_runs
+from bcclassify.presentation.runs import RUN_OPTIONS, curve_defaults, filter_runs, for_viewer
 from ui.figures import learning_curve_figure
 from ui.session import table_height
 
@@ -48,22 +48,24 @@ def progress_ui(record: RunView) -> None:
     st.progress(fraction, text=f"{record.run_id} is running: {text}")
 
 
-def details_ui(record: RunView) -> None:
-    """Configuration, environment and (cross-validation) folds of one run."""
-    run = record.run
+def details_ui(record: RunView, signed_in: bool) -> None:
+    """Configuration, environment and (cross-validation) folds of one run; what names people or
+    files only for a logged-in user."""
+    run = for_viewer(record.run, signed_in)
     if run.get("status") == "failed":
-        st.error(f"{record.run_id} failed: {run.get('error', 'no error recorded')}")
+        st.error("This run failed:")
+        st.text(str(run.get("error", "no error recorded")))  # plain text: it quotes file names
     if record.is_cv:
         st.markdown("**Cross-validation folds**")
         st.dataframe(fold_table(record), hide_index=True, key=f"folds-{record.run_id}")
     config_tab, env_tab, run_tab = st.tabs(["Configuration", "Environment", "Run record"])
     # The records as written, without the training machine's folders.
-    config_tab.json(without_machine_paths(record.config), expanded=1)
+    config_tab.json(without_machine_paths(for_viewer(record.config, signed_in)), expanded=1)
     env_tab.json(without_machine_paths(record.environment), expanded=1)
-    run_tab.json(without_machine_paths(record.run), expanded=1)
+    run_tab.json(without_machine_paths(run), expanded=1)
 
 
-def learning_curves_ui(ids: list[str], running: list[str]) -> None:
+def learning_curves_ui(ids: list[str], running: list[str], signed_in: bool) -> None:
     """Overlaid learning curves of the chosen runs, then each one's details."""
     st.subheader("Learning curves")
     default = curve_defaults(ids, running)
@@ -79,4 +81,4 @@ def learning_curves_ui(ids: list[str], running: list[str]) -> None:
         st.info("No epochs recorded yet for the selected run(s).")
     for record in records:
         with st.expander(f"{record.run_id} · details", expanded=len(records) == 1):
-            details_ui(record)
+            details_ui(record, signed_in)

@@ -1,9 +1,9 @@
 """``python -m bcclassify``: the parser of every command, and the exit status of a run.
 
 Each command lives in its own module (train, predict, evaluate, models, explain, bench, users,
-adapt, api) as ``add_<command>(sub)``, which declares its options, and ``run_<command>(args)``,
-which returns its exit status. Here they are put together, and whatever a command raises becomes one
-line on stderr and a status (README, "Exit statuses").
+reviews, adapt, api) as ``add_<command>(sub)``, which declares its options, and
+``run_<command>(args)``, which returns its exit status. Here they are put together, and
+whatever a command raises becomes one line on stderr and a status (README, "Exit statuses").
 """
 
 from __future__ import annotations
@@ -15,7 +15,18 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from bcclassify.cli import adapt, api, bench, evaluate, explain, models, predict, train, users
+from bcclassify.cli import (
+    adapt,
+    api,
+    bench,
+    evaluate,
+    explain,
+    models,
+    predict,
+    reviews,
+    train,
+    users,
+)
 from bcclassify.cli.common import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -55,7 +66,9 @@ PARSERS = (
     bench.add_bench,
     explain.add_faithfulness,
     users.add_users,
+    reviews.add_reviews,
     models.add_calibrate,
+    models.add_seal,
     adapt.add_adapt,
     api.add_serve_api,
     api.add_api_tokens,
@@ -72,7 +85,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "bench": bench.run_bench,
     "faithfulness": explain.run_faithfulness,
     "users": users.run_users,
+    "reviews": reviews.run_reviews,
     "calibrate": models.run_calibrate,
+    "seal": models.run_seal,
     "adapt": adapt.run_adapt,
     "serve-api": api.run_serve_api,
     "api-tokens": api.run_api_tokens,

@@ -1,5 +1,6 @@
 """Installed models: ``promote`` a run, ``list`` runs and models, ``calibrate`` a model's
-confidence and its "unidentified" detector, ``models uninstall`` an adapted model."""
+confidence and its "unidentified" detector, ``models uninstall`` an adapted model, ``seal`` a card
+checked by hand."""
 
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ __all__ = [
     "add_list",
     "add_models",
     "add_promote",
+    "add_seal",
     "markdown_tables",
     "pct",
     "run_calibrate",
     "run_list",
     "run_models",
     "run_promote",
+    "run_seal",
 ]
 
 
@@ -252,4 +255,38 @@ def run_models(args: argparse.Namespace) -> int:
     except AdaptError as exc:
         raise UsageError(str(exc)) from None
     print(f"uninstalled {args.name}; its files are kept in {moved}", file=sys.stderr)
+    return EXIT_OK
+
+
+def add_seal(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "seal",
+        help="vouch for an installed model's card.json as it is now (card.sha256)",
+        description="Every tool that writes a card also writes card.sha256, and a model whose "
+        "card no longer matches it is refused. After reading a card that was changed by hand, "
+        "or one written before card.sha256 existed, an administrator seals it here. The other "
+        "files are checked against the card first.",
+    )
+    p.add_argument("name", help="installed model")
+
+
+def run_seal(args: argparse.Namespace) -> int:
+    import sys
+
+    from bcclassify.serving.classifier import (
+        installed_model_names,
+        listed_files,
+        read_card,
+        verify_files,
+    )
+    from bcclassify.storage.cards import seal_card
+    from bcclassify.storage.store import models_dir
+
+    if args.name not in installed_model_names():
+        raise UsageError(f"unknown model {args.name!r}; installed: {installed_model_names()}")
+    folder = models_dir() / args.name
+    card = read_card(folder)
+    verify_files(folder, listed_files(folder, card, sealed=False))
+    digest = seal_card(folder)
+    print(f"sealed {folder / 'card.json'} (sha256 {digest})", file=sys.stderr)
     return EXIT_OK

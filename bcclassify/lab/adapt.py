@@ -22,7 +22,10 @@ sha256 of every cell used; cells of the folder that were not taken are never rea
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
 import re
+import secrets
 import shutil
 import sys
 import time
@@ -37,10 +40,14 @@ from bcclassify import CLASS_NAMES
 from bcclassify.access.roles import Identity, command_line_identity, require
 from bcclassify.storage.cards import ModelCard, installed_cards, write_card
 from bcclassify.storage.runs import RunRecord, utc_now
+from bcclassify.storage.store import models_dir, run_is_alive, runs_dir
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PER_CLASS = 10
 DEFAULT_PULL = 0.01  # L2 weight toward the source head (per mean cross-entropy); see module doc
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Matched whole (fullmatch): "$" would also accept a name ending in a newline.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 CROSS_FIT_FOLDS = 5
 # Besides the 8 symmetries of each taken cell, this many views drawn by the standard training
 # augmentation: on ext-tecom (5 draws of 10 cells a class) the head fitted on the 4 served views
@@ -51,6 +58,13 @@ DEFAULT_AUGMENTED_VIEWS = 8
 # hybrid), installed from the app by an admin; past it, one must be uninstalled first.
 MAX_ADAPTED_MODELS = 10
 UNINSTALLED_DIR = ".uninstalled"  # under models/: hidden, so never listed or loaded
+# Each adaptation stages its model in a folder of its own run, models/.adapting-<run-id>, so two
+# adaptations under one name never share (or install) each other's files.
+STAGING_PREFIX = ".adapting-"
+# A staged adaptation whose process is gone (the app restarted: nobody can install it any more),
+# or that nobody installed or discarded within this, is abandoned: its ~100 MB copy is removed.
+STALE_STAGING_S = 6 * 3600
+PRIVATE_FILE, PRIVATE_DIR = 0o600, 0o700  # an adaptation's run record names people and files
 
 
 class AdaptError(ValueError):
@@ -371,14 +385,14 @@ def adapt(
         fit_temperature,
         l2_normalise,
     )
-    from bcclassify.storage.store import models_dir, runs_dir, sha256_file
+    from bcclassify.storage.store import sha256_file
     from bcclassify.training.runs import environment_info
 
     started = time.time()
     fit_views = tuple(VIEW_TRANSFORMS)  # all 8 symmetries: a cell has no orientation
     if config.augmented_views < 0:
         raise AdaptError("augmented_views must be 0 or more")
-    if not NAME_PATTERN.match(config.name):
+    if not NAME_PATTERN.fullmatch(config.name):
         raise AdaptError(
             f"--name {config.name!r}: use letters, digits, '.', '_' or '-' (at most 64)"
         )
@@ -395,13 +409,20 @@ def adapt(
     names = list(source.class_names)
     labels = np.asarray([names.index(c) for _, c in taken])
 
+    clean_stale_staging()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-    run_id = config.run_id or f"{stamp}-adapt-{config.name}"
+    # A random suffix: two adaptations under one name in the same second are two runs.
+    run_id = config.run_id or f"{stamp}-adapt-{config.name}-{secrets.token_hex(3)}"
     config.run_id = run_id
     run_dir = runs_dir() / run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(mode=PRIVATE_DIR)
+    except FileExistsError:
+        raise AdaptError(f"run {run_id} exists already; choose another run id") from None
+    os.chmod(run_dir, PRIVATE_DIR)  # mkdir's mode is filtered by the umask
     cells_sha256 = dict(_item_digest(item, root) for item, _ in taken)
-    record = RunRecord(run_dir)
+    record = RunRecord(run_dir, mode=PRIVATE_FILE)
     record.write_config(
         {
             **asdict(config),
@@ -418,7 +439,7 @@ def adapt(
     )
     record.write_environment(environment_info())
     record.start(source.architecture, kind="adaptation", model=config.name)
-    staging = _staging(config.name)
+    staging = staging_folder(run_id)
     try:
 
         def report(stage: str) -> Callable[[int, int], None] | None:
@@ -545,9 +566,15 @@ def adapt(
     figures = None
     if config.evaluate and rest:
         adapted_folder = models_dir() / config.name if install else staging
-        figures = evaluate_rest(
-            source, adapted_folder, rest, (w0, b0), (w, b), report("held-back cells")
-        )
+        try:
+            figures = evaluate_rest(
+                source, adapted_folder, rest, (w0, b0), (w, b), report("held-back cells")
+            )
+        except BaseException as exc:
+            if not install:  # nobody will install what could not be scored
+                shutil.rmtree(staging, ignore_errors=True)
+            record.update(status="failed", error=f"{exc}")
+            raise
     seconds = round(time.time() - started, 1)
     metrics = {
         "kind": "adaptation",
@@ -560,7 +587,15 @@ def adapt(
         "duration_s": seconds,
     }
     record.write_metrics(metrics)
-    record.update(status="finished", finished=utc_now(), duration_s=seconds, model=config.name)
+    # "finished" with ``staging`` set: staged whole, awaiting install_staged or discard_staged.
+    record.update(
+        status="finished",
+        finished=utc_now(),
+        duration_s=seconds,
+        model=config.name,
+        staging=None if install else staging.name,
+        installed=utc_now() if install else None,
+    )
     return Adapted(config.name, card, run_dir, len(taken), len(rest), figures, seconds, fit_seconds)
 
 
@@ -602,29 +637,64 @@ def evaluate_rest(
     return out
 
 
-def _staging(name: str) -> Path:
-    from bcclassify.storage.store import models_dir
+def staging_folder(run_id: str) -> Path:
+    """Where adaptation run ``run_id`` stages its model (hidden: never taken for an installed
+    model)."""
+    if Path(run_id).name != run_id or run_id in ("", ".", ".."):
+        raise AdaptError(f"{run_id!r} is not a run id")
+    return models_dir() / f"{STAGING_PREFIX}{run_id}"
 
-    return models_dir() / f".{name}.adapting"
 
-
-def install_staged(name: str, identity: Identity | None) -> Path:
-    """Install an adaptation left staged by ``adapt(..., install=False)``, as ``identity``.
+def install_staged(run_id: str, name: str, identity: Identity | None) -> Path:
+    """Install the model that adaptation run ``run_id`` left staged (``adapt(..., install=False)``)
+    as ``name``, as ``identity``.
 
     Refused (``AccessDenied``) unless the identity may install models, and (:class:`AdaptError`)
-    past :data:`MAX_ADAPTED_MODELS`. Who, when and from which run is written into the card."""
-    from bcclassify.serving.classifier import installed_model_names
-    from bcclassify.storage.store import models_dir
+    past :data:`MAX_ADAPTED_MODELS`. Who, when and from which run is written into the card.
+
+    Installed only when the run finished staging exactly that model: its run record says so, the
+    staged card names the run and the name, and every file matches the card's checksums. So a
+    session installs its own adaptation, never another one's under the same name nor a
+    half-written one.
+    """
+    from bcclassify.serving.classifier import (
+        ModelIntegrityError,
+        installed_model_names,
+        verify_model_folder,
+    )
 
     require(identity, "install_model")
-    staged = _staging(name)
-    if not (staged / "card.json").is_file():
-        raise AdaptError(f"no staged adaptation named {name!r}")
+    staged = staging_folder(run_id)
+    record = _same_mode(RunRecord.of(run_id))
+    run = record.read()
+    if not staged.is_dir():
+        raise AdaptError(
+            f"the adaptation {name!r} (run {run_id}) is no longer staged: it was discarded, or "
+            "removed as abandoned; adapt again"
+        )
+    if run.get("status") != "finished" or run.get("model") != name or not run.get("staging"):
+        raise AdaptError(
+            f"run {run_id} has not finished staging {name!r} (status {run.get('status')!r}); "
+            "nothing installed"
+        )
+    try:
+        card = verify_model_folder(staged)
+    except ModelIntegrityError as exc:
+        raise AdaptError(f"the staged model is incomplete or damaged: {exc}") from None
+    if card.get("adaptation_run") != run_id or card.get("name") != name:
+        raise AdaptError(
+            f"{staged / 'card.json'}: the staged card is not run {run_id}'s model {name!r}; "
+            "nothing installed"
+        )
     if name in installed_model_names():
         raise AdaptError(f"a model named {name!r} is already installed; choose another")
     check_quota()
     target = models_dir() / name
-    staged.replace(target)
+    try:
+        staged.rename(target)  # fails, rather than merging, if the name appeared meanwhile
+    except OSError as exc:
+        raise AdaptError(f"{target}: not installed ({exc.strerror or exc})") from None
+    record.update(staging=None, installed=utc_now())
     record_install(target, identity)
     return target
 
@@ -632,7 +702,7 @@ def install_staged(name: str, identity: Identity | None) -> Path:
 def record_install(folder: Path, identity: Identity) -> None:
     """Write who installed the model, when and from which run into its card (``installed``).
 
-    The card is not among the checksummed files, so the model still loads; the card before the
+    Written through ``write_card``, which reseals the card (card.sha256); the card before the
     record is kept in the card history like any other change."""
     card = ModelCard.read(folder)
     if card is None:
@@ -696,8 +766,62 @@ def uninstall_adapted(name: str, identity: Identity | None) -> Path:
     return target
 
 
-def discard_staged(name: str) -> None:
-    shutil.rmtree(_staging(name), ignore_errors=True)
+def discard_staged(run_id: str) -> None:
+    """Remove run ``run_id``'s staged model and record the run as discarded."""
+    shutil.rmtree(staging_folder(run_id), ignore_errors=True)
+    record = _same_mode(RunRecord.of(run_id))
+    run = record.read()
+    if run and not run.get("installed") and run.get("status") in ("running", "finished"):
+        record.update(status="discarded", staging=None, discarded=utc_now())
+
+
+def clean_stale_staging(max_age_s: float = STALE_STAGING_S) -> list[str]:
+    """Remove abandoned staged adaptations and mark their runs ``abandoned``; returns the run ids.
+
+    A staging folder is kept while its run's process is alive and the folder is younger than
+    ``max_age_s`` (an adaptation in progress, or staged and awaiting Install in a session).
+    Otherwise nobody can install it any more: the folder (about 115 MB for the hybrid) goes.
+    Adaptation runs still recorded as running whose process is gone are marked abandoned too.
+    """
+    cleaned: list[str] = []
+    root = models_dir()
+    staged = sorted(root.glob(f"{STAGING_PREFIX}*")) if root.is_dir() else []
+    for folder in staged:
+        run_id = folder.name[len(STAGING_PREFIX) :]
+        record = _same_mode(RunRecord.of(run_id))
+        run = record.read()
+        try:
+            age = time.time() - folder.stat().st_mtime
+        except FileNotFoundError:
+            continue  # installed or discarded meanwhile
+        if run and run_is_alive(run) and age < max_age_s:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        if run and not run.get("installed"):
+            record.update(status="abandoned", staging=None, abandoned=utc_now())
+        cleaned.append(run_id)
+        log.info("removed abandoned staged adaptation %s", folder)
+    # Left by older versions (one folder per name): no run to ask, so by age alone.
+    for folder in sorted(root.glob(".*.adapting")) if root.is_dir() else []:
+        if time.time() - folder.stat().st_mtime >= max_age_s:
+            shutil.rmtree(folder, ignore_errors=True)
+    for folder in sorted(runs_dir().iterdir()) if runs_dir().is_dir() else []:
+        record = _same_mode(RunRecord(folder))
+        run = record.read()
+        running = run.get("kind") == "adaptation" and run.get("status") == "running"
+        if running and not run_is_alive(run):
+            record.update(status="abandoned", abandoned=utc_now())
+            cleaned.append(folder.name)
+    return cleaned
+
+
+def _same_mode(record: RunRecord) -> RunRecord:
+    """The record, writing files as private as its folder (an adaptation's stays 0600)."""
+    try:
+        private = record.folder.stat().st_mode & 0o077 == 0
+    except FileNotFoundError:
+        return record
+    return RunRecord(record.folder, mode=PRIVATE_FILE if private else 0o644)
 
 
 # ----------------------------------------------------------------------------- uploads
@@ -810,12 +934,18 @@ def read_zip_cells(
 
 
 def keep_cells(cells: list[tuple], folder: Path) -> int:
-    """Write (name, bytes) cells under ``folder`` (opt-in in the app); returns how many."""
-    from bcclassify.storage.store import atomic_write_bytes
+    """Write (name, bytes) cells under ``folder`` (opt-in in the app); returns how many.
 
+    Private as the kept cells: folders 0700, files 0600 (they are a lab's patients' cells)."""
+    from bcclassify.lab.kept import write_private_bytes
+    from bcclassify.review.reviews import make_private_dir
+
+    make_private_dir(folder.parent)  # lab-cells/ itself: mkdir's parents take the umask
     for name, data in cells:
         target = folder / name
         if not target.resolve().is_relative_to(folder.resolve()):
             raise AdaptError(f"{name}: not a plain relative name")
-        atomic_write_bytes(target, data)
+        for parent in reversed(target.relative_to(folder).parents):
+            make_private_dir(folder / parent)  # lab-cells/, lab-cells/NAME/, NAME/<class>/
+        write_private_bytes(target, data)
     return len(cells)

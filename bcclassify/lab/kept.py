@@ -15,8 +15,12 @@ same folder, fsync, ``os.replace``, fsync of the folder) before its row is commi
 that dies at any moment leaves the previous state whole: at worst a file no row names, which
 listing ignores and forgetting removes. Folders are 0700 and files 0600, as the review log's.
 :meth:`KeptCells.forget` and :meth:`KeptCells.forget_all` delete kept cells (a lab withdraws its
-consent); :meth:`KeptCells.cells` gives the ``class -> [(name, bytes)]`` mapping that
-:func:`bcclassify.lab.adapt.adapt` takes as ``cells``.
+consent); forget-all also deletes ``<data_dir>/lab-cells/``, the cells kept with installed
+adaptations (``adapt.keep_cells``). Who kept, forgot (unticked) or forgot all, what and when is
+appended to ``<data_dir>/kept-cells-log.sqlite3`` (0600, append-only like the review log, and
+outside ``kept-cells/`` so that forgetting all keeps the record of it);
+:meth:`KeptCells.history` reads it. :meth:`KeptCells.cells` gives the ``class -> [(name, bytes)]``
+mapping that :func:`bcclassify.lab.adapt.adapt` takes as ``cells``.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ from bcclassify.storage.store import atomic_write_bytes, sha256_bytes
 
 __all__ = [
     "EXTENSIONS",
+    "HISTORY_NAME",
     "INDEX_NAME",
+    "LAB_CELLS_DIR",
     "KEPT_DIR",
     "KeptCell",
     "KeptCells",
@@ -55,6 +61,8 @@ __all__ = [
 
 KEPT_DIR = "kept-cells"
 INDEX_NAME = "index.sqlite3"
+LAB_CELLS_DIR = "lab-cells"  # cells kept with an installed adaptation (adapt.keep_cells)
+HISTORY_NAME = "kept-cells-log.sqlite3"  # beside kept-cells/, so forget-all keeps it
 MAX_SIDE = 1024  # as uploads.WORKING_PX: the working copy the app classifies and explains
 MAX_CELL_BYTES = 4 * 2**20  # a 1024 x 1024 RGB PNG is at most about 3 MB
 MAX_KEPT_CELLS = 10_000  # per data folder: what a lab adapts from is tens a class
@@ -72,6 +80,27 @@ CREATE TABLE IF NOT EXISTS kept_cells (
     time TEXT NOT NULL,
     model TEXT NOT NULL DEFAULT ''
 )
+"""
+
+
+_HISTORY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kept_cells_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    action TEXT NOT NULL CHECK (action IN ('keep', 'forget', 'forget_all')),
+    sha256 TEXT NOT NULL DEFAULT '',
+    reviewer_class TEXT NOT NULL DEFAULT '',
+    file_name TEXT NOT NULL DEFAULT '',
+    cells INTEGER NOT NULL DEFAULT 0,
+    by TEXT NOT NULL,
+    time TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS kept_cells_log_no_update BEFORE UPDATE ON kept_cells_log
+BEGIN SELECT RAISE(ABORT, 'the kept-cells log is append-only: rows are never changed'); END;
+CREATE TRIGGER IF NOT EXISTS kept_cells_log_no_delete BEFORE DELETE ON kept_cells_log
+BEGIN SELECT RAISE(ABORT, 'the kept-cells log is append-only: rows are never deleted'); END;
+CREATE TRIGGER IF NOT EXISTS kept_cells_log_no_replace BEFORE INSERT ON kept_cells_log
+WHEN EXISTS (SELECT 1 FROM kept_cells_log WHERE id = NEW.id)
+BEGIN SELECT RAISE(ABORT, 'the kept-cells log is append-only: an id is never reused'); END;
 """
 
 
@@ -132,6 +161,8 @@ class KeptCells:
     def __init__(self, data_dir: str | Path | None = None, create: bool = True) -> None:
         self.root = kept_dir(data_dir)
         self.index = self.root / INDEX_NAME
+        self.lab_cells = self.root.parent / LAB_CELLS_DIR
+        self.history_path = self.root.parent / HISTORY_NAME
         self._ready = False
         if create:
             self._open()
@@ -152,8 +183,8 @@ class KeptCells:
             raise KeptCellsError(f"{self.root}: cannot be opened ({exc})") from None
         self._ready = True
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.index, timeout=30, isolation_level=None)
+    def _connect(self, path: Path | None = None) -> sqlite3.Connection:
+        db = sqlite3.connect(path or self.index, timeout=30, isolation_level=None)
         db.execute("PRAGMA busy_timeout=30000")
         db.execute("PRAGMA synchronous=FULL")
         db.row_factory = sqlite3.Row
@@ -180,6 +211,42 @@ class KeptCells:
         except sqlite3.Error as exc:
             raise KeptCellsError(f"{self.index}: cannot be read ({exc})") from None
         return [KeptCell(**dict(r)) for r in rows]
+
+    # ------------------------------------------------------------------ who did what
+
+    def _log(self, action: str, by: str, cell: KeptCell | None = None, cells: int = 1) -> None:
+        """Append one action to the kept-cells log (committed before returning)."""
+        try:
+            make_private_dir(self.history_path.parent)
+            create_private_file(self.history_path)
+            with closing(self._connect(self.history_path)) as db:
+                db.executescript(_HISTORY_SCHEMA)
+                db.execute(
+                    "INSERT INTO kept_cells_log (action, sha256, reviewer_class, file_name, "
+                    "cells, by, time) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        action,
+                        cell.sha256 if cell else "",
+                        cell.reviewer_class if cell else "",
+                        cell.file_name if cell else "",
+                        cells,
+                        by,
+                        dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                    ),
+                )
+        except (sqlite3.Error, OSError) as exc:
+            raise KeptCellsError(f"{self.history_path}: cannot be written ({exc})") from None
+
+    def history(self) -> list[dict]:
+        """Who kept, forgot or forgot all what, and when; oldest first."""
+        if not self.history_path.is_file():
+            return []
+        try:
+            with closing(self._connect(self.history_path)) as db:
+                rows = db.execute("SELECT * FROM kept_cells_log ORDER BY id").fetchall()
+        except sqlite3.Error as exc:
+            raise KeptCellsError(f"{self.history_path}: cannot be read ({exc})") from None
+        return [dict(r) for r in rows]
 
     # ------------------------------------------------------------------ keeping
 
@@ -254,6 +321,7 @@ class KeptCells:
             raise KeptCellsError(f"{self.root}: the cell was not kept ({exc})") from None
         if old is not None and old["file"] != relative:
             (self.root / old["file"]).unlink(missing_ok=True)  # a correction moved it
+        self._log("keep", cell.reviewer, cell)
         return cell
 
     # ------------------------------------------------------------------ reading
@@ -303,15 +371,17 @@ class KeptCells:
 
     # ------------------------------------------------------------------ forgetting
 
-    def forget(self, sha256: str) -> int:
+    def forget(self, sha256: str, *, by: str) -> int:
         """Delete the kept cell with this sha256 (of its bytes or of its upload); returns how many
-        were deleted (0 or 1, more only if one upload was kept as different bytes)."""
+        were deleted (0 or 1, more only if one upload was kept as different bytes). ``by``: who
+        (the logged-in user), recorded in the kept-cells log with what was forgotten."""
+        by = _who(by)
         if not self.root.is_dir():
             return 0
         try:
             with self.transaction() as db:
                 rows = db.execute(
-                    "SELECT sha256, file FROM kept_cells WHERE sha256 = ? OR image_sha256 = ?",
+                    "SELECT * FROM kept_cells WHERE sha256 = ? OR image_sha256 = ?",
                     (sha256, sha256),
                 ).fetchall()
                 db.execute(
@@ -325,27 +395,44 @@ class KeptCells:
             for sha in shas:
                 for path in (self.root / name).glob(f"{sha}.*"):
                     path.unlink(missing_ok=True)
+        for row in rows:
+            self._log("forget", by, KeptCell(**dict(row)))
         return len(rows)
 
     def forget_all(self, identity: Identity | None) -> int:
-        """Delete every kept cell, its index and the kept-cells folder; returns how many.
+        """Delete every kept cell, its index and the kept-cells folder, and the cells kept with
+        installed adaptations (``lab-cells/``); returns how many cells were deleted.
 
         Every reviewer's cells go, so ``identity`` must be allowed to ``forget_cells`` (an admin;
-        ``AccessDenied`` otherwise). The rows go first, in one transaction: a crash part way
-        leaves only files no row names, which are never listed and which the next call removes."""
+        ``AccessDenied`` otherwise); who did it is recorded in the kept-cells log. The rows go
+        first, in one transaction: a crash part way leaves only files no row names, which are
+        never listed and which the next call removes."""
         require(identity, "forget_cells")
-        if not self.root.exists():
+        by = _who(identity.name)
+        if not self.root.exists() and not self.lab_cells.exists():
             return 0
+        count = 0
         try:
-            count = 0
             if self.index.is_file():
                 with self.transaction() as db:
                     (count,) = db.execute("SELECT COUNT(*) FROM kept_cells").fetchone()
                     db.execute("DELETE FROM kept_cells")
-            shutil.rmtree(self.root)
+            if self.root.exists():
+                shutil.rmtree(self.root)
+            if self.lab_cells.exists():
+                count += sum(1 for p in self.lab_cells.rglob("*") if p.is_file())
+                shutil.rmtree(self.lab_cells)
         except sqlite3.Error as exc:
             raise KeptCellsError(f"{self.index}: not forgotten ({exc})") from None
         except OSError as exc:
-            raise KeptCellsError(f"{self.root}: not all deleted ({exc})") from None
+            raise KeptCellsError(f"{exc.filename or self.root}: not all deleted ({exc})") from None
         self._ready = False
+        self._log("forget_all", by, cells=count)
         return count
+
+
+def _who(by: str) -> str:
+    """The user forgetting cells, required: the log says who withdrew what."""
+    if not (by or "").strip():
+        raise KeptCellsError("forgetting kept cells needs the user's name: log in first")
+    return by.strip()

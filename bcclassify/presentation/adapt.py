@@ -51,6 +51,7 @@ def staged_result(done, source: str, kind: str, taken: Sequence, keep: bool) -> 
     installs or discards it; ``keep``: the taken cells go with the model when installed."""
     return {
         "name": done.name,
+        "run_id": done.run_dir.name,  # install_staged checks the staged card names this run
         "source": source,
         "taken": done.taken,
         "held_back": done.held_back,

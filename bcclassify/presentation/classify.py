@@ -179,8 +179,9 @@ def last_decision_line(row: dict) -> str:
 
 
 def review_log_frame(entries: list[dict]) -> pd.DataFrame:
-    """The log's rows newest first, without the probability vectors."""
-    return pd.DataFrame(entries).drop(columns=["probabilities"]).iloc[::-1]
+    """The log's rows newest first, without the probability vectors and chain hashes."""
+    frame = pd.DataFrame(entries).drop(columns=["probabilities", "chain_sha256"], errors="ignore")
+    return frame.iloc[::-1]
 
 
 def kept_cell_for(kept: KeptCells, sha256: str) -> KeptCell | None:
@@ -216,6 +217,6 @@ def apply_keep(
         )
         return f"Kept on this server as {class_label(chosen)} for adapting to this lab."
     if was_kept is not None:
-        kept.forget(item.sha256)
+        kept.forget(item.sha256, by=reviewer)
         return "No longer kept on this server."
     return None

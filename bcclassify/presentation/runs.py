@@ -3,7 +3,8 @@ needs to continue (no Streamlit here; ``ui.runs`` draws it)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -11,6 +12,10 @@ from bcclassify.presentation.pages import without_machine_paths
 from bcclassify.storage.store import can_resume
 
 RUN_OPTIONS = ["SMOTE", "augmentation", "shuffle"]  # boolean columns of the runs table
+# What a run record says about people and their files: who asked for an adaptation, the upload's
+# name, each cell's file name, errors quoting them. Shown to logged-in users only.
+PRIVATE_RUN_KEYS = ("requested_by", "cells", "cells_sha256", "error")
+HIDDEN = "(hidden: log in to see)"
 
 
 def filter_runs(
@@ -48,6 +53,18 @@ def stopped_note(run: dict) -> str | None:
             "on this machine."
         )
     return None
+
+
+def for_viewer(record: Mapping[str, Any], signed_in: bool) -> dict[str, Any]:
+    """A run's config.json or run.json as a page shows it: whole to a logged-in user; to anyone
+    else, the values naming people or files replaced by :data:`HIDDEN` (an adaptation's command
+    line names its cells too)."""
+    if signed_in:
+        return dict(record)
+    private = set(PRIVATE_RUN_KEYS)
+    if record.get("kind") == "adaptation":
+        private.add("command")
+    return {key: HIDDEN if key in private else value for key, value in record.items()}
 
 
 def curve_defaults(ids: Sequence[str], running: Sequence[str]) -> list[str]:

@@ -6,18 +6,28 @@ Rows are only ever appended, and SQLite itself enforces it: triggers abort any U
 A later decision on the same cell supersedes, never overwrites. Each row records the model by
 name, by the sha256 of its card.json and by its training run, since a name can be re-promoted.
 The log's folder is created 0700 and its files 0600: the log holds file names and comments.
+
+An insert that names an existing id is refused too (``INSERT OR REPLACE`` would otherwise delete
+and rewrite a row without firing the DELETE trigger). And the rows form a **hash chain**: each
+row's ``chain_sha256`` is the sha256 of its content and of the previous row's ``chain_sha256``,
+so a row changed, removed or inserted by editing the file directly (past the triggers) breaks the
+chain from there on; :func:`verify_chain` (``python -m bcclassify reviews verify``) finds the
+first broken row. A log written before the chain existed is chained when first opened, in the
+migration's transaction; rows an older version appends later are chained on the next open.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import io
 import json
 import os
 import sqlite3
 from collections.abc import Mapping
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 
 from bcclassify import CLASS_NAMES
@@ -30,6 +40,8 @@ __all__ = [
     "LOG_NAME",
     "ReviewLog",
     "ReviewLogUnavailable",
+    "ChainReport",
+    "verify_chain",
     "create_private_file",
     "decision_values",
     "default_data_dir",
@@ -72,7 +84,8 @@ CREATE TABLE IF NOT EXISTS reviews (
     time TEXT NOT NULL,
     model_card_sha256 TEXT NOT NULL DEFAULT '',
     training_run TEXT NOT NULL DEFAULT '',
-    case_id TEXT NOT NULL DEFAULT ''
+    case_id TEXT NOT NULL DEFAULT '',
+    chain_sha256 TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS reviews_image ON reviews (image_sha256);
 """
@@ -82,13 +95,19 @@ _ADDED_COLUMNS = {
     "training_run": "TEXT NOT NULL DEFAULT ''",
     # The case (bcclassify.review.cases) a decision belongs to; '' for the Classify page's.
     "case_id": "TEXT NOT NULL DEFAULT ''",
+    "chain_sha256": "TEXT NOT NULL DEFAULT ''",
 }
 _APPEND_ONLY = """
 CREATE TRIGGER IF NOT EXISTS reviews_no_update BEFORE UPDATE ON reviews
 BEGIN SELECT RAISE(ABORT, 'review decisions are append-only: rows are never changed'); END;
 CREATE TRIGGER IF NOT EXISTS reviews_no_delete BEFORE DELETE ON reviews
 BEGIN SELECT RAISE(ABORT, 'review decisions are append-only: rows are never deleted'); END;
+CREATE TRIGGER IF NOT EXISTS reviews_no_replace BEFORE INSERT ON reviews
+WHEN EXISTS (SELECT 1 FROM reviews WHERE id = NEW.id)
+BEGIN SELECT RAISE(ABORT, 'review decisions are append-only: an existing id is never reused'); END;
 """
+# What a row's chain hash covers, in this order (the id included: rows cannot be reordered).
+CHAINED_COLUMNS = ["id", *EXPORT_COLUMNS]
 
 
 class ReviewLogUnavailable(RuntimeError):
@@ -132,9 +151,11 @@ def sql_statements(script: str) -> list[str]:
 
 
 def _migrate(db: sqlite3.Connection) -> None:
-    """Create the table, add missing columns and the append-only triggers, in one transaction.
+    """Create the table, add missing columns, chain unchained rows and add the append-only
+    triggers, in one transaction.
 
-    Only ``ALTER TABLE ... ADD COLUMN`` touches an existing table: no row is rewritten or lost.
+    ``ALTER TABLE ... ADD COLUMN`` and the chain hashes of rows that have none are all that
+    touches an existing table: no row's content is rewritten and none is lost.
     ``BEGIN IMMEDIATE`` makes a second opener wait, so two sessions never add a column twice.
     """
     db.execute("BEGIN IMMEDIATE")
@@ -145,12 +166,91 @@ def _migrate(db: sqlite3.Connection) -> None:
         for column, kind in _ADDED_COLUMNS.items():
             if column not in present:
                 db.execute(f"ALTER TABLE reviews ADD COLUMN {column} {kind}")
+        _chain_unchained(db)
         for statement in sql_statements(_APPEND_ONLY):
             db.execute(statement)
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
+
+
+def chain_hash(previous: str, row: Mapping) -> str:
+    """The chain hash of ``row``: sha256 of the previous row's chain hash and this row's
+    ``CHAINED_COLUMNS``, as canonical JSON (so no value can be shifted into another column)."""
+    content = [previous, *(row[c] for c in CHAINED_COLUMNS)]
+    data = json.dumps(content, ensure_ascii=False, separators=(",", ":"), sort_keys=False)
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+
+
+def _chain_unchained(db: sqlite3.Connection) -> int:
+    """Give the rows after the last chained one their chain hashes; returns how many.
+
+    Only the tail: a log from before the chain, or rows an older version appended since. The
+    UPDATE trigger is lifted for this and put back by the caller, inside the same transaction.
+    """
+    last = db.execute(
+        "SELECT id, chain_sha256 FROM reviews WHERE chain_sha256 != '' ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    start, previous = (0, "") if last is None else (last["id"], last["chain_sha256"])
+    rows = db.execute("SELECT * FROM reviews WHERE id > ? ORDER BY id", (start,)).fetchall()
+    if not rows:
+        return 0
+    db.execute("DROP TRIGGER IF EXISTS reviews_no_update")
+    for row in rows:
+        previous = chain_hash(previous, row)
+        db.execute("UPDATE reviews SET chain_sha256 = ? WHERE id = ?", (previous, row["id"]))
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """What :func:`verify_chain` found: how many rows, and the first broken one (if any)."""
+
+    rows: int
+    broken_id: int | None = None
+    reason: str = ""
+
+    @property
+    def intact(self) -> bool:
+        return self.broken_id is None
+
+
+def verify_chain(path: str | Path) -> ChainReport:
+    """Recompute the review log's hash chain, read-only; the first row whose hash does not
+    follow from its content and the row before it is reported (nothing is changed).
+
+    Raises :class:`ReviewLogUnavailable` when the file cannot be read as a review log."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReviewLogUnavailable(f"{path}: no such review log")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        with closing(db):
+            db.row_factory = sqlite3.Row
+            present = {row[1] for row in db.execute("PRAGMA table_info(reviews)")}
+            if not present:
+                raise ReviewLogUnavailable(f"{path}: not a review log (no reviews table)")
+            rows = db.execute("SELECT * FROM reviews ORDER BY id").fetchall()
+    except sqlite3.Error as exc:
+        raise ReviewLogUnavailable(f"{path}: {_reason(exc)}") from None
+    previous = ""
+    for count, row in enumerate(rows):
+        stored = row["chain_sha256"] if "chain_sha256" in present else ""
+        if not stored:
+            return ChainReport(
+                len(rows),
+                row["id"],
+                "no chain hash (written before the chain, or past it: open the log with this "
+                "version to chain rows written by an older one)",
+            )
+        if stored != chain_hash(previous, row):
+            reason = "its content or the row before it was changed, removed or inserted"
+            if count == 0 and row["id"] != 1:
+                reason = "earlier rows were removed"
+            return ChainReport(len(rows), row["id"], reason)
+        previous = stored
+    return ChainReport(len(rows))
 
 
 def _reason(exc: BaseException) -> str:
@@ -205,11 +305,17 @@ def decision_values(
 
 
 def insert_decision(db: sqlite3.Connection, values: Mapping[str, object]) -> int:
-    """Append one row made by :func:`decision_values` on ``db`` (the caller's transaction)."""
-    columns = ", ".join(values)
-    marks = ", ".join("?" for _ in values)
-    cursor = db.execute(f"INSERT INTO reviews ({columns}) VALUES ({marks})", tuple(values.values()))
-    return int(cursor.lastrowid)
+    """Append one row made by :func:`decision_values` on ``db``, chained to the row before it
+    (:func:`chain_hash`). The caller holds the write transaction (``BEGIN IMMEDIATE``), so no
+    other writer can chain onto the same row."""
+    last = db.execute("SELECT id, chain_sha256 FROM reviews ORDER BY id DESC LIMIT 1").fetchone()
+    row = dict(values)
+    row["id"] = 1 if last is None else int(last["id"]) + 1
+    row["chain_sha256"] = chain_hash("" if last is None else last["chain_sha256"], row)
+    columns = ", ".join(row)
+    marks = ", ".join("?" for _ in row)
+    db.execute(f"INSERT INTO reviews ({columns}) VALUES ({marks})", tuple(row.values()))
+    return int(row["id"])
 
 
 def utc_now() -> str:
@@ -275,7 +381,16 @@ class ReviewLog:
         )
         try:
             with closing(self.connect()) as db:
-                return insert_decision(db, values)
+                # One writer at a time: the previous row's hash is read and this row written in
+                # one transaction, so two sessions never chain onto the same row.
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    row_id = insert_decision(db, values)
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                return row_id
         except sqlite3.Error as exc:
             raise ReviewLogUnavailable(f"{self.path}: not saved - {_reason(exc)}") from None
 

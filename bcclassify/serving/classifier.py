@@ -24,7 +24,7 @@ from bcclassify.data.imaging import DecoderBusyError, ImageLoadError, ImageSourc
 from bcclassify.serving.acquisition import AcquisitionRange, summaries
 from bcclassify.serving.second_opinion import CARD_KEY as SECOND_OPINION_KEY
 from bcclassify.serving.second_opinion import SecondOpinion, SecondOpinionConfig
-from bcclassify.storage.cards import CardError, load_card, write_card
+from bcclassify.storage.cards import CardError, card_seal_problem, load_card, write_card
 from bcclassify.storage.store import default_model_name, models_dir, sha256_file
 
 __all__ = [
@@ -51,7 +51,9 @@ __all__ = [
     "prediction_json",
     "read_card",
     "resolve_model_name",
+    "verify_files",
     "verify_model_files",
+    "verify_model_folder",
     "zero_initialisers",
 ]
 
@@ -150,6 +152,10 @@ def export_model(model, folder: Path, card: dict) -> dict:
 
 WEIGHT_FILES = "weights-*.npz"
 REINSTALL = "reinstall the model with `python -m bcclassify promote RUN_ID --name NAME`"
+RESEAL = (
+    REINSTALL + ", or rerun the tool that last wrote the card (calibrate, faithfulness, adapt); "
+    "an administrator who has checked the card may run `python -m bcclassify seal NAME`"
+)
 
 
 def read_card(folder: Path) -> dict:
@@ -160,13 +166,14 @@ def read_card(folder: Path) -> dict:
         raise ModelIntegrityError(f"{exc}; {REINSTALL}") from None
 
 
-def listed_files(folder: Path, card: dict) -> dict[str, str]:
+def listed_files(folder: Path, card: dict, sealed: bool = True) -> dict[str, str]:
     """The card's ``files_sha256``, checked to describe this folder completely.
 
     The card is the only list of what makes up the model: a card without checksums, a name that
     is not a plain file name, a missing ``model.json`` or weight file, or a ``weights-*.npz`` in
     the folder that the card does not list (an extra shard would silently change the weights)
-    is refused with :class:`ModelIntegrityError`.
+    is refused with :class:`ModelIntegrityError`; so is (unless ``sealed`` is False: only for
+    ``seal``) a card that does not match its own checksum, ``card.sha256``.
     """
     card_path = folder / "card.json"
     files = card.get("files_sha256")
@@ -192,12 +199,20 @@ def listed_files(folder: Path, card: dict) -> dict[str, str]:
             f"{folder / unlisted[0]}: weight file not listed in {card_path} "
             f"({len(unlisted)} unlisted); remove it or {REINSTALL}"
         )
+    problem = card_seal_problem(folder) if sealed else None  # cheap: checked on every load
+    if problem is not None:
+        raise ModelIntegrityError(f"{card_path}: {problem}; {RESEAL}")
     return files
 
 
 def _verify(folder: Path, card: dict) -> None:
     """Every file the card lists exists and matches its sha256 (see :func:`listed_files`)."""
-    for name, expected in listed_files(folder, card).items():
+    verify_files(folder, listed_files(folder, card))
+
+
+def verify_files(folder: Path, files: dict[str, str]) -> None:
+    """Each of ``files`` (name -> sha256) is in ``folder`` with that sha256."""
+    for name, expected in files.items():
         path = folder / name
         if not path.is_file():
             raise ModelIntegrityError(f"{path}: missing (listed in {folder / 'card.json'})")
@@ -207,6 +222,14 @@ def _verify(folder: Path, card: dict) -> None:
                 f"{path}: sha256 {actual[:12]}… does not match the card's {expected[:12]}…; "
                 "the file is damaged or was replaced - reinstall the model with `promote`"
             )
+
+
+def verify_model_folder(folder: Path) -> dict:
+    """Check every file of the model in ``folder`` (installed or staged) against its card;
+    returns the card, or raises :class:`ModelIntegrityError`."""
+    card = read_card(folder)
+    _verify(folder, card)
+    return card
 
 
 def verify_model_files(name: str | None = None) -> dict:

@@ -16,6 +16,13 @@ Every tool that changes a card (promote, calibrate, faithfulness, adapt) writes 
 3. ``os.replace`` puts it over card.json in one step (promoted).
 
 A crash before step 3 leaves the previous card.json whole and in force.
+
+4. ``card.sha256`` beside it is rewritten with the new card's sha256 (``sha256sum`` format, so
+   ``sha256sum -c card.sha256`` checks it too). ``files_sha256`` covers every other file, and
+   this file covers the card itself: classes, thresholds and temperature are read from the
+   card, so a card edited by hand afterwards is refused when the model is loaded
+   (:func:`card_seal_problem`). A crash between steps 3 and 4 leaves them disagreeing: the
+   model is refused until the tool that wrote the card is run again.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from bcclassify.storage.store import (
 )
 
 CARD_FILE = "card.json"
+CARD_CHECKSUM_FILE = "card.sha256"  # the card's own sha256, written with it by write_card
 HISTORY_DIR = ".card-history"  # under models/: hidden, so never taken for an installed model
 
 
@@ -169,6 +177,8 @@ def write_card(folder: Path, card: ModelCard | Mapping[str, Any]) -> ModelCard:
     except FileNotFoundError:
         previous = None
     if previous == data:
+        if card_seal_problem(folder) is not None:
+            seal_card(folder)  # a card written before the seal existed, rewritten unchanged
         return card
     if previous is not None and not folder.name.startswith("."):
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
@@ -176,7 +186,39 @@ def write_card(folder: Path, card: ModelCard | Mapping[str, Any]) -> ModelCard:
         atomic_write_bytes(kept, previous)
     # A temporary file fsynced beside card.json, then one rename (atomic_write_bytes).
     atomic_write_bytes(path, data)
+    seal_card(folder)
     return card
+
+
+def seal_card(folder: Path) -> str:
+    """Write ``folder/card.sha256`` for the card.json there now; returns its sha256.
+
+    Only the card writer and ``python -m bcclassify seal`` (an administrator who has read the
+    card) call this: sealing is what vouches for the card's contents."""
+    digest = sha256_bytes((folder / CARD_FILE).read_bytes())
+    atomic_write_bytes(folder / CARD_CHECKSUM_FILE, f"{digest}  {CARD_FILE}\n".encode())
+    return digest
+
+
+def card_seal_problem(folder: Path) -> str | None:
+    """Why ``folder/card.json`` is not vouched for by ``card.sha256`` (None when it is)."""
+    seal = folder / CARD_CHECKSUM_FILE
+    try:
+        recorded = seal.read_text(encoding="ascii").split()
+    except FileNotFoundError:
+        return f"no {CARD_CHECKSUM_FILE} beside it, so the card itself cannot be verified"
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"{seal} cannot be read ({exc})"
+    if len(recorded) != 2 or recorded[1] != CARD_FILE or len(recorded[0]) != 64:
+        return f"{seal} is not a sha256 line for {CARD_FILE}"
+    actual = sha256_bytes((folder / CARD_FILE).read_bytes())
+    if actual != recorded[0]:
+        return (
+            f"altered since it was written: its sha256 {actual[:12]}… differs from "
+            f"{CARD_CHECKSUM_FILE}'s {recorded[0][:12]}… (classes, thresholds and temperature are "
+            "read from it, so the model is not loaded)"
+        )
+    return None
 
 
 def weights_id(card: ModelCard | Mapping[str, Any]) -> str:

@@ -67,8 +67,11 @@ class RunRecord:
     for its time up to then.
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, mode: int = 0o644):
         self.folder = folder
+        # 0o600 for a run whose records name people or files (an adaptation run from the app):
+        # every file this record writes is then readable by the server's user only.
+        self.mode = mode
         self._clock: tuple[float, float] | None = None  # (seconds recorded before, start here)
 
     @classmethod
@@ -94,13 +97,13 @@ class RunRecord:
 
     def write_config(self, config: Mapping[str, Any]) -> None:
         """config.json: every argument of the run, and what it was run on."""
-        write_json(self.folder / "config.json", dict(config))
+        write_json(self.folder / "config.json", dict(config), self.mode)
 
     def write_environment(self, environment: Mapping[str, Any]) -> None:
-        write_json(self.folder / "environment.json", dict(environment))
+        write_json(self.folder / "environment.json", dict(environment), self.mode)
 
     def create(self, **fields: Any) -> None:
-        write_json(self.folder / "run.json", fields)
+        write_json(self.folder / "run.json", fields, self.mode)
 
     def start(self, arch: str, **fields: Any) -> None:
         """A new run.json for a run starting in this process (status running, who and where
@@ -126,7 +129,7 @@ class RunRecord:
         if self._clock is not None and "duration_s" not in changes:
             changes["duration_s"] = self.elapsed()
         run.update(changes, updated=utc_now())
-        write_json(self.folder / "run.json", run)
+        write_json(self.folder / "run.json", run, self.mode)
         return run
 
     def write_history(self, history: list[dict]) -> None:
@@ -134,10 +137,11 @@ class RunRecord:
             self.folder / "history.csv",
             HISTORY_COLUMNS,
             [[row.get(c, "") for c in HISTORY_COLUMNS] for row in history],
+            self.mode,
         )
 
     def write_metrics(self, metrics: dict) -> None:
-        write_json(self.folder / "metrics.json", metrics)
+        write_json(self.folder / "metrics.json", metrics, self.mode)
 
     def finish(self, metrics: dict) -> None:
         """metrics.json and the finished run.json, with one reading of the clock for both."""

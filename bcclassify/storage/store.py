@@ -70,8 +70,9 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_json(path: Path, payload: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode())
+def write_json(path: Path, payload: Any, mode: int = 0o644) -> None:
+    data = (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode()
+    atomic_write_bytes(path, data, mode=mode)
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -81,12 +82,12 @@ def read_json(path: Path, default: Any = None) -> Any:
         return default
 
 
-def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+def write_csv(path: Path, header: list[str], rows: list[list[Any]], mode: int = 0o644) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    atomic_write_bytes(path, buffer.getvalue().encode())
+    atomic_write_bytes(path, buffer.getvalue().encode(), mode=mode)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -113,12 +113,15 @@ def test_adapt_page_refuses_a_zip_without_class_folders(tiny_store, tmp_path, mo
     at.switch_page(PAGE).run()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("cells/granulocyte/a.jpg", b"x")
+        archive.writestr("cells/**granulocyte**/a.jpg", b"x")
     at.file_uploader(key="adapt_zip").set_value(
         ("lab.zip", buffer.getvalue(), "application/zip")
     ).run()
     _no_exception(at)
-    assert "cannot be used" in _texts(at.error) and "unknown class folder" in _texts(at.text)
+    assert "cannot be used" in _texts(at.error)
+    # The reason quotes the upload's names: plain text, never Markdown (issue #22).
+    assert "unknown class folder '**granulocyte**'" in _texts(at.text)
+    assert "granulocyte" not in _texts(at.error) + _texts(at.markdown)
     assert not any(b.label == "Adapt" for b in at.button)
 
 

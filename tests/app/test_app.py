@@ -26,6 +26,7 @@ from bcclassify.data.imaging import IMAGE_TYPES
 from bcclassify.presentation.pages import EXAMPLES_DIR, example_images
 from bcclassify.serving.acquisition import fit_range, summaries
 from bcclassify.serving.classifier import Prediction
+from bcclassify.storage.cards import write_card
 
 APP = REPO / "app.py"
 CLASSIFY = "pages/0_Classify.py"  # the default page
@@ -448,7 +449,7 @@ def test_a_batch_mostly_unlike_the_training_cells_gets_the_other_lab_warning(
         np.asarray(Image.open(p).convert("RGB").resize((32, 32))) for p in EXAMPLES.rglob("*.jpg")
     ]
     card["acquisition"] = fit_range(summaries(np.stack(own)), "example cells").to_card()
-    card_path.write_text(json.dumps(card))
+    write_card(card_path.parent, card)  # the one card writer: card.sha256 too
     monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
     files = []
     for path in sorted(EXAMPLES.rglob("*.jpg"))[:6]:
@@ -469,3 +470,53 @@ def test_a_batch_mostly_unlike_the_training_cells_gets_the_other_lab_warning(
     at.file_uploader(key="uploads").set_value(plain).run()
     _no_exception(at)
     assert "look unlike" not in _texts(at.warning)
+
+
+def test_training_runs_hide_who_adapted_and_which_files_from_visitors(
+    tiny_store, tmp_path, monkeypatch
+):
+    """An adaptation's run record names its requester and the uploaded files; a visitor who is
+    not logged in sees neither, and error text quoting file names is plain text (issue #22)."""
+    from bcclassify.storage.runs import RunRecord
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store / "runs", store / "runs")
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    run_id = "20260101-000000-adapt-lab"
+    record = RunRecord(store / "runs" / run_id)
+    record.write_config(
+        {
+            "kind": "adaptation",
+            "requested_by": "alice@lab.example",
+            "cells": "upload:alice-ward-7.zip",
+            "cells_sha256": {"neutrophil/**patient-42**.png": "0" * 64},
+            "command": "python -m bcclassify adapt --cells /srv/alice-ward-7",
+        }
+    )
+    record.create(run_id=run_id, kind="adaptation", status="failed", created="2099-01-01")
+    record.update(error="unreadable image: neutrophil/**patient-42**.png")
+    data = tmp_path / "data"
+    accounts.add_user(data / "accounts.json", "qa.lead", PASSWORD)
+
+    def shown(at: AppTest) -> str:
+        return "\n".join(str(e.proto) for e in at.get("json")) + _texts(at.text)
+
+    at = _start(monkeypatch, data)
+    at.switch_page(PAGES[0]).run()
+    at.multiselect(key="curve_runs").set_value([run_id]).run()
+    _no_exception(at)
+    assert "This run failed" in _texts(at.error)
+    everything = shown(at) + _texts(at.error) + _texts(at.markdown)
+    for private in ("alice", "patient-42", "ward-7"):
+        assert private not in everything
+    assert "hidden: log in to see" in _texts(at.text)
+
+    at.switch_page(CLASSIFY).run()
+    at = _log_in(at, "qa.lead")
+    at.switch_page(PAGES[0]).run()
+    at.multiselect(key="curve_runs").set_value([run_id]).run()
+    _no_exception(at)
+    assert "alice@lab.example" in shown(at)
+    # the error is plain text, not Markdown (which would turn **patient-42** into bold)
+    assert "unreadable image: neutrophil/**patient-42**.png" in _texts(at.text)
+    assert "patient-42" not in _texts(at.error) + _texts(at.markdown)

@@ -81,6 +81,6 @@ def test_bench_reports_every_field(cli):
 
 def test_every_command_has_help(cli):
     commands = ("train", "evaluate", "promote", "list", "predict", "explain", "bench")
-    for command in (*commands, "faithfulness", "users", "calibrate", "adapt"):
+    for command in (*commands, "faithfulness", "users", "reviews", "calibrate", "seal", "adapt"):
         out = cli([command, "--help"])
         assert out.returncode == 0 and "usage:" in out.stdout

@@ -4,16 +4,35 @@ tiny CNN in a store of its own (the session's tiny store is shared and stays as 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import FIXTURE_IMAGES
 
-from bcclassify.lab.adapt import AdaptError, choose_cells, scan_cells
+from bcclassify.access.roles import Identity, Role
+from bcclassify.lab.adapt import (
+    STAGING_PREFIX,
+    AdaptConfig,
+    AdaptError,
+    adapt,
+    choose_cells,
+    clean_stale_staging,
+    discard_staged,
+    install_staged,
+    scan_cells,
+    staging_folder,
+)
+from bcclassify.storage.runs import RunRecord
 from bcclassify.storage.store import sha256_file
 
+ADMIN = Identity("lab.admin", Role.ADMIN)
 LAB_CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
 
 
@@ -31,7 +50,7 @@ def store(tiny_store, tmp_path) -> Path:
     """A store holding a copy of tiny-cnn with a k-NN novelty detector (as `calibrate` installs)."""
     from bcclassify.serving.classifier import NOVELTY_FILE, load_model_folder
     from bcclassify.serving.trust import atomic_savez, extract, fit_novelty
-    from bcclassify.storage.store import write_json
+    from bcclassify.storage.cards import write_card
 
     root = tmp_path / "store"
     folder = root / "models" / "tiny-cnn"
@@ -48,7 +67,7 @@ def store(tiny_store, tmp_path) -> Path:
     card["novelty"] = {"method": "knn", "k": 2, "threshold": detector.threshold, "file": file_name}
     card["calibration"] = {"temperature": 1.5}
     card["files_sha256"] = {**card["files_sha256"], file_name: sha256_file(folder / file_name)}
-    write_json(folder / "card.json", card)
+    write_card(folder, card)
     assert NOVELTY_FILE  # the name calibrate stems from
     return root
 
@@ -175,6 +194,7 @@ def test_bad_cells_exit_two_with_one_line(cli, store, lab, make, message):
     [
         (["--name", "tiny-cnn"], "already installed"),
         (["--name", "../escape"], "--name"),
+        (["--name", "ok\n"], "--name"),  # "$" in a regex accepts a trailing newline
         (["--name", "ok", "--from", "nope"], "unknown model"),
         (["--name", "ok", "--per-class", "0"], "at least 1"),
     ],
@@ -190,3 +210,129 @@ def test_scan_cells_skips_hidden_entries(lab):
     assert len(scan_cells(lab)["neutrophil"]) == 2
     with pytest.raises(AdaptError):
         scan_cells(lab / "missing")
+
+
+# ----------------------------------------------------------------------------- staged adaptations
+# Security issue #22: one staging folder per run, Install checks that the staged model is its
+# session's run and whole, Discard and abandoned runs clean up, adaptation run records private.
+
+
+@pytest.fixture()
+def staged(store, lab, monkeypatch):
+    """``staged(name)``: an adaptation of tiny-cnn left staged, as the app leaves it."""
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+
+    def run(name: str = "tiny-lab", seed: int = 0):
+        config = AdaptConfig(
+            source="tiny-cnn", cells=str(lab), name=name, per_class=1, seed=seed, augmented_views=0
+        )
+        return adapt(config, install=False)
+
+    return run
+
+
+def _run_json(done) -> dict:
+    return json.loads((done.run_dir / "run.json").read_text())
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_two_adaptations_under_one_name_stage_apart_and_each_installs_its_own(staged, store):
+    first, second = staged("tiny-lab", seed=0), staged("tiny-lab", seed=1)
+    assert first.run_dir != second.run_dir
+    folders = sorted(p.name for p in (store / "models").glob(f"{STAGING_PREFIX}*"))
+    assert folders == sorted(STAGING_PREFIX + d.run_dir.name for d in (first, second))
+
+    installed = install_staged(second.run_dir.name, "tiny-lab", ADMIN)
+    card = json.loads((installed / "card.json").read_text())
+    assert card["adaptation_run"] == second.run_dir.name  # the session's own run, not the other
+    with pytest.raises(AdaptError, match="already installed"):
+        install_staged(first.run_dir.name, "tiny-lab", ADMIN)
+    assert staging_folder(first.run_dir.name).is_dir()  # the other one is untouched
+    assert _run_json(second)["installed"] and not _run_json(second)["staging"]
+
+
+def test_install_refuses_a_staged_model_that_is_not_the_runs_or_not_whole(staged, store):
+    done = staged()
+    run_id = done.run_dir.name
+    with pytest.raises(AdaptError, match="has not finished"):
+        install_staged(run_id, "another-name", ADMIN)  # the run staged tiny-lab, not this
+    record = RunRecord(done.run_dir)
+    record.update(status="running")  # still being written
+    with pytest.raises(AdaptError, match="has not finished"):
+        install_staged(run_id, "tiny-lab", ADMIN)
+    record.update(status="finished")
+    weights = next(staging_folder(run_id).glob("weights-*.npz"))
+    weights.write_bytes(weights.read_bytes()[:-10])  # half written
+    with pytest.raises(AdaptError, match="incomplete or damaged"):
+        install_staged(run_id, "tiny-lab", ADMIN)
+    assert not (store / "models" / "tiny-lab").exists()
+
+
+def test_install_refuses_a_card_naming_another_run(staged, store):
+    """Another run's complete model under this run's staging folder is not installed."""
+    first, second = staged("tiny-lab", seed=0), staged("tiny-lab", seed=1)
+    mine = staging_folder(first.run_dir.name)
+    shutil.rmtree(mine)
+    shutil.copytree(staging_folder(second.run_dir.name), mine)
+    with pytest.raises(AdaptError, match="not run"):
+        install_staged(first.run_dir.name, "tiny-lab", ADMIN)
+    assert not (store / "models" / "tiny-lab").exists()
+
+
+def test_discard_removes_the_staged_copy_and_records_it(staged):
+    done = staged()
+    discard_staged(done.run_dir.name)
+    assert not staging_folder(done.run_dir.name).exists()
+    assert _run_json(done)["status"] == "discarded"
+    with pytest.raises(AdaptError, match="no longer staged"):
+        install_staged(done.run_dir.name, "tiny-lab", ADMIN)
+
+
+def test_abandoned_adaptations_are_cleaned_up_and_marked(staged, store):
+    gone, live, old = staged("gone"), staged("live"), staged("old")
+    RunRecord(gone.run_dir).update(pid=_dead_pid())  # the app that staged it restarted
+    ancient = time.time() - 7 * 3600
+    os.utime(staging_folder(old.run_dir.name), (ancient, ancient))  # nobody installed it
+    crashed = store / "runs" / "20260101-000000-adapt-crashed"
+    RunRecord(crashed).create(kind="adaptation", status="running", pid=_dead_pid())
+
+    cleaned = clean_stale_staging()
+    assert set(cleaned) == {gone.run_dir.name, old.run_dir.name, crashed.name}
+    assert not staging_folder(gone.run_dir.name).exists()
+    assert not staging_folder(old.run_dir.name).exists()
+    assert staging_folder(live.run_dir.name).is_dir()  # its process lives and it is recent
+    for done in (gone, old):
+        assert _run_json(done)["status"] == "abandoned"
+    assert RunRecord(crashed).read()["status"] == "abandoned"
+    assert _run_json(live)["status"] == "finished"
+    install_staged(live.run_dir.name, "live", ADMIN)  # still installable
+
+
+def test_a_new_adaptation_cleans_up_first(staged):
+    gone = staged("gone")
+    RunRecord(gone.run_dir).update(pid=_dead_pid())
+    staged("next")
+    assert not staging_folder(gone.run_dir.name).exists()
+    assert _run_json(gone)["status"] == "abandoned"
+
+
+def test_an_adaptation_run_record_is_private(staged):
+    done = staged()
+    assert stat.S_IMODE(done.run_dir.stat().st_mode) == 0o700
+    files = [p for p in done.run_dir.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"run.json", "config.json", "environment.json"}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o600}
+    discard_staged(done.run_dir.name)  # and stays so when updated
+    assert stat.S_IMODE((done.run_dir / "run.json").stat().st_mode) == 0o600
+
+
+def test_adapt_cli_still_installs_at_once(cli, store, lab):
+    args = ["adapt", "--from", "tiny-cnn", "--cells", lab, "--name", "tiny-now"]
+    cli([*args, "--per-class", "1"], store=store, check=True)
+    assert (store / "models" / "tiny-now" / "card.json").is_file()
+    assert not list((store / "models").glob(f"{STAGING_PREFIX}*"))

@@ -14,22 +14,34 @@ import pytest
 
 from bcclassify.access.roles import AccessDenied, Identity, Role
 from bcclassify.lab import adapt as lab
-from bcclassify.lab.adapt import AdaptError, install_staged, uninstall_adapted
-from bcclassify.storage.cards import installed_cards
-from bcclassify.storage.store import set_default_model, write_json
+from bcclassify.lab.adapt import AdaptError, install_staged, staging_folder, uninstall_adapted
+from bcclassify.storage.cards import installed_cards, write_card
+from bcclassify.storage.runs import RunRecord
+from bcclassify.storage.store import runs_dir, set_default_model, sha256_bytes
 
 ADMIN = Identity("lab.admin", Role.ADMIN)
 REVIEWER = Identity("qa", Role.REVIEWER)
 PATHOLOGIST = Identity("dr.p", Role.PATHOLOGIST)
 
 
+WEIGHTS = b"stand-in weights"
+
+
+def _run(name: str) -> str:
+    return f"20261204-adapt-{name}"
+
+
 def _model(folder: Path, name: str, adapted: bool = True, **extra) -> Path:
     folder.mkdir(parents=True)
-    (folder / "weights-0.npz").write_bytes(b"stand-in weights")
-    card = {"name": name, "architecture": "cnn", "files_sha256": {"weights-0.npz": "0" * 64}}
+    (folder / "weights-0.npz").write_bytes(WEIGHTS)
+    card = {
+        "name": name,
+        "architecture": "cnn",
+        "files_sha256": {"weights-0.npz": sha256_bytes(WEIGHTS)},
+    }
     if adapted:
-        card.update(source_model={"name": "base"}, adaptation_run=f"20261204-adapt-{name}")
-    write_json(folder / "card.json", {**card, **extra})
+        card.update(source_model={"name": "base"}, adaptation_run=_run(name))
+    write_card(folder, {**card, **extra})  # sealed (card.sha256), as every tool writes cards
     return folder
 
 
@@ -43,43 +55,49 @@ def store(tmp_path, monkeypatch) -> Path:
 
 
 def _stage(store: Path, name: str) -> str:
-    """A staged adaptation, where ``adapt(..., install=False)`` leaves it; returns its name."""
-    _model(store / "models" / f".{name}.adapting", name)
-    return name
+    """A staged adaptation, where and as ``adapt(..., install=False)`` leaves it (its own staging
+    folder, its run finished staging it); returns the run id."""
+    run_id = _run(name)
+    folder = _model(staging_folder(run_id), name)
+    (runs_dir() / run_id).mkdir(parents=True)
+    RunRecord.of(run_id).create(
+        run_id=run_id, kind="adaptation", status="finished", model=name, staging=folder.name
+    )
+    return run_id
 
 
 def test_only_an_admin_installs_and_the_card_records_who_when_and_which_run(store):
-    staged = store / "models" / f".{_stage(store, 'base-lab')}.adapting"
+    staged = staging_folder(_stage(store, "base-lab"))
     for who in (None, REVIEWER, PATHOLOGIST):
         with pytest.raises(AccessDenied, match="installing models needs the admin role"):
-            install_staged("base-lab", who)
+            install_staged(_run("base-lab"), "base-lab", who)
     assert staged.is_dir() and "base-lab" not in installed_cards()  # nothing moved
 
     before = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    folder = install_staged("base-lab", ADMIN)
+    folder = install_staged(_run("base-lab"), "base-lab", ADMIN)
     card = json.loads((folder / "card.json").read_text())
     assert card["installed"]["by"] == "lab.admin" and card["installed"]["role"] == "admin"
     assert card["installed"]["from_run"] == "20261204-adapt-base-lab"
     assert dt.datetime.fromisoformat(card["installed"]["at"]) >= before
-    assert card["files_sha256"] == {"weights-0.npz": "0" * 64}  # the checksummed files as staged
+    assert card["files_sha256"] == {"weights-0.npz": sha256_bytes(WEIGHTS)}  # as staged
     assert "base-lab" in installed_cards() and not staged.exists()
 
 
 def test_installs_stop_at_the_quota_with_a_message_saying_what_to_do(store, monkeypatch):
     monkeypatch.setattr(lab, "MAX_ADAPTED_MODELS", 2)
-    install_staged(_stage(store, "lab-1"), ADMIN)
-    install_staged(_stage(store, "lab-2"), ADMIN)
+    install_staged(_stage(store, "lab-1"), "lab-1", ADMIN)
+    install_staged(_stage(store, "lab-2"), "lab-2", ADMIN)
     _stage(store, "lab-3")
     with pytest.raises(AdaptError, match=r"2 adapted models are installed.*uninstall one first"):
-        install_staged("lab-3", ADMIN)
+        install_staged(_run("lab-3"), "lab-3", ADMIN)
     assert "lab-3" not in installed_cards()
     uninstall_adapted("lab-1", ADMIN)
-    install_staged("lab-3", ADMIN)  # room again
+    install_staged(_run("lab-3"), "lab-3", ADMIN)  # room again
     assert lab.adapted_models() == ["lab-2", "lab-3"]
 
 
 def test_uninstall_is_for_admins_and_adapted_models_and_can_be_undone(store):
-    install_staged(_stage(store, "base-lab"), ADMIN)
+    install_staged(_stage(store, "base-lab"), "base-lab", ADMIN)
     _model(store / "models" / "other", "other", adapted=False)
     with pytest.raises(AccessDenied, match="uninstalling models needs the admin role"):
         uninstall_adapted("base-lab", REVIEWER)
@@ -102,7 +120,7 @@ def test_uninstall_is_for_admins_and_adapted_models_and_can_be_undone(store):
 
 
 def test_a_second_opinion_in_use_is_not_uninstalled(store):
-    install_staged(_stage(store, "base-lab"), ADMIN)
+    install_staged(_stage(store, "base-lab"), "base-lab", ADMIN)
     _model(store / "models" / "main", "main", adapted=False, second_opinion={"model": "base-lab"})
     with pytest.raises(AdaptError, match="second opinion of main"):
         uninstall_adapted("base-lab", ADMIN)
@@ -111,7 +129,7 @@ def test_a_second_opinion_in_use_is_not_uninstalled(store):
 def test_models_uninstall_command(store, capsys):
     from bcclassify.cli.main import main
 
-    install_staged(_stage(store, "base-lab"), ADMIN)
+    install_staged(_stage(store, "base-lab"), "base-lab", ADMIN)
     assert main(["models", "uninstall", "base"]) == 2
     assert "default model" in capsys.readouterr().err
     assert main(["models", "uninstall", "base-lab"]) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -14,10 +15,12 @@ from helpers import REPO
 from PIL import Image
 
 from bcclassify.access.roles import AccessDenied, Identity, Role
-from bcclassify.lab.adapt import choose_cells
+from bcclassify.lab.adapt import choose_cells, keep_cells
 from bcclassify.lab.kept import (
+    HISTORY_NAME,
     INDEX_NAME,
     KEPT_DIR,
+    LAB_CELLS_DIR,
     MAX_SIDE,
     KeptCells,
     KeptCellsError,
@@ -48,7 +51,7 @@ def _files(root: Path) -> list[str]:
 def test_nothing_is_created_until_a_cell_is_kept(tmp_path):
     kept = KeptCells(tmp_path, create=False)
     assert kept.entries() == [] and kept.cells() == {} and kept.counts() == {}
-    assert kept.forget("0" * 64) == 0 and kept.forget_all(ADMIN) == 0
+    assert kept.forget("0" * 64, by="qa") == 0 and kept.forget_all(ADMIN) == 0
     assert not (tmp_path / KEPT_DIR).exists()
 
 
@@ -99,10 +102,10 @@ def test_forget_one_and_all(tmp_path):
     a, b = _png(50), _png(60)
     kept.keep(a, "basophil", "qa", image_sha256="upload-a")
     kept.keep(b, "eosinophil", "qa")
-    assert kept.forget("upload-a") == 1  # by the upload's sha256, as the page knows it
+    assert kept.forget("upload-a", by="qa") == 1  # by the upload's sha256, as the page knows it
     assert kept.counts() == {"eosinophil": 1}
     assert not list((tmp_path / KEPT_DIR / "basophil").iterdir())
-    assert kept.forget(sha256_bytes(b)) == 1  # or by the kept bytes' own
+    assert kept.forget(sha256_bytes(b), by="qa") == 1  # or by the kept bytes' own
     assert kept.counts() == {}
     kept.keep(a, "basophil", "qa")
     kept.keep(b, "platelet", "qa")
@@ -169,7 +172,7 @@ def test_a_crash_between_file_and_row_leaves_only_an_unlisted_file(tmp_path, mon
     orphan = tmp_path / KEPT_DIR / "monocyte" / f"{sha256_bytes(data)}.png"
     assert orphan.read_bytes() == data  # whole, but no row names it
     assert kept.counts() == {"monocyte": 1}  # so the unfinished keep is not listed
-    assert kept.forget(sha256_bytes(data)) == 0  # and forgetting it still removes the file
+    assert kept.forget(sha256_bytes(data), by="qa") == 0  # and forgetting it still removes the file
     assert not orphan.exists()
 
 
@@ -193,3 +196,59 @@ def test_cell_bytes_keeps_the_bounded_working_copy(tmp_path):
     kept = cell_bytes(big)
     assert Image.open(io.BytesIO(kept)).size == (1024, 512)
     assert KeptCells(tmp_path).keep(kept, "platelet", "qa").file.endswith(".png")
+
+
+# ----------------------------------------------------------------------------- security issue #22
+
+
+def test_who_kept_forgot_or_forgot_all_what_is_logged_append_only(tmp_path):
+    kept = KeptCells(tmp_path)
+    a, b = _png(70), _png(80)
+    kept.keep(a, "basophil", "qa", "a.png", image_sha256="upload-a")
+    kept.keep(b, "monocyte", "qa", "b.png")
+    kept.forget("upload-a", by="lead")  # the box unticked and saved
+    kept.forget_all(by="admin")
+    log = kept.history()
+    assert [(r["action"], r["by"]) for r in log] == [
+        ("keep", "qa"),
+        ("keep", "qa"),
+        ("forget", "lead"),
+        ("forget_all", "admin"),
+    ]
+    assert (log[2]["sha256"], log[2]["file_name"]) == (sha256_bytes(a), "a.png")
+    assert log[3]["cells"] == 1
+    path = tmp_path / HISTORY_NAME
+    assert path.is_file() and _mode(path) == 0o600  # kept outside kept-cells/, which is gone
+    with sqlite3.connect(path) as db:
+        for statement in (
+            "UPDATE kept_cells_log SET by = 'someone else'",
+            "DELETE FROM kept_cells_log",
+            "INSERT OR REPLACE INTO kept_cells_log (id, action, by, time) "
+            "VALUES (1, 'keep', 'x', 'now')",
+        ):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                db.execute(statement)
+    assert len(kept.history()) == 4
+
+
+def test_forgetting_needs_who(tmp_path):
+    kept = KeptCells(tmp_path)
+    kept.keep(_png(5), "basophil", "qa")
+    with pytest.raises(KeptCellsError, match="log in"):
+        kept.forget(sha256_bytes(_png(5)), by=" ")
+    with pytest.raises(KeptCellsError, match="log in"):
+        kept.forget_all(by="")
+    assert kept.counts() == {"basophil": 1}
+
+
+def test_cells_kept_with_an_adaptation_are_private_and_forgotten_with_the_rest(tmp_path):
+    folder = tmp_path / LAB_CELLS_DIR / "hybrid-lab"
+    assert keep_cells([("neutrophil/a.png", _png(1)), ("monocyte/b.png", _png(2))], folder) == 2
+    files = [p for p in (tmp_path / LAB_CELLS_DIR).rglob("*") if p.is_file()]
+    folders = [p for p in (tmp_path / LAB_CELLS_DIR).rglob("*") if p.is_dir()]
+    assert len(files) == 2 and {_mode(p) for p in files} == {0o600}
+    assert {_mode(p) for p in [tmp_path / LAB_CELLS_DIR, *folders]} == {0o700}
+    kept = KeptCells(tmp_path, create=False)
+    kept.keep(_png(3), "basophil", "qa")
+    assert kept.forget_all(by="admin") == 3
+    assert not (tmp_path / LAB_CELLS_DIR).exists() and not (tmp_path / KEPT_DIR).exists()

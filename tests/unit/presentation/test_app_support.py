@@ -3,6 +3,8 @@ browser or TensorFlow."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -11,6 +13,7 @@ from bcclassify.presentation import pages, tables
 from bcclassify.presentation.tables import PREDICT_HEADER
 from bcclassify.review import reviews
 from bcclassify.serving.classifier import Prediction
+from bcclassify.storage.cards import write_card
 from bcclassify.storage.store import REPO_ROOT
 from ui import figures, session
 
@@ -87,8 +90,9 @@ def test_the_model_cache_reloads_a_re_promoted_model(tiny_store, tmp_path, monke
     monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
     first = session.cached_model("tiny-cnn")
     assert session.cached_model("tiny-cnn") is first
-    card = store / "models" / "tiny-cnn" / "card.json"
-    card.write_text(card.read_text().replace("{", '{"note": "re-promoted",', 1))
+    folder = store / "models" / "tiny-cnn"
+    card = json.loads((folder / "card.json").read_text())
+    write_card(folder, {"note": "re-promoted", **card})  # as promote writes it (card.sha256 too)
     assert session.cached_model("tiny-cnn") is not first  # same name, new card: loaded afresh
 
 

@@ -3,6 +3,8 @@ decision, Adapt's tables, the run filters and the first confusion shown."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -19,7 +21,13 @@ from bcclassify.presentation.classify import (
 )
 from bcclassify.presentation.confusion import chosen_fold, fold_choices, most_confused
 from bcclassify.presentation.pages import CellInput
-from bcclassify.presentation.runs import curve_defaults, filter_runs, stopped_note
+from bcclassify.presentation.runs import (
+    HIDDEN,
+    curve_defaults,
+    filter_runs,
+    for_viewer,
+    stopped_note,
+)
 from bcclassify.serving.classifier import Prediction
 
 
@@ -93,9 +101,28 @@ def test_adapt_tables_count_the_split_and_show_both_models():
 
     class Done:
         name, taken, held_back, figures = "lab", 2, 3, None
+        run_dir = Path("runs/20260101-000000-adapt-lab-abc123")
 
     result = staged_result(Done(), "src", KEPT, taken, keep=False)
     assert result["from"] == "the kept cells" and result["keep"] is None
+    assert result["run_id"] == "20260101-000000-adapt-lab-abc123"  # what Install checks
+
+
+def test_run_records_hide_people_and_files_from_visitors():
+    config = {
+        "kind": "adaptation",
+        "requested_by": "alice",
+        "cells": "upload:x.zip",
+        "cells_sha256": {"neutrophil/a.png": "0"},
+        "command": "adapt --cells x",
+        "seed": 0,
+    }
+    shown = for_viewer(config, signed_in=False)
+    assert shown["seed"] == 0 and shown["kind"] == "adaptation"
+    assert all(shown[k] == HIDDEN for k in ("requested_by", "cells", "cells_sha256", "command"))
+    assert for_viewer(config, signed_in=True) == config
+    training = {"command": "train --arch cnn", "error": "x.png: unreadable"}
+    assert for_viewer(training, False) == {"command": "train --arch cnn", "error": HIDDEN}
 
 
 def test_run_filters_and_notes():

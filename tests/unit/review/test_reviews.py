@@ -12,7 +12,13 @@ import pytest
 
 from bcclassify import CLASS_NAMES
 from bcclassify.access.roles import AccessDenied, Identity, Role
-from bcclassify.review.reviews import EXPORT_COLUMNS, ReviewLog, ReviewLogUnavailable
+from bcclassify.review.reviews import (
+    EXPORT_COLUMNS,
+    ChainReport,
+    ReviewLog,
+    ReviewLogUnavailable,
+    verify_chain,
+)
 
 PROBS = [0.05, 0.05, 0.05, 0.05, 0.6, 0.1, 0.05, 0.05]
 ADMIN = Identity("lab.admin", Role.ADMIN)
@@ -90,6 +96,7 @@ def test_concurrent_writers_lose_nothing(tmp_path):
         assert p.exitcode == 0
     rows = ReviewLog(tmp_path).entries()
     assert len(rows) == 160
+    assert verify_chain(tmp_path / "reviews.sqlite3").intact  # no two writers chained alike
     with sqlite3.connect(tmp_path / "reviews.sqlite3") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -196,3 +203,92 @@ def test_a_reviewer_reads_and_exports_only_their_own_decisions_an_admin_every_on
     assert [r["reviewer"] for r in log.visible_entries(Identity("ben"))] == ["ben"]
     with pytest.raises(AccessDenied):
         log.export_csv(None)
+
+
+# ----------------------------------------------------------------------------- the hash chain
+
+
+def _three_rows(tmp_path) -> ReviewLog:
+    log = ReviewLog(tmp_path)
+    for i, name in enumerate(("ig", "monocyte", "basophil")):
+        log.record(f"{i}.jpg", f"sha-{i}", "hybrid", "ig", PROBS, name, reviewer="qa")
+    return log
+
+
+def verify_cli(capsys, path) -> tuple[int, str, str]:
+    """``python -m bcclassify reviews verify --db PATH`` in this process."""
+    from bcclassify.cli.main import main
+
+    capsys.readouterr()
+    status = main(["reviews", "verify", "--db", str(path)])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def _past_the_triggers(path, *statements: str) -> None:
+    """Edit the file as someone with write access could, triggers dropped first."""
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TRIGGER reviews_no_update")
+        db.execute("DROP TRIGGER reviews_no_delete")
+        for statement in statements:
+            db.execute(statement)
+
+
+def test_insert_or_replace_cannot_rewrite_a_row(tmp_path):
+    log = _three_rows(tmp_path)
+    with sqlite3.connect(log.path) as db:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.execute(
+                "INSERT OR REPLACE INTO reviews (id, file_name, image_sha256, model, "
+                "predicted_class, probabilities, reviewer_class, decision, time) VALUES "
+                "(2, 'x.jpg', 'x', 'hybrid', 'ig', '{}', 'ig', 'confirmed', 'now')"
+            )
+    assert [r["reviewer_class"] for r in log.entries()] == ["ig", "monocyte", "basophil"]
+    assert verify_chain(log.path).intact
+
+
+def test_an_intact_chain_verifies(tmp_path, capsys):
+    log = _three_rows(tmp_path)
+    report = verify_chain(log.path)
+    assert (report.rows, report.intact) == (3, True)
+    status, out, _ = verify_cli(capsys, log.path)
+    assert status == 0 and "3 row(s), hash chain intact" in out
+
+
+@pytest.mark.parametrize(
+    "statements, broken",
+    [
+        (["UPDATE reviews SET reviewer_class = 'neutrophil' WHERE id = 2"], 2),
+        (["DELETE FROM reviews WHERE id = 2"], 3),  # the next row no longer follows
+        (["DELETE FROM reviews WHERE id = 1"], 2),
+        (["UPDATE reviews SET comment = 'x', chain_sha256 = '' WHERE id = 3"], 3),
+    ],
+)
+def test_verify_names_the_first_broken_row(tmp_path, capsys, statements, broken):
+    log = _three_rows(tmp_path)
+    _past_the_triggers(log.path, *statements)
+    assert verify_chain(log.path).broken_id == broken
+    status, out, _ = verify_cli(capsys, log.path)
+    assert status == 1 and f"hash chain broken at row id {broken}" in out
+
+
+def test_verify_refuses_what_is_not_a_review_log(tmp_path, capsys):
+    status, _, err = verify_cli(capsys, tmp_path / "missing.sqlite3")
+    assert status == 2 and "no such review log" in err
+
+
+def test_an_older_log_is_chained_on_first_open_without_losing_rows(tmp_path):
+    with sqlite3.connect(tmp_path / "reviews.sqlite3") as db:
+        db.executescript(OLD_SCHEMA)
+        db.execute(
+            "INSERT INTO reviews VALUES (2, 'old2.jpg', 'sha-old2', 'hybrid', 'ig', '{}', 'ig', "
+            "'confirmed', '', 'QA', '2026-01-02T00:00:00.000+00:00')"
+        )
+    assert not verify_chain(tmp_path / "reviews.sqlite3").intact  # not chained yet
+    log = ReviewLog(tmp_path)
+    log.record("new.jpg", "sha-new", "hybrid", "ig", PROBS, "ig", reviewer="qa")
+    assert [r["file_name"] for r in log.entries()] == ["old.jpg", "old2.jpg", "new.jpg"]
+    assert verify_chain(log.path) == ChainReport(rows=3)
+    with sqlite3.connect(log.path) as db:  # the UPDATE trigger is back after the migration
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.execute("UPDATE reviews SET comment = 'x'")

@@ -14,6 +14,7 @@ from helpers import FIXTURE_IMAGES
 from PIL import Image
 
 from bcclassify.serving.acquisition import STATISTICS, AcquisitionRange, fit_range, summaries
+from bcclassify.storage.cards import write_card
 
 
 def _disc(background=(230, 225, 228), ink=(90, 40, 120), radius=20, size=64) -> np.ndarray:
@@ -110,7 +111,7 @@ def test_adapt_widens_the_range_to_the_labs_cells(tmp_path, cli, tiny_store, mon
     )
     card = json.loads((folder / "card.json").read_text())
     card["acquisition"] = fit_range(summaries(own), "fixture cells").to_card()
-    (folder / "card.json").write_text(json.dumps(card))
+    write_card(folder, card)
     lab = tmp_path / "lab"
     for path in sorted(FIXTURE_IMAGES.rglob("*.jpg")):
         (lab / path.parent.name).mkdir(parents=True, exist_ok=True)

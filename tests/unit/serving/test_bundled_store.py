@@ -56,7 +56,7 @@ def test_installed_model_files_match_their_card(bundled_store, folder):
     from bcclassify.serving.classifier import verify_model_files
 
     card = verify_model_files(folder.name)
-    weight_files = {p.name for p in folder.iterdir()} - {"card.json", "bench.json"}
+    weight_files = {p.name for p in folder.iterdir()} - {"card.json", "card.sha256", "bench.json"}
     assert weight_files == set(card["files_sha256"]), "every weight file is checksummed"
     assert (STORE / "runs" / card["training_run"] / "metrics.json").is_file()
     run_metrics = read_json(STORE / "runs" / card["training_run"] / "metrics.json")

@@ -17,6 +17,7 @@ from bcclassify.serving.classifier import (
     load_model_folder,
     verify_model_files,
 )
+from bcclassify.storage.cards import write_card
 from bcclassify.storage.store import sha256_file
 
 CELL = sorted(FIXTURE_IMAGES.rglob("*.jpg"))[0]
@@ -40,7 +41,7 @@ def _edit_card(store, change) -> None:
     path = _folder(store) / "card.json"
     card = json.loads(path.read_text())
     change(card)
-    path.write_text(json.dumps(card))
+    write_card(path.parent, card)  # as a tool writes it: the card's own checksum follows
 
 
 def _predict_cli(capsys, *args: str) -> tuple[int, str]:
@@ -104,3 +105,47 @@ def test_extra_files_listed_with_checksums_are_accepted(store):
     extra.write_bytes(b"changed")
     with pytest.raises(ModelIntegrityError, match="does not match the card"):
         verify_model_files("tiny-cnn")
+
+
+# ----------------------------------------------------------------------------- the card itself
+# Security issue #22: classes, thresholds and temperature are read from card.json, so the card is
+# covered too (card.sha256, written with it by the one card writer).
+
+
+def _edit_by_hand(store, change) -> None:
+    path = _folder(store) / "card.json"
+    card = json.loads(path.read_text())
+    change(card)
+    path.write_text(json.dumps(card, indent=2) + "\n")
+
+
+def test_a_card_altered_by_hand_is_refused_with_a_clear_message(store, capsys):
+    _edit_by_hand(store, lambda card: card.update(low_confidence_threshold=0.0))
+    with pytest.raises(ModelIntegrityError, match=r"card\.json: altered since it was written"):
+        load_model("tiny-cnn")
+    with pytest.raises(ModelIntegrityError, match="altered"):
+        load_model_folder(_folder(store), "tiny-cnn", verify=False)  # no way round
+    with pytest.raises(ModelIntegrityError, match="altered"):
+        verify_model_files("tiny-cnn")
+    status, err = _predict_cli(capsys)
+    assert status == cli.EXIT_USAGE and err.count("\n") == 1
+    assert "altered since it was written" in err and "bcclassify seal" in err
+
+
+def test_a_card_without_its_checksum_is_refused_until_sealed(store, capsys):
+    (_folder(store) / "card.sha256").unlink()
+    with pytest.raises(ModelIntegrityError, match=r"no card\.sha256"):
+        load_model("tiny-cnn")
+    assert cli.main(["seal", "tiny-cnn"]) == cli.EXIT_OK  # an administrator vouches for it
+    assert "sealed" in capsys.readouterr().err
+    assert load_model("tiny-cnn").name == "tiny-cnn"
+
+
+def test_seal_still_checks_every_other_file(store, capsys):
+    _edit_by_hand(store, lambda card: card.update(description="checked by hand"))
+    weights = _folder(store) / "weights-000.npz"
+    weights.write_bytes(weights.read_bytes()[:-4])
+    assert cli.main(["seal", "tiny-cnn"]) == cli.EXIT_USAGE
+    assert "does not match" in capsys.readouterr().err
+    with pytest.raises(ModelIntegrityError, match="altered"):
+        load_model("tiny-cnn", verify=False)  # not sealed

@@ -16,6 +16,7 @@ from bcclassify.serving.second_opinion import (
     resize_batch,
     support_for,
 )
+from bcclassify.storage.cards import write_card
 
 
 def test_support_is_the_second_models_probability_of_the_served_class():
@@ -61,7 +62,7 @@ def _with_second_opinion(store, min_support: float) -> None:
     card_path = store / "models" / "tiny-cnn" / "card.json"
     card = json.loads(card_path.read_text())
     card["second_opinion"] = {"model": "tiny-cnn", "min_support": min_support}
-    card_path.write_text(json.dumps(card))
+    write_card(card_path.parent, card)
 
 
 def test_served_predictions_are_disputed_where_the_second_model_gives_little(

@@ -13,6 +13,7 @@ from bcclassify.storage.cards import (
     CardError,
     ModelCard,
     card_history,
+    card_seal_problem,
     load_card,
     weights_id,
     write_card,
@@ -37,7 +38,9 @@ def test_a_new_card_replaces_the_old_one_which_is_kept_in_the_history(tmp_path):
     assert written["architecture"] == "hybrid"
     [kept] = card_history(folder).iterdir()
     assert kept.read_bytes() == old
-    assert sorted(p.name for p in folder.iterdir()) == ["card.json"]  # nothing else in the model
+    # nothing else in the model but the card's own checksum
+    assert sorted(p.name for p in folder.iterdir()) == ["card.json", "card.sha256"]
+    assert card_seal_problem(folder) is None
     write_card(folder, card)  # the same card again: no new version
     assert len(list(card_history(folder).iterdir())) == 1
 

@@ -25,6 +25,7 @@ import train_lab  # noqa: E402
 
 from bcclassify.data import augment_ops as lab_ops  # noqa: E402
 from bcclassify.data.augment import PRESETS  # noqa: E402
+from bcclassify.storage.cards import write_card  # noqa: E402
 from bcclassify.storage.runs import RunRecord  # noqa: E402
 from bcclassify.training.runs import TrainConfig  # noqa: E402
 
@@ -189,7 +190,7 @@ def _install_for(tiny_store: Path, store: Path, data: Path) -> None:
         "num_images": len(dataset),
         "split_sizes": [split.sizes()],
     }
-    card_path.write_text(json.dumps(card))  # card.json is not among its own checksums
+    write_card(card_path.parent, card)  # the one card writer: card.sha256 follows the card
 
 
 @pytest.mark.slow
