@@ -34,10 +34,11 @@ def _run(name: str) -> str:
 def _model(folder: Path, name: str, adapted: bool = True, **extra) -> Path:
     folder.mkdir(parents=True)
     (folder / "weights-0.npz").write_bytes(WEIGHTS)
+    (folder / "model.json").write_bytes(b"{}")
     card = {
         "name": name,
         "architecture": "cnn",
-        "files_sha256": {"weights-0.npz": sha256_bytes(WEIGHTS)},
+        "files_sha256": {"weights-0.npz": sha256_bytes(WEIGHTS), "model.json": sha256_bytes(b"{}")},
     }
     if adapted:
         card.update(source_model={"name": "base"}, adaptation_run=_run(name))
@@ -79,7 +80,7 @@ def test_only_an_admin_installs_and_the_card_records_who_when_and_which_run(stor
     assert card["installed"]["by"] == "lab.admin" and card["installed"]["role"] == "admin"
     assert card["installed"]["from_run"] == "20261204-adapt-base-lab"
     assert dt.datetime.fromisoformat(card["installed"]["at"]) >= before
-    assert card["files_sha256"] == {"weights-0.npz": sha256_bytes(WEIGHTS)}  # as staged
+    assert card["files_sha256"]["weights-0.npz"] == sha256_bytes(WEIGHTS)  # as staged
     assert "base-lab" in installed_cards() and not staged.exists()
 
 
