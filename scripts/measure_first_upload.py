@@ -3,9 +3,9 @@
 Starts the app on a free local port (``python app.py``, which loads the default model while the
 server starts, or ``streamlit run app.py``, which loads it when the first session opens), opens
 the Classify page in headless Debian Chromium as soon as the server answers, uploads one bundled
-example cell at once and reports, as JSON, the seconds from process start to a healthy server and
-from the upload to the result heading and to the fused Grad-CAM map. Needs the dev requirements
-(Playwright) and /usr/bin/chromium.
+example cell (at once, or ``--think-s`` seconds later) and reports, as JSON, the seconds from
+process start to a healthy server and to the page, and from the upload to the result heading and
+to the fused Grad-CAM map. Needs the dev requirements (Playwright) and /usr/bin/chromium.
 
     python scripts/measure_first_upload.py --launch python --repeat 3
 """
@@ -55,7 +55,9 @@ def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 120) -> 
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
 
 
-def one_fresh_server(launch: str, store: Path, log_dir: Path) -> dict[str, float]:
+def one_fresh_server(
+    launch: str, store: Path, log_dir: Path, think_s: float = 0.0
+) -> dict[str, float]:
     from playwright.sync_api import sync_playwright
 
     port = free_port()
@@ -87,6 +89,7 @@ def one_fresh_server(launch: str, store: Path, log_dir: Path) -> dict[str, float
                 page.goto(url)
                 page.get_by_role("heading", name="Classify blood cells").wait_for(timeout=LIMIT_MS)
                 page_open = time.monotonic() - started
+                time.sleep(think_s)  # a user choosing a file
                 upload = time.monotonic()
                 page.locator('input[type="file"]').first.set_input_files(str(EXAMPLE))
                 labels = re.compile("|".join([*CLASS_LABELS.values(), "Unidentified"]))
@@ -115,14 +118,21 @@ def main() -> int:
     parser.add_argument("--launch", choices=["python", "streamlit"], default="python")
     parser.add_argument("--store", default=str(REPO / "model_store"))
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--think-s",
+        type=float,
+        default=0.0,
+        help="seconds between the page showing and the upload (a user choosing a file)",
+    )
     args = parser.parse_args()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeat):
-            runs.append(one_fresh_server(args.launch, Path(args.store), Path(tmp)))
+            runs.append(one_fresh_server(args.launch, Path(args.store), Path(tmp), args.think_s))
             print(json.dumps(runs[-1]), file=sys.stderr)
     medians = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-    print(json.dumps({"launch": args.launch, "runs": runs, "median": medians}, indent=2))
+    report = {"launch": args.launch, "think_s": args.think_s, "runs": runs, "median": medians}
+    print(json.dumps(report, indent=2))
     return 0
 
 
