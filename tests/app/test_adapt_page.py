@@ -9,6 +9,7 @@ import json
 import shutil
 import zipfile
 
+import pytest
 from streamlit.testing.v1 import AppTest
 from test_app import (
     APP,
@@ -37,6 +38,7 @@ def _zip(classes: tuple[str, ...]) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_adapt_page_needs_a_log_in_then_adapts_and_installs(tiny_store, tmp_path, monkeypatch):
     store = tmp_path / "store"
     shutil.copytree(tiny_store / "models" / "tiny-cnn", store / "models" / "tiny-cnn")
@@ -125,6 +127,7 @@ def test_adapt_page_refuses_a_zip_without_class_folders(tiny_store, tmp_path, mo
     assert not any(b.label == "Adapt" for b in at.button)
 
 
+@pytest.mark.slow
 def test_adapt_page_adapts_from_kept_cells_and_forgets_them(tiny_store, tmp_path, monkeypatch):
     store = tmp_path / "store"
     shutil.copytree(tiny_store / "models" / "tiny-cnn", store / "models" / "tiny-cnn")

@@ -15,6 +15,7 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers import REPO
 from PIL import Image
 from streamlit.testing.v1 import AppTest
@@ -157,6 +158,7 @@ def test_run_pages_show_the_fixture_run(tiny_store, tmp_path, monkeypatch):
     assert list(table["class"][-2:]) == ["macro average", "weighted average"]
 
 
+@pytest.mark.slow
 def test_model_comparison_runs_one_image_through_two_models(tiny_store, tmp_path, monkeypatch):
     at = _start(monkeypatch, tmp_path / "data")
     at.switch_page(PAGES[3]).run()

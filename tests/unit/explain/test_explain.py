@@ -28,6 +28,7 @@ def cnn(tiny_store):
     return load_model("tiny-cnn")
 
 
+@pytest.mark.slow
 def test_hybrid_gives_one_map_per_trunk_and_a_fused_map(hybrid):
     original = load_image(CELL)
     explanation = Explainer(hybrid).explain_pixels(
@@ -40,6 +41,7 @@ def test_hybrid_gives_one_map_per_trunk_and_a_fused_map(hybrid):
     assert explanation.target_class == hybrid.class_names[explanation.target_index]
 
 
+@pytest.mark.slow
 def test_explaining_never_changes_the_serving_model(hybrid):
     pixels = hybrid.load(CELL)
     before = hybrid.predict_pixels(pixels[None])
@@ -224,7 +226,7 @@ def test_cut_reads_xception_residual_above_the_finer_layers(hybrid):
     [
         pytest.param("gradcam", marks=pytest.mark.slow),
         pytest.param("gradcam++", marks=pytest.mark.slow),
-        "layercam",
+        pytest.param("layercam", marks=pytest.mark.slow),
     ],
 )
 def test_fine_layer_maps_equal_plain_tf_keras_vis(hybrid, method, monkeypatch):
@@ -267,6 +269,7 @@ def test_fine_layer_maps_equal_plain_tf_keras_vis(hybrid, method, monkeypatch):
     assert all(compared.values()), compared  # real maps among them, not only empty ones
 
 
+@pytest.mark.slow
 def test_card_names_the_default_method(hybrid):
     """explain_method in the card is what an explanation without a method uses."""
     from bcclassify.serving.classifier import ClassifierModel

@@ -15,7 +15,10 @@ from bcclassify.models.registry import REGISTRY, build, get_architecture, split_
 SMALL = {"inceptionv3": 75, "xception": 71, "hybrid": 75, "supcon-xception": 71}
 
 
-@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n == "densenet201" else n for n in ARCHITECTURES],
+)
 def test_every_architecture_builds_and_takes_a_training_step(name):
     import keras
 
@@ -74,6 +77,7 @@ def test_unknown_architecture_and_too_small_input_are_refused():
         build("hybrid", 64, weights="none")
 
 
+@pytest.mark.slow
 def test_split_model_cuts_at_the_registry_boundaries():
     model = build("hybrid", 75, weights="none")
     stem, top = split_model(model, get_architecture("hybrid").finetune_boundaries)
@@ -88,6 +92,7 @@ def test_split_model_cuts_at_the_registry_boundaries():
     assert all(id(layer) in shared for layer in top.layers if layer.weights)
 
 
+@pytest.mark.slow
 def test_keras_round_trip_is_identical_in_a_fresh_process(tmp_path):
     model = build("cnn", 32, weights="none")
     x = np.random.default_rng(2).uniform(0, 255, (3, 32, 32, 3)).astype("float32")

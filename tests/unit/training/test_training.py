@@ -220,6 +220,7 @@ def test_supcon_trains_contrastive_then_classifier(tmp_path, monkeypatch):
     assert read_json(run_dir / "run.json")["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_init_from_starts_from_another_runs_weights(tiny_store, tmp_path, monkeypatch):
     import shutil
 
@@ -275,6 +276,7 @@ def test_freeze_bn_keeps_pretrained_statistics_and_spares_scratch_layers():
         np.testing.assert_array_equal(np.array(layer.moving_mean), mean)
 
 
+@pytest.mark.slow
 def test_centre_crop_run_is_recorded_and_served_with_the_crop(tmp_path, monkeypatch):
     from bcclassify.evaluation.scoring import promote
     from bcclassify.serving.classifier import load_model
@@ -358,6 +360,7 @@ def test_keep_weights_best_keeps_improvements_and_last_keeps_every_epoch():
         keeps_epoch("first", 0.9, 0.8)
 
 
+@pytest.mark.slow
 def test_keep_weights_last_is_recorded_and_keeps_the_final_epoch(tmp_path, monkeypatch):
     monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path / "store"))
     config = TrainConfig(
