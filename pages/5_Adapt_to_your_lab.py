@@ -51,6 +51,7 @@ def main() -> None:
         st.info(f"No model installed. Install one first:\n\n```\n{PROMOTE_HINT}\n```")
         return
     source, name, per_class, seed = view.settings_ui(cards)
+    view.curve_ui(source, cards[source])
     kind = st.radio("Cells to adapt to", [ZIP, KEPT], horizontal=True, key="adapt_cells_from")
     if kind == KEPT:
         cells, label, keep = view.kept_cells_ui(secrets, who), "kept-cells", False

@@ -1,11 +1,16 @@
-"""Zero-shot vs adapted on another lab's cells (issue 12): reruns the README's figures.
+"""Zero-shot vs adapted on another lab's cells, and adapt's learning curve (issues 12 and 21).
 
-For each seed: ``adapt --from MODEL --cells DIR --per-class K --seed S --evaluate`` into a
-temporary store that links the installed source model (nothing is added to model_store/), then
-the before/after figures on the lab's cells that were not taken. Writes a JSON summary.
+For each cells-a-class K and each seed: ``adapt --from MODEL --cells DIR --per-class K --seed S
+--evaluate`` into a temporary store that links the installed source model (nothing is added to
+model_store/), then the before/after figures on the lab's cells that were not taken. Each draw
+is appended to the JSON file as soon as it is done, so a stopped study resumes where it was:
+draws already there for the same source weights are not run again.
 
     .venv/bin/python scripts/adapt_study.py --cells ../shared/data/ext-tecom \\
-        --seeds 0 1 2 --out docs/adapt-ext-tecom.json
+        --per-class 5 10 20 50 --seeds 0 1 2 3 4 --out docs/adapt-curve-ext-tecom.json
+
+``--write-card`` then puts the curve's summary into the source model's card (``adaptation_curve``
+section, through the card writer), which the Adapt page shows.
 """
 
 from __future__ import annotations
@@ -15,64 +20,106 @@ import json
 import os
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
+def read_study(path: Path, model: str, weights: str, cells: str) -> list[dict]:
+    """The draws already in ``path`` for this source model's weights and these cells."""
+    if not path.exists():
+        return []
+    study = json.loads(path.read_text())
+    if study.get("weights_id") != weights or study.get("cells") != cells:
+        return []  # another model or another set: start again (the file is rewritten)
+    return [row for row in study.get("runs", []) if study.get("model") == model]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="hybrid")
     parser.add_argument("--cells", default=str(REPO.parent / "shared/data/ext-tecom"))
-    parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--per-class", type=int, nargs="+", default=[10])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--out", default=str(REPO / "docs/adapt-ext-tecom.json"))
+    parser.add_argument("--out", default=str(REPO / "docs/adapt-curve-ext-tecom.json"))
+    parser.add_argument(
+        "--write-card",
+        action="store_true",
+        help="write the summary into the source model's card (after the draws)",
+    )
     args = parser.parse_args()
 
     from bcclassify.cli.quiet_tensorflow import import_tensorflow_quietly
-    from bcclassify.storage.store import models_dir
+    from bcclassify.lab.curve import record_curve, summarise_curve
+    from bcclassify.storage.cards import load_card, weights_id
+    from bcclassify.storage.store import atomic_write_bytes, models_dir
 
     source = models_dir() / args.model
-    import_tensorflow_quietly()
-    from bcclassify.lab.adapt import AdaptConfig, adapt
+    weights = weights_id(load_card(source))
+    cells_name = Path(args.cells).name
+    out = Path(args.out)
+    results = read_study(out, args.model, weights, cells_name)
+    done = {(row["per_class"], row["seed"]) for row in results}
 
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        # A temporary store in which the source model is a link: the adapted copies (and their
-        # run records) go away with it.
-        (Path(tmp) / "models").mkdir()
-        (Path(tmp) / "models" / args.model).symlink_to(source.resolve())
-        os.environ["BCCLASSIFY_STORE"] = tmp
-        for seed in args.seeds:
-            done = adapt(
-                AdaptConfig(
-                    source=args.model,
-                    cells=args.cells,
-                    name=f"{args.model}-study-{seed}",
-                    per_class=args.per_class,
-                    seed=seed,
-                    evaluate=True,
+    def save() -> dict:
+        study = {
+            "model": args.model,
+            "weights_id": weights,
+            "cells": cells_name,
+            "runs": sorted(results, key=lambda r: (r["per_class"], r["seed"])),
+        }
+        atomic_write_bytes(out, (json.dumps(study, indent=2) + "\n").encode())
+        return study
+
+    todo = [(k, s) for k in args.per_class for s in args.seeds if (k, s) not in done]
+    if todo:
+        import_tensorflow_quietly()
+        from bcclassify.lab.adapt import AdaptConfig, adapt, choose_cells, scan_cells
+
+        scanned = scan_cells(Path(args.cells))
+        with tempfile.TemporaryDirectory() as tmp:
+            # A temporary store in which the installed models (the source and the second
+            # opinion its card names) are links: the adapted copies and their run records go
+            # away with it.
+            (Path(tmp) / "models").mkdir()
+            for folder in models_dir().iterdir():
+                if not folder.name.startswith("."):
+                    (Path(tmp) / "models" / folder.name).symlink_to(folder.resolve())
+            os.environ["BCCLASSIFY_STORE"] = tmp
+            for per_class, seed in todo:
+                adapted = adapt(
+                    AdaptConfig(
+                        source=args.model,
+                        cells=args.cells,
+                        name=f"{args.model}-study-{per_class}-{seed}",
+                        per_class=per_class,
+                        seed=seed,
+                        evaluate=True,
+                    )
                 )
-            )
-            row = {
-                "seed": seed,
-                "taken": done.taken,
-                "held_back": done.held_back,
-                "adapt_seconds": done.fit_seconds,
-                "seconds_with_evaluation": done.seconds,
-                "temperature": done.card["calibration"]["temperature"],
-                **done.figures,
-            }
-            print(json.dumps(row), flush=True)
-            results.append(row)
-    summary = {
-        "model": args.model,
-        "cells": Path(args.cells).name,
-        "per_class": args.per_class,
-        "runs": results,
-    }
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+                _, rest = choose_cells(scanned, per_class, seed)
+                row = {
+                    "per_class": per_class,
+                    "seed": seed,
+                    "taken": adapted.taken,
+                    "held_back": adapted.held_back,
+                    "held_back_by_class": dict(Counter(name for _, name in rest)),
+                    "adapt_seconds": adapted.fit_seconds,
+                    "seconds_with_evaluation": adapted.seconds,
+                    "temperature": adapted.card["calibration"]["temperature"],
+                    **adapted.figures,
+                }
+                print(json.dumps(row), flush=True)
+                results.append(row)
+                save()
+    study = save()
+    summary = summarise_curve(study["runs"])
+    print(json.dumps(summary, indent=2))
+    if args.write_card:
+        record_curve(source, summary, cells=cells_name, study=out.name)
+        print(f"written into {source / 'card.json'}")
     return 0
 
 

@@ -23,8 +23,10 @@ from bcclassify.lab.adapt import (
     read_zip_cells,
     uninstall_adapted,
 )
+from bcclassify.lab.curve import curve_rows
 from bcclassify.lab.kept import KeptCells, KeptCellsError
 from bcclassify.presentation.adapt import (
+    curve_table,
     figures_table,
     installed_line,
     kept_counts_table,
@@ -32,6 +34,7 @@ from bcclassify.presentation.adapt import (
 )
 from bcclassify.presentation.pages import model_cards
 from bcclassify.review.reviews import default_data_dir as configured_data_dir  # one resolver
+from ui.figures import adaptation_curve_figure
 
 RESULT = "adapt_result"  # session key: the staged adaptation awaiting install or discard
 CONFIRM_FORGET = "adapt_confirm_forget"  # session key: the forget-all confirmation is showing
@@ -53,6 +56,21 @@ def settings_ui(cards: dict[str, dict]) -> tuple[str, str, int, int]:
     )
     seed = right.number_input("Seed (which cells are taken)", 0, 10**6, 0, key="adapt_seed")
     return source, name.strip(), int(per_class), int(seed)
+
+
+def curve_ui(source: str, card) -> None:
+    """What adapting ``source`` bought on other labs' cells, when its card has a learning curve."""
+    curves = curve_rows(card)
+    if not curves:
+        return
+    with st.expander(f"What adapting {source} bought elsewhere (learning curve)"):
+        for lab, rows in curves.items():
+            st.caption(
+                f"{lab}: each draw fits on K cells a class and is scored on the lab's other "
+                "cells; the worst draw is what your lab may get."
+            )
+            st.dataframe(curve_table(rows), hide_index=True, key=f"adapt_curve_{lab}")
+            st.plotly_chart(adaptation_curve_figure(rows, lab), key=f"adapt_curve_fig_{lab}")
 
 
 def refused_ui(what: str, exc: Exception) -> None:

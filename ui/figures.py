@@ -101,6 +101,35 @@ def learning_curve_figure(curves: dict[str, pd.DataFrame]):
     return fig
 
 
+def adaptation_curve_figure(rows: list[dict], lab: str):
+    """Adapt's accuracy on a lab's held-back cells against the cells a class it fitted on."""
+    ks = [r["per_class"] for r in rows]
+    fig = go.Figure()
+    for key, label, dash in (
+        ("accuracy_mean", "mean over draws", "solid"),
+        ("accuracy_worst", "worst draw", "dash"),
+        ("accuracy_before_mean", "before adapting", "dot"),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=ks,
+                y=[100 * r[key] for r in rows],
+                mode="lines+markers",
+                name=label,
+                line=dict(color="#2a6f97" if key != "accuracy_before_mean" else "#888", dash=dash),
+            )
+        )
+    fig.update_layout(
+        **_LAYOUT,
+        height=320,
+        title=f"Accuracy on {lab}'s cells not fitted on",
+        xaxis=dict(title="cells a class fitted on", type="log", tickvals=ks),
+        yaxis=dict(title="accuracy (%)", range=[0, 100]),
+        legend=dict(orientation="h", y=-0.3),
+    )
+    return fig
+
+
 def confusion_figure(
     matrix,
     class_names=CLASS_NAMES,

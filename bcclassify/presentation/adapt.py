@@ -30,6 +30,24 @@ def figures_table(figures: Mapping) -> pd.DataFrame:
     )
 
 
+def curve_table(rows: Sequence[Mapping]) -> pd.DataFrame:
+    """Adapt's learning curve on one lab (``lab.curve.summarise_curve`` rows), one row per K."""
+    return pd.DataFrame(
+        {
+            "cells a class": [r["per_class"] for r in rows],
+            "draws": [r["draws"] for r in rows],
+            "held back (mean)": [round(r["held_back_mean"]) for r in rows],
+            "accuracy before": [percent(r["accuracy_before_mean"]) for r in rows],
+            "accuracy after (mean)": [percent(r["accuracy_mean"]) for r in rows],
+            "accuracy after (worst draw)": [percent(r["accuracy_worst"]) for r in rows],
+            "flagged (mean)": [percent(r["flagged_mean"]) for r in rows],
+            "wrong and not flagged (worst draw)": [
+                percent(r["wrong_and_unflagged_worst"]) for r in rows
+            ],
+        }
+    )
+
+
 def split_table(cells: Mapping[str, Sequence], taken: Sequence, rest: Sequence) -> pd.DataFrame:
     """Per class: the cells given, those to fit on and those held back to score."""
     return pd.DataFrame(
