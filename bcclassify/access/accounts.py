@@ -10,7 +10,6 @@ with ``python -m bcclassify users add|list|remove``.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 import tomllib
@@ -19,9 +18,10 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from bcclassify.access.private_json import read_table_file, write_private_json
 from bcclassify.access.roles import Role, parse_role
-from bcclassify.review.reviews import default_data_dir, make_private_dir
-from bcclassify.storage.store import REPO_ROOT, atomic_write_bytes
+from bcclassify.review.reviews import default_data_dir
+from bcclassify.storage.store import REPO_ROOT
 
 __all__ = [
     "ACCOUNTS_ENV",
@@ -82,21 +82,7 @@ def accounts_path(secrets: dict | None = None) -> Path:
 
 
 def _read(path: Path) -> dict:
-    if not path.is_file():
-        return {"version": 1, "users": {}}
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise AccountError(f"{path}: the account file cannot be read ({exc})") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("users"), dict):
-        raise AccountError(f"{path}: not an account file (no 'users' table)")
-    return payload
-
-
-def _write(path: Path, payload: dict) -> None:
-    """Replace the file atomically; the new file is 0600 before it holds any hash."""
-    make_private_dir(path.parent)
-    atomic_write_bytes(path, json.dumps(payload, indent=2, sort_keys=True).encode(), mode=0o600)
+    return read_table_file(path, "users", "account file", AccountError)
 
 
 def check_name(name: str) -> str:
@@ -141,7 +127,7 @@ def add_user(
         # Sessions remember the generation they logged in with; a new password ends them.
         "generation": _generation_of(previous) + 1,
     }
-    _write(path, payload)
+    write_private_json(path, payload)
 
 
 def set_role(path: Path, name: str, role: Role) -> None:
@@ -150,7 +136,7 @@ def set_role(path: Path, name: str, role: Role) -> None:
     if name not in payload["users"]:
         raise AccountError(f"no user {name!r} in {path}")
     payload["users"][name]["role"] = str(Role(role))
-    _write(path, payload)
+    write_private_json(path, payload)
 
 
 def user_role(path: Path, name: str) -> Role | None:
@@ -183,7 +169,7 @@ def remove_user(path: Path, name: str) -> None:
     if name not in payload["users"]:
         raise AccountError(f"no user {name!r} in {path}")
     del payload["users"][name]
-    _write(path, payload)
+    write_private_json(path, payload)
 
 
 def has_accounts(path: Path) -> bool:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import json
 import secrets
 from pathlib import Path
 
 from bcclassify.access.accounts import NAME_PATTERN
-from bcclassify.review.reviews import default_data_dir, make_private_dir
-from bcclassify.storage.store import atomic_write_bytes
+from bcclassify.access.private_json import read_table_file, write_private_json
+from bcclassify.review.reviews import default_data_dir
 
 __all__ = [
     "TOKENS_NAME",
@@ -50,20 +49,7 @@ def _digest(token: str) -> str:
 
 
 def _read(path: Path) -> dict:
-    if not path.is_file():
-        return {"version": 1, "clients": {}}
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise TokenError(f"{path}: the token file cannot be read ({exc})") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("clients"), dict):
-        raise TokenError(f"{path}: not a token file (no 'clients' table)")
-    return payload
-
-
-def _write(path: Path, payload: dict) -> None:
-    make_private_dir(path.parent)
-    atomic_write_bytes(path, json.dumps(payload, indent=2, sort_keys=True).encode(), mode=0o600)
+    return read_table_file(path, "clients", "token file", TokenError)
 
 
 def add_token(path: Path, client: str) -> str:
@@ -84,7 +70,7 @@ def add_token(path: Path, client: str) -> str:
         "sha256": _digest(token),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    _write(path, payload)
+    write_private_json(path, payload)
     return token
 
 
@@ -99,7 +85,7 @@ def revoke_token(path: Path, client: str) -> None:
     if client not in payload["clients"]:
         raise TokenError(f"no client {client!r} in {path}")
     del payload["clients"][client]
-    _write(path, payload)
+    write_private_json(path, payload)
 
 
 def client_for_token(path: Path, token: str | None) -> str | None:
