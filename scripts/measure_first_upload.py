@@ -16,43 +16,21 @@ import argparse
 import json
 import os
 import re
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bcclassify import CLASS_LABELS  # noqa: E402 (after the path is set)
+from bcclassify.cli.app_server import served_app  # noqa: E402
 
 EXAMPLE = REPO / "bcclassify" / "examples" / "pbc" / "lymphocyte" / "LY_107981.jpg"
 CHROMIUM = "/usr/bin/chromium"
 LIMIT_MS = 300_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the app exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
 
 
 def one_fresh_server(
@@ -60,51 +38,34 @@ def one_fresh_server(
 ) -> dict[str, float]:
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    flags = ["--server.headless", "true", "--server.port", str(port)]
-    flags += ["--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
-    command = (
-        [sys.executable, "app.py", *flags]
-        if launch == "python"
-        else [sys.executable, "-m", "streamlit", "run", "app.py", *flags]
-    )
     env = {
         **os.environ,
         "BCCLASSIFY_STORE": str(store),
         "BCCLASSIFY_DATA_DIR": str(log_dir / "data"),
         "TF_CPP_MIN_LOG_LEVEL": "3",
     }
-    url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
-    with (log_dir / f"app-{port}.log").open("wb") as log:
-        server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_healthy(url, server)
-            healthy = time.monotonic() - started
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(
-                    executable_path=CHROMIUM, args=["--headless", "--no-sandbox"]
-                )
-                page = browser.new_page(viewport={"width": 1400, "height": 1600})
-                page.goto(url)
-                page.get_by_role("heading", name="Classify blood cells").wait_for(timeout=LIMIT_MS)
-                page_open = time.monotonic() - started
-                time.sleep(think_s)  # a user choosing a file
-                upload = time.monotonic()
-                page.locator('input[type="file"]').first.set_input_files(str(EXAMPLE))
-                labels = re.compile("|".join([*CLASS_LABELS.values(), "Unidentified"]))
-                heading = page.get_by_role("heading", level=3).filter(has_text=labels).first
-                heading.wait_for(timeout=LIMIT_MS)
-                to_result = time.monotonic() - upload
-                page.get_by_text("· Fused").first.wait_for(timeout=LIMIT_MS)
-                to_maps = time.monotonic() - upload
-                browser.close()
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+    log = log_dir / f"app-{time.time_ns()}.log"
+    with served_app(env, log, launch, timeout_s=120) as url:
+        healthy = time.monotonic() - started
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, args=["--headless", "--no-sandbox"]
+            )
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page.goto(url)
+            page.get_by_role("heading", name="Classify blood cells").wait_for(timeout=LIMIT_MS)
+            page_open = time.monotonic() - started
+            time.sleep(think_s)  # a user choosing a file
+            upload = time.monotonic()
+            page.locator('input[type="file"]').first.set_input_files(str(EXAMPLE))
+            labels = re.compile("|".join([*CLASS_LABELS.values(), "Unidentified"]))
+            heading = page.get_by_role("heading", level=3).filter(has_text=labels).first
+            heading.wait_for(timeout=LIMIT_MS)
+            to_result = time.monotonic() - upload
+            page.get_by_text("· Fused").first.wait_for(timeout=LIMIT_MS)
+            to_maps = time.monotonic() - upload
+            browser.close()
     return {
         "start_to_healthy_s": round(healthy, 2),
         "start_to_page_s": round(page_open, 2),

@@ -12,12 +12,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -27,6 +23,7 @@ from helpers import REPO
 from bcclassify import CLASS_LABELS
 from bcclassify.access import accounts
 from bcclassify.access.roles import Role
+from bcclassify.cli.app_server import served_app
 
 pytestmark = pytest.mark.browser
 
@@ -45,26 +42,6 @@ SLOW_MS = 240_000  # first classification loads TensorFlow and builds the Grad-C
 REVIEWER, PASSWORD = "qa.reviewer", "browser test password"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
-
-
 def _adapt_store(tiny_store, tmp_path) -> Path | None:
     """The store the test's server uses when it may install models into it: a copy of the tiny
     store (the session's own is shared), or None when a real store is served for screenshots."""
@@ -79,7 +56,6 @@ def _adapt_store(tiny_store, tmp_path) -> Path | None:
 @pytest.fixture()
 def app_url(tiny_store, tmp_path):
     """The app served on a free local port for one test; the server is always stopped."""
-    port = _free_port()
     store = _adapt_store(tiny_store, tmp_path)
     env = {
         **os.environ,
@@ -88,26 +64,9 @@ def app_url(tiny_store, tmp_path):
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "BCCLASSIFY_PRELOAD": "1",  # as a user's server: the default loads when the page opens
     }
-    command = [  # the README's quick start: `python app.py`, which serves it with streamlit
-        sys.executable, str(REPO / "app.py"),
-        "--server.headless", "true", "--server.port", str(port),
-        "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-        "--browser.gatherUsageStats", "false",
-    ]  # fmt: skip
-    log = (tmp_path / "streamlit.log").open("wb")
-    server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, server)
+    # The README's quick start: `python app.py`, which serves it with streamlit.
+    with served_app(env, tmp_path / "streamlit.log", timeout_s=90) as url:
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
 
 
 def _wait_until_drawn(page) -> None:

@@ -10,16 +10,15 @@ in, with its role, while anyone else the provider vouches for is refused.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from helpers import REPO
-from test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _wait_healthy
+from test_browser import CHROMIUM, CHROMIUM_ARGS
+
+from bcclassify.cli.app_server import free_port, served_app
 
 pytestmark = pytest.mark.browser
 
@@ -124,7 +123,7 @@ def provider():
 @pytest.fixture()
 def signed_on_app(provider, tmp_path):
     """The app with an [auth] section for ``provider`` and a one-address allow-list."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     secrets = tmp_path / "secrets.toml"
     secrets.write_text(
@@ -147,26 +146,13 @@ server_metadata_url = "{provider.url}/.well-known/openid-configuration"
         "BCCLASSIFY_DATA_DIR": str(tmp_path / "data"),
         "TF_CPP_MIN_LOG_LEVEL": "3",
     }
-    command = [
-        sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"),
-        "--server.headless", "true", "--server.port", str(port),
-        "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-        "--browser.gatherUsageStats", "false", "--secrets.files", str(secrets),
-    ]  # fmt: skip
-    log = (tmp_path / "streamlit.log").open("wb")
-    server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log = tmp_path / "streamlit.log"
     try:
-        _wait_healthy(url, server)
-        yield url
+        flags = ["--secrets.files", str(secrets)]
+        with served_app(env, log, "streamlit", flags, 90, port):
+            yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
-        print((tmp_path / "streamlit.log").read_text()[-3000:])
+        print(log.read_text()[-3000:])
 
 
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian chromium not installed")

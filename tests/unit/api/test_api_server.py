@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from PIL import Image
 
 from bcclassify import CLASS_NAMES
 from bcclassify.access import tokens
+from bcclassify.cli.app_server import free_port
 from bcclassify.serving.classifier import prediction_json
 from bcclassify.storage.store import sha256_bytes, sha256_file
 
@@ -34,18 +34,12 @@ CELLS = sorted(FIXTURE_IMAGES.rglob("*.jpg"))[:3]
 HAS_CASES = importlib.util.find_spec("bcclassify.review.cases") is not None
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_store, tmp_path_factory):
     """(base url, token, data dir) of a running server; stopped after the module."""
     data_dir = tmp_path_factory.mktemp("api-data")
     token = tokens.add_token(data_dir / tokens.TOKENS_NAME, "lis")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "BCCLASSIFY_STORE": str(tiny_store),
