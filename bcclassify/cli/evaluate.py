@@ -44,6 +44,12 @@ def add_evaluate(sub: SubParsers) -> None:
         "rot180); default: a run's image as given, an installed model's card",
     )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="with --model and --data: write the figures into the model's card (its "
+        "'evaluations' section, keyed by the data folder's name)",
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -54,6 +60,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return _evaluate_ood(args)
     if not args.data:
         raise UsageError("give --data DIR (a dataset with class folders) or, with --model, --ood")
+    if args.record and (not args.model or args.views):
+        raise UsageError("--record takes --model NAME as served (without --views)")
     start_tensorflow()
     try:
         metrics = evaluate(
@@ -65,6 +73,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         )
     except (FileNotFoundError, LookupError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    if args.record:
+        from bcclassify.data.datasets import scan_dataset
+        from bcclassify.evaluation.scoring import record_evaluation
+
+        record_evaluation(args.model, metrics, scan_dataset(args.data).manifest_hash())
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:

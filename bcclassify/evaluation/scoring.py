@@ -324,3 +324,37 @@ def card_for_run(run_dir: Path, name: str, threshold: float = DEFAULT_THRESHOLD)
         },
         "dataset_credit": DATASET_CREDIT,
     }
+
+
+EVALUATIONS_KEY = "evaluations"  # the card's figures on other sets, by the set's folder name
+
+
+def record_evaluation(name: str, metrics: dict, manifest: str | None = None) -> dict:
+    """Write ``evaluate``'s figures for installed model ``name`` into its card.
+
+    Under ``evaluations``, keyed by the data folder's name (ext-tecom, pbc-originals, …): the
+    accuracy and macro-F1, and, for the model as served, the reviewer-facing figures (flagged,
+    unidentified, wrong and not flagged, ECE); with the scope, the views, the data manifest's
+    sha256 and the command that reproduces it. Returns the section written.
+    """
+    from bcclassify.storage.cards import load_card
+    from bcclassify.storage.runs import utc_now
+
+    data = Path(metrics["data"])
+    entry = {
+        "data": data.name,
+        "data_manifest_sha256": manifest,
+        "scope": metrics["scope"],
+        "num_samples": metrics["num_samples"],
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "test_time_views": metrics["test_time_views"],
+        "trust": metrics.get("trust"),
+        "evaluated": utc_now(),
+        "command": f"python -m bcclassify evaluate --model {name} --data {data} --record",
+    }
+    folder = models_dir() / name
+    card = load_card(folder)
+    section = {**(card.get(EVALUATIONS_KEY) or {}), data.name: entry}
+    write_card(folder, card.updated(**{EVALUATIONS_KEY: section}))
+    return entry

@@ -34,6 +34,25 @@ def test_evaluate_model_on_another_folder_scores_every_image(cli, tmp_path):
     assert re.search(r"< 0\.60: \d+ flagged \(\d+\.\d%\)", result.stdout)
 
 
+def test_evaluate_record_writes_the_figures_into_a_sealed_card(tiny_store, cli, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    folder = tmp_path / "other"
+    shutil.copytree(FIXTURE_IMAGES / "platelet", folder / "platelet")
+    args = ["evaluate", "--model", "tiny-cnn", "--data", str(folder), "--json", "--record"]
+    metrics = json.loads(cli(args, store, True).stdout)
+    card = read_json(store / "models" / "tiny-cnn" / "card.json")
+    entry = card["evaluations"]["other"]
+    assert entry["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert entry["num_samples"] == 2 and entry["scope"] == "every image in the folder"
+    assert len(entry["data_manifest_sha256"]) == 64
+    assert entry["command"].endswith(f"--data {folder} --record")
+    # The card is resealed, so the model still loads; --record needs a model as served.
+    assert cli(["predict", "--model", "tiny-cnn", str(folder)], store).returncode == 0
+    refused = cli(["evaluate", "--run", "fixture-cnn-32px", "--data", str(folder), "--record"])
+    assert refused.returncode == 2 and "--record takes --model" in refused.stderr
+
+
 def test_promote_writes_a_verified_card_and_can_set_the_default(tiny_store, cli, tmp_path):
     store = tmp_path / "store"
     shutil.copytree(tiny_store, store)
