@@ -21,7 +21,7 @@ from bcclassify.serving.classifier import (
     load_model_folder,
     predict_with_views,
 )
-from bcclassify.storage.cards import write_card
+from bcclassify.storage.cards import ModelCard, write_card
 from bcclassify.storage.runs import RunRecord, headline
 from bcclassify.storage.store import (
     default_model_name,
@@ -231,7 +231,7 @@ def promote(
     make_default: bool = False,
     threshold: float | None = None,
     views: Sequence[str] | None = None,
-) -> dict:
+) -> ModelCard:
     """Install a finished run's model as ``model_store/models/<name>/`` with its card.
 
     With test-time ``views``, the exported model (float16 weights and all) is scored on the
@@ -266,10 +266,15 @@ def promote(
             record.config()["data"],
             predictions_to=staging / SERVED_PREDICTIONS,
         )
-        card["single_view_test_metrics"] = card["test_metrics"]
-        card["test_metrics"] = {key: served[key] for key in SERVED_METRICS}
-        card["files_sha256"][SERVED_PREDICTIONS] = sha256_file(staging / SERVED_PREDICTIONS)
-        write_card(staging, card)
+        files = {**card.files_sha256, SERVED_PREDICTIONS: sha256_file(staging / SERVED_PREDICTIONS)}
+        card = write_card(
+            staging,
+            card.updated(
+                single_view_test_metrics=card.test_metrics,
+                test_metrics={key: served[key] for key in SERVED_METRICS},
+                files_sha256=files,
+            ),
+        )
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)

@@ -329,7 +329,7 @@ class Adapted:
     """What :func:`adapt` did: the installed card, the run folder and (with evaluate) figures."""
 
     name: str
-    card: dict
+    card: ModelCard
     run_dir: Path
     taken: int
     held_back: int
@@ -476,6 +476,9 @@ def adapt(
                 "single_view_test_metrics",
                 "exported",
                 "installed",
+                # The source's figures on other sets and its learning curve describe the source.
+                "evaluations",
+                "adaptation_curve",
             )
         }
         card.update(
@@ -542,7 +545,7 @@ def adapt(
             file_name = f"{Path(NOVELTY_FILE).stem}-{digest[:12]}.npz"
             staged.replace(staging / file_name)
             source_section = source.card.get("novelty") or {}
-            card["novelty"] = {
+            novelty = {
                 "method": detector.method,
                 "k": detector.k,
                 "features": source_section.get("features"),
@@ -552,8 +555,8 @@ def adapt(
                 "threshold_rule": f"the source model's ({source_section.get('threshold_rule')})",
                 "file": file_name,
             }
-            card["files_sha256"] = dict(sorted({**card["files_sha256"], file_name: digest}.items()))
-            write_card(staging, card)
+            files = dict(sorted({**card.files_sha256, file_name: digest}.items()))
+            card = write_card(staging, card.updated(novelty=novelty, files_sha256=files))
         if install:
             staging.replace(models_dir() / config.name)
             record_install(models_dir() / config.name, identity)

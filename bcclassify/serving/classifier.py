@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +24,13 @@ from bcclassify.data.imaging import DecoderBusyError, ImageLoadError, ImageSourc
 from bcclassify.serving.acquisition import AcquisitionRange, summaries
 from bcclassify.serving.second_opinion import CARD_KEY as SECOND_OPINION_KEY
 from bcclassify.serving.second_opinion import SecondOpinion, SecondOpinionConfig
-from bcclassify.storage.cards import CardError, card_seal_problem, load_card, write_card
+from bcclassify.storage.cards import (
+    CardError,
+    ModelCard,
+    card_seal_problem,
+    load_card,
+    write_card,
+)
 from bcclassify.storage.store import default_model_name, models_dir, sha256_file
 
 __all__ = [
@@ -112,7 +118,7 @@ class ModelIntegrityError(RuntimeError):
     pass
 
 
-def export_model(model, folder: Path, card: dict) -> dict:
+def export_model(model, folder: Path, card: Mapping) -> ModelCard:
     """Write ``model`` to ``folder`` in the installed format; returns the completed card."""
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("weights-*.npz"):
@@ -146,8 +152,7 @@ def export_model(model, folder: Path, card: dict) -> dict:
         "files_sha256": {name: sha256_file(folder / name) for name in sorted(files)},
         "exported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    write_card(folder, card)
-    return card
+    return write_card(folder, card)
 
 
 WEIGHT_FILES = "weights-*.npz"
@@ -158,15 +163,15 @@ RESEAL = (
 )
 
 
-def read_card(folder: Path) -> dict:
-    """``folder/card.json`` as a dict, or :class:`ModelIntegrityError` saying why it is unusable."""
+def read_card(folder: Path) -> ModelCard:
+    """``folder/card.json``, or :class:`ModelIntegrityError` saying why it is unusable."""
     try:
-        return load_card(folder).to_json()
+        return load_card(folder)
     except CardError as exc:
         raise ModelIntegrityError(f"{exc}; {REINSTALL}") from None
 
 
-def listed_files(folder: Path, card: dict, sealed: bool = True) -> dict[str, str]:
+def listed_files(folder: Path, card: Mapping, sealed: bool = True) -> dict[str, str]:
     """The card's ``files_sha256``, checked to describe this folder completely.
 
     The card is the only list of what makes up the model: a card without checksums, a name that
@@ -205,7 +210,7 @@ def listed_files(folder: Path, card: dict, sealed: bool = True) -> dict[str, str
     return files
 
 
-def _verify(folder: Path, card: dict) -> None:
+def _verify(folder: Path, card: Mapping) -> None:
     """Every file the card lists exists and matches its sha256 (see :func:`listed_files`)."""
     verify_files(folder, listed_files(folder, card))
 
@@ -224,7 +229,7 @@ def verify_files(folder: Path, files: dict[str, str]) -> None:
             )
 
 
-def verify_model_folder(folder: Path) -> dict:
+def verify_model_folder(folder: Path) -> ModelCard:
     """Check every file of the model in ``folder`` (installed or staged) against its card;
     returns the card, or raises :class:`ModelIntegrityError`."""
     card = read_card(folder)
@@ -232,7 +237,7 @@ def verify_model_folder(folder: Path) -> dict:
     return card
 
 
-def verify_model_files(name: str | None = None) -> dict:
+def verify_model_files(name: str | None = None) -> ModelCard:
     """Check every file of an installed model against its card; returns the card."""
     folder = models_dir() / resolve_model_name(name)
     card = read_card(folder)
@@ -347,7 +352,7 @@ class ClassifierModel:
 
     name: str
     folder: Path
-    card: dict
+    card: ModelCard
     model: object
     class_names: tuple[str, ...] = CLASS_NAMES
     _forward: object = field(default=None, repr=False)
@@ -366,7 +371,7 @@ class ClassifierModel:
 
     @property
     def image_size(self) -> int:
-        return int(self.card["image_size"])
+        return int(self.card.image_size)
 
     @property
     def threshold(self) -> float:
@@ -554,7 +559,7 @@ def zero_initialisers(config):
     return config
 
 
-def _load_novelty(folder: Path, card: dict, files: dict[str, str]):
+def _load_novelty(folder: Path, card: Mapping, files: dict[str, str]):
     """The card's novelty detector (``unidentified`` flag), from a file the card checksums."""
     from bcclassify.serving.trust import NoveltyDetector  # lazy: trust imports this module
 

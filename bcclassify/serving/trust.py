@@ -13,6 +13,7 @@ weights (``novelty.npz``, checksummed in the card):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -583,7 +584,7 @@ def calibrate_model(
     return card
 
 
-def _own_split(model_name: str, card: dict, data: str | Path):
+def _own_split(model_name: str, card: Mapping, data: str | Path):
     """(dataset, split, seed) of the model's own training data, recomputed from its card."""
     from bcclassify.data.datasets import scan_dataset, train_val_test_split
 
@@ -607,7 +608,7 @@ def _own_split(model_name: str, card: dict, data: str | Path):
 ACQUISITION_TRAIN_LIMIT = 3000  # training images the range is fitted on (a few seconds each 100)
 
 
-def _fit_acquisition(card: dict, dataset, split, seed: int):
+def _fit_acquisition(card: Mapping, dataset, split, seed: int):
     """The acquisition range of the training split's images (at most ACQUISITION_TRAIN_LIMIT,
     seeded), and a function telling which of some image paths lie outside it."""
     from bcclassify.serving.acquisition import file_summaries, fit_range

@@ -30,7 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from bcclassify.storage.store import (
 CARD_FILE = "card.json"
 CARD_CHECKSUM_FILE = "card.sha256"  # the card's own sha256, written with it by write_card
 HISTORY_DIR = ".card-history"  # under models/: hidden, so never taken for an installed model
+_ABSENT = object()
 
 
 class CardError(ValueError):
@@ -53,8 +54,12 @@ class CardError(ValueError):
 
 
 @dataclass
-class ModelCard:
-    """An installed model's card.json: the fields read by name, every other section kept."""
+class ModelCard(Mapping[str, Any]):
+    """An installed model's card.json: the fields read by name, every other section kept.
+
+    It is also a read-only mapping of card.json's keys (``card["calibration"]``, ``"novelty" in
+    card``, ``dict(card)``), so code reading an optional section needs no second card type.
+    """
 
     name: str | None = None
     architecture: str | None = None
@@ -76,12 +81,12 @@ class ModelCard:
     # Every other key of the card (calibration, novelty, faithfulness, …), as read.
     sections: dict[str, Any] = field(default_factory=dict)
     # The card's keys in file order, so a card written back keeps its layout.
-    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    key_order: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
     def typed_fields(cls) -> tuple[str, ...]:
         """The card keys read into named fields (the rest stay in ``sections``)."""
-        return tuple(f.name for f in fields(cls) if f.name not in ("sections", "keys"))
+        return tuple(f.name for f in fields(cls) if f.name not in ("sections", "key_order"))
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelCard:
@@ -89,7 +94,7 @@ class ModelCard:
         return cls(
             **{k: v for k, v in data.items() if k in typed},
             sections={k: v for k, v in data.items() if k not in typed},
-            keys=tuple(data),
+            key_order=tuple(data),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -98,9 +103,9 @@ class ModelCard:
         A field that is None and was not in the card stays absent, so no key is added.
         """
         values = {k: getattr(self, k) for k in self.typed_fields()}
-        values = {k: v for k, v in values.items() if v is not None or k in self.keys}
+        values = {k: v for k, v in values.items() if v is not None or k in self.key_order}
         values.update(self.sections)
-        out = {k: values[k] for k in self.keys if k in values}
+        out = {k: values[k] for k in self.key_order if k in values}
         out.update((k, v) for k, v in values.items() if k not in out)
         return out
 
@@ -122,7 +127,25 @@ class ModelCard:
 
     def get(self, key: str, default: Any = None) -> Any:
         """Any key of the card as written, typed or not (for the optional sections)."""
-        return self.to_json().get(key, default)
+        if key in self.sections:
+            return self.sections[key]
+        if key in _TYPED:
+            value = getattr(self, key)
+            if value is not None or key in self.key_order:
+                return value
+        return default
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.get(key, _ABSENT)
+        if value is _ABSENT:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_json())
+
+    def __len__(self) -> int:
+        return len(self.to_json())
 
     @property
     def accuracy(self) -> float | None:
@@ -136,6 +159,9 @@ class ModelCard:
     def views(self) -> list[str]:
         """The test-time views the model averages (the image as given when none)."""
         return list(self.test_time_views or ["identity"])
+
+
+_TYPED = frozenset(ModelCard.typed_fields())
 
 
 def load_card(folder: Path) -> ModelCard:
