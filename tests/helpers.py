@@ -165,3 +165,34 @@ def pnm16(samples: np.ndarray, maxval: int = 65535) -> bytes:
     height, width = samples.shape[:2]
     magic = b"P5" if samples.ndim == 2 else b"P6"
     return magic + f"\n{width} {height}\n{maxval}\n".encode() + samples.astype(">u2").tobytes()
+
+
+def variants_store(tmp_path: Path) -> tuple[Path, Path]:
+    """A store with an untrained 32 px CNN 'trained on' 64 distinct cells made from the fixture
+    images (mirrored and rotated), so the split has training, validation and test cells."""
+    from bcclassify import CLASS_NAMES
+    from bcclassify.data.datasets import scan_dataset
+    from bcclassify.models.registry import build
+    from bcclassify.serving.classifier import export_model
+
+    data = tmp_path / "cells"
+    for path in FIXTURE_IMAGES.rglob("*.jpg"):
+        (data / path.parent.name).mkdir(parents=True, exist_ok=True)
+        img = Image.open(path).convert("RGB")
+        for k, view in enumerate(
+            [img, img.transpose(Image.FLIP_LEFT_RIGHT), img.rotate(90), img.rotate(270)]
+        ):
+            view.save(data / path.parent.name / f"{path.stem}-{k}.png")
+    store = tmp_path / "store"
+    card = {
+        "name": "tiny-cnn",
+        "architecture": "cnn",
+        "image_size": 32,
+        "class_names": list(CLASS_NAMES),
+        "training_data": {"manifest_sha256": scan_dataset(data).manifest_hash()},
+        "training_config": {"seed": 42},
+    }
+    export_model(
+        build("cnn", 32, len(CLASS_NAMES), weights="none"), store / "models" / "tiny-cnn", card
+    )
+    return store, data

@@ -447,6 +447,25 @@ class ClassifierModel:
     def load(self, source: ImageSource, name: str | None = None) -> np.ndarray:
         return load_image(source, self.image_size, name=name)
 
+    def classify_pixels(self, pixels: np.ndarray, names: Sequence[str]) -> list[Prediction]:
+        """The served answer for a batch already loaded (:meth:`load`): calibrated
+        probabilities, novelty and the second opinion's support, one Prediction per image."""
+        probs, novelty = self.assess_pixels(pixels)
+        support = self.second_support(pixels, probs)
+        rows = []
+        for n, (name, row) in enumerate(zip(names, probs)):
+            prediction = Prediction(
+                name, row, threshold=self.threshold, class_names=self.class_names
+            )
+            if novelty is not None:
+                prediction.novelty = float(novelty[n])
+                prediction.novelty_threshold = self.unidentified_threshold
+            if support is not None:
+                prediction.second_support = float(support[n])
+                prediction.min_support = self.second_opinion.min_support
+            rows.append(prediction)
+        return rows
+
     def classify(
         self,
         sources: Sequence[tuple[str, ImageSource]],
@@ -461,16 +480,9 @@ class ClassifierModel:
             if not pending:
                 return
             pixels = np.stack([p for _, p in pending])
-            probs, novelty = self.assess_pixels(pixels)
-            support = self.second_support(pixels, probs)
-            for n, ((index, _), row) in enumerate(zip(pending, probs)):
-                results[index].probabilities = row
-                if novelty is not None:
-                    results[index].novelty = float(novelty[n])
-                    results[index].novelty_threshold = self.unidentified_threshold
-                if support is not None:
-                    results[index].second_support = float(support[n])
-                    results[index].min_support = self.second_opinion.min_support
+            rows = self.classify_pixels(pixels, [results[i].path for i, _ in pending])
+            for (index, _), row in zip(pending, rows):
+                results[index] = row
             pending.clear()
 
         for done, (label, source) in enumerate(sources, start=1):

@@ -677,7 +677,7 @@ def fit_second_opinion(
     support floor chosen on ``name``'s own validation split so that disputes add at most
     ``budget`` to the cells flagged there (second_opinion.choose_min_support). Writes the card's
     ``second_opinion`` section and returns the new card."""
-    from bcclassify.serving.classifier import iter_sources, load_model
+    from bcclassify.serving.classifier import load_model
     from bcclassify.serving.second_opinion import (
         CARD_KEY,
         choose_min_support,
@@ -697,8 +697,8 @@ def fit_second_opinion(
     served, support_rows, flagged = [], [], []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
-        predictions = classifier.classify(iter_sources(chunk), batch_size=batch_size)
-        pixels = np.stack([classifier.load(p) for p in chunk])
+        pixels = np.stack([classifier.load(p) for p in chunk])  # decoded once for both models
+        predictions = classifier.classify_pixels(pixels, [str(p) for p in chunk])
         probabilities = np.stack([p.probabilities for p in predictions])
         served.append(probabilities)
         support_rows.append(other.predict_pixels(resize_batch(pixels, other.image_size)))

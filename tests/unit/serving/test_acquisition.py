@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import FIXTURE_IMAGES
+from helpers import FIXTURE_IMAGES, variants_store
 from PIL import Image
 
 from bcclassify.serving.acquisition import STATISTICS, AcquisitionRange, fit_range, summaries
@@ -64,9 +64,8 @@ def test_the_range_keeps_its_own_images_and_refuses_another_labs():
 
 
 def test_calibrate_fits_the_range_and_predict_flags_images_outside_it(tmp_path, cli):
-    from test_unidentified import _variants_store
 
-    store, data = _variants_store(tmp_path)
+    store, data = variants_store(tmp_path)
     result = cli(
         ["calibrate", "--model", "tiny-cnn", "--data", data, "--acquisition-only"], store=store
     )

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import FIXTURE_IMAGES
+from helpers import FIXTURE_IMAGES, variants_store
 
 from bcclassify.serving.second_opinion import (
     SecondOpinionConfig,
@@ -87,3 +87,31 @@ def test_served_predictions_are_disputed_where_the_second_model_gives_little(
             assert s.flag == "disputed"
     assert any(s.flag == "disputed" for s in strict)
     assert not any(p.flag == "disputed" for p in lenient)
+
+
+def test_fitting_a_second_opinion_decodes_each_validation_image_once(tmp_path, monkeypatch):
+    from bcclassify.serving import classifier as serving
+    from bcclassify.serving.trust import fit_second_opinion
+
+    store, data = variants_store(tmp_path)
+    shutil.copytree(store / "models" / "tiny-cnn", store / "models" / "tiny-cnn-b")
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    decoded: list[str] = []
+    real_load = serving.load_image
+
+    def counting_load(source, size, name=None):
+        decoded.append(str(source))
+        return real_load(source, size, name=name)
+
+    monkeypatch.setattr(serving, "load_image", counting_load)
+    card = fit_second_opinion("tiny-cnn", "tiny-cnn-b", data, budget=0.5)
+
+    section = card["second_opinion"]
+    validation = section["validation"]
+    assert section["model"] == "tiny-cnn-b" and 0 < section["min_support"] < 1
+    assert validation["extra_flagged_fraction"] <= 0.5
+    cells = int(section["chosen_on"].split("(")[1].split()[0])
+    assert cells > 0 and len(decoded) == cells == len(set(decoded))
+    # Written through the card writer: the model loads with its second opinion.
+    served = serving.load_model("tiny-cnn")
+    assert served.second_opinion is not None and served.second_opinion.model.name == "tiny-cnn-b"

@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import FIXTURE_IMAGES, REPO, SHARED
+from helpers import FIXTURE_IMAGES, REPO, SHARED, variants_store
 from PIL import Image, ImageDraw, ImageFont
 
 FLAGS = {"", "low_confidence", "unidentified", "error"}
@@ -24,39 +24,8 @@ def _write_noise(folder, count: int, seed: int) -> None:
         Image.fromarray(pixels).save(folder / f"noise-{i}.png")
 
 
-def _variants_store(tmp_path):
-    """A store with an untrained 32 px CNN 'trained on' 64 distinct cells made from the fixture
-    images (mirrored and rotated), so the split has training, validation and test cells."""
-    from bcclassify import CLASS_NAMES
-    from bcclassify.data.datasets import scan_dataset
-    from bcclassify.models.registry import build
-    from bcclassify.serving.classifier import export_model
-
-    data = tmp_path / "cells"
-    for path in FIXTURE_IMAGES.rglob("*.jpg"):
-        (data / path.parent.name).mkdir(parents=True, exist_ok=True)
-        img = Image.open(path).convert("RGB")
-        for k, view in enumerate(
-            [img, img.transpose(Image.FLIP_LEFT_RIGHT), img.rotate(90), img.rotate(270)]
-        ):
-            view.save(data / path.parent.name / f"{path.stem}-{k}.png")
-    store = tmp_path / "store"
-    card = {
-        "name": "tiny-cnn",
-        "architecture": "cnn",
-        "image_size": 32,
-        "class_names": list(CLASS_NAMES),
-        "training_data": {"manifest_sha256": scan_dataset(data).manifest_hash()},
-        "training_config": {"seed": 42},
-    }
-    export_model(
-        build("cnn", 32, len(CLASS_NAMES), weights="none"), store / "models" / "tiny-cnn", card
-    )
-    return store, data
-
-
 def test_calibrate_installs_a_checksummed_detector_that_predict_uses(tmp_path, cli):
-    store, data = _variants_store(tmp_path)
+    store, data = variants_store(tmp_path)
     outliers = tmp_path / "outliers"
     _write_noise(outliers, 12, seed=0)
     result = cli(
