@@ -133,8 +133,9 @@ def _warm(name: str) -> None:
         classifier = cached_model(name)
         explainer = cached_explainer(name)
         blank = np.full((classifier.image_size, classifier.image_size, 3), 230, np.uint8)
-        probabilities, _ = classifier.assess_pixels(blank[None])  # traces what serving runs
-        explainer.explain_pixels(blank, probabilities=probabilities[0])  # and the default maps
+        # Traces what serving runs, the second opinion included, then the default maps.
+        (served,) = classifier.classify_pixels(blank[None], ["warm-up"])
+        explainer.explain_pixels(blank, probabilities=served.probabilities)
     except Exception:  # noqa: BLE001 - a failed warm-up only means the first upload loads it
         logging.getLogger(__name__).exception("preloading model %s failed", name)
 
