@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections import Counter
@@ -114,6 +115,8 @@ def main() -> int:
                 print(json.dumps(row), flush=True)
                 results.append(row)
                 save()
+                # Out of the temporary store again: the adapted-model quota counts installs.
+                shutil.rmtree(Path(tmp) / "models" / adapted.name)
     study = save()
     summary = summarise_curve(study["runs"])
     print(json.dumps(summary, indent=2))
