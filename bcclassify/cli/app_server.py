@@ -7,6 +7,7 @@ app.py``, headless, with no file watcher and no usage statistics.
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from bcclassify import REPO_ROOT
 
-__all__ = ["APP", "free_port", "served_app", "wait_healthy"]
+__all__ = ["APP", "free_port", "served_app", "stop_process", "time_classification", "wait_healthy"]
 
 APP = REPO_ROOT / "app.py"
 
@@ -79,9 +80,29 @@ def served_app(
             wait_healthy(url, server, timeout_s)
             yield url
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_process(server)
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 20) -> None:
+    """Ask ``process`` to stop, and kill it when it has not within ``timeout_s``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def time_classification(page, image: Path, timeout_ms: float) -> tuple[float, float, str]:
+    """Upload ``image`` on the Classify page open in ``page`` (a Playwright page): the seconds
+    until the answer's heading shows, until the fused saliency map does, and the heading."""
+    from bcclassify import CLASS_LABELS
+
+    started = time.monotonic()
+    page.locator('input[type="file"]').first.set_input_files(str(image))
+    labels = re.compile("|".join([*CLASS_LABELS.values(), "Unidentified"]))
+    heading = page.get_by_role("heading", level=3).filter(has_text=labels).first
+    heading.wait_for(timeout=timeout_ms)
+    to_result = time.monotonic() - started
+    page.get_by_text("· Fused").first.wait_for(timeout=timeout_ms)
+    return to_result, time.monotonic() - started, heading.inner_text()

@@ -23,7 +23,7 @@ from PIL import Image
 
 from bcclassify import CLASS_NAMES
 from bcclassify.access import tokens
-from bcclassify.cli.app_server import free_port
+from bcclassify.cli.app_server import free_port, stop_process
 from bcclassify.serving.classifier import prediction_json
 from bcclassify.storage.store import sha256_bytes, sha256_file
 
@@ -81,11 +81,7 @@ def server(tiny_store, tmp_path_factory):
             time.sleep(0.5)
         yield url, token, data_dir
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, 30)
 
 
 @pytest.fixture(scope="module")
