@@ -179,3 +179,28 @@ def test_adapt_page_adapts_from_kept_cells_and_forgets_them(tiny_store, tmp_path
     assert "No cells are kept" in _texts(at.info)
     assert not (data / "kept-cells").exists()
     assert (store / "models" / "tiny-kept" / "card.json").is_file()  # models are not touched
+
+
+def test_adapt_page_shows_the_source_models_learning_curve(tiny_store, tmp_path, monkeypatch):
+    from bcclassify.lab.curve import record_curve, summarise_curve
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store / "models" / "tiny-cnn", store / "models" / "tiny-cnn")
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    monkeypatch.setenv("BCCLASSIFY_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("BCCLASSIFY_ACCOUNTS", raising=False)
+    accounts.add_user(tmp_path / "data" / "accounts.json", "qa", PASSWORD, role=Role.ADMIN)
+    after = {"accuracy": 0.9, "flagged_fraction": 0.5, "unidentified_fraction": 0.3}
+    draws = [
+        {"per_class": k, "seed": 0, "taken": 5 * k, "held_back": 100, "before": {"accuracy": 0.3},
+         "after": {**after, "wrong_and_unflagged_fraction": 0.01 * k}}
+        for k in (5, 10)
+    ]  # fmt: skip
+    record_curve(store / "models" / "tiny-cnn", summarise_curve(draws), "lab-x", "x.json")
+    at = _log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT).run(), "qa")
+    at.switch_page(PAGE).run()
+    _no_exception(at)
+    assert any("learning curve" in e.label for e in at.expander)
+    (table,) = [d.value for d in at.dataframe if "cells a class" in d.value.columns]
+    assert list(table["cells a class"]) == [5, 10]
+    assert list(table["wrong and not flagged (worst draw)"]) == ["5.0%", "10.0%"]
