@@ -14,6 +14,7 @@ from PIL import Image
 from bcclassify.data.imaging import load_image
 from bcclassify.explain.maps import METHODS, Explainer, overlay
 from bcclassify.serving.classifier import load_model
+from bcclassify.storage.cards import ModelCard
 
 CELL = sorted(FIXTURE_IMAGES.rglob("*.jpg"))[3]
 
@@ -167,7 +168,9 @@ def test_centre_cropping_model_maps_cover_only_the_centre(tmp_path):
     from bcclassify.serving.classifier import ClassifierModel
 
     model = build("cnn", 64, weights="none", center_crop=0.5)
-    classifier = ClassifierModel("crop", tmp_path, {"image_size": 64, "architecture": "cnn"}, model)
+    classifier = ClassifierModel(
+        "crop", tmp_path, ModelCard.from_json({"image_size": 64, "architecture": "cnn"}), model
+    )
     pixels = np.asarray(Image.open(CELL).convert("RGB").resize((64, 64)))
     for method in ("gradcam", "scorecam"):
         explanation = Explainer(classifier).explain_pixels(pixels, method)
@@ -192,7 +195,7 @@ def test_fast_view_handles_grids_that_are_not_multiples_of_each_other(tiny_store
         "image_size": 139,
         "explain_layers": ["mixed10", "block14_sepconv2_act"],
     }
-    classifier = ClassifierModel("grid-3-5", REPO, card, model)
+    classifier = ClassifierModel("grid-3-5", REPO, ModelCard.from_json(card), model)
     pixels = classifier.load(CELL)
     fast = Explainer(classifier)
     reference = Explainer(classifier)
@@ -274,13 +277,14 @@ def test_card_names_the_default_method(hybrid):
     """explain_method in the card is what an explanation without a method uses."""
     from bcclassify.serving.classifier import ClassifierModel
 
-    card = {**hybrid.card, "explain_method": "layercam", "explain_layers": FINE}
+    card = hybrid.card.updated(explain_method="layercam", explain_layers=FINE)
     classifier = ClassifierModel("layercam-card", hybrid.folder, card, hybrid.model)
     explainer = Explainer(classifier)
     assert explainer.default_method == "layercam" and explainer.layers == FINE
     explanation = explainer.explain_pixels(hybrid.load(CELL), target=0)
     assert explanation.method == "layercam"
-    unknown = ClassifierModel("odd", hybrid.folder, {**card, "explain_method": "x"}, hybrid.model)
+    odd = card.updated(explain_method="x")
+    unknown = ClassifierModel("odd", hybrid.folder, odd, hybrid.model)
     assert Explainer(unknown).default_method == "gradcam"
 
 
