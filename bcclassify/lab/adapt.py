@@ -403,7 +403,7 @@ def adapt(
         cells = scan_cells(root)
     taken, rest = choose_cells(cells, config.per_class, config.seed)
     try:
-        source = load_model(config.source)
+        source = load_model(config.source, fold_batch_norm=False)  # it is written back out
     except (ModelNotFoundError, ModelIntegrityError) as exc:
         raise AdaptError(str(exc)) from None
     names = list(source.class_names)

@@ -22,6 +22,7 @@ import numpy as np
 from bcclassify import CLASS_NAMES
 from bcclassify.data.imaging import DecoderBusyError, ImageLoadError, ImageSource, load_image
 from bcclassify.serving.acquisition import AcquisitionRange, summaries
+from bcclassify.serving.folding import fold_batch_norm as fold_batch_norm_layers
 from bcclassify.serving.second_opinion import CARD_KEY as SECOND_OPINION_KEY
 from bcclassify.serving.second_opinion import SecondOpinion, SecondOpinionConfig
 from bcclassify.storage.cards import (
@@ -503,27 +504,45 @@ class ClassifierModel:
         return results
 
 
-def load_model(name: str | None = None, verify: bool = True) -> ClassifierModel:
-    """Load an installed model (the default when ``name`` is None), checking every checksum."""
+def load_model(
+    name: str | None = None, verify: bool = True, fold_batch_norm: bool = True
+) -> ClassifierModel:
+    """Load an installed model (the default when ``name`` is None), checking every checksum.
+
+    ``fold_batch_norm``: build the graph with each batch normalisation folded into its
+    convolution (:mod:`bcclassify.serving.folding`), the same function with fewer layers to
+    build at start-up. Code that writes the model back out (``adapt``) passes False, so that
+    what it installs has the architecture that was trained.
+    """
     chosen = resolve_model_name(name)
-    return load_model_folder(models_dir() / chosen, chosen, verify)
+    return load_model_folder(models_dir() / chosen, chosen, verify, fold_batch_norm)
 
 
-def load_model_folder(folder: Path, name: str, verify: bool = True) -> ClassifierModel:
+def load_model_folder(
+    folder: Path, name: str, verify: bool = True, fold_batch_norm: bool = True
+) -> ClassifierModel:
     """Load the exported model in ``folder`` (installed or being installed) as ``name``."""
     card = read_card(folder)
     files = listed_files(folder, card)  # always: only the card's files are ever loaded
     if verify:
         _verify(folder, card)
-    # Reading the arrays overlaps importing Keras and building the graph (the other core).
+    architecture = json.loads((folder / "model.json").read_text())
+    # Only batch-normalisation layers go; any the card reads by name (Grad-CAM's) stay.
+    keep = tuple(card.get("explain_layers", ())) if fold_batch_norm else None
+    # Reading (and folding) the arrays overlaps importing Keras and building the graph.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        weights = pool.submit(_read_weights, folder, files)
+        graph = pool.submit(_read_graph, folder, files, architecture, keep)
         novelty = pool.submit(_load_novelty, folder, card, files)
         import keras  # lazy: seconds to load, overlapping the weights read above
 
-        architecture = json.loads((folder / "model.json").read_text())
-        model = keras.models.model_from_json(json.dumps(zero_initialisers(architecture)))
-        model.set_weights(weights.result())
+        config, weights = graph.result()
+        model = keras.models.model_from_json(json.dumps(zero_initialisers(config)))
+        if isinstance(weights, dict):  # by layer name: a rebuilt graph orders its weights anew
+            for layer in model.layers:
+                if layer.weights:
+                    layer.set_weights(weights.pop(layer.name))
+        else:
+            model.set_weights(weights)
         classifier = ClassifierModel(
             name, folder, card, model, tuple(card.get("class_names", CLASS_NAMES))
         )
@@ -532,11 +551,20 @@ def load_model_folder(folder: Path, name: str, verify: bool = True) -> Classifie
     second = SecondOpinionConfig.from_card(card.get(SECOND_OPINION_KEY))
     if second is not None and second.model != name:
         classifier.second_opinion = SecondOpinion(
-            load_model(second.model, verify), second.min_support
+            load_model(second.model, verify, fold_batch_norm), second.min_support
         )
     elif second is not None:  # a model as its own second opinion (tests): no second load
         classifier.second_opinion = SecondOpinion(classifier, second.min_support)
     return classifier
+
+
+def _read_graph(
+    folder: Path, files: dict[str, str], architecture: dict, keep: Sequence[str] | None
+) -> tuple[dict, list[np.ndarray] | dict[str, list[np.ndarray]]]:
+    """The architecture and its weights, batch normalisation folded unless ``keep`` is None."""
+    weights = _read_weights(folder, files)
+    folded = None if keep is None else fold_batch_norm_layers(architecture, weights, keep)
+    return folded if folded is not None else (architecture, weights)
 
 
 def _read_weights(folder: Path, files: dict[str, str]) -> list[np.ndarray]:
