@@ -82,6 +82,7 @@ def test_unknown_layers_or_miscounted_weights_leave_the_model_unfolded():
     assert fold_batch_norm(odd, arrays) is None
 
 
+@pytest.mark.slow  # two hybrid builds: about 7 s on 2 cores
 def test_served_model_is_folded_and_answers_as_the_trained_graph(tiny_store, fixture_images):
     served = load_model("tiny-hybrid")
     trained = load_model("tiny-hybrid", fold_batch_norm=False)
