@@ -22,8 +22,13 @@ from ui.session import preload_default_model
 
 if __name__ == "__main__" and not st.runtime.exists():
     # Launched as `python app.py`: warm the model while the server starts, then serve this file.
+    import logging
+    import os
+
     from streamlit.web import cli as streamlit_cli
 
+    # BCCLASSIFY_LOG_LEVEL=INFO: the log says when the preload finished each step.
+    logging.basicConfig(level=os.environ.get("BCCLASSIFY_LOG_LEVEL", "WARNING").upper())
     preload_default_model()
     sys.argv = ["streamlit", "run", __file__, *sys.argv[1:]]
     sys.exit(streamlit_cli.main())

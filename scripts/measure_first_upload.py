@@ -76,11 +76,16 @@ def main() -> int:
         default=0.0,
         help="seconds between the page showing and the upload (a user choosing a file)",
     )
+    parser.add_argument(
+        "--logs", default=None, help="keep each server's log (its preload timings) in this folder"
+    )
     args = parser.parse_args()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
+        logs = Path(args.logs) if args.logs else Path(tmp)
+        logs.mkdir(parents=True, exist_ok=True)
         for _ in range(args.repeat):
-            runs.append(one_fresh_server(args.launch, Path(args.store), Path(tmp), args.think_s))
+            runs.append(one_fresh_server(args.launch, Path(args.store), logs, args.think_s))
             print(json.dumps(runs[-1]), file=sys.stderr)
     medians = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
     report = {"launch": args.launch, "think_s": args.think_s, "runs": runs, "median": medians}

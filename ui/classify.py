@@ -57,6 +57,7 @@ from bcclassify.serving.uploads import (
 from ui.figures import count_figure, probability_figure
 from ui.review import review_ui
 from ui.session import (
+    USER_REQUESTS,
     cached_explainer,
     cached_explanation,
     cached_model,
@@ -160,9 +161,9 @@ def classify_inputs(
     copies = working_copies()
     todo = [item for item in items if (*model_key, item.sha256, item.name) not in cache]
     if todo:
-        classifier = cached_model(model_key[0])
         bar = st.progress(0.0, text=f"Classifying {len(todo)} image(s)…")
-        with stop_when_busy():
+        with USER_REQUESTS.active(), stop_when_busy():
+            classifier = cached_model(model_key[0])
             results = classify_uploads(
                 classifier,
                 todo,

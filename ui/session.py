@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -87,6 +88,35 @@ def cached_explainer(name: str):
     return _cached_explainer(name, str(store_root()), card_sha256(name))
 
 
+class Requests:
+    """How many page requests are waiting on a model now, so that background warm-up waits.
+
+    On 2 cores, tracing the maps in the background while an upload is being classified delays
+    the upload's answer by seconds; the preload traces them once nobody is waiting.
+    """
+
+    def __init__(self) -> None:
+        self._waiting = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        with self._changed:
+            self._waiting += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._waiting -= 1
+                self._changed.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Block until no request is active (True), or ``timeout_s`` has passed (False)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._waiting == 0, timeout_s)
+
+
+USER_REQUESTS = Requests()
 PRELOAD_ENV = "BCCLASSIFY_PRELOAD"  # "0": load models only when a page first needs them
 
 
@@ -129,15 +159,25 @@ def preload_default_model() -> threading.Thread | None:
 def _warm(name: str) -> None:
     import numpy as np
 
+    log = logging.getLogger(__name__)
+    started = time.monotonic()
+
+    def done(step: str) -> None:  # the server log says where a slow start-up went
+        log.info("preload %s: %s after %.1f s", name, step, time.monotonic() - started)
+
     try:
         classifier = cached_model(name)
-        explainer = cached_explainer(name)
+        done("model loaded")
         blank = np.full((classifier.image_size, classifier.image_size, 3), 230, np.uint8)
         # Traces what serving runs, the second opinion included, then the default maps.
         (served,) = classifier.classify_pixels(blank[None], ["warm-up"])
+        done("classification traced")
+        USER_REQUESTS.wait_idle(timeout_s=120)  # an upload waiting for its answer goes first
+        explainer = cached_explainer(name)
         explainer.explain_pixels(blank, probabilities=served.probabilities)
+        done("maps traced")
     except Exception:  # noqa: BLE001 - a failed warm-up only means the first upload loads it
-        logging.getLogger(__name__).exception("preloading model %s failed", name)
+        log.exception("preloading model %s failed", name)
 
 
 # ----------------------------------------------------------------------------- per-session caches

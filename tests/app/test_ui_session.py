@@ -52,3 +52,38 @@ def test_preload_loads_and_traces_the_default_in_the_background(tiny_store, monk
     explainer = session.cached_explainer("tiny-hybrid")
     # The warm-up explained with the card's default method, so that visualizer is built.
     assert explainer.default_method in explainer.visualizers
+
+
+@pytest.mark.slow  # loads and traces the tiny hybrid
+def test_maps_warm_up_waits_while_an_upload_is_being_answered(tiny_store, monkeypatch):
+    import threading
+    import time
+
+    from ui import session
+
+    requests = session.Requests()
+    assert requests.wait_idle(timeout_s=0.01)  # nobody waiting
+    monkeypatch.setenv(session.PRELOAD_ENV, "1")
+    monkeypatch.setattr(session, "PRELOADER", session.Preloader())
+    monkeypatch.setattr(session, "USER_REQUESTS", requests)
+    reached, traced = threading.Event(), threading.Event()
+    real_wait, real_explainer = requests.wait_idle, session.cached_explainer
+
+    def noting_wait(timeout_s):
+        reached.set()
+        return real_wait(timeout_s)
+
+    def noting_explainer(name):
+        traced.set()
+        return real_explainer(name)
+
+    monkeypatch.setattr(requests, "wait_idle", noting_wait)
+    monkeypatch.setattr(session, "cached_explainer", noting_explainer)
+    with requests.active():  # an upload is being classified
+        assert not real_wait(timeout_s=0.01)
+        thread = session.preload_default_model()
+        assert reached.wait(timeout=600)  # the classification warm-up is done
+        time.sleep(0.5)
+        assert not traced.is_set() and thread.is_alive()  # the maps wait for the answer
+    thread.join(timeout=600)
+    assert traced.is_set() and not thread.is_alive()
