@@ -150,7 +150,7 @@ def _fit_one_split(
     if config.init_from:
         _start_from_run(config.init_from, parts)
     record.update(
-        initialisation=parts.init_record,
+        initialisation=inherited_initialisation(record.read(), parts.init_record),
         init_from=config.init_from,
         boundaries=list(parts.boundaries),
     )
@@ -225,6 +225,21 @@ def _start_from_run(run_id: str, parts: _Parts) -> None:
     if stem is not None and _weights_digest(stem) != stem_before:
         # Different frozen layers give different cached activations: key the cache on them.
         parts.init_record["stem_weights_sha256"] = _weights_digest(stem)
+
+
+def inherited_initialisation(run: dict, built: dict) -> dict:
+    """The per-trunk initialisation a run records: what the build loaded, unless the run was
+    started elsewhere from another run's weights (a device run imported here, whose rebuild loads
+    nothing): then the parent run's, marked as continued from it."""
+    parent = run.get("started_from_run")
+    if not parent:
+        return built
+    inherited = RunRecord(runs_dir() / parent).read().get("initialisation") or {}
+    trunks = inherited or built
+    return {
+        trunk: f"{inherited.get(trunk, 'unrecorded')} (continued from run {parent})"
+        for trunk in trunks
+    }
 
 
 def _schedule(stages: tuple[Stage, ...]) -> Iterator[tuple[int, Stage, int]]:

@@ -378,3 +378,27 @@ def test_keep_weights_last_is_recorded_and_keeps_the_final_epoch(tmp_path, monke
     assert read_json(run_dir / "metrics.json")["best_epoch"] == 2
     saved = read_json(run_dir / "config.json")
     assert saved["keep_weights"] == "last" and saved["augment_preset"] == "lab"
+
+
+def test_a_run_continued_from_another_records_the_parents_initialisation(tmp_path, monkeypatch):
+    from bcclassify.storage.runs import RunRecord
+    from bcclassify.storage.store import initialisation_summary
+    from bcclassify.training.runs import inherited_initialisation
+
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(tmp_path / "store"))
+    parent = tmp_path / "store" / "runs" / "parent-run"
+    parent.mkdir(parents=True)
+    RunRecord(parent).update(
+        initialisation={"xception": "pretrained: x.h5", "inceptionv3": "from scratch"}
+    )
+    built = {"xception": "from scratch (no weights here)", "inceptionv3": "from scratch"}
+
+    # A device run rebuilt here loads no weights; it says where its weights began.
+    inherited = inherited_initialisation({"started_from_run": "parent-run"}, built)
+    assert inherited == {
+        "xception": "pretrained: x.h5 (continued from run parent-run)",
+        "inceptionv3": "from scratch (continued from run parent-run)",
+    }
+    assert initialisation_summary(inherited) == "partly pretrained"
+    # An ordinary run records what its build loaded.
+    assert inherited_initialisation({}, built) == built
