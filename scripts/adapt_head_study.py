@@ -33,7 +33,11 @@ ALL_VIEWS = 16  # 8 symmetries, then 8 augmented views
 
 def cached_features(name: str, items: list[Path], cache: Path) -> dict[str, np.ndarray]:
     """Features of every view of every cell, with the model's head and served views."""
-    path = cache / f"{name}-{len(items)}-cells.npz"
+    from bcclassify.storage.cards import load_card, weights_id
+    from bcclassify.storage.store import models_dir
+
+    # Keyed on the weights too: a model name outlives its weights (the default was replaced).
+    path = cache / f"{name}-{weights_id(load_card(models_dir() / name))}-{len(items)}-cells.npz"
     if not path.exists():
         from bcclassify.lab.adapt import view_features
         from bcclassify.serving.classifier import VIEW_TRANSFORMS, load_model
