@@ -1,0 +1,124 @@
+"""Which part of the novelty score keeps a lab's cells "unidentified" after ``adapt`` (issue 21).
+
+``adapt`` adds the taken cells' features (the image as given) to the source model's k-NN bank and
+keeps its outlier-exposure part and threshold. This study takes ``adapt``'s own draws of the
+lab's cells, builds that bank, and reports for the cells not taken the share over the threshold
+by each part of the score (k-NN distance, outlier exposure, either), and the same with all 8
+symmetries of each taken cell in the bank instead. Features come from the cache of
+``scripts/adapt_head_study.py`` (16 views a cell; views 0-7 are the 8 symmetries, 0 the image as
+given), computed there once per model weights. The acquisition range is not part of it.
+
+    .venv/bin/python scripts/adapt_bank_study.py --cells ../shared/data/ext-tecom \\
+        --out docs/adapt-bank-study-ext-tecom.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bcclassify import CLASS_NAMES  # noqa: E402
+from bcclassify.lab.adapt import choose_cells, scan_cells  # noqa: E402
+from scripts.adapt_head_study import cached_features  # noqa: E402
+
+SYMMETRIES = 8
+
+
+def over_threshold(detector, bank_extra: np.ndarray, query: np.ndarray) -> dict[str, float]:
+    """Shares of ``query`` over the detector's threshold with ``bank_extra`` added to its bank."""
+    from bcclassify.serving.trust import NoveltyDetector, l2_normalise
+
+    grown = NoveltyDetector(
+        detector.method,
+        {
+            **detector.arrays,
+            "bank": np.concatenate(
+                [detector.arrays["bank"], l2_normalise(bank_extra).astype(np.float32)]
+            ),
+        },
+        k=detector.k,
+        threshold=detector.threshold,
+    )
+    parts = grown.components(query)
+    scale = grown.arrays["scale"]  # [knn median, knn spread, oe median, oe spread]
+    knn = (parts["knn"] - scale[0]) / scale[1] > grown.threshold
+    oe = (parts["oe"] - scale[2]) / scale[3] > grown.threshold
+    return {"knn": float(knn.mean()), "oe": float(oe.mean()), "either": float((knn | oe).mean())}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="hybrid")
+    parser.add_argument("--cells", default=str(REPO.parent / "shared/data/ext-tecom"))
+    parser.add_argument("--per-class", type=int, nargs="+", default=[10])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--cache", default=str(REPO / "cache" / "adapt-head-study"))
+    parser.add_argument("--out", default=None, help="also write the table here (JSON)")
+    args = parser.parse_args()
+
+    from bcclassify.serving.trust import NoveltyDetector
+    from bcclassify.storage.cards import load_card
+    from bcclassify.storage.store import models_dir
+
+    folder = models_dir() / args.model
+    with np.load(folder / load_card(folder)["novelty"]["file"]) as stored:
+        detector = NoveltyDetector.from_arrays(stored)
+    cells = scan_cells(Path(args.cells))
+    items = [p for c in CLASS_NAMES for p in cells.get(c, [])]
+    index = {p: i for i, p in enumerate(items)}
+    feats = cached_features(args.model, items, Path(args.cache))["feats"].astype(np.float32)
+    as_given = feats[0]
+    rows = []
+    for k in args.per_class:
+        for seed in args.seeds:
+            taken_items, rest_items = choose_cells(cells, k, seed)
+            taken = np.asarray([index[p] for p, _ in taken_items])
+            rest = np.asarray([index[p] for p, _ in rest_items])
+            row = {
+                "per_class": k,
+                "seed": seed,
+                "taken": len(taken),
+                "held_back": len(rest),
+                "source bank": over_threshold(detector, as_given[:0], as_given[rest]),
+                "taken cells as given (adapt as shipped)": over_threshold(
+                    detector, as_given[taken], as_given[rest]
+                ),
+                "all 8 symmetries of the taken cells": over_threshold(
+                    detector, feats[:SYMMETRIES, taken].reshape(-1, feats.shape[-1]), as_given[rest]
+                ),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.out:
+        summary = {
+            bank: {
+                part: float(np.mean([row[bank][part] for row in rows]))
+                for part in ("knn", "oe", "either")
+            }
+            for bank in [key for key in rows[0] if isinstance(rows[0][key], dict)]
+        }
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "cells": Path(args.cells).name,
+                    "threshold": detector.threshold,
+                    "mean_over_draws": summary,
+                    "rows": rows,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
