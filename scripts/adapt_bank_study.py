@@ -33,23 +33,8 @@ SYMMETRIES = 8
 
 def over_threshold(detector, bank_extra: np.ndarray, query: np.ndarray) -> dict[str, float]:
     """Shares of ``query`` over the detector's threshold with ``bank_extra`` added to its bank."""
-    from bcclassify.serving.trust import NoveltyDetector, l2_normalise
-
-    grown = NoveltyDetector(
-        detector.method,
-        {
-            **detector.arrays,
-            "bank": np.concatenate(
-                [detector.arrays["bank"], l2_normalise(bank_extra).astype(np.float32)]
-            ),
-        },
-        k=detector.k,
-        threshold=detector.threshold,
-    )
-    parts = grown.components(query)
-    scale = grown.arrays["scale"]  # [knn median, knn spread, oe median, oe spread]
-    knn = (parts["knn"] - scale[0]) / scale[1] > grown.threshold
-    oe = (parts["oe"] - scale[2]) / scale[3] > grown.threshold
+    parts = detector.with_bank(bank_extra).scaled_components(query)
+    knn, oe = parts["knn"] > detector.threshold, parts["oe"] > detector.threshold
     return {"knn": float(knn.mean()), "oe": float(oe.mean()), "either": float((knn | oe).mean())}
 
 

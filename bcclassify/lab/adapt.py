@@ -380,10 +380,8 @@ def adapt(
     )
     from bcclassify.serving.trust import (
         HEAD_LAYER,
-        NoveltyDetector,
         atomic_savez,
         fit_temperature,
-        l2_normalise,
     )
     from bcclassify.storage.store import sha256_file
     from bcclassify.training.runs import environment_info
@@ -525,20 +523,7 @@ def adapt(
             # The lab's cells join the bank of "training cells"; scales, outlier-exposure part and
             # threshold stay the source's. A larger bank can only lower k-NN distances, so the
             # source's validation cells keep at most the flagged share the threshold was set for.
-            detector = NoveltyDetector(
-                source.novelty.method,
-                {
-                    **source.novelty.arrays,
-                    "bank": np.concatenate(
-                        [
-                            source.novelty.arrays["bank"],
-                            l2_normalise(feats[0]).astype(np.float32),
-                        ]
-                    ),
-                },
-                k=source.novelty.k,
-                threshold=source.novelty.threshold,
-            )
+            detector = source.novelty.with_bank(feats[0])
             staged = staging / f".{NOVELTY_FILE}"
             atomic_savez(staged, detector.to_arrays())
             digest = sha256_file(staged)

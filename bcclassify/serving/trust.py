@@ -166,12 +166,26 @@ class NoveltyDetector:
             parts["oe"] = outlier_logit(self.arrays, features)
         return parts
 
-    def score(self, features: np.ndarray) -> np.ndarray:
+    def scaled_components(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """The components on the threshold's scale (``knn+oe``: each by its validation median and
+        spread; other methods: as they are)."""
         parts = self.components(features)
         if self.method != "knn+oe":
-            return next(iter(parts.values()))
+            return parts
         scale = self.arrays["scale"]  # [knn median, knn spread, oe median, oe spread]
-        return np.maximum((parts["knn"] - scale[0]) / scale[1], (parts["oe"] - scale[2]) / scale[3])
+        return {
+            "knn": (parts["knn"] - scale[0]) / scale[1],
+            "oe": (parts["oe"] - scale[2]) / scale[3],
+        }
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        return np.maximum.reduce(list(self.scaled_components(features).values()))
+
+    def with_bank(self, features: np.ndarray) -> NoveltyDetector:
+        """This detector with ``features`` added to its k-NN bank (same k, scales, threshold):
+        how ``adapt`` makes a lab's cells count as known cells."""
+        bank = np.concatenate([self.arrays["bank"], l2_normalise(features).astype(np.float32)])
+        return NoveltyDetector(self.method, {**self.arrays, "bank": bank}, self.k, self.threshold)
 
     def flags(self, features: np.ndarray) -> np.ndarray:
         return self.score(features) > self.threshold
