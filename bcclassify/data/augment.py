@@ -67,11 +67,29 @@ PRESETS = {
         resolution=0.4,
         jpeg_quality=40,
     ),
+    # ``lab`` widened towards stains and cameras further from the Hospital Clinic's (issue 21):
+    # hue up to +-43 degrees (a purple nucleus can turn red-brown, as under a Romanowsky "rapid"
+    # stain on a yellow-balanced camera), stronger OD mixing and illuminant, heavier defocus and
+    # lower resolution. The shape of the cell carries the class; colour becomes a weak cue.
+    "wide": AugmentConfig(
+        max_shift=0.04,
+        brightness=0.15,
+        contrast=0.25,
+        saturation=0.4,
+        hue=0.12,
+        zoom=(0.8, 3.0),
+        stain=0.2,
+        white_balance=0.4,
+        blur=3.0,
+        noise=0.03,
+        resolution=0.3,
+        jpeg_quality=40,
+    ),
 }
 
 
 def preset(name: str) -> AugmentConfig:
-    """The named augmentation (``standard`` or ``lab``)."""
+    """The named augmentation (``standard``, ``lab`` or ``wide``)."""
     if name not in PRESETS:
         choices = ", ".join(PRESETS)
         raise ValueError(f"unknown augmentation preset {name!r}; choose one of {choices}")

@@ -28,12 +28,12 @@ class TrainConfig:
     optimizer: str = field(default="adam", metadata={"choices": ("adam", "sgd", "rmsprop")})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate (cosine decay)"})
     augment: bool = True
-    augment_preset: str = field(  # or "lab": stain, illuminant, zoom, camera (issue 12)
+    augment_preset: str = field(  # or "lab"/"wide": stain, illuminant, zoom, camera (issues 12, 21)
         default="standard",
         metadata={
-            "choices": ("standard", "lab"),
+            "choices": ("standard", "lab", "wide"),
             "help": "lab: also stain (OD), white balance, zoom up to 3x, blur, noise, JPEG "
-            "(other labs)",
+            "(other labs); wide: lab with larger hue, stain, illuminant and defocus ranges",
         },
     )
     keep_weights: str = field(  # "best": best validation epoch; "last": the final epoch

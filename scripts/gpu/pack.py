@@ -328,7 +328,7 @@ def build_pack(args: argparse.Namespace) -> dict:
     for entry in entries:
         entry["call"] = call_of[entry["path"]]
 
-    lab = dataclasses.asdict(PRESETS["lab"])
+    lab = dataclasses.asdict(PRESETS[args.preset])
     manifest = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "made_by": "scripts/gpu/pack.py",
@@ -359,6 +359,7 @@ def build_pack(args: argparse.Namespace) -> dict:
             "val": _subset_record(dataset, val, len(split.val), args.val_per_class),
         },
         "augmentation": {**lab, "zoom": list(lab["zoom"]) if lab["zoom"] else None},
+        "augmentation_preset": args.preset,
         "reference": reference_probabilities(name, dataset, val[: args.reference], image_size),
         "calls": [
             {
@@ -436,6 +437,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=str(REPO / "gpu_pack"))
     p.add_argument("--train-per-class", type=int, default=None, help="subsample (default: all)")
     p.add_argument("--val-per-class", type=int, default=100, help="subsample (default 100)")
+    p.add_argument("--preset", default="lab", help="augmentation preset (bcclassify.data.augment)")
     p.add_argument("--wheels", action="store_true", help="download keras, namex, optree wheels")
     p.add_argument("--shard-mib", type=float, default=2.0, help="npz shard size (small shards "
                    "fill the calls tightly)")  # fmt: skip

@@ -501,7 +501,7 @@ def lab_config(args: argparse.Namespace, manifest: dict) -> TrainConfig:
         optimizer="adam",
         lr=args.lr,
         augment=True,
-        augment_preset="lab",
+        augment_preset=manifest.get("augmentation_preset", "lab"),
         keep_weights=args.keep,
         seed=args.seed,
         freeze_until=None,  # end to end: every layer trained, stem included
@@ -513,7 +513,8 @@ def lab_config(args: argparse.Namespace, manifest: dict) -> TrainConfig:
         backbone_weights="none",  # the installed model's weights, not ImageNet's
         note=args.note,
     )
-    config.run_id = args.run_id or f"{new_run_id(config, config.image_size)}-lab"
+    stamp = new_run_id(config, config.image_size)
+    config.run_id = args.run_id or f"{stamp}-{config.augment_preset}"
     return config
 
 
@@ -531,7 +532,7 @@ def run_config(config: TrainConfig, args: argparse.Namespace, manifest: dict, lo
         "augmentation": {
             "ops": "dihedral flips/rotations, scale, shift, HSV + brightness/contrast jitter; "
             "OD stain mixing, white balance, zoom, blur, noise, resolution, JPEG",
-            "preset": "lab",
+            "preset": manifest.get("augmentation_preset", "lab"),
             **(manifest.get("augmentation") or {}),
             "implementation": "keras.ops port (bcclassify.data.augment_ops) inside the jitted "
             "step; JPEG simulated in-graph (DCT quantisation, 4:2:0)",
