@@ -523,7 +523,12 @@ def adapt(
             # The lab's cells join the bank of "training cells"; scales, outlier-exposure part and
             # threshold stay the source's. A larger bank can only lower k-NN distances, so the
             # source's validation cells keep at most the flagged share the threshold was set for.
-            detector = source.novelty.with_bank(feats[0])
+            # All 8 symmetries of each taken cell go in: with only the image as given, a new
+            # cell of the lab is rarely within k neighbours of it and stays "unidentified"
+            # (docs/adapt-bank-study-ext-tecom.json: 82% of held-back cells over the threshold
+            # with one view a cell, 10% with eight).
+            symmetries = feats[: len(fit_views)]
+            detector = source.novelty.with_bank(symmetries.reshape(-1, symmetries.shape[-1]))
             staged = staging / f".{NOVELTY_FILE}"
             atomic_savez(staged, detector.to_arrays())
             digest = sha256_file(staged)
@@ -535,7 +540,7 @@ def adapt(
                 "k": detector.k,
                 "features": source_section.get("features"),
                 "fitted_on": f"{source_section.get('fitted_on', 'the source training cells')}; "
-                f"plus the {len(taken)} taken lab cells in the k-NN bank",
+                f"plus the 8 symmetries of the {len(taken)} taken lab cells in the k-NN bank",
                 "threshold": detector.threshold,
                 "threshold_rule": f"the source model's ({source_section.get('threshold_rule')})",
                 "file": file_name,

@@ -128,9 +128,12 @@ def test_adapt_installs_a_model_that_lists_its_cells_and_predicts(cli, store, la
     new, old = adapted.model.get_weights(), source.model.get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(new[:-2], old[:-2]))
     assert not np.array_equal(new[-2], old[-2])
-    # the novelty bank holds the source's cells and the taken ones, checksummed in the card
+    # the novelty bank holds the source's cells and the 8 symmetries of each of the 4 taken
+    # ones (the image as given among them), checksummed in the card
     assert card["novelty"]["file"] in card["files_sha256"]
-    assert len(adapted.novelty.arrays["bank"]) == len(source.novelty.arrays["bank"]) + 4
+    bank, source_bank = adapted.novelty.arrays["bank"], source.novelty.arrays["bank"]
+    assert len(bank) == len(source_bank) + 4 * 8
+    assert np.array_equal(bank[: len(source_bank)], source_bank)
     assert card["calibration"]["temperature"] > 0
     # and it predicts
     rows = adapted.classify([(p.name, p) for p in sorted(lab.rglob("*.jpg"))])
