@@ -28,13 +28,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def read_study(path: Path, model: str, weights: str, cells: str) -> list[dict]:
-    """The draws already in ``path`` for this source model's weights and these cells."""
+def read_study(path: Path, model: str, weights: str, cells: str, bank: str) -> list[dict]:
+    """The draws already in ``path`` for this source model's weights, these cells and adapt's
+    novelty bank."""
     if not path.exists():
         return []
     study = json.loads(path.read_text())
-    if study.get("weights_id") != weights or study.get("cells") != cells:
-        return []  # another model or another set: start again (the file is rewritten)
+    if (study.get("weights_id"), study.get("cells"), study.get("novelty_bank")) != (
+        weights,
+        cells,
+        bank,
+    ):
+        return []  # another model, set or method: start again (the file is rewritten)
     return [row for row in study.get("runs", []) if study.get("model") == model]
 
 
@@ -61,7 +66,9 @@ def main() -> int:
     weights = weights_id(load_card(source))
     cells_name = Path(args.cells).name
     out = Path(args.out)
-    results = read_study(out, args.model, weights, cells_name)
+    from bcclassify.lab.adapt import NOVELTY_BANK
+
+    results = read_study(out, args.model, weights, cells_name, NOVELTY_BANK)
     done = {(row["per_class"], row["seed"]) for row in results}
 
     def save() -> dict:
@@ -69,6 +76,7 @@ def main() -> int:
             "model": args.model,
             "weights_id": weights,
             "cells": cells_name,
+            "novelty_bank": NOVELTY_BANK,
             "runs": sorted(results, key=lambda r: (r["per_class"], r["seed"])),
         }
         atomic_write_bytes(out, (json.dumps(study, indent=2) + "\n").encode())

@@ -66,6 +66,10 @@ STAGING_PREFIX = ".adapting-"
 STALE_STAGING_S = 6 * 3600
 PRIVATE_FILE, PRIVATE_DIR = 0o600, 0o700  # an adaptation's run record names people and files
 
+# What adapt adds to the source's novelty k-NN bank; studies of adapt record it, so that draws
+# made with another bank are not mixed with new ones.
+NOVELTY_BANK = "the 8 symmetries of each taken cell"
+
 
 class AdaptError(ValueError):
     """Bad input to an adaptation: the message says which file or folder, and why."""
@@ -527,7 +531,7 @@ def adapt(
             # cell of the lab is rarely within k neighbours of it and stays "unidentified"
             # (docs/adapt-bank-study-ext-tecom.json: 82% of held-back cells over the threshold
             # with one view a cell, 10% with eight).
-            symmetries = feats[: len(fit_views)]
+            symmetries = feats[: len(fit_views)]  # NOVELTY_BANK
             detector = source.novelty.with_bank(symmetries.reshape(-1, symmetries.shape[-1]))
             staged = staging / f".{NOVELTY_FILE}"
             atomic_savez(staged, detector.to_arrays())
