@@ -39,6 +39,21 @@ def test_lab_preset_is_seeded_bounded_and_differs_from_standard():
         preset("other")
 
 
+def test_wide_preset_widens_every_lab_to_lab_range_and_spreads_colours_further():
+    lab, wide = preset("lab"), preset("wide")
+    for name in ("hue", "saturation", "contrast", "stain", "white_balance", "blur"):
+        assert getattr(wide, name) > getattr(lab, name), name
+    assert wide.resolution < lab.resolution
+    assert (wide.zoom, wide.jpeg_quality, wide.noise) == (lab.zoom, lab.jpeg_quality, lab.noise)
+    # On the same seeds, the disc's mean colour varies more between draws under "wide"
+    images = np.concatenate([_cell()] * 8)
+    spread = {}
+    for name in ("lab", "wide"):
+        out = np.concatenate([_run(images, preset(name), seed) for seed in range(4)])
+        spread[name] = out[:, 28:36, 28:36].reshape(len(out), -1, 3).mean(axis=1).std(axis=0).mean()
+    assert spread["wide"] > spread["lab"]
+
+
 def test_stain_mixing_changes_the_stain_but_not_the_white_background():
     out = _run(_cell(), dataclasses.replace(NOTHING, stain=0.3))
     assert np.abs(out[:, :8, :8] - 255).max() < 1e-3  # zero optical density stays zero

@@ -208,8 +208,12 @@ def test_pack_train_import_evaluate_promote(tiny_store, tmp_path, monkeypatch, c
     monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
 
     packed = tmp_path / "pack"
-    assert pack.main(["--model", "tiny-cnn", "--out", str(packed), "--reference", "4"]) == 0
+    command = ["--model", "tiny-cnn", "--out", str(packed), "--reference", "4", "--preset", "wide"]
+    assert pack.main(command) == 0
     manifest = json.loads((packed / "all" / "manifest.json").read_text())
+    # the preset's name and the library's numbers for it travel in the manifest
+    assert manifest["augmentation_preset"] == "wide"
+    assert manifest["augmentation"]["hue"] == PRESETS["wide"].hue
     sizes = manifest["data"]["split_sizes"]
     assert sizes["val"] > 0 and len(manifest["reference"]["files"]) == 4
     packed_files = {
@@ -245,7 +249,7 @@ def test_pack_train_import_evaluate_promote(tiny_store, tmp_path, monkeypatch, c
     config = TrainConfig(
         **{k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__}
     )
-    assert config.augment_preset == "lab" and config.epochs == 1 and config.batch_size == 4
+    assert config.augment_preset == "wide" and config.epochs == 1 and config.batch_size == 4
     ckpt = device_run / "checkpoints"
     assert json.loads((ckpt / "latest.json").read_text()) == {"folder": "epoch-0000", "epoch": 0}
     assert (ckpt / "epoch-0000" / "model.weights.h5").is_file()
@@ -274,7 +278,7 @@ def test_pack_train_import_evaluate_promote(tiny_store, tmp_path, monkeypatch, c
     run = json.loads((run_dir / "run.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
     assert run["status"] == "finished" and (run_dir / "model.keras").is_file()
-    assert config["augment_preset"] == "lab" and config["freeze_until"] is None
+    assert config["augment_preset"] == "wide" and config["freeze_until"] is None
     assert config["data_manifest_sha256"] == manifest["data"]["manifest_sha256"]
     assert (run_dir / "metrics.json").is_file() and (run_dir / "history.csv").is_file()
     assert (run_dir / "checkpoints" / "best.weights.h5").is_file()
