@@ -1,8 +1,9 @@
 """Which part of the novelty score keeps a lab's cells "unidentified" after ``adapt`` (issue 21).
 
-``adapt`` adds the taken cells' features (the image as given) to the source model's k-NN bank and
-keeps its outlier-exposure part and threshold. This study takes ``adapt``'s own draws of the
-lab's cells, builds that bank, and reports for the cells not taken the share over the threshold
+``adapt`` used to add the taken cells' features (the image as given) to the source model's k-NN
+bank, keeping its outlier-exposure part and threshold; since this study it adds all 8 symmetries
+(``NOVELTY_BANK`` in ``bcclassify/lab/adapt.py``). This study takes ``adapt``'s own draws of the
+lab's cells, builds the first bank, and reports for the cells not taken the share over the threshold
 by each part of the score (k-NN distance, outlier exposure, either), and the same with all 8
 symmetries of each taken cell in the bank instead. Features come from the cache of
 ``scripts/adapt_head_study.py`` (16 views a cell; views 0-7 are the 8 symmetries, 0 the image as
