@@ -57,8 +57,8 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    from bcclassify.cli.quiet_tensorflow import import_tensorflow_quietly
     from bcclassify.lab.curve import record_curve, summarise_curve
+    from bcclassify.serving.quiet_tensorflow import import_tensorflow_quietly
     from bcclassify.storage.cards import load_card, weights_id
     from bcclassify.storage.store import atomic_write_bytes, models_dir
 

@@ -26,6 +26,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # (ui.session.preload_default_model) would compete with the tests for the 2 cores. The browser
 # test turns it back on for the server it starts.
 os.environ.setdefault("BCCLASSIFY_PRELOAD", "0")
+# Nor do test servers write compiled graphs after warming up (a minute of CPU); the preload test
+# turns it on for its own store.
+os.environ.setdefault("BCCLASSIFY_COMPILE", "0")
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import streamlit as st
 
 from bcclassify.access.roles import AccessDenied, Identity, allowed
-from bcclassify.cli.quiet_tensorflow import import_tensorflow_quietly
 from bcclassify.lab.adapt import (
     DEFAULT_PER_CLASS,
     MAX_ADAPTED_MODELS,
@@ -34,6 +33,7 @@ from bcclassify.presentation.adapt import (
 )
 from bcclassify.presentation.pages import model_cards
 from bcclassify.review.reviews import default_data_dir as configured_data_dir  # one resolver
+from bcclassify.serving.quiet_tensorflow import import_tensorflow_quietly
 from ui.figures import adaptation_curve_figure
 
 RESULT = "adapt_result"  # session key: the staged adaptation awaiting install or discard

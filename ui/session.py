@@ -14,6 +14,7 @@ import streamlit as st
 
 from bcclassify.data.imaging import DecoderBusyError
 from bcclassify.presentation.pages import card_sha256
+from bcclassify.serving.compiled import compile_classifier
 from bcclassify.serving.uploads import LRU, UploadLimits, WorkingCopy, explain_copy, working_copy
 from bcclassify.storage.store import default_model_name, store_root
 
@@ -61,21 +62,24 @@ def keep_compiled_kernels() -> None:
     keras.backend.clear_session = clear_session
 
 
-@st.cache_resource(show_spinner="Loading TensorFlow and the model (first use only)…", max_entries=4)
+@st.cache_resource(show_spinner="Loading the model (first use only)…", max_entries=4)
 def _cached_model(name: str, store: str, card_sha256: str):
-    from bcclassify.cli.quiet_tensorflow import import_tensorflow_quietly
     from bcclassify.serving.classifier import load_model
 
-    import_tensorflow_quietly()
-    keep_compiled_kernels()
-    return load_model(name)
+    classifier = load_model(name)
+    if classifier.compiled is None:  # Keras was imported to answer
+        keep_compiled_kernels()
+    return classifier
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _cached_explainer(name: str, store: str, card_sha256: str):
     from bcclassify.explain.maps import Explainer
 
-    return Explainer(_cached_model(name, store, card_sha256))
+    classifier = _cached_model(name, store, card_sha256)
+    classifier.model  # noqa: B018 - builds the Keras model (Grad-CAM needs it) when compiled
+    keep_compiled_kernels()
+    return Explainer(classifier)
 
 
 def cached_model(name: str):
@@ -118,6 +122,8 @@ class Requests:
 
 USER_REQUESTS = Requests()
 PRELOAD_ENV = "BCCLASSIFY_PRELOAD"  # "0": load models only when a page first needs them
+# "0": the preload does not write the compiled graph (serving.compiled) that later starts use.
+COMPILE_ENV = "BCCLASSIFY_COMPILE"
 
 
 class Preloader:
@@ -146,7 +152,8 @@ PRELOADER = Preloader()
 
 
 def preload_default_model() -> threading.Thread | None:
-    """Load, compile and explain-trace the default model in the background, once per process.
+    """Load, trace and explain-trace the default model in the background, once per process;
+    then, if it has none yet, write its compiled graph, from which later starts answer.
 
     Called by ``app.py`` when the first browser session opens (Streamlit runs no app code
     before that), so the model is ready while the user picks files instead of loading after
@@ -176,6 +183,10 @@ def _warm(name: str) -> None:
         explainer = cached_explainer(name)
         explainer.explain_pixels(blank, probabilities=served.probabilities)
         done("maps traced")
+        if classifier.compiled is None and os.environ.get(COMPILE_ENV, "1") != "0":
+            USER_REQUESTS.wait_idle(timeout_s=600)
+            written = compile_classifier(classifier)
+            done(f"compiled for the next start ({len(written)} graphs)")
     except Exception:  # noqa: BLE001 - a failed warm-up only means the first upload loads it
         log.exception("preloading model %s failed", name)
 

@@ -3,8 +3,7 @@
 ``main`` builds the parser and turns what a command raises into an exit status; each command
 group has its own module (``add_<command>`` declares its options, ``run_<command>`` runs it);
 ``common`` holds the exit statuses, the usage error and model loading; ``from_config`` generates
-options from a configuration dataclass (``train``, ``adapt``); ``quiet_tensorflow`` imports
-TensorFlow without its start-up chatter.
+options from a configuration dataclass (``train``, ``adapt``).
 """
 
 __all__ = [
@@ -18,7 +17,6 @@ __all__ = [
     "main",
     "models",
     "predict",
-    "quiet_tensorflow",
     "train",
     "users",
 ]

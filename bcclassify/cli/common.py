@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 
-from bcclassify.cli.quiet_tensorflow import import_tensorflow_quietly
 from bcclassify.serving.classifier import (
     ClassifierModel,
     ModelIntegrityError,
@@ -16,6 +15,7 @@ from bcclassify.serving.classifier import (
     check_views,
     load_model,
 )
+from bcclassify.serving.quiet_tensorflow import import_tensorflow_quietly
 
 __all__ = [
     "EXIT_INTERNAL",
@@ -50,11 +50,13 @@ def start_tensorflow() -> None:
     import_tensorflow_quietly()
 
 
-def load_classifier(name: str | None) -> ClassifierModel:
-    """The installed model ``name`` (None: the default); unknown or damaged: a usage error."""
-    start_tensorflow()
+def load_classifier(name: str | None, compiled: bool = True) -> ClassifierModel:
+    """The installed model ``name`` (None: the default); unknown or damaged: a usage error.
+
+    TensorFlow is imported (muted) only if the model has no compiled graph to answer from.
+    """
     try:
-        return load_model(name)
+        return load_model(name, compiled=compiled)
     except (ModelNotFoundError, ModelIntegrityError) as exc:
         raise UsageError(str(exc)) from None
 

@@ -1,6 +1,6 @@
 """Installed models: ``promote`` a run, ``list`` runs and models, ``calibrate`` a model's
 confidence and its "unidentified" detector, ``models uninstall`` an adapted model, ``seal`` a card
-checked by hand."""
+checked by hand, ``compile`` a model's served graph for a fast start."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from bcclassify.cli.common import EXIT_OK, SubParsers, UsageError, start_tensorflow, view_list
+from bcclassify.cli.common import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    SubParsers,
+    UsageError,
+    start_tensorflow,
+    view_list,
+)
 from bcclassify.serving.classifier import ModelIntegrityError, ModelNotFoundError
 from bcclassify.serving.trust import calibrate_model, fit_acquisition, fit_second_opinion
 from bcclassify.storage.cards import ModelCard, bench_record, installed_cards
@@ -18,6 +25,7 @@ from bcclassify.storage.store import default_model_name, list_runs, run_state
 
 __all__ = [
     "add_calibrate",
+    "add_compile",
     "add_list",
     "add_models",
     "add_promote",
@@ -25,6 +33,7 @@ __all__ = [
     "markdown_tables",
     "pct",
     "run_calibrate",
+    "run_compile",
     "run_list",
     "run_models",
     "run_promote",
@@ -289,4 +298,34 @@ def run_seal(args: argparse.Namespace) -> int:
     verify_files(folder, listed_files(folder, card, sealed=False))
     digest = seal_card(folder)
     print(f"sealed {folder / 'card.json'} (sha256 {digest})", file=sys.stderr)
+    return EXIT_OK
+
+
+def add_compile(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "compile",
+        help="write a model's served graph for ONNX Runtime, so servers start without TensorFlow",
+        description="Exports the model (and its second opinion) as served, checks the export "
+        "against the Keras model on a fixed batch, and caches it beside the store under the "
+        "weights' id (cache/compiled/). Later loads answer from it; Grad-CAM still builds the "
+        "Keras model when first asked. The app does this by itself after its first start.",
+    )
+    p.add_argument("--model", help="installed model (default: the default model)")
+    p.add_argument("--force", action="store_true", help="rewrite graphs already cached")
+
+
+def run_compile(args: argparse.Namespace) -> int:
+    from bcclassify.cli.common import load_classifier
+    from bcclassify.serving.compiled import CompileError, compile_classifier
+
+    classifier = load_classifier(args.model, compiled=False)
+    try:
+        written = compile_classifier(classifier, force=args.force)
+    except CompileError as exc:
+        print(f"compile {classifier.name}: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    if not written:
+        print(f"{classifier.name}: already compiled (--force rewrites)", file=sys.stderr)
     return EXIT_OK

@@ -1,3 +1,14 @@
-"""Installed models as served: load with checksums, classify, calibrate, flag, benchmark."""
+"""Installed models as served: load with checksums, classify (compiled graph or Keras),
+calibrate, flag, benchmark."""
 
-__all__ = ["acquisition", "bench", "classifier", "second_opinion", "trust", "uploads"]
+__all__ = [
+    "acquisition",
+    "bench",
+    "classifier",
+    "compiled",
+    "folding",
+    "quiet_tensorflow",
+    "second_opinion",
+    "trust",
+    "uploads",
+]

@@ -64,12 +64,13 @@ def cpu_info() -> dict:
     return {"name": name, "mhz": mhz, "cores": cores}
 
 
-def _fresh_process_load_seconds(name: str) -> float:
-    """Import + load the model in a new Python process (what a server start-up pays)."""
+def _fresh_process_load_seconds(name: str, compiled: bool = True) -> float:
+    """Import + load the model in a new Python process (what a server start-up pays); with
+    ``compiled``, from its compiled graph when the cache has one."""
     code = (
         "import time; t = time.perf_counter(); "
         "from bcclassify.serving.classifier import load_model; "
-        f"load_model({name!r}); print(time.perf_counter() - t)"
+        f"load_model({name!r}, compiled={compiled!r}); print(time.perf_counter() - t)"
     )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run(
@@ -96,7 +97,9 @@ def run_benchmark(name: str, repeats: int = 20, explain_repeats: int = 5) -> dic
     import tensorflow as tf  # lazy: TensorFlow takes seconds to load; the CLI starts without it
 
     load_s = _fresh_process_load_seconds(name)
+    load_keras_s = _fresh_process_load_seconds(name, compiled=False)
     classifier = load_model(name)
+    runtime = "onnxruntime" if classifier.compiled is not None else "tensorflow"
     size = classifier.image_size
     example = EXAMPLES_DIR  # the bundled example cells
     files = sorted(example.rglob("*.jpg")) if example.is_dir() else []
@@ -139,7 +142,9 @@ def run_benchmark(name: str, repeats: int = 20, explain_repeats: int = 5) -> dic
         "architecture": classifier.architecture,
         "test_time_views": list(classifier.test_time_views),
         "image_size": size,
+        "runtime": runtime,  # what answered: the compiled graph or the Keras model
         "load_s": round(load_s, 3),
+        "load_keras_s": round(load_keras_s, 3),
         "predict_single_s": round(predict_single, 4),
         "predict_batch_img_per_s": round(batch_rate, 2),
         "explain_single_s": round(explain_single, 4),

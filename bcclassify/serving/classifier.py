@@ -10,9 +10,11 @@ An installed model lives in ``model_store/models/<name>/``:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,9 @@ import numpy as np
 from bcclassify import CLASS_NAMES
 from bcclassify.data.imaging import DecoderBusyError, ImageLoadError, ImageSource, load_image
 from bcclassify.serving.acquisition import AcquisitionRange, summaries
+from bcclassify.serving.compiled import CompiledForward, load_compiled
 from bcclassify.serving.folding import fold_batch_norm as fold_batch_norm_layers
+from bcclassify.serving.quiet_tensorflow import import_tensorflow_quietly
 from bcclassify.serving.second_opinion import CARD_KEY as SECOND_OPINION_KEY
 from bcclassify.serving.second_opinion import SecondOpinion, SecondOpinionConfig
 from bcclassify.storage.cards import (
@@ -349,25 +353,49 @@ def prediction_json(pred: Prediction, names: Sequence[str]) -> dict:
 
 @dataclass
 class ClassifierModel:
-    """An installed model, loaded once, ready to classify batches of images."""
+    """An installed model, loaded once, ready to classify batches of images.
+
+    The answers come from ``compiled`` (ONNX Runtime, :mod:`bcclassify.serving.compiled`) when
+    the model has a compiled graph, else from the Keras model. The Keras model (``model``) is
+    built when first asked for (Grad-CAM, ``adapt``) if it was not built at load.
+    """
 
     name: str
     folder: Path
     card: ModelCard
-    model: object
+    keras_model: object | None  # None until ``model`` first builds it (see build_keras)
     class_names: tuple[str, ...] = CLASS_NAMES
     _forward: object = field(default=None, repr=False)
     _feature_forward: object = field(default=None, repr=False)
     novelty: object = None  # trust.NoveltyDetector when the card has one (novelty.npz)
     acquisition: object = None  # acquisition.AcquisitionRange when the card has one
     second_opinion: SecondOpinion | None = None  # when the card names one (second_opinion.py)
+    compiled: CompiledForward | None = None
+    build_keras: Callable[[], object] | None = field(default=None, repr=False)
+    _keras_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def model(self):
+        """The Keras model, built on first use when the answers come from the compiled graph."""
+        if self.keras_model is None:
+            with self._keras_lock:  # the app's preload and a page may both ask at once
+                if self.keras_model is None:
+                    if self.build_keras is None:
+                        raise RuntimeError(f"model {self.name!r} has no Keras model to build")
+                    self.keras_model = self.build_keras()
+        return self.keras_model
 
     def feature_forward(self):
-        """The compiled pixels -> (head features, probabilities) function, built once."""
+        """The pixels -> (head features, probabilities) function, built once: the compiled
+        graph when there is one, else the Keras model traced by TensorFlow."""
         if self._feature_forward is None:
-            from bcclassify.serving.trust import feature_forward  # lazy: trust imports this module
+            if self.compiled is not None:
+                self._feature_forward = self.compiled
+            else:
+                # lazy: trust imports this module
+                from bcclassify.serving.trust import feature_forward
 
-            self._feature_forward = feature_forward(self.model)
+                self._feature_forward = feature_forward(self.model)
         return self._feature_forward
 
     @property
@@ -396,16 +424,22 @@ class ClassifierModel:
 
         Averaged over the card's test-time views, or over ``views`` when given.
         """
-        # lazy: TensorFlow takes seconds; predict refuses bad files first, scripts/gpu has no TF
-        import tensorflow as tf
-
-        if self._forward is None:
-            self._forward = tf.function(
-                lambda x: self.model(x, training=False), reduce_retracing=True
-            )
         views = self.test_time_views if views is None else check_views(views)
-        probs = predict_with_views(lambda x: self._forward(tf.convert_to_tensor(x)), pixels, views)
-        return self._calibrated(probs)
+        return self._calibrated(predict_with_views(self._probabilities_forward(), pixels, views))
+
+    def _probabilities_forward(self):
+        """pixels -> probabilities: the compiled graph's, else the Keras model traced once."""
+        if self._forward is None:
+            if self.compiled is not None:
+                compiled = self.compiled
+                self._forward = lambda x: compiled(x)[1]
+            else:
+                # lazy: TensorFlow takes seconds; predict refuses bad files first
+                import tensorflow as tf
+
+                traced = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+                self._forward = lambda x: traced(tf.convert_to_tensor(x))
+        return self._forward
 
     def _calibrated(self, probs: np.ndarray) -> np.ndarray:
         from bcclassify.serving.trust import temper  # lazy: trust imports this module
@@ -505,7 +539,10 @@ class ClassifierModel:
 
 
 def load_model(
-    name: str | None = None, verify: bool = True, fold_batch_norm: bool = True
+    name: str | None = None,
+    verify: bool = True,
+    fold_batch_norm: bool = True,
+    compiled: bool = True,
 ) -> ClassifierModel:
     """Load an installed model (the default when ``name`` is None), checking every checksum.
 
@@ -513,49 +550,83 @@ def load_model(
     convolution (:mod:`bcclassify.serving.folding`), the same function with fewer layers to
     build at start-up. Code that writes the model back out (``adapt``) passes False, so that
     what it installs has the architecture that was trained.
+
+    ``compiled``: answer from the compiled graph of these weights when the cache has one
+    (:mod:`bcclassify.serving.compiled`); the Keras model, and the check of its weight files,
+    then wait until something first needs them (Grad-CAM). Only with ``fold_batch_norm``.
     """
     chosen = resolve_model_name(name)
-    return load_model_folder(models_dir() / chosen, chosen, verify, fold_batch_norm)
+    return load_model_folder(models_dir() / chosen, chosen, verify, fold_batch_norm, compiled)
 
 
 def load_model_folder(
-    folder: Path, name: str, verify: bool = True, fold_batch_norm: bool = True
+    folder: Path,
+    name: str,
+    verify: bool = True,
+    fold_batch_norm: bool = True,
+    compiled: bool = True,
 ) -> ClassifierModel:
     """Load the exported model in ``folder`` (installed or being installed) as ``name``."""
     card = read_card(folder)
     files = listed_files(folder, card)  # always: only the card's files are ever loaded
-    if verify:
-        _verify(folder, card)
-    architecture = json.loads((folder / "model.json").read_text())
-    # Only batch-normalisation layers go; any the card reads by name (Grad-CAM's) stay.
-    keep = tuple(card.get("explain_layers", ())) if fold_batch_norm else None
-    # Reading (and folding) the arrays overlaps importing Keras and building the graph.
+    runtime = load_compiled(card) if compiled and fold_batch_norm else None
+    weight_files = {n: d for n, d in files.items() if Path(n).match(WEIGHT_FILES)}
+    if verify:  # the weights are checked when the Keras model is built
+        verify_files(folder, {n: d for n, d in files.items() if n not in weight_files})
+    build = functools.partial(
+        _build_keras_model, folder, card, files, weight_files if verify else {}, fold_batch_norm
+    )
+    # The novelty file is read while Keras imports and builds (or the compiled graph opens).
     with ThreadPoolExecutor(max_workers=1) as pool:
-        graph = pool.submit(_read_graph, folder, files, architecture, keep)
         novelty = pool.submit(_load_novelty, folder, card, files)
-        import keras  # lazy: seconds to load, overlapping the weights read above
-
-        config, weights = graph.result()
-        model = keras.models.model_from_json(json.dumps(zero_initialisers(config)))
-        if isinstance(weights, dict):  # by layer name: a rebuilt graph orders its weights anew
-            for layer in model.layers:
-                if layer.weights:
-                    layer.set_weights(weights.pop(layer.name))
-        else:
-            model.set_weights(weights)
         classifier = ClassifierModel(
-            name, folder, card, model, tuple(card.get("class_names", CLASS_NAMES))
+            name,
+            folder,
+            card,
+            None if runtime is not None else build(),
+            tuple(card.get("class_names", CLASS_NAMES)),
+            compiled=runtime,
+            build_keras=build,
         )
         classifier.novelty = novelty.result()
     classifier.acquisition = AcquisitionRange.from_card(card.get("acquisition"))
     second = SecondOpinionConfig.from_card(card.get(SECOND_OPINION_KEY))
     if second is not None and second.model != name:
         classifier.second_opinion = SecondOpinion(
-            load_model(second.model, verify, fold_batch_norm), second.min_support
+            load_model(second.model, verify, fold_batch_norm, compiled), second.min_support
         )
     elif second is not None:  # a model as its own second opinion (tests): no second load
         classifier.second_opinion = SecondOpinion(classifier, second.min_support)
     return classifier
+
+
+def _build_keras_model(
+    folder: Path,
+    card: ModelCard,
+    files: dict[str, str],
+    to_verify: dict[str, str],
+    fold_batch_norm: bool,
+):
+    """The Keras model of the installed files, after checking ``to_verify``'s checksums."""
+    verify_files(folder, to_verify)
+    architecture = json.loads((folder / "model.json").read_text())
+    # Only batch-normalisation layers go; any the card reads by name (Grad-CAM's) stay.
+    keep = tuple(card.get("explain_layers", ())) if fold_batch_norm else None
+    # Reading (and folding) the arrays overlaps importing Keras and building the graph.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        graph = pool.submit(_read_graph, folder, files, architecture, keep)
+        import_tensorflow_quietly()
+        import keras  # lazy: seconds to load, overlapping the weights read above
+
+        config, weights = graph.result()
+        model = keras.models.model_from_json(json.dumps(zero_initialisers(config)))
+    if isinstance(weights, dict):  # by layer name: a rebuilt graph orders its weights anew
+        for layer in model.layers:
+            if layer.weights:
+                layer.set_weights(weights.pop(layer.name))
+    else:
+        model.set_weights(weights)
+    return model
 
 
 def _read_graph(

@@ -24,13 +24,19 @@ from bcclassify.storage.cards import weights_id, write_card
 HEAD_LAYER = "predictions"
 
 
-def feature_forward(keras_model):
-    """A compiled function pixels -> (pooled features the head reads, class probabilities)."""
+def features_model(keras_model):
+    """The Keras model pixels -> (pooled features the head reads, class probabilities)."""
     import keras
-    import tensorflow as tf
 
     head = keras_model.get_layer(HEAD_LAYER)
-    both = keras.Model(keras_model.inputs, [head.input, keras_model.outputs[0]])
+    return keras.Model(keras_model.inputs, [head.input, keras_model.outputs[0]])
+
+
+def feature_forward(keras_model):
+    """A compiled function pixels -> (pooled features the head reads, class probabilities)."""
+    import tensorflow as tf
+
+    both = features_model(keras_model)
     return tf.function(lambda x: both(x, training=False), reduce_retracing=True)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import keras
 import pytest
 
@@ -39,19 +41,30 @@ def test_preload_is_off_when_asked(monkeypatch):
 
 
 @pytest.mark.slow
-def test_preload_loads_and_traces_the_default_in_the_background(tiny_store, monkeypatch):
+def test_preload_loads_traces_and_compiles_the_default_in_the_background(
+    tiny_store, tmp_path, monkeypatch
+):
+    from bcclassify.serving.classifier import load_model
+    from bcclassify.serving.compiled import has_compiled
     from ui import session
 
+    store = tmp_path / "store"  # its own compiled cache beside it (tmp_path/cache)
+    shutil.copytree(tiny_store, store)
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
     monkeypatch.setenv(session.PRELOAD_ENV, "1")
+    monkeypatch.setenv(session.COMPILE_ENV, "1")
     monkeypatch.setattr(session, "PRELOADER", session.Preloader())
     thread = session.preload_default_model()
     assert thread is not None and thread.daemon
     assert session.preload_default_model() is thread  # once per process
-    thread.join(timeout=600)
+    thread.join(timeout=900)
     assert not thread.is_alive()
     explainer = session.cached_explainer("tiny-hybrid")
     # The warm-up explained with the card's default method, so that visualizer is built.
     assert explainer.default_method in explainer.visualizers
+    # ... and then wrote the compiled graph, from which the next server start answers.
+    assert has_compiled(explainer.classifier.card)
+    assert load_model("tiny-hybrid").compiled is not None
 
 
 @pytest.mark.slow  # loads and traces the tiny hybrid

@@ -1,0 +1,113 @@
+"""The compiled graph (ONNX Runtime): same answers as Keras, written and checked by ``compile``,
+never used when it does not match its record, and a start-up without TensorFlow (issue 24)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import FIXTURE_IMAGES
+
+from bcclassify import REPO_ROOT
+from bcclassify.serving.classifier import ModelIntegrityError, load_model
+from bcclassify.serving.compiled import (
+    compile_classifier,
+    compiled_dir,
+    compiled_paths,
+    has_compiled,
+)
+from bcclassify.storage.cards import load_card
+
+CELLS = sorted(FIXTURE_IMAGES.rglob("*.jpg"))
+
+
+@pytest.fixture()
+def store(tiny_store, tmp_path, monkeypatch):
+    """A private store (and so a private compiled cache beside it) with a copy of tiny-cnn."""
+    root = tmp_path / "store"
+    shutil.copytree(tiny_store / "models" / "tiny-cnn", root / "models" / "tiny-cnn")
+    (root / "default.json").write_text(json.dumps({"default": "tiny-cnn"}))
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(root))
+    assert compiled_dir() == tmp_path / "cache" / "compiled"
+    return root
+
+
+def _answers(classifier):
+    rows = classifier.classify([(p.name, p) for p in CELLS])
+    return np.stack([r.probabilities for r in rows]), [r.flag for r in rows]
+
+
+def test_compiled_answers_match_keras_and_keras_waits_until_needed(store):
+    keras_served = load_model("tiny-cnn")
+    assert keras_served.compiled is None  # nothing compiled yet: Keras answers
+    expected, expected_flags = _answers(keras_served)
+
+    (written,) = compile_classifier(keras_served)
+    record = json.loads(compiled_paths(keras_served.card)[1].read_text())
+    assert written.is_file() and record["max_probability_difference"] <= 1e-4
+    assert compile_classifier(keras_served) == []  # already there: nothing rewritten
+
+    served = load_model("tiny-cnn")
+    assert served.compiled is not None and served.keras_model is None
+    probabilities, flags = _answers(served)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    assert flags == expected_flags
+    features, _ = served.feature_forward()(served.load(CELLS[0])[None])
+    keras_features, _ = keras_served.feature_forward()(keras_served.load(CELLS[0])[None])
+    np.testing.assert_allclose(features, np.asarray(keras_features), atol=1e-4)
+
+    assert served.model.count_params() == keras_served.model.count_params()  # built on demand
+
+
+def test_a_damaged_compiled_graph_is_never_used(store):
+    compile_classifier(load_model("tiny-cnn"))
+    card = load_card(store / "models" / "tiny-cnn")
+    graph, _ = compiled_paths(card)
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    assert not has_compiled(card)
+    served = load_model("tiny-cnn")
+    assert served.compiled is None and served.keras_model is not None  # Keras answers instead
+    assert _answers(served)[0].shape == (len(CELLS), 8)
+
+
+def test_damaged_weights_are_refused_when_keras_is_built(store):
+    compile_classifier(load_model("tiny-cnn"))
+    shard = store / "models" / "tiny-cnn" / "weights-000.npz"
+    shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
+    served = load_model("tiny-cnn")  # answers come from the graph checked against its record
+    assert served.compiled is not None
+    with pytest.raises(ModelIntegrityError, match="weights-000.npz: sha256"):
+        _ = served.model
+    with pytest.raises(ModelIntegrityError, match="weights-000.npz: sha256"):
+        load_model("tiny-cnn", compiled=False)
+
+
+def test_compile_command_then_a_fresh_process_answers_without_tensorflow(store, cli):
+    result = cli(["compile", "--model", "tiny-cnn"], store=store, check=True)
+    assert "wrote" in result.stderr and "cache/compiled" in result.stderr
+    assert "already compiled" in cli(["compile"], store=store, check=True).stderr
+    code = (
+        "import sys, json\n"
+        "from bcclassify.serving.classifier import load_model\n"
+        "c = load_model('tiny-cnn')\n"
+        f"rows = c.classify([('cell', {str(CELLS[0])!r})])\n"
+        "print(json.dumps([c.compiled is not None, rows[0].label,"
+        " 'tensorflow' in sys.modules, 'keras' in sys.modules]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO_ROOT,
+        env={"BCCLASSIFY_STORE": str(store), "PATH": "/usr/bin:/bin"},
+    )
+    compiled, label, tensorflow, keras = json.loads(out.stdout.strip().splitlines()[-1])
+    assert compiled and label in load_card(store / "models" / "tiny-cnn")["class_names"]
+    assert not tensorflow and not keras
