@@ -15,6 +15,7 @@ import streamlit as st
 from bcclassify.data.imaging import DecoderBusyError
 from bcclassify.presentation.pages import card_sha256
 from bcclassify.serving.compiled import compile_classifier
+from bcclassify.serving.quiet_tensorflow import import_tensorflow_quietly
 from bcclassify.serving.uploads import LRU, UploadLimits, WorkingCopy, explain_copy, working_copy
 from bcclassify.storage.store import default_model_name, store_root
 
@@ -69,6 +70,15 @@ def _cached_model(name: str, store: str, card_sha256: str):
     classifier = load_model(name)
     if classifier.compiled is None:  # Keras was imported to answer
         keep_compiled_kernels()
+    else:  # Keras comes later, for the maps: patch it before anything is built with it
+        build = classifier.build_keras
+
+        def build_keeping_kernels():
+            import_tensorflow_quietly()
+            keep_compiled_kernels()
+            return build()
+
+        classifier.build_keras = build_keeping_kernels
     return classifier
 
 
@@ -76,10 +86,7 @@ def _cached_model(name: str, store: str, card_sha256: str):
 def _cached_explainer(name: str, store: str, card_sha256: str):
     from bcclassify.explain.maps import Explainer
 
-    classifier = _cached_model(name, store, card_sha256)
-    classifier.model  # noqa: B018 - builds the Keras model (Grad-CAM needs it) when compiled
-    keep_compiled_kernels()
-    return Explainer(classifier)
+    return Explainer(_cached_model(name, store, card_sha256))
 
 
 def cached_model(name: str):
