@@ -18,11 +18,16 @@ def add_bench(sub: SubParsers) -> None:
     p.add_argument("--repeats", type=int, default=20, help="single-image calls to time")
     p.add_argument("--json", action="store_true", help="one JSON line")
     p.add_argument("--save", action="store_true", help="also write bench.json beside the model")
+    p.add_argument(
+        "--keras",
+        action="store_true",
+        help="answer with the Keras model even where a compiled graph is cached (to compare)",
+    )
 
 
 def run_bench(args: argparse.Namespace) -> int:
     name = load_classifier(args.model).name
-    result = run_benchmark(name, repeats=max(args.repeats, 20))
+    result = run_benchmark(name, repeats=max(args.repeats, 20), compiled=not args.keras)
     if args.save:
         write_json(models_dir() / name / "bench.json", result)
     if args.json:

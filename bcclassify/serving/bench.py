@@ -93,12 +93,16 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def run_benchmark(name: str, repeats: int = 20, explain_repeats: int = 5) -> dict:
+def run_benchmark(
+    name: str, repeats: int = 20, explain_repeats: int = 5, compiled: bool = True
+) -> dict:
+    """Load, predict, explain and batch figures of an installed model; ``compiled`` False
+    answers with the Keras model even where a compiled graph is cached."""
     import tensorflow as tf  # lazy: TensorFlow takes seconds to load; the CLI starts without it
 
-    load_s = _fresh_process_load_seconds(name)
+    load_s = _fresh_process_load_seconds(name, compiled)
     load_keras_s = _fresh_process_load_seconds(name, compiled=False)
-    classifier = load_model(name)
+    classifier = load_model(name, compiled=compiled)
     runtime = "onnxruntime" if classifier.compiled is not None else "tensorflow"
     size = classifier.image_size
     example = EXAMPLES_DIR  # the bundled example cells
