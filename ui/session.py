@@ -179,9 +179,6 @@ def _warm(name: str) -> None:
     def done(step: str) -> None:  # the server log says where a slow start-up went
         log.info("preload %s: %s after %.1f s", name, step, time.monotonic() - started)
 
-    # The maps need Keras whichever runtime answers: its import (seconds, mostly one core) starts
-    # now, beside the model's load, instead of after it.
-    threading.Thread(target=_import_keras, name="bcclassify-keras", daemon=True).start()
     try:
         classifier = cached_model(name)
         done("model loaded")
@@ -189,9 +186,8 @@ def _warm(name: str) -> None:
         # Traces what serving runs, the second opinion included, then the default maps.
         (served,) = classifier.classify_pixels(blank[None], ["warm-up"])
         done("classification traced")
-        if classifier.keras_model is None:  # answered by the compiled graph: build Keras now
-            _ = classifier.model
-            done("Keras model built for the maps")
+        # Importing Keras beside the model's load (tried) made the server and the page come up
+        # a second later and the maps no sooner: it waits until the answer path is warm.
         USER_REQUESTS.wait_idle(timeout_s=120)  # an upload waiting for its answer goes first
         explainer = cached_explainer(name)
         explainer.explain_pixels(blank, probabilities=served.probabilities)
@@ -202,11 +198,6 @@ def _warm(name: str) -> None:
             done(f"compiled for the next start ({len(written)} graphs)")
     except Exception:  # noqa: BLE001 - a failed warm-up only means the first upload loads it
         log.exception("preloading model %s failed", name)
-
-
-def _import_keras() -> None:
-    import_tensorflow_quietly()
-    keep_compiled_kernels()
 
 
 # ----------------------------------------------------------------------------- per-session caches
