@@ -13,6 +13,7 @@ subprocess is kept only where a test needs a fresh process (start-up output, kil
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -75,6 +76,17 @@ def tiny_store(tmp_path_factory) -> Path:
         os.environ.pop("BCCLASSIFY_STORE", None)
     else:
         os.environ["BCCLASSIFY_STORE"] = previous
+
+
+@pytest.fixture()
+def cnn_store(tiny_store, tmp_path, monkeypatch) -> Path:
+    """A private store (BCCLASSIFY_STORE, for this test) holding a copy of ``tiny-cnn`` only, as
+    the default; its derived caches (``tmp_path/cache``) are private too."""
+    root = tmp_path / "store"
+    shutil.copytree(tiny_store / "models" / "tiny-cnn", root / "models" / "tiny-cnn")
+    (root / "default.json").write_text(json.dumps({"default": "tiny-cnn"}))
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(root))
+    return root
 
 
 @pytest.fixture()

@@ -18,7 +18,6 @@ app writes it in the background after its first start.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import platform
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bcclassify.storage.cards import ModelCard, weights_id
-from bcclassify.storage.store import atomic_write_bytes, store_root
+from bcclassify.storage.store import atomic_write_bytes, sha256_bytes, sha256_file, store_root
 
 __all__ = [
     "COMPILED_FORMAT",
@@ -65,7 +64,7 @@ def compiled_dir() -> Path:
 
 def compiled_paths(card: ModelCard) -> tuple[Path, Path]:
     """The graph file and its record for the weights ``card`` describes."""
-    stem = f"{weights_id(card)}-{hashlib.sha256(COMPILED_FORMAT.encode()).hexdigest()[:8]}"
+    stem = f"{weights_id(card)}-{sha256_bytes(COMPILED_FORMAT.encode())[:8]}"
     return compiled_dir() / f"{stem}.onnx", compiled_dir() / f"{stem}.json"
 
 
@@ -91,7 +90,7 @@ def load_compiled(card: ModelCard) -> CompiledForward | None:
     try:
         record = json.loads(record_path.read_text())
         data = graph_path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != record.get("sha256"):
+        if sha256_bytes(data) != record.get("sha256"):
             log.warning("%s does not match its record %s; not used", graph_path, record_path)
             return None
         import onnxruntime  # lazy: only servers with a compiled graph need it
@@ -110,7 +109,7 @@ def has_compiled(card: ModelCard) -> bool:
     graph_path, record_path = compiled_paths(card)
     try:
         record = json.loads(record_path.read_text())
-        return _sha256_file(graph_path) == record.get("sha256")
+        return sha256_file(graph_path) == record.get("sha256")
     except (OSError, ValueError):
         return False
 
@@ -129,14 +128,6 @@ def compile_classifier(classifier, force: bool = False) -> list[Path]:
             continue
         written.append(write_compiled(model.model, model.card, model.image_size))
     return written
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_compiled(keras_model, card: ModelCard, image_size: int) -> Path:
@@ -176,7 +167,7 @@ def write_compiled(keras_model, card: ModelCard, image_size: int) -> Path:
         "format": COMPILED_FORMAT,
         "weights_id": weights_id(card),
         "image_size": image_size,
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "sha256": sha256_bytes(data),
         "bytes": len(data),
         "max_probability_difference": difference,
         "max_feature_difference": feature_difference,

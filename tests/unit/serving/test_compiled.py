@@ -4,7 +4,6 @@ never used when it does not match its record, and a start-up without TensorFlow 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -26,14 +25,10 @@ CELLS = sorted(FIXTURE_IMAGES.rglob("*.jpg"))
 
 
 @pytest.fixture()
-def store(tiny_store, tmp_path, monkeypatch):
+def store(cnn_store, tmp_path):
     """A private store (and so a private compiled cache beside it) with a copy of tiny-cnn."""
-    root = tmp_path / "store"
-    shutil.copytree(tiny_store / "models" / "tiny-cnn", root / "models" / "tiny-cnn")
-    (root / "default.json").write_text(json.dumps({"default": "tiny-cnn"}))
-    monkeypatch.setenv("BCCLASSIFY_STORE", str(root))
     assert compiled_dir() == tmp_path / "cache" / "compiled"
-    return root
+    return cnn_store
 
 
 def _answers(classifier):

@@ -24,13 +24,9 @@ CELL = sorted(FIXTURE_IMAGES.rglob("*.jpg"))[0]
 
 
 @pytest.fixture()
-def store(tiny_store, tmp_path, monkeypatch):
+def store(cnn_store):
     """A private store holding a copy of the small ``tiny-cnn`` model only."""
-    root = tmp_path / "store"
-    shutil.copytree(tiny_store / "models" / "tiny-cnn", root / "models" / "tiny-cnn")
-    (root / "default.json").write_text(json.dumps({"default": "tiny-cnn"}))
-    monkeypatch.setenv("BCCLASSIFY_STORE", str(root))
-    return root
+    return cnn_store
 
 
 def _folder(store):
