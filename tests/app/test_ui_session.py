@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import keras
 import pytest
 
@@ -41,30 +39,38 @@ def test_preload_is_off_when_asked(monkeypatch):
 
 
 @pytest.mark.slow
-def test_preload_loads_traces_and_compiles_the_default_in_the_background(
-    tiny_store, tmp_path, monkeypatch
-):
-    from bcclassify.serving.classifier import load_model
-    from bcclassify.serving.compiled import has_compiled
+def test_preload_loads_and_traces_the_default_in_the_background(tiny_store, monkeypatch):
     from ui import session
 
-    store = tmp_path / "store"  # its own compiled cache beside it (tmp_path/cache)
-    shutil.copytree(tiny_store, store)
-    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
     monkeypatch.setenv(session.PRELOAD_ENV, "1")
-    monkeypatch.setenv(session.COMPILE_ENV, "1")
     monkeypatch.setattr(session, "PRELOADER", session.Preloader())
     thread = session.preload_default_model()
     assert thread is not None and thread.daemon
     assert session.preload_default_model() is thread  # once per process
-    thread.join(timeout=900)
+    thread.join(timeout=600)
     assert not thread.is_alive()
     explainer = session.cached_explainer("tiny-hybrid")
     # The warm-up explained with the card's default method, so that visualizer is built.
     assert explainer.default_method in explainer.visualizers
-    # ... and then wrote the compiled graph, from which the next server start answers.
-    assert has_compiled(explainer.classifier.card)
-    assert load_model("tiny-hybrid").compiled is not None
+
+
+@pytest.mark.slow  # loads, explains and compiles the tiny CNN
+def test_preload_writes_the_compiled_graph_the_next_start_answers_from(cnn_store, monkeypatch):
+    from bcclassify.serving.classifier import load_model
+    from bcclassify.serving.compiled import has_compiled
+    from ui import session
+
+    monkeypatch.setenv(session.PRELOAD_ENV, "1")
+    monkeypatch.setenv(session.COMPILE_ENV, "1")
+    monkeypatch.setattr(session, "PRELOADER", session.Preloader())
+    thread = session.preload_default_model()
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    assert has_compiled(session.cached_model("tiny-cnn").card)
+    assert load_model("tiny-cnn").compiled is not None
+    # The next server's cached model answers from the graph; its Keras waits for the maps.
+    started = load_model("tiny-cnn")
+    assert started.keras_model is None
 
 
 @pytest.mark.slow  # loads and traces the tiny hybrid
