@@ -606,17 +606,27 @@ def _build_keras_model(
     files: dict[str, str],
     to_verify: dict[str, str],
     fold_batch_norm: bool,
+    on_keras_import: Callable[[], None] | None = None,
 ):
-    """The Keras model of the installed files, after checking ``to_verify``'s checksums."""
-    verify_files(folder, to_verify)
+    """The Keras model of the installed files, after checking ``to_verify``'s checksums.
+
+    ``on_keras_import``: called once Keras is imported, before the model is built (the app
+    patches Keras there)."""
     architecture = json.loads((folder / "model.json").read_text())
+    # Serving never trains: compiling from the saved config would build the optimizer's
+    # variables (Adam: two per weight), 1.5 s of a 2.5 s build, for nothing.
+    architecture.pop("compile_config", None)
     # Only batch-normalisation layers go; any the card reads by name (Grad-CAM's) stay.
     keep = tuple(card.get("explain_layers", ())) if fold_batch_norm else None
-    # Reading (and folding) the arrays overlaps importing Keras and building the graph.
+    # Checking, reading (and folding) the arrays overlaps importing Keras: hashing and numpy
+    # release the GIL, so on 2 cores this hides most of it.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        graph = pool.submit(_read_graph, folder, files, architecture, keep)
+        graph = pool.submit(_read_graph, folder, files, architecture, keep, to_verify)
         import_tensorflow_quietly()
         import keras  # lazy: seconds to load, overlapping the weights read above
+
+        if on_keras_import is not None:
+            on_keras_import()
 
         config, weights = graph.result()
         model = keras.models.model_from_json(json.dumps(zero_initialisers(config)))
@@ -630,9 +640,15 @@ def _build_keras_model(
 
 
 def _read_graph(
-    folder: Path, files: dict[str, str], architecture: dict, keep: Sequence[str] | None
+    folder: Path,
+    files: dict[str, str],
+    architecture: dict,
+    keep: Sequence[str] | None,
+    to_verify: dict[str, str],
 ) -> tuple[dict, list[np.ndarray] | dict[str, list[np.ndarray]]]:
-    """The architecture and its weights, batch normalisation folded unless ``keep`` is None."""
+    """The architecture and its weights, batch normalisation folded unless ``keep`` is None,
+    after checking ``to_verify``'s checksums (ModelIntegrityError)."""
+    verify_files(folder, to_verify)
     weights = _read_weights(folder, files)
     folded = None if keep is None else fold_batch_norm_layers(architecture, weights, keep)
     return folded if folded is not None else (architecture, weights)

@@ -52,6 +52,7 @@ def test_preload_loads_and_traces_the_default_in_the_background(tiny_store, monk
     explainer = session.cached_explainer("tiny-hybrid")
     # The warm-up explained with the card's default method, so that visualizer is built.
     assert explainer.default_method in explainer.visualizers
+    assert explainer.switch.traced  # first explained eagerly, then traced while nobody waited
 
 
 @pytest.mark.slow  # loads, explains and compiles the tiny CNN

@@ -313,3 +313,21 @@ def test_pooled_heads_and_map_titles_come_from_the_registry():
     assert map_title("mixed7") == "InceptionV3 (mixed7)"
     assert map_title("block14_sepconv2_act") == "Xception (block14_sepconv2_act)"
     assert map_title("fused") == "Fused" and map_title("out_relu") == "out_relu"
+
+
+@pytest.mark.slow
+def test_eager_maps_until_traced_equal_the_traced_maps(hybrid):
+    """The app's first maps run the explain view eagerly; its trace must change nothing."""
+    pixels = hybrid.load(CELL)
+    explainer = Explainer(hybrid, eager_until_traced=True)
+    assert not explainer.switch.traced
+    eager = explainer.explain_pixels(pixels, "layercam", target="neutrophil")
+    assert not explainer.switch.traced  # explaining alone never traces
+    explainer.trace(pixels)
+    assert explainer.switch.traced
+    explainer.trace(pixels)  # a second call has nothing to do
+    traced = explainer.explain_pixels(pixels, "layercam", target="neutrophil")
+    assert list(eager.maps) == list(traced.maps) == ["mixed10", "block14_sepconv2_act", "fused"]
+    for layer in eager.maps:
+        np.testing.assert_allclose(eager.maps[layer], traced.maps[layer], atol=1e-5)
+    assert Explainer(hybrid).switch.traced  # the library's default: traced from the start

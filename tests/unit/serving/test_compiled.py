@@ -58,6 +58,14 @@ def test_compiled_answers_match_keras_and_keras_waits_until_needed(store):
     assert served.model.count_params() == keras_served.model.count_params()  # built on demand
 
 
+def test_the_keras_model_is_built_for_serving_only(store):
+    served = load_model("tiny-cnn")
+    assert not served.model.compiled  # its saved compile config (an optimizer) is not built
+    imported = []
+    rebuilt = served.build_keras(on_keras_import=lambda: imported.append(True))
+    assert imported == [True] and rebuilt.count_params() == served.model.count_params()
+
+
 def test_a_damaged_compiled_graph_is_never_used(store):
     compile_classifier(load_model("tiny-cnn"))
     card = load_card(store / "models" / "tiny-cnn")
