@@ -38,6 +38,7 @@ run() {
     resnet50)     train --arch resnet50 --image-size 32 --epochs 3 ;;
     # Issue 25: from scratch at 128 px, the smallest size at which a cell's granules span more
     # than a pixel or two (about 30 min an epoch here; resume across sessions).
+    # On a lent GPU instead: scripts/gpu/README.md, "The zoo from scratch" (all five in one lease).
     resnet50-128) train --arch resnet50 --image-size 128 --epochs 12 --lr 1e-3 --run-id 20261204-resnet50-128px ;;
     densenet201)  train --arch densenet201 --image-size 32 --epochs 3 ;;
     vgg16)        train --arch vgg16 --image-size 32 --epochs 3 --lr 1e-4 ;;

@@ -40,8 +40,9 @@ from train_lab import (  # noqa: E402  (numpy/PIL only at import)
     LOG_NAME,
     as_float32,
     check_pack_files,
+    export_base,
     read_export,
-    read_stored_weights,
+    select_model,
     sha256_file,
 )
 
@@ -74,7 +75,7 @@ def read_returned(returned: list[Path]) -> dict:
 
 def read_weights_back(returned: list[Path], log: dict, merged: Path, manifest: dict):
     """The returned weights, checked against the log's checksums and decoded against the
-    pack's (starting) weights, as float32 in model order."""
+    pack's (starting) weights, or zeros from scratch, as float32 in model order."""
     files = log["exported"]["files"]
     for entry in files:
         path = next((d / entry["file"] for d in returned if (d / entry["file"]).is_file()), None)
@@ -82,7 +83,7 @@ def read_weights_back(returned: list[Path], log: dict, merged: Path, manifest: d
             raise FileNotFoundError(f"{entry['file']}: not in the returned folders")
         if sha256_file(path) != entry["sha256"]:
             raise ValueError(f"{path}: sha256 differs from the log's (damaged transfer)")
-    base = read_stored_weights(merged, manifest)
+    base = export_base(merged, manifest)
     return as_float32(read_export(returned, [e["file"] for e in files], base))
 
 
@@ -95,7 +96,7 @@ def read_pack(pack: Path, log: dict) -> tuple[Path, dict]:
     expected = (log.get("pack") or {}).get("manifest_sha256")
     if expected and sha256_file(manifest_path) != expected:
         raise ValueError(f"{manifest_path}: not the pack the GPU run trained from (sha256)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = select_model(json.loads(manifest_path.read_text()), log.get("arch"))
     check_pack_files(merged, manifest, require={"model", "weights"})
     return merged, manifest
 

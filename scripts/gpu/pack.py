@@ -21,7 +21,12 @@ What is packed:
   model's probabilities for the first validation images computed here (train_lab.py --check
   compares the GPU's with them).
 
+From scratch (issue 25): ``--arch resnet50,densenet201 --data DIR --image-size N`` packs the
+split that ``train --data DIR`` makes and each architecture's ``model/<arch>/model.json``, no
+weights (the device initialises them); ``train_lab.py --arch NAME`` trains one per call.
+
 Usage: python scripts/gpu/pack.py [--wheels] [--train-per-class N] [--val-per-class N]
+       python scripts/gpu/pack.py --arch A[,B] --data DIR --image-size N [--center-crop F]
 """
 
 from __future__ import annotations
@@ -143,6 +148,15 @@ def model_split(card: dict, data: str | None):
     return dataset, split, seed, limit, str(root)
 
 
+def fresh_split(data: str, seed: int, limit: int | None):
+    """The split ``train --data DATA --seed SEED`` makes: a model trained from scratch has no
+    card to check it against, so it is the library's split function on the data as given."""
+    from bcclassify.data.datasets import scan_dataset, subsample, train_val_test_split
+
+    dataset = subsample(scan_dataset(data), limit, seed)
+    return dataset, train_val_test_split(dataset.labels, dataset.hashes, seed), seed, limit, data
+
+
 def choose(indices: np.ndarray, labels: np.ndarray, per_class: int | None, seed: int, salt: int):
     """At most ``per_class`` of ``indices`` per class (all when None), in a seeded shuffled
     order (shards and the first validation images then mix the classes)."""
@@ -240,6 +254,42 @@ def write_model(folder: Path, card: dict, target: Path, shard_bytes: int) -> tup
     return entries, output_layer
 
 
+def write_fresh_model(arch: str, args: argparse.Namespace, classes: int, target: Path):
+    """model.json only, as the registry builds ``arch``: nothing to start from, so no weights
+    travel; the device initialises them with the run's seed (train_lab.py)."""
+    from bcclassify.models.registry import build
+
+    model = build(arch, args.image_size, classes, "none", center_crop=args.center_crop)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "model.json").write_text(model.to_json())
+    config = json.loads(model.to_json())
+    entry = {"path": f"model/{arch}/model.json", "kind": "model", "arch": arch, "count": None}
+    return entry, config["config"]["output_layers"][0][0], model.count_params()
+
+
+def fresh_models(args: argparse.Namespace, class_names: list[str], merged: Path):
+    """The manifest's ``models`` (one per ``--arch``) and their file entries."""
+    entries, models = [], {}
+    for arch in args.arch.split(","):
+        entry, output_layer, params = write_fresh_model(
+            arch, args, len(class_names), merged / "model" / arch
+        )
+        entries.append(entry)
+        models[arch] = {
+            "name": None,
+            "architecture": arch,
+            "image_size": args.image_size,
+            "center_crop": args.center_crop,
+            "class_names": class_names,
+            "output_layer": output_layer,
+            "parameters": params,
+            "training_run": None,
+            "from_scratch": True,
+            "initialisation": "from scratch: the layers' initialisers, seeded on the device",
+        }
+    return entries, models
+
+
 def reference_probabilities(name: str, dataset, indices, image_size: int) -> dict:
     """The installed model's probabilities (TensorFlow, CPU, uncalibrated, one view) for the
     first validation images: train_lab.py --check compares the GPU's with them."""
@@ -293,11 +343,18 @@ def build_pack(args: argparse.Namespace) -> dict:
     from bcclassify.serving.classifier import resolve_model_name, verify_model_files
     from bcclassify.storage.store import models_dir
 
-    name = resolve_model_name(args.model)
-    card = verify_model_files(name)
-    folder = models_dir() / name
-    image_size = int(card["image_size"])
-    dataset, split, seed, limit, root = model_split(card, args.data)
+    fresh = bool(args.arch)
+    if fresh:
+        if not (args.data and args.image_size):
+            raise ValueError("--arch needs --data and --image-size (no card to take them from)")
+        name, card, image_size = None, {}, args.image_size
+        dataset, split, seed, limit, root = fresh_split(args.data, args.seed, None)
+    else:
+        name = resolve_model_name(args.model)
+        card = verify_model_files(name)
+        folder = models_dir() / name
+        image_size = int(card["image_size"])
+        dataset, split, seed, limit, root = model_split(card, args.data)
     train = choose(split.train, dataset.labels, args.train_per_class, seed, 1)
     val = choose(split.val, dataset.labels, args.val_per_class, seed, 2)
     check_images(dataset, np.concatenate([train, val]), image_size, args.verify)
@@ -311,7 +368,11 @@ def build_pack(args: argparse.Namespace) -> dict:
     entries = []
     if args.wheels:
         entries += download_wheels(merged / "wheels")
-    model_entries, output_layer = write_model(folder, card, merged / "model", shard_bytes)
+    if fresh:
+        model_entries, models = fresh_models(args, list(dataset.class_names), merged)
+    else:
+        model_entries, output_layer = write_model(folder, card, merged / "model", shard_bytes)
+        models = None
     entries += model_entries
     entries += write_image_shards(dataset, val, "val", merged / "data", shard_bytes)
     entries += write_image_shards(dataset, train, "train", merged / "data", shard_bytes)
@@ -329,10 +390,10 @@ def build_pack(args: argparse.Namespace) -> dict:
         entry["call"] = call_of[entry["path"]]
 
     lab = dataclasses.asdict(PRESETS[args.preset])
-    manifest = {
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "made_by": "scripts/gpu/pack.py",
-        "model": {
+    model_record = (
+        next(iter(models.values()))
+        if fresh
+        else {
             "name": name,
             "architecture": card.get("architecture"),
             "image_size": image_size,
@@ -344,7 +405,16 @@ def build_pack(args: argparse.Namespace) -> dict:
             "training_config": card.get("training_config"),
             "card_sha256": sha256_file(folder / "card.json"),
             "files_sha256": card.get("files_sha256"),
-        },
+        }
+    )
+    # Random weights have nothing here to compare with: the device's check needs a model.
+    reference = (
+        {} if fresh else reference_probabilities(name, dataset, val[: args.reference], image_size)
+    )
+    manifest = {
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "made_by": "scripts/gpu/pack.py",
+        "model": model_record,
         "data": {
             "path": card.get("training_data", {}).get("path") or root,
             "resolved": str(Path(root).resolve()),
@@ -360,7 +430,7 @@ def build_pack(args: argparse.Namespace) -> dict:
         },
         "augmentation": {**lab, "zoom": list(lab["zoom"]) if lab["zoom"] else None},
         "augmentation_preset": args.preset,
-        "reference": reference_probabilities(name, dataset, val[: args.reference], image_size),
+        "reference": reference,
         "calls": [
             {
                 "call": n + 1,
@@ -378,6 +448,8 @@ def build_pack(args: argparse.Namespace) -> dict:
         },
         "files": entries,
     }
+    if models:
+        manifest["models"] = models  # train_lab.py --arch picks one; "model" is the first
     text = json.dumps(manifest, indent=1) + "\n"
     (merged / "manifest.json").write_text(text)
     for n in range(len(calls)):
@@ -407,11 +479,17 @@ def _link(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def _models_line(manifest: dict) -> str:
+    if manifest.get("models"):
+        return "from scratch " + ", ".join(manifest["models"])
+    return f"model {manifest['model']['name']}"
+
+
 def summary(manifest: dict, out: Path) -> str:
     budget = manifest["call_budget"]
     data = manifest["data"]
     lines = [
-        f"pack {out}: model {manifest['model']['name']} "
+        f"pack {out}: {_models_line(manifest)} "
         f"({manifest['model']['image_size']} px), {data['train']['packed']} of "
         f"{data['train']['of_split']} training and {data['val']['packed']} of "
         f"{data['val']['of_split']} validation images (seed {data['seed']})",
@@ -434,6 +512,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default=None, help="installed model (default: the default model)")
     p.add_argument("--data", default=None, help="its training data (default: the card's path)")
+    p.add_argument(
+        "--arch",
+        default=None,
+        help="instead of --model: architectures (comma list) trained from scratch on the "
+        "device, all from one data pack (needs --data and --image-size)",
+    )
+    p.add_argument("--image-size", type=int, default=None, help="with --arch")
+    p.add_argument("--center-crop", type=float, default=1.0, help="with --arch")
+    p.add_argument("--seed", type=int, default=42, help="with --arch: the split's seed")
     p.add_argument("--out", default=str(REPO / "gpu_pack"))
     p.add_argument("--train-per-class", type=int, default=None, help="subsample (default: all)")
     p.add_argument("--val-per-class", type=int, default=100, help="subsample (default 100)")

@@ -182,6 +182,28 @@ def _set_policies(config: Any, policy: str, keep_float32: set[str]) -> Any:
     return config
 
 
+def select_model(manifest: dict, arch: str | None) -> dict:
+    """The manifest as seen by one run: a from-scratch pack (pack.py --arch) holds several
+    architectures' model.json; ``arch`` picks one, as ``model``, with only its files."""
+    models = manifest.get("models")
+    if not models:
+        if arch and arch != manifest["model"]["architecture"]:
+            raise ValueError(f"the pack holds {manifest['model']['architecture']}, not {arch}")
+        return manifest
+    if arch is None:
+        if len(models) > 1:
+            raise ValueError(f"the pack holds {', '.join(models)}: choose one with --arch")
+        arch = next(iter(models))
+    if arch not in models:
+        raise ValueError(f"the pack holds {', '.join(models)}, not {arch}")
+    files = [e for e in manifest["files"] if e.get("arch") in (None, arch)]
+    return {**manifest, "model": models[arch], "files": files}
+
+
+def from_scratch(manifest: dict) -> bool:
+    return bool(manifest["model"].get("from_scratch"))
+
+
 def model_entry(manifest: dict) -> dict:
     return next(e for e in manifest["files"] if e["kind"] == "model")
 
@@ -205,21 +227,37 @@ def read_weights(pack: Path, manifest: dict) -> list[np.ndarray]:
     return as_float32(read_stored_weights(pack, manifest))
 
 
-def build_model(pack: Path, manifest: dict, precision: str = "float32"):
-    """The installed model from its model.json (standard layers only) with the packed weights."""
+def build_model(pack: Path, manifest: dict, precision: str = "float32", initialise: bool = True):
+    """The installed model from its model.json (standard layers only) with the packed weights;
+    from scratch, the layers' own initialisers (seed set by the caller), or zeros when only the
+    shapes are wanted (``initialise=False``)."""
     import keras
 
     config = json.loads((pack / model_entry(manifest)["path"]).read_text())
-    config = zero_initialisers(config)
+    fresh = from_scratch(manifest)
+    if not (fresh and initialise):
+        config = zero_initialisers(config)
     if precision != "float32":
         head = manifest["model"].get("output_layer", "predictions")
         config = _set_policies(config, precision, {head})
     model = keras.models.model_from_json(json.dumps(config))
+    if fresh:
+        return model
     weights = read_weights(pack, manifest)
     if len(weights) != len(model.weights):
         raise ValueError(f"{len(weights)} packed arrays for {len(model.weights)} model weights")
     model.set_weights(weights)
     return model
+
+
+def export_base(pack: Path, manifest: dict, model=None) -> list[np.ndarray]:
+    """What the exported weights are coded against: the packed starting weights, or, from
+    scratch (nothing packed to start from), zeros of the model's shapes in the installed
+    precision, which import_run.py rebuilds from model.json alone."""
+    if not from_scratch(manifest):
+        return read_stored_weights(pack, manifest)
+    model = model if model is not None else build_model(pack, manifest, initialise=False)
+    return stored_arrays([np.zeros(tuple(v.shape), str(v.dtype)) for v in model.weights])
 
 
 def stored_arrays(arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -492,6 +530,13 @@ def lab_config(args: argparse.Namespace, manifest: dict) -> TrainConfig:
     """The run's TrainConfig: the library's one config class, as ``train`` would be given it for
     an end-to-end lab fine-tune of the packed model."""
     model, data = manifest["model"], manifest["data"]
+    preset = manifest.get("augmentation_preset", "lab")
+    if args.note:
+        note = args.note
+    elif from_scratch(manifest):
+        note = f"from scratch on a GPU, {preset} augmentation (issue 25)"
+    else:
+        note = f"{preset} preset, every layer fine-tuned on a GPU (issue 12)"
     config = TrainConfig(
         arch=model["architecture"],
         data=data["path"],
@@ -501,7 +546,7 @@ def lab_config(args: argparse.Namespace, manifest: dict) -> TrainConfig:
         optimizer="adam",
         lr=args.lr,
         augment=True,
-        augment_preset=manifest.get("augmentation_preset", "lab"),
+        augment_preset=preset,
         keep_weights=args.keep,
         seed=args.seed,
         freeze_until=None,  # end to end: every layer trained, stem included
@@ -509,9 +554,9 @@ def lab_config(args: argparse.Namespace, manifest: dict) -> TrainConfig:
         center_crop=float(model["center_crop"]),
         limit_per_class=data["limit_per_class"],  # the split's; the subsets are under "gpu"
         aug_copies=0,  # fresh views every step, none cached
-        init_from=None,  # the source is an installed model, not a run folder: see "gpu"
-        backbone_weights="none",  # the installed model's weights, not ImageNet's
-        note=args.note,
+        init_from=None,  # the source is an installed model (or none), not a run: see "gpu"
+        backbone_weights="none",  # the installed model's weights (or random), not ImageNet's
+        note=note,
     )
     stamp = new_run_id(config, config.image_size)
     config.run_id = args.run_id or f"{stamp}-{config.augment_preset}"
@@ -549,11 +594,15 @@ def run_config(config: TrainConfig, args: argparse.Namespace, manifest: dict, lo
             "max_seconds": args.max_seconds,
             "train_subset": data["train"],
             "val_subset": data["val"],
-            "initialised_from": {
-                "model": model["name"],
-                "training_run": model["training_run"],
-                "card_sha256": model["card_sha256"],
-            },
+            "initialised_from": (
+                {"from_scratch": True, "seed": args.seed}
+                if from_scratch(manifest)
+                else {
+                    "model": model["name"],
+                    "training_run": model["training_run"],
+                    "card_sha256": model["card_sha256"],
+                }
+            ),
             "pack_manifest_sha256": (log.get("pack") or {}).get("manifest_sha256"),
         },
     }
@@ -629,8 +678,9 @@ def train(args: argparse.Namespace, log: dict, clock: _Clock) -> dict:
     """The fine-tune, through the library's epoch loop and checkpoints; fills ``log`` as it
     goes (the caller writes it)."""
     pack, work, out = Path(args.pack), Path(args.work), Path(args.out)
-    manifest = read_manifest(pack)
+    manifest = select_model(read_manifest(pack), args.arch)
     check_pack_files(pack, manifest, require={"model", "weights", "train", "val"})
+    log["arch"] = manifest["model"]["architecture"]
     log["pack"] = {
         "manifest_sha256": sha256_file(pack / "manifest.json"),
         "model": manifest["model"],
@@ -766,7 +816,7 @@ def train(args: argparse.Namespace, log: dict, clock: _Clock) -> dict:
     record.update(stop_reason=state["stop_reason"], device_finished=_now())
 
     # Export the kept weights (as train's evaluation loads them), in the installed precision.
-    stored_base = read_stored_weights(pack, manifest)
+    stored_base = export_base(pack, manifest, base)
     if (ckpt_dir / "best.weights.h5").is_file():
         base.load_weights(ckpt_dir / "best.weights.h5")
     arrays = stored_arrays(base.get_weights())
@@ -822,8 +872,7 @@ def export_only(args: argparse.Namespace, log: dict) -> dict:
         exported["sent"] = exported.get("sent", []) + [e["file"] for e in sent]
         exported["pending"] = [e["file"] for e in pending]
     else:
-        manifest = read_manifest(pack)
-        base = read_stored_weights(pack, manifest)
+        manifest = select_model(read_manifest(pack), previous.get("arch") or args.arch)
         ckpt_dir = work / "runs" / previous["run_id"] / "checkpoints"
         if args.export_only == "best":
             source = ckpt_dir / "best.weights.h5"
@@ -831,6 +880,7 @@ def export_only(args: argparse.Namespace, log: dict) -> dict:
             source = ckpt_dir / read_json(ckpt_dir / "latest.json")["folder"] / "model.weights.h5"
         model = build_model(pack, manifest)
         model.load_weights(source)
+        base = export_base(pack, manifest, model)
         previous["exported"] = export(
             stored_arrays(model.get_weights()), base, args.export_only, work, out
         )
@@ -860,6 +910,8 @@ def check(args: argparse.Namespace, log: dict) -> dict:
     complete, its clean predictions on the first validation images against the CPU reference."""
     pack = Path(args.pack)
     manifest = read_manifest(pack)
+    if args.check_model or args.arch:
+        manifest = select_model(manifest, args.arch)
     missing = check_pack_files(pack, manifest)
     kinds = {e["path"]: e["kind"] for e in manifest["files"]}
     log["missing"] = {k: sum(kinds[p] == k for p in missing) for k in sorted(set(kinds.values()))}
@@ -887,6 +939,7 @@ def check(args: argparse.Namespace, log: dict) -> dict:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--pack", default="gpu_pack", help="the pack folder (merged call folders)")
+    p.add_argument("--arch", default=None, help="which of a from-scratch pack's architectures")
     p.add_argument("--work", default="/tmp/bcgpu/work", help="checkpoints, outside $OUT")
     p.add_argument("--out", default=os.environ.get("OUT", "out"), help="what comes back ($OUT)")
     mode = p.add_mutually_exclusive_group()
@@ -946,7 +999,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--resume", action="store_true", help="continue the run in --work from its checkpoint"
     )
     p.add_argument("--run-id", default=None, help="default: <stamp>-<arch>-<size>px[-cropNN]-lab")
-    p.add_argument("--note", default="lab preset, every layer fine-tuned on a GPU (issue 12)")
+    p.add_argument("--note", default=None, help="default: what the run is (preset, scratch)")
     p.add_argument(
         "--no-backend-cache",
         dest="backend_cache",

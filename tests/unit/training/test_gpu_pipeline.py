@@ -306,3 +306,55 @@ def test_pack_train_import_evaluate_promote(tiny_store, tmp_path, monkeypatch, c
     cli(["promote", "gpu-lab", "--name", "lab-gpu"], store=store, check=True)
     installed = json.loads((store / "models" / "lab-gpu" / "card.json").read_text())
     assert installed["training_run"] == "gpu-lab"
+
+
+@pytest.mark.slow
+def test_from_scratch_pack_trains_one_of_its_architectures_and_imports(tmp_path, monkeypatch):
+    """Issue 25's route: one data pack, several architectures' model.json and no weights; the
+    device initialises the chosen one from the seed, its weights come back coded against zeros,
+    and the import is an ordinary run of that architecture, scored on the test split."""
+    import import_run
+    import pack
+
+    data = _cells_with_a_validation_split(tmp_path / "cells")
+    store = tmp_path / "store"
+    (store / "runs").mkdir(parents=True)
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    packed = tmp_path / "pack"
+    command = ["--arch", "cnn,unet", "--data", str(data), "--image-size", "43"]
+    assert pack.main([*command, "--center-crop", "0.75", "--out", str(packed)]) == 0
+    manifest = json.loads((packed / "all" / "manifest.json").read_text())
+    assert set(manifest["models"]) == {"cnn", "unet"} and manifest["reference"] == {}
+    assert not [e for e in manifest["files"] if e["kind"] == "weights"]
+    assert manifest["augmentation_preset"] == "lab"  # the default preset, as for a fine-tune
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    args = ["--pack", str(packed / "all"), "--work", str(work), "--out", str(out)]
+    args += ["--epochs", "1", "--batch-size", "4", "--steps-per-epoch", "2"]
+    args += ["--eval-batch-size", "4", "--warmup-steps", "0", "--workers", "1", "--lr", "1e-3"]
+    with pytest.raises(ValueError, match="choose one with --arch"):
+        train_lab.main(args)
+    assert train_lab.main([*args, "--arch", "unet"]) == 0
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["arch"] == "unet" and log["epochs_done"] == 1
+    assert log["run_files"]["config.json"]["gpu"]["initialised_from"] == {
+        "from_scratch": True,
+        "seed": 42,
+    }
+    assert "from scratch" in log["run_files"]["config.json"]["note"]
+
+    assert import_run.main([str(out), "--pack", str(packed), "--run-id", "scratch-unet"]) == 0
+    run_dir = store / "runs" / "scratch-unet"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["arch"] == "unet" and config["center_crop"] == 0.75
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["num_samples"] == manifest["data"]["split_sizes"]["test"]
+    # The run holds exactly what the device trained: its probe probabilities, recomputed here.
+    import keras
+
+    model = keras.models.load_model(run_dir / "model.keras", safe_mode=True)
+    probe = log["probe"]
+    pixels = np.stack([train_lab.decode_image((data / f).read_bytes(), 43) for f in probe["files"]])
+    here = model.predict(pixels.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(here, probe["probabilities"], atol=2e-3)
