@@ -10,6 +10,7 @@ from bcclassify.explain.faithfulness import table_rows
 from bcclassify.explain.maps import DEFAULT_METHOD, METHODS, SEEN_CAPTION, overlay
 from bcclassify.presentation.pages import (
     BENCH_HINT,
+    BENCH_RUNS_HINT,
     EXAMPLES_DIR,
     PROMOTE_HINT,
     TRAIN_HINT,
@@ -50,8 +51,11 @@ def leaderboard_ui() -> None:
         )  # fmt: skip
         st.caption("Best test accuracy first.")
         st.caption(
-            f"Latency: median single-image prediction from the model's `bench.json`, written by "
-            f"`{BENCH_HINT}`."
+            f"Latency of a model: median single-image prediction as served (every test-time "
+            f"view, calibration, novelty score), from its `bench.json` (`{BENCH_HINT}`). Of a "
+            f"run: one forward pass of its architecture at its input size, one view "
+            f"(`{BENCH_RUNS_HINT}`). Training time: wall time on the machine that trained it "
+            f"(the runs' environment says which)."
         )
     st.subheader("Reference results (published, not measured here)")
     st.dataframe(reference_table(), hide_index=True, key="reference")

@@ -45,6 +45,8 @@ EXAMPLE_CREDIT = f"Example cells: {DATASET_CREDIT}"
 TRAIN_HINT = "python -m bcclassify train --arch hybrid --data PATH/TO/PBC --epochs 10"
 PROMOTE_HINT = "python -m bcclassify promote RUN_ID --name NAME --default"
 BENCH_HINT = "python -m bcclassify bench --model NAME --save"
+BENCH_RUNS_HINT = "python -m bcclassify bench --run all"
+BENCH_RUNS_HINT = "python -m bcclassify bench --run all"
 
 
 # ----------------------------------------------------------------------------- inputs

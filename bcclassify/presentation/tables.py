@@ -88,6 +88,8 @@ def run_rows(runs: Iterable[RunSummary | Mapping[str, Any]]) -> list[dict[str, A
                 "duration": run.duration_s,
                 "created": run.created,
                 "note": run.note or None,
+                "parameters": run.parameters,
+                "latency ms": run.forward_s,  # one forward pass (bench --run), not as served
             }
         )
     return _best_first(rows)
@@ -238,7 +240,7 @@ MARKDOWN_MODEL_COLUMNS = (
 )  # fmt: skip
 MARKDOWN_RUN_COLUMNS = (
     "run id", "architecture", "input px", "initialisation", "epochs", "split", "augmentation",
-    "SMOTE", "shuffle", "test accuracy", "macro-F1", "duration",
+    "SMOTE", "shuffle", "test accuracy", "macro-F1", "parameters", "latency ms", "duration",
 )  # fmt: skip
 
 

@@ -15,7 +15,13 @@ from bcclassify import EXAMPLES_DIR, REPO_ROOT
 from bcclassify.explain.maps import Explainer
 from bcclassify.serving.classifier import load_model
 
-__all__ = ["FLOP_PER_CYCLE_FP32_AVX2", "cpu_info", "forward_flops", "run_benchmark"]
+__all__ = [
+    "FLOP_PER_CYCLE_FP32_AVX2",
+    "architecture_cost",
+    "cpu_info",
+    "forward_flops",
+    "run_benchmark",
+]
 
 FLOP_PER_CYCLE_FP32_AVX2 = 32  # two 8-wide FMA units: 2 x 8 x 2
 
@@ -165,4 +171,44 @@ def run_benchmark(
             "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
         },
         "repeats": repeats,
+    }
+
+
+def architecture_cost(
+    arch: str, image_size: int, center_crop: float = 1.0, repeats: int = 20
+) -> dict:
+    """What a run's network costs to serve here, whatever its weights: parameters, FLOPs and
+    the median time of one forward pass of one image (one view, no calibration or novelty).
+
+    Measured on the registry's build of the architecture at random weights: a run folder keeps
+    no model in the repository (model.keras is not committed), and the speed of a network does
+    not depend on the values of its weights.
+    """
+    import datetime as dt
+
+    import tensorflow as tf  # lazy: TensorFlow takes seconds to load; the CLI starts without it
+
+    from bcclassify import CLASS_NAMES
+    from bcclassify.models.registry import build
+
+    model = build(arch, image_size, len(CLASS_NAMES), "none", center_crop=center_crop)
+    forward = tf.function(lambda x: model(x, training=False))
+    pixels = tf.constant(
+        np.random.default_rng(0).integers(0, 255, (1, image_size, image_size, 3)), tf.float32
+    )
+    for _ in range(3):
+        forward(pixels)  # warm-up: tracing and first-call allocation
+    cpu = cpu_info()
+    return {
+        "architecture": arch,
+        "image_size": image_size,
+        "center_crop": center_crop,
+        "parameters": int(model.count_params()),
+        "flops_per_image": forward_flops(model),
+        "forward_single_s": round(_median_seconds(lambda: forward(pixels).numpy(), repeats), 4),
+        "repeats": repeats,
+        "cpu": cpu["name"],
+        "cpu_cores": cpu["cores"],
+        "measured": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "how": "the registry's build at random weights: one image, one view, one forward pass",
     }

@@ -140,6 +140,15 @@ class RunRecord:
             self.mode,
         )
 
+    def write_cost(self, cost: Mapping[str, Any]) -> None:
+        """cost.json: the architecture's parameters and CPU speed at the run's input size
+        (``bench --run``; bcclassify.serving.bench.architecture_cost)."""
+        write_json(self.folder / "cost.json", dict(cost), self.mode)
+
+    def cost(self) -> dict:
+        """cost.json, or {} when the run's architecture was not measured."""
+        return read_json(self.folder / "cost.json", {}) or {}
+
     def write_metrics(self, metrics: dict) -> None:
         write_json(self.folder / "metrics.json", metrics, self.mode)
 
@@ -199,6 +208,7 @@ class RunRecord:
         config = self.config()
         metrics = self.metrics() or {}
         figures = headline(metrics)
+        cost = self.cost()
         return RunSummary(
             run_id=self.run_id,
             arch=run.get("arch") or config.get("arch"),
@@ -222,6 +232,8 @@ class RunRecord:
             initialisation=initialisation_summary(self.initialisation(run)),
             init_from=run.get("init_from"),
             has_weights=(self.folder / "model.keras").is_file(),
+            parameters=cost.get("parameters"),
+            forward_s=cost.get("forward_single_s"),
         )
 
     def initialisation(self, run: Mapping | None = None) -> Mapping | None:
@@ -260,6 +272,8 @@ class RunSummary:
     initialisation: str | None = None
     init_from: str | None = None
     has_weights: bool = False
+    parameters: int | None = None  # from cost.json (bench --run)
+    forward_s: float | None = None  # one image, one forward pass, on this project's CPU
     other: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
 
     @classmethod

@@ -101,6 +101,33 @@ def test_bench_reports_every_field(cli):
     assert bench["runtime"] == "tensorflow"  # the tiny store has no compiled graph
 
 
+def test_bench_run_saves_what_the_architecture_costs(cli, tiny_store, tmp_path):
+    """A run keeps no model in the repository: its cost is the registry's build of its
+    architecture at its input size, saved in the run folder for the comparison page."""
+    import shutil
+
+    from bcclassify.models.registry import build
+    from bcclassify.serving.bench import forward_flops
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store / "runs" / "fixture-cnn-32px", store / "runs" / "fixture-cnn-32px")
+    result = cli(["bench", "--run", "all", "--json", "--repeats", "5"], store=store, check=True)
+    (line,) = result.stdout.strip().splitlines()
+    cost = json.loads(line)
+    network = build("cnn", 32, 8, "none")
+    assert cost["run_id"] == "fixture-cnn-32px" and cost["parameters"] == network.count_params()
+    assert cost["flops_per_image"] == forward_flops(network) and cost["forward_single_s"] > 0
+    saved = json.loads((store / "runs" / "fixture-cnn-32px" / "cost.json").read_text())
+    assert saved["parameters"] == cost["parameters"] and saved["repeats"] == 5
+    listed = json.loads(cli(["list", "--json"], store=store, check=True).stdout)
+    assert listed[0]["parameters"] == cost["parameters"]
+    # 'all' is every finished run not measured yet: nothing left
+    assert cli(["bench", "--run", "all"], store=store, check=True).stdout.strip() == ""
+    for wrong in ("no-such-run", "../runs"):
+        refused = cli(["bench", "--run", wrong], store=store)
+        assert refused.returncode != 0
+
+
 def test_every_command_has_help(cli):
     commands = ("train", "evaluate", "promote", "list", "predict", "explain", "bench")
     for command in (*commands, "faithfulness", "users", "reviews", "calibrate", "seal", "adapt"):

@@ -47,6 +47,8 @@ def test_the_leaderboard_mixes_models_and_finished_runs_best_first():
     assert by_name["a (default)"]["latency ms"] == "12"
     assert by_name["b"]["latency ms"] == MISSING and by_name["b"]["size MB"] == "86.3"
     assert by_name["cv"]["size MB"] == MISSING and by_name["cv"]["source"] == "5-fold CV"
+    # A run's cost is its architecture's (bench --run): unmeasured until then.
+    assert by_name["mid"]["parameters"] == by_name["mid"]["latency ms"] == MISSING
     # A model's training time is its run's; a run's is its own.
     assert by_name["b"]["training time"] == by_name["b-run"]["training time"] == "1h 02m"
     assert by_name["a (default)"]["training time"] == MISSING
@@ -79,3 +81,12 @@ def test_the_library_imports_neither_streamlit_nor_plotly_nor_the_cli():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_measured_run_shows_its_parameters_and_forward_pass():
+    measured = RunSummary(
+        "m", arch="resnet50", image_size=128, status="finished", test_accuracy=0.9,
+        parameters=23_604_104, forward_s=0.0415,
+    )  # fmt: skip
+    (row,) = as_text(leaderboard_rows({}, [measured]), LEADERBOARD_COLUMNS)
+    assert row["parameters"] == "23,604,104" and row["latency ms"] == "42"
