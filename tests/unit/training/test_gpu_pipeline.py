@@ -122,6 +122,46 @@ def test_weight_encoding_is_lossless_and_smaller():
     assert members["z00000"].nbytes < 0.8 * trained[0].nbytes
 
 
+def test_weights_trained_from_scratch_come_back_exactly_against_zeros():
+    """Nothing is packed to start from, so both sides code against zeros of the same shapes."""
+    rng = np.random.default_rng(1)
+    trained = [
+        rng.normal(0, 0.05, (32, 32, 8)).astype(np.float16),
+        rng.normal(0, 1, (8,)).astype(np.float32),
+    ]
+    zeros = [np.zeros_like(a) for a in trained]
+    decoded = train_lab.decode_weights(train_lab.encode_weights(trained, zeros), zeros)
+    for got, want in zip(decoded, trained):
+        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
+def test_a_from_scratch_pack_is_read_as_the_chosen_architecture_only():
+    models = {
+        "cnn": {"architecture": "cnn", "from_scratch": True},
+        "unet": {"architecture": "unet"},
+    }
+    files = [
+        {"path": "model/cnn/model.json", "kind": "model", "arch": "cnn"},
+        {"path": "model/unet/model.json", "kind": "model", "arch": "unet"},
+        {"path": "data/train-000.npz", "kind": "train"},
+    ]
+    manifest = {"model": models["cnn"], "models": models, "files": files}
+    picked = train_lab.select_model(manifest, "unet")
+    assert picked["model"] == models["unet"] and not train_lab.from_scratch(picked)
+    assert [e["path"] for e in picked["files"]] == ["model/unet/model.json", "data/train-000.npz"]
+    assert train_lab.model_entry(picked)["arch"] == "unet"
+    with pytest.raises(ValueError, match="choose one with --arch"):
+        train_lab.select_model(manifest, None)
+    with pytest.raises(ValueError, match="not vgg16"):
+        train_lab.select_model(manifest, "vgg16")
+    # A fine-tune's pack has one model: read as it is, and only under its own name.
+    fine_tune = {"model": {"architecture": "hybrid"}, "files": files[2:]}
+    assert train_lab.select_model(fine_tune, None) is fine_tune
+    assert train_lab.select_model(fine_tune, "hybrid") is fine_tune
+    with pytest.raises(ValueError, match="not cnn"):
+        train_lab.select_model(fine_tune, "cnn")
+
+
 def test_delivery_keeps_within_what_comes_back(tmp_path, monkeypatch):
     monkeypatch.setattr(train_lab, "OUT_TOTAL_BYTES", 3000)
     monkeypatch.setattr(train_lab, "LOG_RESERVE_BYTES", 500)
