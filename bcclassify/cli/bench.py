@@ -51,7 +51,11 @@ def _bench_runs(args: argparse.Namespace) -> int:
     for record in records:
         summary = record.summary()
         cost = architecture_cost(
-            summary.arch, summary.image_size, summary.center_crop or 1.0, max(args.repeats, 5)
+            summary.arch,
+            summary.image_size,
+            summary.center_crop or 1.0,
+            max(args.repeats, 5),
+            norm=record.config().get("norm", "batch"),
         )
         record.write_cost(cost)
         if args.json:

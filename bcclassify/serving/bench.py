@@ -175,7 +175,7 @@ def run_benchmark(
 
 
 def architecture_cost(
-    arch: str, image_size: int, center_crop: float = 1.0, repeats: int = 20
+    arch: str, image_size: int, center_crop: float = 1.0, repeats: int = 20, norm: str = "batch"
 ) -> dict:
     """What a run's network costs to serve here, whatever its weights: parameters, FLOPs and
     the median time of one forward pass of one image (one view, no calibration or novelty).
@@ -191,7 +191,7 @@ def architecture_cost(
     from bcclassify import CLASS_NAMES
     from bcclassify.models.registry import build
 
-    model = build(arch, image_size, len(CLASS_NAMES), "none", center_crop=center_crop)
+    model = build(arch, image_size, len(CLASS_NAMES), "none", center_crop=center_crop, norm=norm)
     forward = tf.function(lambda x: model(x, training=False))
     pixels = tf.constant(
         np.random.default_rng(0).integers(0, 255, (1, image_size, image_size, 3)), tf.float32
@@ -203,6 +203,7 @@ def architecture_cost(
         "architecture": arch,
         "image_size": image_size,
         "center_crop": center_crop,
+        "norm": norm,
         "parameters": int(model.count_params()),
         "flops_per_image": forward_flops(model),
         "forward_single_s": round(_median_seconds(lambda: forward(pixels).numpy(), repeats), 4),

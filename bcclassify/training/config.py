@@ -64,6 +64,14 @@ class TrainConfig:
             "e.g. 1e-4)"
         },
     )
+    norm: str = field(
+        default="batch",
+        metadata={
+            "choices": ("batch", "group"),
+            "help": "group: GroupNormalization in place of every batch norm (per-image "
+            "statistics, none carried from the training lab; issue 21)",
+        },
+    )
     center_crop: float = field(
         default=1.0,
         metadata={
@@ -108,4 +116,5 @@ class TrainConfig:
 def new_run_id(config: TrainConfig, image_size: int) -> str:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     crop = f"-crop{round(config.center_crop * 100)}" if config.center_crop < 1.0 else ""
-    return f"{stamp}-{config.arch}-{image_size}px{crop}"
+    norm = "-gn" if config.norm == "group" else ""
+    return f"{stamp}-{config.arch}-{image_size}px{crop}{norm}"

@@ -183,6 +183,7 @@ def _assemble(config: TrainConfig, arch: Architecture, num_classes: int) -> _Par
             config.backbone_weights,
             init_record,
             center_crop=config.center_crop,
+            norm=config.norm,
         )
         if config.freeze_bn:
             freeze_pretrained_batch_norm(model, init_record)

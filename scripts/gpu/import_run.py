@@ -159,6 +159,7 @@ def registry_model(config: dict, weights: list[np.ndarray]):
         len(config["class_names"]),
         "none",  # overwritten at once
         center_crop=config["center_crop"],
+        norm=config.get("norm", "batch"),
     )
     if len(weights) != len(model.weights):
         raise ValueError(

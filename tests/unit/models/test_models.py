@@ -204,3 +204,60 @@ def test_centre_crop_is_checked():
         build("cnn", 48, weights="none", center_crop=1.5)
     with pytest.raises(ValueError, match=r"0.75 of 80 px"):
         build("xception", 80, weights="none", center_crop=0.75)  # sees 60 px < 71
+
+
+def test_group_counts_divide_the_channels():
+    from bcclassify.models.registry import group_count
+
+    assert [group_count(c) for c in (16, 32, 96, 144, 1280, 7)] == [16, 32, 32, 24, 32, 7]
+
+
+def test_group_norm_replaces_every_batch_norm_and_keeps_what_was_learnt(tmp_path):
+    """``norm="group"``: per-image statistics, none carried from the training lab (issue 21)."""
+    import keras
+
+    from bcclassify.training.config import TrainConfig, new_run_id
+
+    source = build("mobilenetv2", 32, weights="none")
+    record: dict = {}
+    keras.utils.set_random_seed(0)
+    model = build("mobilenetv2", 32, weights="none", init_record=record, norm="group")
+    batch_norms = [
+        layer for layer in source.layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    groups = {
+        layer.name: layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.GroupNormalization)
+    }
+    assert batch_norms and len(groups) == len(batch_norms)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+    assert record["normalisation"] == f"group norm in place of {len(batch_norms)} batch norms"
+    # the running statistics are dropped: two arrays fewer per norm layer
+    assert model.count_params() == source.count_params() - 2 * sum(
+        int(layer.moving_mean.shape[0]) for layer in batch_norms
+    )
+    # the scale and offset are the batch norm's (the same seed built both)
+    keras.utils.set_random_seed(0)
+    again = build("mobilenetv2", 32, weights="none")
+    for layer in batch_norms[:3]:
+        gamma, beta = again.get_layer(layer.name).get_weights()[:2]
+        np.testing.assert_array_equal(groups[layer.name].get_weights()[0], gamma)
+        np.testing.assert_array_equal(groups[layer.name].get_weights()[1], beta)
+    # an image is normalised by its own statistics: even in training, whatever the batch
+    last = keras.Model(model.input, model.get_layer(batch_norms[-1].name).output)
+    pixels = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    alone = last(pixels[:1], training=True).numpy()
+    np.testing.assert_allclose(last(pixels, training=True).numpy()[:1], alone, atol=1e-4)
+    # (batch norm in training takes the batch's statistics: the same image comes out otherwise)
+    before = keras.Model(source.input, source.get_layer(batch_norms[-1].name).output)
+    shift = before(pixels, training=True).numpy()[:1] - before(pixels[:1], training=True).numpy()
+    assert np.abs(shift).max() > 0.1
+    restored = keras.models.model_from_json(model.to_json())
+    assert sum(isinstance(x, keras.layers.GroupNormalization) for x in restored.layers) == len(
+        groups
+    )
+    config = TrainConfig(arch="mobilenetv2", data="d", norm="group", center_crop=0.75)
+    assert new_run_id(config, 171).endswith("-mobilenetv2-171px-crop75-gn")
+    with pytest.raises(ValueError, match="norm must be one of"):
+        build("cnn", 32, weights="none", norm="layer")
