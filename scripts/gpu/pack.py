@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_lab import decode_image, sha256_file  # noqa: E402  (numpy/PIL only at import)
+from train_lab import decode_image, sha256_file, stored_arrays  # noqa: E402  (numpy/PIL only)
 
 MIB = 1024 * 1024
 CALL_BYTES = 64 * MIB  # what one device call carries, working tree included
@@ -224,13 +224,32 @@ def write_image_shards(dataset, indices, kind: str, folder: Path, shard_bytes: i
 
 def write_model(folder: Path, card: dict, target: Path, shard_bytes: int) -> tuple[list, str]:
     """model.json as installed; the weights re-sharded, keys and dtypes as installed."""
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(folder / "model.json", target / "model.json")
     arrays: dict[str, np.ndarray] = {}
     for name in sorted(card["files_sha256"]):
         if Path(name).match("weights-*.npz"):
             with np.load(folder / name) as stored:
                 arrays.update({k: stored[k] for k in stored.files})
+    return write_model_files((folder / "model.json").read_text(), arrays, target, shard_bytes)
+
+
+def write_group_norm_model(name: str, target: Path, shard_bytes: int):
+    """The installed model with group norm in place of every batch norm (``--norm group``),
+    its learnt scale and offset kept; returns the entries, output layer and the model."""
+    from bcclassify.models.registry import with_group_norm
+    from bcclassify.serving.classifier import load_model
+
+    model = with_group_norm(load_model(name, fold_batch_norm=False, compiled=False).model)
+    stored = stored_arrays(model.get_weights())
+    arrays = {f"w{i:05d}": array for i, array in enumerate(stored)}  # the installed keys
+    return (*write_model_files(model.to_json(), arrays, target, shard_bytes), model)
+
+
+def write_model_files(
+    model_json: str, arrays: dict[str, np.ndarray], target: Path, shard_bytes: int
+) -> tuple[list, str]:
+    """model.json and ``weights-NNN.npz`` shards of at most ``shard_bytes``, keys in order."""
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "model.json").write_text(model_json)
     entries = [{"path": "model/model.json", "kind": "model", "count": None}]
     shard: list[str] = []
     used = 0
@@ -249,7 +268,7 @@ def write_model(folder: Path, card: dict, target: Path, shard_bytes: int) -> tup
         used += size
     if shard:
         flush()
-    config = json.loads((folder / "model.json").read_text())
+    config = json.loads(model_json)
     output_layer = config["config"]["output_layers"][0][0]
     return entries, output_layer
 
@@ -259,7 +278,9 @@ def write_fresh_model(arch: str, args: argparse.Namespace, classes: int, target:
     travel; the device initialises them with the run's seed (train_lab.py)."""
     from bcclassify.models.registry import build
 
-    model = build(arch, args.image_size, classes, "none", center_crop=args.center_crop)
+    model = build(
+        arch, args.image_size, classes, "none", center_crop=args.center_crop, norm=args.norm
+    )
     target.mkdir(parents=True, exist_ok=True)
     (target / "model.json").write_text(model.to_json())
     config = json.loads(model.to_json())
@@ -285,22 +306,24 @@ def fresh_models(args: argparse.Namespace, class_names: list[str], merged: Path)
             "parameters": params,
             "training_run": None,
             "from_scratch": True,
+            "norm": args.norm,
             "initialisation": "from scratch: the layers' initialisers, seeded on the device",
         }
     return entries, models
 
 
-def reference_probabilities(name: str, dataset, indices, image_size: int) -> dict:
+def reference_probabilities(name: str, dataset, indices, image_size: int, model=None) -> dict:
     """The installed model's probabilities (TensorFlow, CPU, uncalibrated, one view) for the
-    first validation images: train_lab.py --check compares the GPU's with them."""
+    first validation images, or the packed ``model``'s when it was converted here:
+    train_lab.py --check compares the GPU's with them."""
     from bcclassify.data.imaging import load_image
     from bcclassify.serving.classifier import load_model
 
     if len(indices) == 0:
         return {}
-    classifier = load_model(name)
+    model = model if model is not None else load_model(name).model
     pixels = np.stack([load_image(dataset.paths[i], image_size) for i in indices])
-    probs = classifier.model.predict(pixels.astype(np.float32), verbose=0)
+    probs = model.predict(pixels.astype(np.float32), verbose=0)
     return {
         "files": [dataset.relative_paths[i] for i in indices],
         "probabilities": np.round(np.asarray(probs, dtype=np.float64), 6).tolist(),
@@ -344,6 +367,7 @@ def build_pack(args: argparse.Namespace) -> dict:
     from bcclassify.storage.store import models_dir
 
     fresh = bool(args.arch)
+    converted = None  # the installed model with group norm (--norm group), packed as converted
     if fresh:
         if not (args.data and args.image_size):
             raise ValueError("--arch needs --data and --image-size (no card to take them from)")
@@ -370,6 +394,11 @@ def build_pack(args: argparse.Namespace) -> dict:
         entries += download_wheels(merged / "wheels")
     if fresh:
         model_entries, models = fresh_models(args, list(dataset.class_names), merged)
+    elif args.norm == "group":
+        model_entries, output_layer, converted = write_group_norm_model(
+            name, merged / "model", shard_bytes
+        )
+        models = None
     else:
         model_entries, output_layer = write_model(folder, card, merged / "model", shard_bytes)
         models = None
@@ -402,6 +431,7 @@ def build_pack(args: argparse.Namespace) -> dict:
             "output_layer": output_layer,
             "training_run": card.get("training_run"),
             "initialisation": card.get("initialisation"),
+            "norm": args.norm,  # "group": converted at packing (registry.with_group_norm)
             "training_config": card.get("training_config"),
             "card_sha256": sha256_file(folder / "card.json"),
             "files_sha256": card.get("files_sha256"),
@@ -409,7 +439,9 @@ def build_pack(args: argparse.Namespace) -> dict:
     )
     # Random weights have nothing here to compare with: the device's check needs a model.
     reference = (
-        {} if fresh else reference_probabilities(name, dataset, val[: args.reference], image_size)
+        {}
+        if fresh
+        else reference_probabilities(name, dataset, val[: args.reference], image_size, converted)
     )
     manifest = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -517,6 +549,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="instead of --model: architectures (comma list) trained from scratch on the "
         "device, all from one data pack (needs --data and --image-size)",
+    )
+    p.add_argument(
+        "--norm",
+        choices=("batch", "group"),
+        default="batch",
+        help="group: group norm in place of every batch norm (train --norm group); with --model "
+        "the installed model is converted (scale and offset kept) to fine-tune on the device",
     )
     p.add_argument("--image-size", type=int, default=None, help="with --arch")
     p.add_argument("--center-crop", type=float, default=1.0, help="with --arch")

@@ -552,6 +552,7 @@ def lab_config(args: argparse.Namespace, manifest: dict) -> TrainConfig:
         freeze_until=None,  # end to end: every layer trained, stem included
         freeze_bn=args.freeze_bn,
         center_crop=float(model["center_crop"]),
+        norm=model.get("norm", "batch"),
         limit_per_class=data["limit_per_class"],  # the split's; the subsets are under "gpu"
         aug_copies=0,  # fresh views every step, none cached
         init_from=None,  # the source is an installed model (or none), not a run: see "gpu"

@@ -398,3 +398,43 @@ def test_from_scratch_pack_trains_one_of_its_architectures_and_imports(tmp_path,
     pixels = np.stack([train_lab.decode_image((data / f).read_bytes(), 43) for f in probe["files"]])
     here = model.predict(pixels.astype(np.float32), verbose=0)
     np.testing.assert_allclose(here, probe["probabilities"], atol=2e-3)
+
+
+@pytest.mark.slow
+def test_an_installed_model_packed_with_group_norm_fine_tunes_and_imports_as_such(
+    tiny_store, tmp_path, monkeypatch
+):
+    """Issue 21's GPU route: the installed model converted at packing (every batch norm to group
+    norm, scale and offset kept), fine-tuned, and imported as a run the registry rebuilds with
+    ``norm="group"`` (import_run checks that it computes what the device trained)."""
+    import import_run
+    import keras
+    import pack
+
+    data = _cells_with_a_validation_split(tmp_path / "cells")
+    store = tmp_path / "store"
+    (store / "runs").mkdir(parents=True)
+    _install_for(tiny_store, store, data)
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    packed = tmp_path / "pack"
+    args = ["--model", "tiny-cnn", "--norm", "group", "--out", str(packed), "--reference", "4"]
+    assert pack.main(args) == 0
+    manifest = json.loads((packed / "all" / "manifest.json").read_text())
+    assert manifest["model"]["norm"] == "group"
+    model = train_lab.build_model(packed / "all", manifest)
+    assert not [x for x in model.layers if isinstance(x, keras.layers.BatchNormalization)]
+    assert [x for x in model.layers if isinstance(x, keras.layers.GroupNormalization)]
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    command = ["--pack", str(packed / "all"), "--work", str(work), "--out", str(out)]
+    command += ["--epochs", "1", "--batch-size", "4", "--steps-per-epoch", "1"]
+    command += ["--eval-batch-size", "4", "--warmup-steps", "0", "--workers", "1"]
+    assert train_lab.main(command) == 0
+    log = json.loads((out / "train_log.json").read_text())
+    # the device starts from what was packed: the converted model, as computed here
+    assert log["reference_check"]["images"] == 4 and log["reference_check"]["max_abs_diff"] < 1e-4
+    assert log["run_id"].endswith("-gn-lab")
+    assert import_run.main([str(out), "--pack", str(packed), "--run-id", "gn-run"]) == 0
+    config = json.loads((store / "runs" / "gn-run" / "config.json").read_text())
+    assert config["norm"] == "group"
+    assert json.loads((store / "runs" / "gn-run" / "run.json").read_text())["status"] == "finished"
