@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bcclassify.cli.common import EXIT_OK, SubParsers, load_classifier
+from bcclassify.cli.common import EXIT_OK, SubParsers, UsageError, load_classifier
 from bcclassify.serving.bench import architecture_cost, run_benchmark
 from bcclassify.storage.runs import RunRecord, run_summaries
 from bcclassify.storage.store import models_dir, runs_dir, write_json
@@ -43,11 +43,11 @@ def _bench_runs(args: argparse.Namespace) -> int:
         ids = args.run
     odd = [i for i in ids if not i or "/" in i or "\\" in i or i.startswith(".")]
     if odd:
-        raise SystemExit(f"bench: {odd[0]!r} is not a run id (a folder name under {runs_dir()})")
+        raise UsageError(f"{odd[0]!r} is not a run id (a folder name under {runs_dir()})")
     records = [RunRecord.of(run_id) for run_id in ids]
     for record in records:  # all named runs checked before any is measured
         if record.summary() is None:
-            raise SystemExit(f"bench: no run {record.run_id!r} in {runs_dir()}")
+            raise UsageError(f"no run {record.run_id!r} in {runs_dir()}")
     for record in records:
         summary = record.summary()
         cost = architecture_cost(

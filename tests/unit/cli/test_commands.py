@@ -125,7 +125,7 @@ def test_bench_run_saves_what_the_architecture_costs(cli, tiny_store, tmp_path):
     assert cli(["bench", "--run", "all"], store=store, check=True).stdout.strip() == ""
     for wrong in ("no-such-run", "../runs"):
         refused = cli(["bench", "--run", wrong], store=store)
-        assert refused.returncode != 0
+        assert refused.returncode == 2 and repr(wrong) in refused.stderr
 
 
 def test_every_command_has_help(cli):
