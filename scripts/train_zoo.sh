@@ -12,6 +12,19 @@ DATA=${DATA:-../shared/data/pbc224}
 PY=${PYTHON:-python}
 train() { "$PY" -m bcclassify train --data "$DATA" "$@"; }
 
+# Progressive resizing (issue 25): run ids are fixed so that stage 2 finds stage 1 and either
+# can be resumed.
+progressive_stage1() {
+  train --arch "$1" --image-size 85 --center-crop 0.75 --epochs "$2" --lr 1e-3 \
+    --run-id "20261205-$1-85px-crop75" \
+    --note "issue 25: $1 from scratch, stage 1 of progressive resizing (central 64 px of 85); stage 2 continues at the central 128 px of 171"
+}
+progressive_stage2() {
+  train --arch "$1" --image-size 171 --center-crop 0.75 --epochs "$2" --lr 3e-4 \
+    --init-from "20261205-$1-85px-crop75" --run-id "20261205-$1-171px-crop75" \
+    --note "issue 25: $1, stage 2 of progressive resizing: run 20261205-$1-85px-crop75 continued at the central 128 px of 171"
+}
+
 run() {
   case "$1" in
     # The default model (20261126-092156, 85 min on 2 cores): the network sees the central 75% of
@@ -37,13 +50,23 @@ run() {
     unet)         train --arch unet --image-size 32 --epochs 3 ;;
     resnet50)     train --arch resnet50 --image-size 32 --epochs 3 ;;
     # Issue 25: from scratch with 128 px seen, the smallest size at which a cell's granules span
-    # more than a pixel or two. The compact CNN on the whole 128 px frame (8 min an epoch here);
-    # the others on the hybrid's recipe, the central 0.75 of 171 px (the same cost, the cell
-    # bigger). Resume across sessions: python -m bcclassify train --resume RUN_ID.
+    # more than a pixel or two. The compact CNN on the whole 128 px frame (8 min an epoch here).
     cnn-128)      train --arch cnn --image-size 128 --epochs 8 --lr 1e-3 --run-id 20261205-cnn-128px --note "issue 25: the compact CNN from scratch at 128 px" ;;
-    # On a lent GPU instead: scripts/gpu/README.md, "The zoo from scratch" (all five in one lease).
-    resnet50-128) train --arch resnet50 --image-size 171 --center-crop 0.75 --epochs 12 --lr 1e-3 --run-id 20261205-resnet50-171px-crop75 --note "issue 25: ResNet50 from scratch, central 128 px of 171" ;;
-    unet-128)     train --arch unet --image-size 171 --center-crop 0.75 --epochs 8 --lr 1e-3 --run-id 20261205-unet-171px-crop75 --note "issue 25: U-Net from scratch, central 128 px of 171" ;;
+    # The deep ones by progressive resizing, on the hybrid's recipe (the central 0.75 of the
+    # frame): stage 1 from scratch on the central 64 px of 85 (half the time an epoch: per-layer
+    # overhead, not arithmetic, bounds them below 128 px), stage 2 continues it at the central
+    # 128 px of 171 (`--init-from`: no weight depends on the input size). Resume either stage
+    # across sessions with python -m bcclassify train --resume RUN_ID.
+    resnet50-64)     progressive_stage1 resnet50 8 ;;
+    resnet50-128)    progressive_stage2 resnet50 4 ;;
+    unet-64)         progressive_stage1 unet 8 ;;
+    unet-128)        progressive_stage2 unet 4 ;;
+    densenet201-64)  progressive_stage1 densenet201 8 ;;
+    densenet201-128) progressive_stage2 densenet201 4 ;;
+    vgg16-64)        progressive_stage1 vgg16 8 ;;
+    vgg16-128)       progressive_stage2 vgg16 4 ;;
+    # On a lent GPU instead: scripts/gpu/README.md, "The zoo from scratch" (all five in one lease,
+    # at the central 128 px of 171 from the first epoch).
     densenet201)  train --arch densenet201 --image-size 32 --epochs 3 ;;
     vgg16)        train --arch vgg16 --image-size 32 --epochs 3 --lr 1e-4 ;;
     smote-study)
@@ -59,7 +82,7 @@ run() {
     shuffle-study)
       train --arch cnn --image-size 32 --epochs 3 --note "shuffle study: shuffled batches"
       train --arch cnn --image-size 32 --epochs 3 --no-shuffle --note "shuffle study: batches in class order" ;;
-    *) echo "usage: $0 all|lanes|hybrid|hybrid-171|hybrid-128|mobilenetv2|xception|inceptionv3|supcon|cnn-cv|unet|resnet50|cnn-128|resnet50-128|unet-128|densenet201|vgg16|smote-study|smote-study-frozen-bn|shuffle-study" >&2
+    *) echo "usage: $0 all|lanes|hybrid|hybrid-171|hybrid-128|mobilenetv2|xception|inceptionv3|supcon|cnn-cv|unet|resnet50|cnn-128|resnet50-64|resnet50-128|unet-64|unet-128|densenet201-64|densenet201-128|vgg16-64|vgg16-128|densenet201|vgg16|smote-study|smote-study-frozen-bn|shuffle-study" >&2
        return 2 ;;
   esac
 }

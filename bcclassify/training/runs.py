@@ -214,7 +214,12 @@ def _assemble(config: TrainConfig, arch: Architecture, num_classes: int) -> _Par
 
 
 def _start_from_run(run_id: str, parts: _Parts) -> None:
-    """Continue from another run's final model (same architecture and input size)."""
+    """Continue from another run's final model (same architecture).
+
+    The input size may differ: every architecture here pools globally before its head, so no
+    weight depends on it. That is progressive resizing (issue 25): a from-scratch network learns
+    most of what it will at a quarter of the pixels, then a few epochs at the full size adapt it
+    (and its batch-norm statistics) to the larger view."""
     import keras
 
     source = runs_dir() / run_id / "model.keras"

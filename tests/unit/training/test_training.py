@@ -221,7 +221,10 @@ def test_supcon_trains_contrastive_then_classifier(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_init_from_starts_from_another_runs_weights(tiny_store, tmp_path, monkeypatch):
+@pytest.mark.parametrize("image_size", [32, 40], ids=["same-size", "larger-input"])
+def test_init_from_starts_from_another_runs_weights(tiny_store, tmp_path, monkeypatch, image_size):
+    """The fixture run is 32 px; a run may continue it at another input size (progressive
+    resizing), since no weight depends on the input size."""
     import shutil
 
     import keras
@@ -232,7 +235,7 @@ def test_init_from_starts_from_another_runs_weights(tiny_store, tmp_path, monkey
     config = TrainConfig(
         arch="cnn",
         data=str(FIXTURE_IMAGES),
-        image_size=32,
+        image_size=image_size,
         epochs=1,
         lr=0.0,
         batch_size=8,
@@ -243,6 +246,7 @@ def test_init_from_starts_from_another_runs_weights(tiny_store, tmp_path, monkey
     )
     run_dir = train(config)
     assert read_json(run_dir / "run.json")["init_from"] == "fixture-cnn-32px"
+    assert read_json(run_dir / "config.json")["image_size"] == image_size
     source = keras.models.load_model(store / "runs" / "fixture-cnn-32px" / "model.keras")
     continued = keras.models.load_model(run_dir / "model.keras")
     trainable = [w.path for w in continued.trainable_weights]
