@@ -55,7 +55,8 @@ def leaderboard_ui() -> None:
             f"view, calibration, novelty score), from its `bench.json` (`{BENCH_HINT}`). Of a "
             f"run: one forward pass of its architecture at its input size, one view "
             f"(`{BENCH_RUNS_HINT}`). Training time: wall time on the machine that trained it "
-            f"(the runs' environment says which)."
+            f"(the runs' environment says which), with that of any run it continued "
+            f"(`--init-from`, e.g. both stages of progressive resizing)."
         )
     st.subheader("Reference results (published, not measured here)")
     st.dataframe(reference_table(), hide_index=True, key="reference")

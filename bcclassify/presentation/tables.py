@@ -177,6 +177,30 @@ LEADERBOARD_COLUMNS = (
 )  # fmt: skip
 
 
+def training_times(runs: Iterable[RunSummary]) -> dict[str, float | None]:
+    """Each run's wall time plus that of the runs it continued (``--init-from``, followed back):
+    a stage-2 run of progressive resizing cost its stage 1 too. None when a run in the chain is
+    unrecorded or has no duration, since a partial sum would understate the cost."""
+    by_id = {r.run_id: r for r in runs}
+    totals: dict[str, float | None] = {}
+    for run_id in by_id:
+        total, seen, current = 0.0, set(), by_id[run_id]
+        while True:
+            if current.duration_s is None or current.run_id in seen:  # unknown, or a cycle
+                total = None
+                break
+            seen.add(current.run_id)
+            total += current.duration_s
+            if not current.init_from:
+                break
+            current = by_id.get(current.init_from)
+            if current is None:
+                total = None
+                break
+        totals[run_id] = total
+    return totals
+
+
 def leaderboard_rows(
     cards: Mapping[str, ModelCard],
     runs: Iterable[RunSummary],
@@ -184,9 +208,11 @@ def leaderboard_rows(
     default: str | None = None,
 ) -> list[dict[str, Any]]:
     """Installed models and finished runs in one list, best test accuracy first; a model's
-    training time is its training run's (wall time on the machine that ran it)."""
+    training time is its training run's (wall time on the machine that ran it), with the runs
+    that run continued (``training_times``)."""
+    runs = list(runs)
     finished = [r for r in runs if r.finished]
-    durations = {r.run_id: r.duration_s for r in finished}
+    durations = training_times(runs)
     rows = [
         {
             **row,
@@ -203,7 +229,7 @@ def leaderboard_rows(
             "kind": "run",
             "name": row["run id"],
             "source": row["split"],
-            "training time": row["duration"],
+            "training time": durations.get(row["run id"]),
         }
         for row in run_rows(finished)
     ]

@@ -9,6 +9,7 @@ from bcclassify.presentation.tables import (
     leaderboard_rows,
     markdown_tables,
     runs_table,
+    training_times,
 )
 from bcclassify.storage.cards import ModelCard
 from bcclassify.storage.runs import RunSummary
@@ -52,6 +53,22 @@ def test_the_leaderboard_mixes_models_and_finished_runs_best_first():
     # A model's training time is its run's; a run's is its own.
     assert by_name["b"]["training time"] == by_name["b-run"]["training time"] == "1h 02m"
     assert by_name["a (default)"]["training time"] == MISSING
+
+
+def test_a_runs_training_time_includes_the_runs_it_continued():
+    stage1 = RunSummary("s1", status="finished", duration_s=1800)
+    stage2 = RunSummary("s2", status="finished", duration_s=3000, init_from="s1", test_accuracy=0.9)
+    orphan = RunSummary("o", status="finished", duration_s=60, init_from="gone")
+    unknown = RunSummary("u", status="finished", duration_s=None)
+    after_unknown = RunSummary("v", status="finished", duration_s=60, init_from="u")
+    loop = RunSummary("x", status="finished", duration_s=60, init_from="x")
+    totals = training_times([stage1, stage2, orphan, unknown, after_unknown, loop])
+    assert totals == {"s1": 1800, "s2": 4800, "o": None, "u": None, "v": None, "x": None}
+    card = {"m": ModelCard("m", test_metrics={"accuracy": 0.9}, training_run="s2")}
+    text = {r["name"]: r for r in as_text(leaderboard_rows(card, [stage1, stage2]),
+                                           LEADERBOARD_COLUMNS)}  # fmt: skip
+    assert text["m"]["training time"] == text["s2"]["training time"] == "1h 20m"
+    assert text["s1"]["training time"] == "30m 00s"
 
 
 def test_markdown_uses_the_same_rows_and_mark():
