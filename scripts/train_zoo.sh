@@ -52,6 +52,9 @@ run() {
     # Issue 25: from scratch with 128 px seen, the smallest size at which a cell's granules span
     # more than a pixel or two. The compact CNN on the whole 128 px frame (8 min an epoch here).
     cnn-128)      train --arch cnn --image-size 128 --epochs 8 --lr 1e-3 --run-id 20261205-cnn-128px --note "issue 25: the compact CNN from scratch at 128 px" ;;
+    # MobileNetV2 (ImageNet weights) on the hybrid's recipe, every layer trainable with the
+    # ImageNet batch-norm statistics kept (the 96 px model's setting, 2.5 min an epoch here).
+    mobilenetv2-128) train --arch mobilenetv2 --image-size 171 --center-crop 0.75 --epochs 8 --lr 1e-4 --freeze-bn --run-id 20261205-mobilenetv2-171px-crop75 --note "issue 25: MobileNetV2 on the central 128 px of 171" ;;
     # The deep ones by progressive resizing, on the hybrid's recipe (the central 0.75 of the
     # frame): stage 1 from scratch on the central 64 px of 85 (half the time an epoch: per-layer
     # overhead, not arithmetic, bounds them below 128 px), stage 2 continues it at the central
@@ -82,7 +85,7 @@ run() {
     shuffle-study)
       train --arch cnn --image-size 32 --epochs 3 --note "shuffle study: shuffled batches"
       train --arch cnn --image-size 32 --epochs 3 --no-shuffle --note "shuffle study: batches in class order" ;;
-    *) echo "usage: $0 all|lanes|hybrid|hybrid-171|hybrid-128|mobilenetv2|xception|inceptionv3|supcon|cnn-cv|unet|resnet50|cnn-128|resnet50-64|resnet50-128|unet-64|unet-128|densenet201-64|densenet201-128|vgg16-64|vgg16-128|densenet201|vgg16|smote-study|smote-study-frozen-bn|shuffle-study" >&2
+    *) echo "usage: $0 all|lanes|hybrid|hybrid-171|hybrid-128|mobilenetv2|xception|inceptionv3|supcon|cnn-cv|unet|resnet50|cnn-128|mobilenetv2-128|resnet50-64|resnet50-128|unet-64|unet-128|densenet201-64|densenet201-128|vgg16-64|vgg16-128|densenet201|vgg16|smote-study|smote-study-frozen-bn|shuffle-study" >&2
        return 2 ;;
   esac
 }
