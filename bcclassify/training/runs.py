@@ -224,7 +224,11 @@ def _start_from_run(run_id: str, parts: _Parts) -> None:
 
     source = runs_dir() / run_id / "model.keras"
     if not source.is_file():
-        raise FileNotFoundError(f"--init-from {run_id}: no {source}")
+        raise FileNotFoundError(
+            f"--init-from {run_id}: no {source} (a run's weights stay on the machine that "
+            f"trained it; git keeps its record only). Train that run again here (delete its "
+            f"folder first) or continue another"
+        )
     stem = parts.stem
     stem_before = _weights_digest(stem) if stem is not None else None
     parts.model.set_weights(keras.models.load_model(source, safe_mode=True).get_weights())
@@ -396,6 +400,11 @@ def train(config: TrainConfig) -> Path:
     run_dir = runs_dir() / run_id
     record = RunRecord(run_dir)
     resuming = (run_dir / "config.json").is_file()
+    if resuming and record.read().get("status") == "finished":
+        # A finished record is final: training it "again" would only add time to its clock.
+        weights = "" if (run_dir / "model.keras").is_file() else " (its weights are not here)"
+        log.info("run %s has finished%s; nothing to train", run_id, weights)
+        return run_dir
     if config.folds:
         splits = kfold_splits(dataset.labels, dataset.hashes, config.folds, config.seed)
     else:

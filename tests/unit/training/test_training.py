@@ -220,6 +220,26 @@ def test_supcon_trains_contrastive_then_classifier(tmp_path, monkeypatch):
     assert read_json(run_dir / "run.json")["status"] == "finished"
 
 
+def test_training_a_finished_run_again_leaves_its_record_alone(tiny_store, tmp_path, monkeypatch):
+    """A queue rerun (scripts/train_zoo.sh) on a machine that has a finished run's record but not
+    its weights: nothing is retrained or re-timed, and continuing it says why it cannot."""
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store / "runs" / "fixture-cnn-32px", store / "runs" / "fixture-cnn-32px")
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    run_dir = store / "runs" / "fixture-cnn-32px"
+    (run_dir / "model.keras").unlink()
+    before = {f.name: f.read_bytes() for f in run_dir.iterdir() if f.is_file()}
+    common = dict(arch="cnn", data=str(FIXTURE_IMAGES), image_size=32, epochs=1, batch_size=8,
+                  augment=False, cache_dir=str(tmp_path / "cache"))  # fmt: skip
+
+    assert train(TrainConfig(**common, run_id="fixture-cnn-32px")) == run_dir
+    assert {f.name: f.read_bytes() for f in run_dir.iterdir() if f.is_file()} == before
+    with pytest.raises(FileNotFoundError, match="git keeps its record only"):
+        train(TrainConfig(**common, init_from="fixture-cnn-32px", run_id="continued"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("image_size", [32, 40], ids=["same-size", "larger-input"])
 def test_init_from_starts_from_another_runs_weights(tiny_store, tmp_path, monkeypatch, image_size):
