@@ -59,7 +59,10 @@ run() {
     # frame): stage 1 from scratch on the central 64 px of 85 (half the time an epoch: per-layer
     # overhead, not arithmetic, bounds them below 128 px), stage 2 continues it at the central
     # 128 px of 171 (`--init-from`: no weight depends on the input size). Resume either stage
-    # across sessions with python -m bcclassify train --resume RUN_ID.
+    # with python -m bcclassify train --resume RUN_ID on the machine that holds its checkpoints:
+    # git keeps run records, not weights, so on a new machine delete stage 1's folder and train it
+    # again (seed 42 reproduces it epoch for epoch) before stage 2. VGG-16 (about 6 hours here for
+    # both stages) is for a lent GPU.
     resnet50-64)     progressive_stage1 resnet50 8 ;;
     resnet50-128)    progressive_stage2 resnet50 4 ;;
     unet-64)         progressive_stage1 unet 8 ;;
