@@ -392,6 +392,13 @@ def train(config: TrainConfig) -> Path:
     arch = get_architecture(config.arch)
     image_size = config.image_size or arch.default_image_size
     config.image_size = image_size
+    if config.run_id and RunRecord(runs_dir() / config.run_id).read().get("status") == "finished":
+        # A finished record is final: training it "again" would only add time to its clock (and
+        # the data need not be scanned to say so).
+        run_dir = runs_dir() / config.run_id
+        weights = "" if (run_dir / "model.keras").is_file() else " (its weights are not here)"
+        log.info("run %s has finished%s; nothing to train", config.run_id, weights)
+        return run_dir
     dataset = subsample(scan_dataset(config.data), config.limit_per_class, config.seed)
     if len(dataset) == 0:
         raise ValueError(f"{config.data}: no images found")
@@ -400,11 +407,6 @@ def train(config: TrainConfig) -> Path:
     run_dir = runs_dir() / run_id
     record = RunRecord(run_dir)
     resuming = (run_dir / "config.json").is_file()
-    if resuming and record.read().get("status") == "finished":
-        # A finished record is final: training it "again" would only add time to its clock.
-        weights = "" if (run_dir / "model.keras").is_file() else " (its weights are not here)"
-        log.info("run %s has finished%s; nothing to train", run_id, weights)
-        return run_dir
     if config.folds:
         splits = kfold_splits(dataset.labels, dataset.hashes, config.folds, config.seed)
     else:
