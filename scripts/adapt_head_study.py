@@ -33,11 +33,16 @@ ALL_VIEWS = 16  # 8 symmetries, then 8 augmented views
 
 def cached_features(name: str, items: list[Path], cache: Path) -> dict[str, np.ndarray]:
     """Features of every view of every cell, with the model's head and served views."""
+    import hashlib
+
     from bcclassify.storage.cards import load_card, weights_id
     from bcclassify.storage.store import models_dir
 
     # Keyed on the weights too: a model name outlives its weights (the default was replaced).
-    path = cache / f"{name}-{weights_id(load_card(models_dir() / name))}-{len(items)}-cells.npz"
+    # And on the cells: two sets of the same size (a lab and its low-resolution copy) differ.
+    cells_id = hashlib.sha256("\n".join(str(p.resolve()) for p in items).encode()).hexdigest()[:8]
+    weights = weights_id(load_card(models_dir() / name))
+    path = cache / f"{name}-{weights}-{len(items)}-cells-{cells_id}.npz"
     if not path.exists():
         from bcclassify.lab.adapt import view_features
         from bcclassify.serving.classifier import VIEW_TRANSFORMS, load_model
@@ -51,6 +56,77 @@ def cached_features(name: str, items: list[Path], cache: Path) -> dict[str, np.n
         atomic_savez(path, {"feats": feats, "w0": w0, "b0": b0, "served": np.asarray(served_views)})
     with np.load(path) as stored:
         return {key: stored[key].astype(np.float64) for key in stored.files}
+
+
+# Pooled activations below the head's features, for the "mid-level features" variants: the
+# hybrid's InceptionV3 after mixed7 and mixed8, Xception after blocks 11, 12 and 13 (the input of
+# the next block's first activation: Keras numbers those Add layers at build time) and block 14's
+# first separable convolution.
+MID_LAYERS = (
+    ("mixed7", "output"),
+    ("mixed8", "output"),
+    ("block12_sepconv1_act", "input"),
+    ("block13_sepconv1_act", "input"),
+    ("block14_sepconv1_act", "output"),
+)
+
+
+def cached_mid_features(name: str, items: list[Path], cache: Path) -> dict[str, np.ndarray]:
+    """Globally pooled MID_LAYERS activations of the same views as cached_features, with the
+    width of each block (``sizes``)."""
+    import hashlib
+
+    from bcclassify.storage.cards import load_card, weights_id
+    from bcclassify.storage.store import models_dir
+
+    cells_id = hashlib.sha256("\n".join(str(p.resolve()) for p in items).encode()).hexdigest()[:8]
+    weights = weights_id(load_card(models_dir() / name))
+    path = cache / f"{name}-{weights}-{len(items)}-cells-{cells_id}-mid.npz"
+    if not path.exists():
+        import keras
+        import tensorflow as tf
+
+        from bcclassify.lab.adapt import view_features
+        from bcclassify.serving.classifier import VIEW_TRANSFORMS, load_model
+        from bcclassify.serving.trust import atomic_savez
+
+        model = load_model(name, fold_batch_norm=False)
+        keras_model = model.model
+        pooled = [
+            keras.layers.GlobalAveragePooling2D()(getattr(keras_model.get_layer(n), end))
+            for n, end in MID_LAYERS
+        ]
+        mids = keras.Model(keras_model.inputs, [keras.layers.Concatenate()(pooled)] * 2)
+        # view_features reads (features, probabilities) from the forward; the same augmentation
+        # seed draws the same views as cached_features.
+        model._feature_forward = tf.function(lambda x: mids(x, training=False))
+        feats = view_features(model, items, name, views=tuple(VIEW_TRANSFORMS), augmented=8)
+        sizes = np.asarray([int(t.shape[-1]) for t in pooled])
+        cache.mkdir(parents=True, exist_ok=True)
+        atomic_savez(path, {"mid": feats, "sizes": sizes})
+    with np.load(path) as stored:
+        return {"mid": stored["mid"].astype(np.float64), "sizes": stored["sizes"]}
+
+
+def with_mid_features(f, m, taken, labels, rest, weight: float):
+    """adapt's fit on the head's features plus the MID_LAYERS blocks, served.
+
+    Each block is scaled so its mean norm over the taken cells' views is ``weight`` times the
+    head features': the blocks' own norms differ 20-fold, and the pull (toward zero for the
+    blocks' new weights, toward the source head for the rest) acts on the scaled features, so a
+    larger ``weight`` means a weaker pull on the blocks.
+    """
+    reference = np.linalg.norm(f["feats"][:, taken], axis=-1).mean()
+    blocks, start = [], 0
+    for size in m["sizes"]:
+        block = m["mid"][..., start : start + size]
+        norm = np.linalg.norm(block[:, taken], axis=-1).mean()
+        blocks.append(block * (weight * reference / norm))
+        start += size
+    x = np.concatenate(blocks + [f["feats"]], axis=-1)
+    w0 = np.concatenate([np.zeros((x.shape[-1] - f["w0"].shape[0], f["w0"].shape[1])), f["w0"]])
+    w, b = fit_head(x[:, taken], labels[taken], w0, f["b0"], DEFAULT_PULL)
+    return served(x[served_index(f)][:, rest], w, b)
 
 
 def cosine_prototypes(f: dict, taken: np.ndarray, labels: np.ndarray, rest: np.ndarray):
@@ -134,6 +210,11 @@ def main() -> int:
     if args.model == "hybrid":
         variants["InceptionV3 features only"] = lambda t, r: head(f, t, labels, r, mask=halves[0])
         variants["Xception features only"] = lambda t, r: head(f, t, labels, r, mask=halves[1])
+        m = cached_mid_features(args.model, items, Path(args.cache))
+        for weight in (1, 2, 5):
+            variants[f"mid-level features added, weight {weight}"] = lambda t, r, weight=weight: (
+                with_mid_features(f, m, t, labels, r, weight)
+            )
     if args.second:
         g = cached_features(args.second, items, Path(args.cache))
         variants[f"{args.second} adapted the same way"] = lambda t, r: head(g, t, labels, r)
@@ -166,13 +247,9 @@ def main() -> int:
             print(
                 f"K={k:3d}  {name:55s} mean {rows[-1]['mean']:.1%}  worst {rows[-1]['worst']:.1%}"
             )
-    if args.out:
-        Path(args.out).write_text(
-            json.dumps(
-                {"model": args.model, "cells": Path(args.cells).name, "rows": rows}, indent=1
-            )
-            + "\n"
-        )
+        if args.out:  # after each number of cells: a long study keeps what it finished
+            document = {"model": args.model, "cells": Path(args.cells).name, "rows": rows}
+            Path(args.out).write_text(json.dumps(document, indent=1) + "\n")
     return 0
 
 
