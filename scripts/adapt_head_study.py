@@ -9,6 +9,9 @@ with seed 0) are computed once and cached, then each variant is fitted per draw 
 Because the augmented views are drawn once, the shipped fit here differs from ``adapt``'s own
 runs by under a point a draw.
 
+The "mid-level features" variants (issue 21) also fit the head on pooled activations of earlier
+blocks (``MID_LAYERS``), computed from the same views and cached beside the head features.
+
     .venv/bin/python scripts/adapt_head_study.py --cells ../shared/data/ext-tecom \\
         --out docs/adapt-head-study-ext-tecom.json
 """
