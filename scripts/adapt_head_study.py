@@ -34,18 +34,25 @@ from bcclassify.lab.adapt import DEFAULT_PULL, choose_cells, fit_head, scan_cell
 ALL_VIEWS = 16  # 8 symmetries, then 8 augmented views
 
 
-def cached_features(name: str, items: list[Path], cache: Path) -> dict[str, np.ndarray]:
-    """Features of every view of every cell, with the model's head and served views."""
+def cache_path(name: str, items: list[Path], cache: Path, suffix: str) -> Path:
+    """Where the views' features of ``items`` under model ``name`` are cached.
+
+    Keyed on the weights too: a model name outlives its weights (the default was replaced). And
+    on the cells: two sets of the same size (a lab and its low-resolution copy) differ.
+    """
     import hashlib
 
     from bcclassify.storage.cards import load_card, weights_id
     from bcclassify.storage.store import models_dir
 
-    # Keyed on the weights too: a model name outlives its weights (the default was replaced).
-    # And on the cells: two sets of the same size (a lab and its low-resolution copy) differ.
     cells_id = hashlib.sha256("\n".join(str(p.resolve()) for p in items).encode()).hexdigest()[:8]
     weights = weights_id(load_card(models_dir() / name))
-    path = cache / f"{name}-{weights}-{len(items)}-cells-{cells_id}.npz"
+    return cache / f"{name}-{weights}-{len(items)}-cells-{cells_id}{suffix}.npz"
+
+
+def cached_features(name: str, items: list[Path], cache: Path) -> dict[str, np.ndarray]:
+    """Features of every view of every cell, with the model's head and served views."""
+    path = cache_path(name, items, cache, "")
     if not path.exists():
         from bcclassify.lab.adapt import view_features
         from bcclassify.serving.classifier import VIEW_TRANSFORMS, load_model
@@ -77,14 +84,7 @@ MID_LAYERS = (
 def cached_mid_features(name: str, items: list[Path], cache: Path) -> dict[str, np.ndarray]:
     """Globally pooled MID_LAYERS activations of the same views as cached_features, with the
     width of each block (``sizes``)."""
-    import hashlib
-
-    from bcclassify.storage.cards import load_card, weights_id
-    from bcclassify.storage.store import models_dir
-
-    cells_id = hashlib.sha256("\n".join(str(p.resolve()) for p in items).encode()).hexdigest()[:8]
-    weights = weights_id(load_card(models_dir() / name))
-    path = cache / f"{name}-{weights}-{len(items)}-cells-{cells_id}-mid.npz"
+    path = cache_path(name, items, cache, "-mid")
     if not path.exists():
         import keras
         import tensorflow as tf
