@@ -120,16 +120,19 @@ def with_mid_features(f, m, taken, labels, rest, weight: float):
     larger ``weight`` means a weaker pull on the blocks.
     """
     reference = np.linalg.norm(f["feats"][:, taken], axis=-1).mean()
-    blocks, start = [], 0
+    scales, start = [], 0
     for size in m["sizes"]:
-        block = m["mid"][..., start : start + size]
-        norm = np.linalg.norm(block[:, taken], axis=-1).mean()
-        blocks.append(block * (weight * reference / norm))
+        norm = np.linalg.norm(m["mid"][:, taken, start : start + size], axis=-1).mean()
+        scales.append(np.full(size, weight * reference / norm))
         start += size
-    x = np.concatenate(blocks + [f["feats"]], axis=-1)
-    w0 = np.concatenate([np.zeros((x.shape[-1] - f["w0"].shape[0], f["w0"].shape[1])), f["w0"]])
-    w, b = fit_head(x[:, taken], labels[taken], w0, f["b0"], DEFAULT_PULL)
-    return served(x[served_index(f)][:, rest], w, b)
+    scales = np.concatenate(scales)
+
+    def features(views, cells):  # only the cells asked for: all views of all cells are ~GBs
+        return np.concatenate([m["mid"][views][:, cells] * scales, f["feats"][views][:, cells]], -1)
+
+    w0 = np.concatenate([np.zeros((len(scales), f["w0"].shape[1])), f["w0"]])
+    w, b = fit_head(features(slice(None), taken), labels[taken], w0, f["b0"], DEFAULT_PULL)
+    return served(features(served_index(f), rest), w, b)
 
 
 def cosine_prototypes(f: dict, taken: np.ndarray, labels: np.ndarray, rest: np.ndarray):
