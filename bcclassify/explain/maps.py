@@ -167,8 +167,9 @@ def _ancestors(tensors) -> set[int]:
     return seen
 
 
-def cut_tensors(model, layers: list[str], head_input):
-    """The tensors the network above the explained maps reads from below them, maps first.
+def cut_tensors(model, layers: list[str], top):
+    """The tensors the network above the explained maps reads from below them on its way to
+    ``top`` (the head's input, or the logits of a model that names them), maps first.
 
     Above ``mixed10``/``block14_sepconv2_act`` that is just the maps; above ``mixed7`` and
     ``block13_sepconv2_act`` it also holds Xception's residual (block 13 adds its input back).
@@ -183,7 +184,7 @@ def cut_tensors(model, layers: list[str], head_input):
     lower = set().union(*below)
     cut: dict[int, object] = {}
     seen: set[int] = set()
-    stack = [head_input]
+    stack = [top]
     while stack:
         tensor = stack.pop()
         operation, node = _producer(tensor)
@@ -241,7 +242,8 @@ def explain_view(
     average-pooled back to its own grid (an exact inverse) and fed, with any other tensor the
     cut needs, to the network above the cut (compiled, differentiable) and a copy of the
     classifier's weights with a linear output (what tf-keras-vis's ReplaceToLinear would do), so
-    the serving model is never touched. The view's softmax equals the model's output. One
+    the serving model is never touched; a model that names its logits (``LOGITS_LAYER``) is run
+    up to them instead. The view's softmax equals the model's output. One
     tf-keras-vis pass over a batch holding the image once per map yields every map, each sample
     masking the other maps' gradients.
     ``same_image``: the view is only ever given one image repeated (as :class:`Explainer`
@@ -252,8 +254,18 @@ def explain_view(
     """
     import keras  # lazy: TensorFlow takes seconds; the app and CLI start without it
 
+    from bcclassify.serving.trust import LOGITS_LAYER
+
     head = model.get_layer(head_layer)
-    cut = cut_tensors(model, layers, head.input)
+    # An adapted model with mid-level blocks adds a second read-out before its softmax (some of
+    # its blocks lie above the explained maps): the view then runs up to those logits itself.
+    logits_tensor = (
+        model.get_layer(LOGITS_LAYER).output
+        if any(layer.name == LOGITS_LAYER for layer in model.layers)
+        else None
+    )
+    top = head.input if logits_tensor is None else logits_tensor
+    cut = cut_tensors(model, layers, top)
     if cut is None:
         return None
     maps = cut[: len(layers)]
@@ -265,7 +277,7 @@ def explain_view(
     if side > MAX_JOINT_SIDE or any(s != int(m.shape[2]) for s, m in zip(sides, maps)):
         return None
     extractor = keras.Model(model.inputs, cut, name="explain_extractor")
-    upper = keras.Model(cut, head.input, name="explain_upper_model")
+    upper = keras.Model(cut, top, name="explain_upper_model")
     pixels = keras.Input(model.input_shape[1:], name="pixels")
     features = _compiled_features_layer(extractor, same_image, switch)(pixels)
     upsampled = [
@@ -284,10 +296,13 @@ def explain_view(
             part = keras.layers.AveragePooling2D(side // s, name=f"explain_down_{i}")(part)
         native.append(part)
         start += channels
-    pre_logits = _compiled_upper_layer(upper, switch)(native + list(features[len(layers) :]))
-    logits_layer = keras.layers.Dense(head.units, activation=None, name="explain_logits")
-    logits = logits_layer(pre_logits)
-    logits_layer.set_weights(head.get_weights())
+    upper_output = _compiled_upper_layer(upper, switch)(native + list(features[len(layers) :]))
+    if logits_tensor is None:
+        logits_layer = keras.layers.Dense(head.units, activation=None, name="explain_logits")
+        logits = logits_layer(upper_output)
+        logits_layer.set_weights(head.get_weights())
+    else:
+        logits = upper_output
     return keras.Model(pixels, logits, name=f"{model.name}_explain_view")
 
 

@@ -3,7 +3,9 @@
 What is adapted, and why only that: the classifier head (the Dense layer ``predictions``) is
 refitted on the source model's pooled features of at most K cells a class (all 8 symmetries and
 DEFAULT_AUGMENTED_VIEWS augmented views of each), by cross-entropy with an L2 pull toward the
-source head. The trunk is left as it is: with ~10 cells a class it cannot
+source head; for architectures that name ``adapt_layers`` (the hybrid) the fit also reads pooled
+activations of a few mid-level blocks, through a new linear read-out pulled toward zero
+(bcclassify/lab/mid_level.py). The trunk is left as it is: with ~10 cells a class it cannot
 be trained without overfitting, and the novelty detector's feature bank stays valid only while
 the features do not change. The pull keeps classes absent from the lab's folders (and the lab's
 classes away from its few cells) close to the source behaviour. Measured on ext-tecom
@@ -38,6 +40,7 @@ import numpy as np
 
 from bcclassify import CLASS_NAMES
 from bcclassify.access.roles import Identity, command_line_identity, require
+from bcclassify.lab.mid_level import DEFAULT_MID_WEIGHT
 from bcclassify.storage.cards import ModelCard, installed_cards, write_card
 from bcclassify.storage.runs import RunRecord, utc_now
 from bcclassify.storage.store import models_dir, run_is_alive, runs_dir
@@ -91,6 +94,14 @@ class AdaptConfig:
     seed: int = field(default=0, metadata={"help": "which cells are taken (default %(default)s)"})
     pull: float = DEFAULT_PULL
     augmented_views: int = DEFAULT_AUGMENTED_VIEWS
+    mid_weight: float = field(
+        default=DEFAULT_MID_WEIGHT,
+        metadata={
+            "metavar": "W",
+            "help": "scale of the mid-level blocks' features against the head's, where the "
+            "architecture names blocks (default %(default)s; 0: the head's features only)",
+        },
+    )
     evaluate: bool = field(
         default=False,
         metadata={"help": "also score the source and the adapted model on the cells not taken"},
@@ -252,6 +263,7 @@ def view_features(
     views: tuple[str, ...] | None = None,
     augmented: int = 0,
     seed: int = 0,
+    forward: Callable | None = None,
 ) -> np.ndarray:
     """Head features of views of each image: (views, cells, D), the image as given first.
 
@@ -259,13 +271,15 @@ def view_features(
     drawn by the standard training augmentation (seeded by ``seed``, so a rerun is identical).
     ``items`` are paths or (name, bytes) sources; a file that cannot be read as an image is an
     :class:`AdaptError` naming it. Progress goes to a tqdm bar on stderr and to ``progress``.
+    ``forward``: pixels -> (features, probabilities) to use instead of the model's own (the
+    mid-level one, whose features extend the head's).
     """
     from tqdm import tqdm
 
     from bcclassify.data.imaging import DecoderBusyError, ImageLoadError
     from bcclassify.serving.classifier import VIEW_TRANSFORMS
 
-    forward = classifier.feature_forward()
+    forward = forward or classifier.feature_forward()
     named = _view_order(classifier, views)
     generator = None
     if augmented:
@@ -325,6 +339,23 @@ def served_views(classifier, features: np.ndarray, views: tuple[str, ...] | None
     return features[[order.index(v) for v in classifier.test_time_views]]
 
 
+def mid_forward(classifier, blocks: tuple[str, ...]):
+    """The forward view_features uses: head features and the pooled ``blocks`` (None: the
+    model's own, when there are no blocks)."""
+    if not blocks:
+        return None
+    from bcclassify.lab.mid_level import feature_forward_with_mid
+
+    return feature_forward_with_mid(classifier.model, blocks)
+
+
+def installed_kernel(keras_model, layer: str) -> np.ndarray:
+    """A Dense layer's kernel as the installed model will hold it (export_model's precision)."""
+    from bcclassify.serving.classifier import as_stored
+
+    return as_stored(keras_model.get_layer(layer).get_weights()[0]).astype(np.float64)
+
+
 # ----------------------------------------------------------------------------- adapting
 
 
@@ -373,6 +404,14 @@ def adapt(
     if install:
         require(identity, "install_model")
         check_quota()
+    from bcclassify.lab.mid_level import (
+        MID_LOGITS_LAYER,
+        block_scales,
+        block_sizes,
+        mid_layers,
+        source_mid_kernel,
+        with_mid_head,
+    )
     from bcclassify.serving.classifier import (
         NOVELTY_FILE,
         VIEW_TRANSFORMS,
@@ -410,6 +449,14 @@ def adapt(
         raise AdaptError(str(exc)) from None
     names = list(source.class_names)
     labels = np.asarray([names.index(c) for _, c in taken])
+    if config.mid_weight < 0:
+        raise AdaptError("mid_weight must be 0 or more")
+    blocks = mid_layers(source) if config.mid_weight > 0 else ()
+    if not blocks and source_mid_kernel(source.model, None) is not None:
+        raise AdaptError(
+            f"{config.source!r} was adapted with mid-level blocks; adapt it with a mid_weight "
+            "above 0 (or adapt its own source)"
+        )
 
     clean_stale_staging()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
@@ -447,6 +494,7 @@ def adapt(
         def report(stage: str) -> Callable[[int, int], None] | None:
             return None if progress is None else (lambda d, t: progress(stage, d, t))
 
+        forward = mid_forward(source, blocks)
         feats = view_features(
             source,
             [i for i, _ in taken],
@@ -455,16 +503,38 @@ def adapt(
             views=fit_views,
             augmented=config.augmented_views,
             seed=config.seed,
+            forward=forward,
         )
         head = source.model.get_layer(HEAD_LAYER)
+        head_dim = int(head.input.shape[-1])
         w0, b0 = (np.asarray(a, dtype=np.float64) for a in head.get_weights())
-        on_served = served_views(source, feats, fit_views)
-        w, b = fit_head(feats, labels, w0, b0, config.pull)
-        # Installed weights this size are stored in float16: score what will be served.
-        w = w.astype(np.float16).astype(np.float64)
-        oof = cross_fitted(feats, labels, w0, b0, config.pull, config.seed, on_served)
+        scales = np.ones(head_dim)
+        w0_fit = w0
+        if blocks:
+            # Fitted on scaled blocks (one pull suits them all), served with the scales folded
+            # into the read-out's kernel; the source's own read-out, if any, is the start.
+            sizes = block_sizes(source.model, blocks)
+            scales = block_scales(feats, head_dim, sizes, config.mid_weight)
+            mid0 = source_mid_kernel(source.model, sum(sizes))
+            mid0 = np.zeros((sum(sizes), w0.shape[1])) if mid0 is None else mid0
+            w0_fit = np.concatenate([w0, mid0 / scales[head_dim:, None]])
+        scaled = feats * scales
+        on_served = served_views(source, scaled, fit_views)
+        w, b = fit_head(scaled, labels, w0_fit, b0, config.pull)
+        w = w * scales[:, None]  # on raw features, as the installed model computes
+        oof = cross_fitted(scaled, labels, w0_fit, b0, config.pull, config.seed, on_served)
         temperature = fit_temperature(oof, labels) if len(np.unique(labels)) > 1 else 1.0
-        head.set_weights([w.astype(np.float32), b.astype(np.float32)])
+        if blocks:
+            adapted_model = with_mid_head(source.model, blocks, w, b)
+        else:
+            head.set_weights([w.astype(np.float32), b.astype(np.float32)])
+            adapted_model = source.model
+        # Installed weights this size are stored in float16: score what will be served.
+        w = np.concatenate(
+            [installed_kernel(adapted_model, name) for name in (HEAD_LAYER, MID_LOGITS_LAYER)]
+            if blocks
+            else [installed_kernel(adapted_model, HEAD_LAYER)]
+        )
 
         card = {
             k: v
@@ -494,10 +564,32 @@ def adapt(
             },
             adaptation_run=run_id,
             adaptation={
-                "adapted": "classifier head (Dense 'predictions'); trunk unchanged",
+                "adapted": "classifier head (Dense 'predictions')"
+                + (
+                    f" and a new linear read-out ('{MID_LOGITS_LAYER}') of {len(blocks)} "
+                    "globally pooled mid-level blocks"
+                    if blocks
+                    else ""
+                )
+                + "; trunk unchanged",
                 "method": "softmax head fitted by cross-entropy on the 8 symmetries and "
                 f"{config.augmented_views} standard-augmented views of each taken cell, plus "
-                f"{config.pull} / 2 * ||W - W_source||^2, from the source head",
+                f"{config.pull} / 2 * ||W - W_source||^2, from the source head"
+                + (
+                    " (the read-out's source weights: zero); each block scaled to "
+                    f"{config.mid_weight} x the head features' mean norm on the taken cells "
+                    "while fitting, the scales folded into the read-out"
+                    if blocks
+                    else ""
+                ),
+                "mid_layers": list(blocks),
+                "mid_weight": config.mid_weight if blocks else 0.0,
+                "mid_scales": [
+                    float(scales[head_dim + start])
+                    for start in np.cumsum([0, *block_sizes(source.model, blocks)])[:-1]
+                ]
+                if blocks
+                else [],
                 "augmented_views": config.augmented_views,
                 "per_class": config.per_class,
                 "seed": config.seed,
@@ -522,7 +614,7 @@ def adapt(
         }
         staging.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
-        card = export_model(source.model, staging, card)
+        card = export_model(adapted_model, staging, card)
         if source.novelty is not None:
             # The lab's cells join the bank of "training cells"; scales, outlier-exposure part and
             # threshold stay the source's. A larger bank can only lower k-NN distances, so the
@@ -531,7 +623,7 @@ def adapt(
             # cell of the lab is rarely within k neighbours of it and stays "unidentified"
             # (docs/adapt-bank-study-ext-tecom.json: 82% of held-back cells over the threshold
             # with one view a cell, 10% with eight).
-            symmetries = feats[: len(fit_views)]  # NOVELTY_BANK
+            symmetries = feats[: len(fit_views), :, :head_dim]  # NOVELTY_BANK
             detector = source.novelty.with_bank(symmetries.reshape(-1, symmetries.shape[-1]))
             staged = staging / f".{NOVELTY_FILE}"
             atomic_savez(staged, detector.to_arrays())
@@ -565,7 +657,13 @@ def adapt(
         adapted_folder = models_dir() / config.name if install else staging
         try:
             figures = evaluate_rest(
-                source, adapted_folder, rest, (w0, b0), (w, b), report("held-back cells")
+                source,
+                adapted_folder,
+                rest,
+                (w0_fit * scales[:, None], b0),  # as the source serves: raw features
+                (w, b),
+                report("held-back cells"),
+                mid_forward(source, blocks),
             )
         except BaseException as exc:
             if not install:  # nobody will install what could not be scored
@@ -603,12 +701,14 @@ def evaluate_rest(
     before: tuple[np.ndarray, np.ndarray],
     after: tuple[np.ndarray, np.ndarray],
     progress=None,
+    forward=None,
 ) -> dict:
     """Before/after figures on the lab cells that were not taken (trust.trust_figures).
 
     The two models share the trunk, so one feature pass serves both: the source head
-    (``before``) and the adapted head as installed (``after``) on the same features, each with
-    its model's temperature, novelty detector and low-confidence threshold.
+    (``before``, on the head's features) and the adapted head as installed (``after``, on them
+    and the pooled blocks ``forward`` adds, if any) on the same features, each with its model's
+    temperature, novelty detector and low-confidence threshold.
     """
     from bcclassify.serving.classifier import load_model_folder
     from bcclassify.serving.trust import temper, trust_figures
@@ -616,14 +716,19 @@ def evaluate_rest(
     adapted = load_model_folder(adapted_folder, ModelCard.read(adapted_folder).name)
     names = list(source.class_names)
     labels = np.asarray([names.index(c) for _, c in rest])
-    feats = view_features(source, [i for i, _ in rest], "held-back cells", progress)
+    from bcclassify.serving.trust import HEAD_LAYER
+
+    feats = view_features(
+        source, [i for i, _ in rest], "held-back cells", progress, forward=forward
+    )
     on_views = served_views(source, feats)
+    head_dim = int(source.model.get_layer(HEAD_LAYER).input.shape[-1])
     numbers = acquisition_numbers(source, [i for i, _ in rest])
     out: dict = {"num_cells": int(len(labels))}
     for key, model, (w, b) in (("before", source, before), ("after", adapted, after)):
         probs = temper(served(on_views, w, b), model.temperature)
         if model.novelty is not None:
-            novelty = model.novelty.score(feats[0])
+            novelty = model.novelty.score(feats[0][:, :head_dim])
         else:
             novelty = np.full(len(labels), -np.inf)
         if model.acquisition is not None:  # as serving: outside the range is unidentified

@@ -140,6 +140,9 @@ class Architecture:
     explain_layers: tuple[str, ...] = ()
     # Where training on cached activations cuts the graph: "layer" (its output) or "layer:input".
     finetune_boundaries: tuple[str, ...] = ()
+    # Blocks whose pooled activations ``adapt`` fits on besides the head's features (same specs
+    # as finetune_boundaries); () for head-only adaptation. See bcclassify/lab/mid_level.py.
+    adapt_layers: tuple[str, ...] = ()
     # The training stages a config asks for.
     stages: Callable[[TrainConfig], tuple[Stage, ...]] = classifier_stages
     # Wraps the built model for stages other than plain classification: (model, seed, image size,
@@ -412,6 +415,16 @@ register(
         trunks=("inceptionv3", "xception"),
         explain_layers=("mixed10", "block14_sepconv2_act"),
         finetune_boundaries=("mixed5", "block13_sepconv1_act:input"),
+        # InceptionV3 after mixed7 and mixed8; Xception after blocks 11 and 12 (the Add layers
+        # are numbered at build time, so they are named by the layer that reads them) and block
+        # 14's first separable convolution: chosen in scripts/adapt_head_study.py (issue 21).
+        adapt_layers=(
+            "mixed7",
+            "mixed8",
+            "block12_sepconv1_act:input",
+            "block13_sepconv1_act:input",
+            "block14_sepconv1_act",
+        ),
         pooled_head=True,
         map_titles=(("mixed", "InceptionV3"), ("block", "Xception")),
     )

@@ -51,6 +51,7 @@ __all__ = [
     "SINGLE_VIEW",
     "VIEW_TRANSFORMS",
     "WEIGHT_FILES",
+    "as_stored",
     "check_views",
     "export_model",
     "installed_model_names",
@@ -123,6 +124,12 @@ class ModelIntegrityError(RuntimeError):
     pass
 
 
+def as_stored(array: np.ndarray) -> np.ndarray:
+    """A weight array as export_model stores it: float16 when float32 and this large."""
+    large = array.dtype == np.float32 and array.size >= HALF_PRECISION_MIN_SIZE
+    return array.astype(np.float16) if large else array
+
+
 def export_model(model, folder: Path, card: Mapping) -> ModelCard:
     """Write ``model`` to ``folder`` in the installed format; returns the completed card."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -130,10 +137,7 @@ def export_model(model, folder: Path, card: Mapping) -> ModelCard:
         stale.unlink()
     (folder / "model.json").write_text(model.to_json())
     arrays = model.get_weights()
-    stored = [
-        a.astype(np.float16) if a.dtype == np.float32 and a.size >= HALF_PRECISION_MIN_SIZE else a
-        for a in arrays
-    ]
+    stored = [as_stored(a) for a in arrays]
     shards: list[list[int]] = [[]]
     size = 0
     for i, array in enumerate(stored):

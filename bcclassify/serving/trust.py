@@ -22,6 +22,9 @@ import numpy as np
 from bcclassify.storage.cards import weights_id, write_card
 
 HEAD_LAYER = "predictions"
+# A model whose head is more than one Dense layer (adapt with mid-level blocks) names the tensor
+# before its softmax: what Grad-CAM differentiates (bcclassify/explain/maps.py).
+LOGITS_LAYER = "logits"
 
 
 def features_model(keras_model):

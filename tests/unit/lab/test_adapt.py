@@ -122,6 +122,8 @@ def test_adapt_installs_a_model_that_lists_its_cells_and_predicts(cli, store, la
     config = json.loads((run / "config.json").read_text())
     assert config["seed"] == 0 and config["augmented_views"] == 8
     assert card["adaptation"]["augmented_views"] == 8
+    # the compact CNN names no mid-level blocks: its head alone was refitted
+    assert card["adaptation"]["mid_layers"] == [] and card["adaptation"]["mid_weight"] == 0.0
     assert (run / "environment.json").is_file()
     # the head changed, the trunk did not
     source = load_model("tiny-cnn")
