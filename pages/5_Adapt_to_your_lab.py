@@ -3,9 +3,10 @@
 A logged-in lab admin (``bcclassify.access.roles``: installing models changes every reviewer's
 app) uploads a zip of class folders, or picks the cells reviewers chose to keep on the Classify
 page (``bcclassify.lab.kept``); the library takes at most K cells a class, refits the model's head
-on them, and scores the source and the adapted model on the cells it did not take. The admin then
-installs the adapted model (or discards it), and can uninstall adapted models. Uploads stay in
-memory unless the admin opts in to keeping the cells used; kept cells can all be forgotten here.
+(and, for the hybrid, a read-out of mid-level blocks) on them, and scores the source and the
+adapted model on the cells it did not take. The admin then installs the adapted model (or
+discards it), and can uninstall adapted models. Uploads stay in memory unless the admin opts in
+to keeping the cells used; kept cells can all be forgotten here.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ def main() -> None:
     st.title("Adapt to your lab")
     st.caption(
         "Another lab's stain, camera and magnification change how cells look. From a few "
-        "labelled cells of your lab, this fits the chosen model's final layer to them and "
-        "installs the result as a new model; nothing else of the model changes."
+        "labelled cells of your lab, this fits the chosen model's final layer to them (for "
+        "the hybrid, with a new read-out of a few mid-level layers beside it) and installs the "
+        "result as a new model; the layers that compute the features do not change."
     )
     secrets = app_secrets()
     who = signed_in_identity(secrets)  # logged in on the Classify page

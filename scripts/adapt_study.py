@@ -28,17 +28,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def read_study(path: Path, model: str, weights: str, cells: str, bank: str) -> list[dict]:
-    """The draws already in ``path`` for this source model's weights, these cells and adapt's
-    novelty bank."""
+def read_study(
+    path: Path, model: str, weights: str, cells: str, bank: str, mid_weight: float
+) -> list[dict]:
+    """The draws already in ``path`` for this source model's weights, these cells, adapt's
+    novelty bank and mid-level weight (files from before it was recorded: 0, the head alone)."""
     if not path.exists():
         return []
     study = json.loads(path.read_text())
-    if (study.get("weights_id"), study.get("cells"), study.get("novelty_bank")) != (
-        weights,
-        cells,
-        bank,
-    ):
+    key = (study.get("weights_id"), study.get("cells"), study.get("novelty_bank"))
+    if key != (weights, cells, bank) or study.get("mid_weight", 0.0) != mid_weight:
         return []  # another model, set or method: start again (the file is rewritten)
     return [row for row in study.get("runs", []) if study.get("model") == model]
 
@@ -50,6 +49,12 @@ def main() -> int:
     parser.add_argument("--per-class", type=int, nargs="+", default=[10])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default=str(REPO / "docs/adapt-curve-ext-tecom.json"))
+    parser.add_argument(
+        "--mid-weight",
+        type=float,
+        default=None,
+        help="adapt's mid_weight (default: adapt's own; 0: the head's features only)",
+    )
     parser.add_argument(
         "--write-card",
         action="store_true",
@@ -67,8 +72,10 @@ def main() -> int:
     cells_name = Path(args.cells).name
     out = Path(args.out)
     from bcclassify.lab.adapt import NOVELTY_BANK
+    from bcclassify.lab.mid_level import DEFAULT_MID_WEIGHT
 
-    results = read_study(out, args.model, weights, cells_name, NOVELTY_BANK)
+    mid_weight = DEFAULT_MID_WEIGHT if args.mid_weight is None else args.mid_weight
+    results = read_study(out, args.model, weights, cells_name, NOVELTY_BANK, mid_weight)
     done = {(row["per_class"], row["seed"]) for row in results}
 
     def save() -> dict:
@@ -77,6 +84,7 @@ def main() -> int:
             "weights_id": weights,
             "cells": cells_name,
             "novelty_bank": NOVELTY_BANK,
+            "mid_weight": mid_weight,
             "runs": sorted(results, key=lambda r: (r["per_class"], r["seed"])),
         }
         atomic_write_bytes(out, (json.dumps(study, indent=2) + "\n").encode())
@@ -105,6 +113,7 @@ def main() -> int:
                         name=f"{args.model}-study-{per_class}-{seed}",
                         per_class=per_class,
                         seed=seed,
+                        mid_weight=mid_weight,
                         evaluate=True,
                     )
                 )

@@ -26,8 +26,10 @@ def add_adapt(sub: SubParsers) -> None:
         help="fit an installed model to another lab from a few labelled cells; install it",
         description="Refit the classifier head of --from on at most --per-class cells of each "
         "class folder of --cells (chosen by --seed; the others are not used), pulled toward the "
-        "source head; refit the temperature on cross-fitted probabilities and add the taken "
-        "cells to the novelty detector's bank; install the result as --name. The card lists "
+        "source head, with a new read-out of pooled mid-level blocks beside it where the "
+        "architecture names them (the hybrid); refit the temperature on cross-fitted "
+        "probabilities and add the taken cells to the novelty detector's bank; install the "
+        "result as --name. The card lists "
         "the sha256 of every cell used; the run is recorded under model_store/runs/. Exit 2 on "
         "bad input (missing or empty folder, unknown class folder, unreadable image).",
     )

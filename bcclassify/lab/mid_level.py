@@ -44,13 +44,15 @@ def mid_layers(classifier) -> tuple[str, ...]:
         return ()
 
 
-def _pooled(keras_model, layers: tuple[str, ...], named: bool) -> list:
+def _pooled(keras_model, layers: tuple[str, ...], prefix: str) -> list:
+    """A global average pool of each block, named ``prefix``-i: named always, since Keras's
+    automatic names restart in each process and may repeat one of the loaded model's."""
     import keras
 
     from bcclassify.models.registry import boundary_tensor
 
     return [
-        keras.layers.GlobalAveragePooling2D(name=f"lab_pool_{i}" if named else None)(
+        keras.layers.GlobalAveragePooling2D(name=f"{prefix}_{i}")(
             boundary_tensor(keras_model, spec)
         )
         for i, spec in enumerate(layers)
@@ -71,7 +73,8 @@ def feature_forward_with_mid(keras_model, layers: tuple[str, ...]):
     import tensorflow as tf
 
     head = keras_model.get_layer(HEAD_LAYER)
-    joined = keras.layers.Concatenate()([head.input, *_pooled(keras_model, layers, named=False)])
+    pooled = _pooled(keras_model, layers, "lab_extract_pool")
+    joined = keras.layers.Concatenate(name="lab_extract_features")([head.input, *pooled])
     both = keras.Model(keras_model.inputs, [joined, keras_model.outputs[0]])
     return tf.function(lambda x: both(x, training=False), reduce_retracing=True)
 
@@ -107,7 +110,7 @@ def with_mid_head(keras_model, layers: tuple[str, ...], weights: np.ndarray, bia
     head_dim = int(head.input.shape[-1])
     classes = weights.shape[1]
     mids = keras.layers.Concatenate(name=MID_FEATURES_LAYER)(
-        _pooled(keras_model, layers, named=True)
+        _pooled(keras_model, layers, "lab_pool")
     )
     mid_logits = keras.layers.Dense(classes, use_bias=False, name=MID_LOGITS_LAYER)
     head_logits = keras.layers.Dense(classes, name=HEAD_LAYER)

@@ -130,3 +130,22 @@ def test_grad_cam_of_the_adapted_model_is_exact_through_the_read_out(adapted_sto
     assert explainer.joint_channels == [768, 728]  # the fast path was taken
     assert all(compared.values()), compared
 
+
+@pytest.mark.slow
+def test_the_compiled_graph_of_the_adapted_model_answers_as_keras(adapted_store, monkeypatch):
+    """The served path without TensorFlow (ONNX) carries the read-out too; its features are
+    still the head's, for the novelty detector."""
+    from bcclassify.serving.compiled import compile_classifier
+
+    root, _ = adapted_store
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(root))
+    keras_served = load_model("hybrid-lab")
+    pixels = np.stack([keras_served.load(p) for p in CELLS]).astype(np.float32)
+    expected = keras_served.predict_pixels(pixels)
+    compile_classifier(keras_served)  # refuses to write a graph that disagrees with Keras
+    served = load_model("hybrid-lab")
+    assert served.compiled is not None
+    np.testing.assert_allclose(served.predict_pixels(pixels), expected, atol=1e-5)
+    features, _ = served.feature_forward()(pixels)
+    keras_features, _ = keras_served.feature_forward()(pixels)
+    np.testing.assert_allclose(features, np.asarray(keras_features), atol=1e-4)
