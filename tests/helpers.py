@@ -196,3 +196,30 @@ def variants_store(tmp_path: Path) -> tuple[Path, Path]:
         build("cnn", 32, len(CLASS_NAMES), weights="none"), store / "models" / "tiny-cnn", card
     )
     return store, data
+
+
+def assert_fine_maps_equal_plain(explainer, plain, pixels, layers, method, targets) -> None:
+    """The fast explain view's maps, unnormalised (the caller patches ``normalize_map``), equal
+    plain tf-keras-vis's (``plain``, built on the whole model) for each target class, and some
+    of them are real maps: an untrained trunk's map is empty for some classes (every weight
+    negative), so several targets are tried."""
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    batch = np.asarray(pixels, dtype=np.float32)[None]
+    compared = dict.fromkeys(layers, 0)
+    for target in targets:
+        fast = explainer.explain_pixels(pixels, method, target=target)
+        assert list(fast.maps) == [*layers, "fused"]
+        for layer in layers:
+            cam = plain(
+                CategoricalScore([target]),
+                batch,
+                penultimate_layer=layer,
+                seek_penultimate_conv_layer=False,
+                normalize_cam=False,
+            )[0]
+            scale = float(cam.max()) or 1.0
+            np.testing.assert_allclose(fast.maps[layer] / scale, cam / scale, atol=2e-3)
+            compared[layer] += bool(cam.max() > 0)
+    assert explainer.joint_channels == [768, 728]  # the fast path was taken
+    assert all(compared.values()), compared  # real maps among them, not only empty ones
