@@ -5,7 +5,8 @@ bank, keeping its outlier-exposure part and threshold; since this study it adds 
 (``NOVELTY_BANK`` in ``bcclassify/lab/adapt.py``). This study takes ``adapt``'s own draws of the
 lab's cells, builds the first bank, and reports for the cells not taken the share over the threshold
 by each part of the score (k-NN distance, outlier exposure, either), and the same with all 8
-symmetries of each taken cell in the bank instead. Features come from the cache of
+symmetries of each taken cell in the bank instead, and with the 8 augmented views (what the head is
+fitted on) as well. Features come from the cache of
 ``scripts/adapt_head_study.py`` (16 views a cell; views 0-7 are the 8 symmetries, 0 the image as
 given), computed there once per model weights. The acquisition range is not part of it.
 
@@ -50,7 +51,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from bcclassify.serving.trust import NoveltyDetector
-    from bcclassify.storage.cards import load_card
+    from bcclassify.storage.cards import load_card, weights_id
     from bcclassify.storage.store import models_dir
 
     folder = models_dir() / args.model
@@ -73,11 +74,14 @@ def main() -> int:
                 "taken": len(taken),
                 "held_back": len(rest),
                 "source bank": over_threshold(detector, as_given[:0], as_given[rest]),
-                "taken cells as given (adapt as shipped)": over_threshold(
+                "taken cells as given (adapt until 2026-12-04)": over_threshold(
                     detector, as_given[taken], as_given[rest]
                 ),
-                "all 8 symmetries of the taken cells": over_threshold(
+                "all 8 symmetries of the taken cells (adapt now)": over_threshold(
                     detector, feats[:SYMMETRIES, taken].reshape(-1, feats.shape[-1]), as_given[rest]
+                ),
+                "8 symmetries and 8 augmented views of the taken cells": over_threshold(
+                    detector, feats[:, taken].reshape(-1, feats.shape[-1]), as_given[rest]
                 ),
             }
             rows.append(row)
@@ -94,6 +98,7 @@ def main() -> int:
             json.dumps(
                 {
                     "model": args.model,
+                    "weights_id": weights_id(load_card(folder)),
                     "cells": Path(args.cells).name,
                     "threshold": detector.threshold,
                     "mean_over_draws": summary,
