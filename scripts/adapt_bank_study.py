@@ -28,7 +28,11 @@ sys.path.insert(0, str(REPO))
 
 from bcclassify import CLASS_NAMES  # noqa: E402
 from bcclassify.lab.adapt import choose_cells, scan_cells  # noqa: E402
-from scripts.adapt_head_study import cached_features  # noqa: E402
+from scripts.adapt_head_study import (  # noqa: E402
+    cached_features,
+    cached_mid_features,
+    served_index,
+)
 
 SYMMETRIES = 8
 
@@ -40,6 +44,37 @@ def over_threshold(detector, bank_extra: np.ndarray, query: np.ndarray) -> dict[
     return {"knn": float(knn.mean()), "oe": float(oe.mean()), "either": float((knn | oe).mean())}
 
 
+def served_figures(f, m, taken, rest, labels, seed, detector, banks: dict, low_confidence: float):
+    """What a reviewer meets on the cells not taken, for each bank in ``banks``: ``adapt``'s fit
+    (head and mid-level read-out, temperature on cross-fitted probabilities) served with the
+    detector grown by that bank (trust.trust_figures; the acquisition range left out)."""
+    from bcclassify.lab.adapt import DEFAULT_PULL, cross_fitted, fit_head, served
+    from bcclassify.lab.mid_level import DEFAULT_MID_WEIGHT, block_scales
+    from bcclassify.serving.trust import fit_temperature, temper, trust_figures
+
+    head_dim = f["feats"].shape[-1]
+    on_taken = np.concatenate([f["feats"][:, taken], m["mid"][:, taken]], axis=-1)
+    scales = block_scales(on_taken, head_dim, list(m["sizes"]), DEFAULT_MID_WEIGHT)
+    on_taken *= scales
+    views = served_index(f)
+    on_rest = np.concatenate([f["feats"][views][:, rest], m["mid"][views][:, rest]], -1) * scales
+    w0 = np.concatenate([f["w0"], np.zeros((len(scales) - head_dim, f["w0"].shape[1]))])
+    w, b = fit_head(on_taken, labels[taken], w0, f["b0"], DEFAULT_PULL)
+    oof = cross_fitted(on_taken, labels[taken], w0, f["b0"], DEFAULT_PULL, seed, on_taken[views])
+    probs = temper(served(on_rest, w, b), fit_temperature(oof, labels[taken]))
+    as_given = f["feats"][0, rest].astype(np.float32)
+    return {
+        name: trust_figures(
+            labels[rest],
+            probs,
+            detector.with_bank(bank).score(as_given),
+            detector.threshold,
+            low_confidence,
+        )
+        for name, bank in banks.items()
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="hybrid")
@@ -48,6 +83,12 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--cache", default=str(REPO / "cache" / "adapt-head-study"))
     parser.add_argument("--out", default=None, help="also write the table here (JSON)")
+    parser.add_argument(
+        "--served",
+        action="store_true",
+        help="also fit adapt's head per draw and report what is served with each bank "
+        "(accuracy, flagged, wrong and unflagged)",
+    )
     args = parser.parse_args()
 
     from bcclassify.serving.trust import NoveltyDetector
@@ -60,8 +101,13 @@ def main() -> int:
     cells = scan_cells(Path(args.cells))
     items = [p for c in CLASS_NAMES for p in cells.get(c, [])]
     index = {p: i for i, p in enumerate(items)}
-    feats = cached_features(args.model, items, Path(args.cache))["feats"].astype(np.float32)
+    f = cached_features(args.model, items, Path(args.cache))
+    feats = f["feats"].astype(np.float32)
     as_given = feats[0]
+    if args.served:
+        m = cached_mid_features(args.model, items, Path(args.cache))
+        labels = np.asarray([CLASS_NAMES.index(p.parent.name) for p in items])
+        low_confidence = float(load_card(folder).get("low_confidence_threshold", 0.7))
     rows = []
     for k in args.per_class:
         for seed in args.seeds:
@@ -84,6 +130,15 @@ def main() -> int:
                     detector, feats[:, taken].reshape(-1, feats.shape[-1]), as_given[rest]
                 ),
             }
+            if args.served:
+                banks = {
+                    "all 8 symmetries of the taken cells (adapt now)": feats[:SYMMETRIES, taken],
+                    "8 symmetries and 8 augmented views of the taken cells": feats[:, taken],
+                }
+                banks = {name: bank.reshape(-1, feats.shape[-1]) for name, bank in banks.items()}
+                row["served"] = served_figures(
+                    f, m, taken, rest, labels, seed, detector, banks, low_confidence
+                )
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.out:
@@ -93,7 +148,22 @@ def main() -> int:
                 for part in ("knn", "oe", "either")
             }
             for bank in [key for key in rows[0] if isinstance(rows[0][key], dict)]
+            if bank != "served"
         }
+        if args.served:
+            summary["served"] = {
+                bank: {
+                    f"{key}_{how.__name__}": float(how([row["served"][bank][key] for row in rows]))
+                    for key in (
+                        "accuracy",
+                        "flagged_fraction",
+                        "unidentified_fraction",
+                        "wrong_and_unflagged_fraction",
+                    )
+                    for how in (np.mean, np.min, np.max)
+                }
+                for bank in rows[0]["served"]
+            }
         Path(args.out).write_text(
             json.dumps(
                 {
