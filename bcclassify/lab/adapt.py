@@ -510,10 +510,10 @@ def adapt(
         w0, b0 = (np.asarray(a, dtype=np.float64) for a in head.get_weights())
         scales = np.ones(head_dim)
         w0_fit = w0
+        sizes = block_sizes(source.model, blocks)
         if blocks:
             # Fitted on scaled blocks (one pull suits them all), served with the scales folded
             # into the read-out's kernel; the source's own read-out, if any, is the start.
-            sizes = block_sizes(source.model, blocks)
             scales = block_scales(feats, head_dim, sizes, config.mid_weight)
             mid0 = source_mid_kernel(source.model, sum(sizes))
             mid0 = np.zeros((sum(sizes), w0.shape[1])) if mid0 is None else mid0
@@ -576,7 +576,8 @@ def adapt(
                 f"{config.augmented_views} standard-augmented views of each taken cell, plus "
                 f"{config.pull} / 2 * ||W - W_source||^2, from the source head"
                 + (
-                    " (the read-out's source weights: zero); each block scaled to "
+                    " (the read-out from the source's, zero when it has none); each block "
+                    "scaled to "
                     f"{config.mid_weight} x the head features' mean norm on the taken cells "
                     "while fitting, the scales folded into the read-out"
                     if blocks
@@ -585,11 +586,8 @@ def adapt(
                 "mid_layers": list(blocks),
                 "mid_weight": config.mid_weight if blocks else 0.0,
                 "mid_scales": [
-                    float(scales[head_dim + start])
-                    for start in np.cumsum([0, *block_sizes(source.model, blocks)])[:-1]
-                ]
-                if blocks
-                else [],
+                    float(scales[head_dim + start]) for start in np.cumsum([0, *sizes])[:-1]
+                ],
                 "augmented_views": config.augmented_views,
                 "per_class": config.per_class,
                 "seed": config.seed,
@@ -663,7 +661,7 @@ def adapt(
                 (w0_fit * scales[:, None], b0),  # as the source serves: raw features
                 (w, b),
                 report("held-back cells"),
-                mid_forward(source, blocks),
+                forward,
             )
         except BaseException as exc:
             if not install:  # nobody will install what could not be scored
