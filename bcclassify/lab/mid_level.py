@@ -40,7 +40,7 @@ def mid_layers(classifier) -> tuple[str, ...]:
         return tuple(used)
     try:
         return tuple(get_architecture(classifier.architecture).adapt_layers)
-    except (KeyError, ValueError):
+    except ValueError:  # an architecture this version does not know: the head alone
         return ()
 
 
