@@ -72,6 +72,15 @@ class TrainConfig:
             "statistics, none carried from the training lab; issue 21)",
         },
     )
+    norm_fit_images: int = field(
+        default=32,
+        metadata={
+            "metavar": "N",
+            "help": "with --norm group and pretrained trunks: fit each group norm's scale and "
+            "offset to the batch norm it replaces on N training images a class (0: keep the "
+            "batch norm's scale and offset)",
+        },
+    )
     center_crop: float = field(
         default=1.0,
         metadata={

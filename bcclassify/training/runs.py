@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bcclassify.models.norm_transfer import calibration_indices
 from bcclassify.storage.runs import RunRecord
 from bcclassify.storage.store import runs_dir
 from bcclassify.training.config import TrainConfig, new_run_id  # noqa: F401 (re-exported)
@@ -129,6 +130,7 @@ class _Parts:
     boundaries: tuple[str, ...]
     image_size: int
     staged: bool  # the architecture's trainer runs the stages (and augments its own views)
+    started: bool = False  # --init-from's weights are already in the model
 
 
 def _fit_one_split(
@@ -146,8 +148,15 @@ def _fit_one_split(
         return finished  # a finished fold of a resumed run
     arch = get_architecture(config.arch)
     stages = arch.stages(config)
-    parts = _assemble(config, arch, len(dataset.class_names))
-    if config.init_from:
+    resuming = (record.folder / "checkpoints" / "latest.json").is_file()
+    calibration = None
+    if config.norm == "group" and config.norm_fit_images and not resuming:
+        picked = calibration_indices(
+            dataset.labels[split.train], config.norm_fit_images, config.seed
+        )
+        calibration = pixels[split.train[picked]]
+    parts = _assemble(config, arch, len(dataset.class_names), calibration)
+    if config.init_from and not parts.started:
         _start_from_run(config.init_from, parts)
     record.update(
         initialisation=inherited_initialisation(record.read(), parts.init_record),
@@ -164,9 +173,18 @@ def _fit_one_split(
     return _evaluate(record, parts, feeds, state, dataset, split)
 
 
-def _assemble(config: TrainConfig, arch: Architecture, num_classes: int) -> _Parts:
+def _assemble(
+    config: TrainConfig,
+    arch: Architecture,
+    num_classes: int,
+    calibration: np.ndarray | None = None,
+) -> _Parts:
     """Build the model (seeded), cut it at the frozen boundaries or wrap it in the architecture's
-    trainer, and compile it with a fresh optimizer."""
+    trainer, and compile it with a fresh optimizer.
+
+    ``calibration``: training images on which a group-norm model's norms are fitted to the
+    batch norms they replace (:func:`_with_fitted_group_norm`); None keeps the batch norms'
+    scale and offset (a resumed run: its checkpoint has the weights)."""
     import keras
 
     from bcclassify.models.registry import boundary_tensor, build, split_model
@@ -175,7 +193,9 @@ def _assemble(config: TrainConfig, arch: Architecture, num_classes: int) -> _Par
     strategy = _distribution_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)
     init_record: dict = {}
+    started = False
     with strategy.scope():
+        fitted = config.norm == "group" and calibration is not None
         model = build(
             config.arch,
             image_size,
@@ -183,8 +203,10 @@ def _assemble(config: TrainConfig, arch: Architecture, num_classes: int) -> _Par
             config.backbone_weights,
             init_record,
             center_crop=config.center_crop,
-            norm=config.norm,
+            norm="batch" if fitted else config.norm,
         )
+        if fitted:
+            model, started = _with_fitted_group_norm(model, config, init_record, calibration)
         if config.freeze_bn:
             freeze_pretrained_batch_norm(model, init_record)
         boundaries = _boundaries(config, arch)
@@ -210,7 +232,50 @@ def _assemble(config: TrainConfig, arch: Architecture, num_classes: int) -> _Par
         boundaries=boundaries,
         image_size=image_size,
         staged=arch.trainer is not None,
+        started=started,
     )
+
+
+def _with_fitted_group_norm(
+    model, config: TrainConfig, init_record: dict, calibration: np.ndarray
+) -> tuple[Any, bool]:
+    """``model`` (batch norm) with group norm in its place, and whether ``--init-from`` is
+    already in it.
+
+    A batch-norm parent run's weights go into the batch-norm model first, so that the fit
+    starts from them; a group-norm parent's go into the converted model, unfitted. The norms
+    are fitted only when every trunk is pretrained (or continued): random batch norms are
+    nothing to imitate."""
+    import keras
+
+    from bcclassify.models.norm_transfer import fit_group_norm_affine
+    from bcclassify.models.registry import with_group_norm
+
+    parent = None
+    if config.init_from:
+        source = _parent_model_file(config.init_from)
+        parent = keras.models.load_model(source, safe_mode=True)
+        if _has_group_norm(parent):
+            converted = with_group_norm(model, init_record)
+            converted.set_weights(parent.get_weights())
+            return converted, True
+        model.set_weights(parent.get_weights())
+    converted = with_group_norm(model, init_record)
+    pretrained = init_record and all(
+        str(v).startswith("pretrained") for k, v in init_record.items() if k != "normalisation"
+    )
+    if parent is not None or pretrained:
+        init_record["group_norm_fit"] = fit_group_norm_affine(model, converted, calibration)
+        init_record["normalisation"] += (
+            f", each fitted to its batch norm's outputs on {len(calibration)} training images"
+        )
+    return converted, parent is not None
+
+
+def _has_group_norm(model) -> bool:
+    import keras
+
+    return any(isinstance(layer, keras.layers.GroupNormalization) for layer in model.layers)
 
 
 def _start_from_run(run_id: str, parts: _Parts) -> None:
@@ -222,6 +287,16 @@ def _start_from_run(run_id: str, parts: _Parts) -> None:
     (and its batch-norm statistics) to the larger view."""
     import keras
 
+    source = _parent_model_file(run_id)
+    stem = parts.stem
+    stem_before = _weights_digest(stem) if stem is not None else None
+    parts.model.set_weights(keras.models.load_model(source, safe_mode=True).get_weights())
+    if stem is not None and _weights_digest(stem) != stem_before:
+        # Different frozen layers give different cached activations: key the cache on them.
+        parts.init_record["stem_weights_sha256"] = _weights_digest(stem)
+
+
+def _parent_model_file(run_id: str) -> Path:
     source = runs_dir() / run_id / "model.keras"
     if not source.is_file():
         raise FileNotFoundError(
@@ -229,12 +304,7 @@ def _start_from_run(run_id: str, parts: _Parts) -> None:
             f"trained it; git keeps its record only). Train that run again here (delete its "
             f"folder first) or continue another"
         )
-    stem = parts.stem
-    stem_before = _weights_digest(stem) if stem is not None else None
-    parts.model.set_weights(keras.models.load_model(source, safe_mode=True).get_weights())
-    if stem is not None and _weights_digest(stem) != stem_before:
-        # Different frozen layers give different cached activations: key the cache on them.
-        parts.init_record["stem_weights_sha256"] = _weights_digest(stem)
+    return source
 
 
 def inherited_initialisation(run: dict, built: dict) -> dict:

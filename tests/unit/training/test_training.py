@@ -426,3 +426,41 @@ def test_a_run_continued_from_another_records_the_parents_initialisation(tmp_pat
     assert initialisation_summary(inherited) == "partly pretrained"
     # An ordinary run records what its build loaded.
     assert inherited_initialisation({}, built) == built
+
+
+@pytest.mark.slow
+def test_group_norm_run_from_a_batch_norm_run_starts_fitted(tiny_store, tmp_path, monkeypatch):
+    """``--norm group --init-from`` a batch-norm run: the parent's weights, then each group norm
+    fitted to the batch norm it replaces (issue 21), recorded; continuing that run again takes
+    its group-norm weights as they are."""
+    import shutil
+
+    import keras
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store / "runs", store / "runs")
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    common = dict(arch="cnn", data=str(FIXTURE_IMAGES), image_size=32, epochs=1, lr=0.0,
+                  batch_size=8, augment=False, norm="group", norm_fit_images=4,
+                  cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    run_dir = train(TrainConfig(**common, init_from="fixture-cnn-32px", run_id="gn"))
+    fit = read_json(run_dir / "run.json")["initialisation"]["group_norm_fit"]
+    parent = keras.models.load_model(store / "runs" / "fixture-cnn-32px" / "model.keras")
+    norms = [la.name for la in parent.layers if isinstance(la, keras.layers.BatchNormalization)]
+    assert fit["layers"] == len(norms) > 0
+    train_size = read_json(run_dir / "config.json")["split_sizes"][0]["train"]
+    assert 0 < fit["images"] <= min(train_size, 4 * parent.output.shape[-1])  # 4 a class at most
+    model = keras.models.load_model(run_dir / "model.keras")
+    assert not any(isinstance(la, keras.layers.BatchNormalization) for la in model.layers)
+    # fitted, not the batch norm's scale and offset (lr 0: training changed nothing)
+    gamma = model.get_layer(norms[0]).get_weights()[0]
+    assert not np.allclose(gamma, parent.get_layer(norms[0]).get_weights()[0])
+    # the parent's other weights came along
+    np.testing.assert_array_equal(
+        model.layers[-1].get_weights()[0], parent.layers[-1].get_weights()[0]
+    )
+
+    again = train(TrainConfig(**common, init_from="gn", run_id="gn-again"))
+    assert "group_norm_fit" not in read_json(again / "run.json")["initialisation"]
+    continued = keras.models.load_model(again / "model.keras")
+    np.testing.assert_array_equal(continued.get_layer(norms[0]).get_weights()[0], gamma)
