@@ -232,16 +232,32 @@ def write_model(folder: Path, card: dict, target: Path, shard_bytes: int) -> tup
     return write_model_files((folder / "model.json").read_text(), arrays, target, shard_bytes)
 
 
-def write_group_norm_model(name: str, target: Path, shard_bytes: int):
+def write_group_norm_model(name: str, target: Path, shard_bytes: int, calibration: np.ndarray):
     """The installed model with group norm in place of every batch norm (``--norm group``),
-    its learnt scale and offset kept; returns the entries, output layer and the model."""
+    each fitted to the batch norm it replaces on ``calibration`` (training-split pixels;
+    :mod:`bcclassify.models.norm_transfer`); returns the entries, output layer, the model and
+    the fit's summary."""
+    from bcclassify.models.norm_transfer import fit_group_norm_affine
     from bcclassify.models.registry import with_group_norm
     from bcclassify.serving.classifier import load_model
 
-    model = with_group_norm(load_model(name, fold_batch_norm=False, compiled=False).model)
+    source = load_model(name, fold_batch_norm=False, compiled=False).model
+    model = with_group_norm(source)
+    fit = fit_group_norm_affine(source, model, calibration)
     stored = stored_arrays(model.get_weights())
     arrays = {f"w{i:05d}": array for i, array in enumerate(stored)}  # the installed keys
-    return (*write_model_files(model.to_json(), arrays, target, shard_bytes), model)
+    return (*write_model_files(model.to_json(), arrays, target, shard_bytes), model, fit)
+
+
+def calibration_pixels(
+    dataset, train: np.ndarray, per_class: int, seed: int, image_size: int
+) -> np.ndarray:
+    """``per_class`` training-split images a class, as the model takes them."""
+    from bcclassify.data.imaging import load_image
+    from bcclassify.models.norm_transfer import calibration_indices
+
+    picked = train[calibration_indices(dataset.labels[train], per_class, seed)]
+    return np.stack([load_image(dataset.paths[i], image_size) for i in picked])
 
 
 def write_model_files(
@@ -368,6 +384,7 @@ def build_pack(args: argparse.Namespace) -> dict:
 
     fresh = bool(args.arch)
     converted = None  # the installed model with group norm (--norm group), packed as converted
+    norm_fit = None  # how its group norms were fitted to the batch norms they replace
     if fresh:
         if not (args.data and args.image_size):
             raise ValueError("--arch needs --data and --image-size (no card to take them from)")
@@ -395,8 +412,11 @@ def build_pack(args: argparse.Namespace) -> dict:
     if fresh:
         model_entries, models = fresh_models(args, list(dataset.class_names), merged)
     elif args.norm == "group":
-        model_entries, output_layer, converted = write_group_norm_model(
-            name, merged / "model", shard_bytes
+        calibration = calibration_pixels(
+            dataset, split.train, args.norm_fit_images, seed, image_size
+        )
+        model_entries, output_layer, converted, norm_fit = write_group_norm_model(
+            name, merged / "model", shard_bytes, calibration
         )
         models = None
     else:
@@ -432,6 +452,7 @@ def build_pack(args: argparse.Namespace) -> dict:
             "training_run": card.get("training_run"),
             "initialisation": card.get("initialisation"),
             "norm": args.norm,  # "group": converted at packing (registry.with_group_norm)
+            "group_norm_fit": norm_fit,  # and fitted there (models.norm_transfer)
             "training_config": card.get("training_config"),
             "card_sha256": sha256_file(folder / "card.json"),
             "files_sha256": card.get("files_sha256"),
@@ -555,7 +576,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("batch", "group"),
         default="batch",
         help="group: group norm in place of every batch norm (train --norm group); with --model "
-        "the installed model is converted (scale and offset kept) to fine-tune on the device",
+        "the installed model is converted, each group norm fitted to the batch norm it replaces, "
+        "to fine-tune on the device",
+    )
+    p.add_argument(
+        "--norm-fit-images",
+        type=int,
+        default=32,
+        metavar="N",
+        help="with --norm group and --model: training images a class the fit uses",
     )
     p.add_argument("--image-size", type=int, default=None, help="with --arch")
     p.add_argument("--center-crop", type=float, default=1.0, help="with --arch")

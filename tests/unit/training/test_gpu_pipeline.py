@@ -405,7 +405,7 @@ def test_an_installed_model_packed_with_group_norm_fine_tunes_and_imports_as_suc
     tiny_store, tmp_path, monkeypatch
 ):
     """Issue 21's GPU route: the installed model converted at packing (every batch norm to group
-    norm, scale and offset kept), fine-tuned, and imported as a run the registry rebuilds with
+    norm, fitted to it), fine-tuned, and imported as a run the registry rebuilds with
     ``norm="group"`` (import_run checks that it computes what the device trained)."""
     import import_run
     import keras
@@ -421,6 +421,8 @@ def test_an_installed_model_packed_with_group_norm_fine_tunes_and_imports_as_suc
     assert pack.main(args) == 0
     manifest = json.loads((packed / "all" / "manifest.json").read_text())
     assert manifest["model"]["norm"] == "group"
+    # each group norm fitted to the batch norm it replaced (models.norm_transfer)
+    assert manifest["model"]["group_norm_fit"]["layers"] > 0
     model = train_lab.build_model(packed / "all", manifest)
     assert not [x for x in model.layers if isinstance(x, keras.layers.BatchNormalization)]
     assert [x for x in model.layers if isinstance(x, keras.layers.GroupNormalization)]
