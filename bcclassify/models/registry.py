@@ -488,7 +488,9 @@ def with_group_norm(model: keras.Model, init_record: dict | None = None) -> kera
     normalises each image by its own, so nothing of the source lab's statistics is carried to
     another lab's cells (Tsutsui et al. 2023 measured +26 to +50 points across labs). The
     learnt scale and offset are kept; the running statistics are dropped, so a converted
-    pretrained trunk needs fine-tuning before it is any good.
+    pretrained trunk computes something else until its norms are fitted to the batch norms
+    they replace (:func:`bcclassify.models.norm_transfer.fit_group_norm_affine`, which
+    training and ``pack.py`` do) and it is fine-tuned.
     """
     import keras  # lazy: the registry is read without TensorFlow (tests check)
 
