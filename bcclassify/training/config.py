@@ -101,7 +101,8 @@ class TrainConfig:
         default=None,
         metadata={
             "metavar": "RUN_ID",
-            "help": "start from another run's final weights (fine-tune)",
+            "help": "start from another run's final weights, or an installed model's with "
+            "model:NAME (fine-tune)",
         },
     )
     # The classifier stage of an architecture that trains in two stages (supcon).

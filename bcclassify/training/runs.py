@@ -246,15 +246,14 @@ def _with_fitted_group_norm(
     starts from them; a group-norm parent's go into the converted model, unfitted. The norms
     are fitted only when every trunk is pretrained (or continued): random batch norms are
     nothing to imitate."""
-    import keras
 
     from bcclassify.models.norm_transfer import fit_group_norm_affine
     from bcclassify.models.registry import with_group_norm
 
     parent = None
     if config.init_from:
-        source = _parent_model_file(config.init_from)
-        parent = keras.models.load_model(source, safe_mode=True)
+        parent = parent_model(config.init_from)
+        note_installed_parent(config.init_from, init_record)
         if _has_group_norm(parent):
             converted = with_group_norm(model, init_record)
             converted.set_weights(parent.get_weights())
@@ -285,26 +284,54 @@ def _start_from_run(run_id: str, parts: _Parts) -> None:
     weight depends on it. That is progressive resizing (issue 25): a from-scratch network learns
     most of what it will at a quarter of the pixels, then a few epochs at the full size adapt it
     (and its batch-norm statistics) to the larger view."""
-    import keras
 
-    source = _parent_model_file(run_id)
     stem = parts.stem
     stem_before = _weights_digest(stem) if stem is not None else None
-    parts.model.set_weights(keras.models.load_model(source, safe_mode=True).get_weights())
+    parts.model.set_weights(parent_model(run_id).get_weights())
+    note_installed_parent(run_id, parts.init_record)
     if stem is not None and _weights_digest(stem) != stem_before:
         # Different frozen layers give different cached activations: key the cache on them.
         parts.init_record["stem_weights_sha256"] = _weights_digest(stem)
 
 
-def _parent_model_file(run_id: str) -> Path:
-    source = runs_dir() / run_id / "model.keras"
+INSTALLED_PREFIX = "model:"
+
+
+def parent_model(init_from: str):
+    """The Keras model ``--init-from`` names: a run's final model, or with ``model:NAME`` an
+    installed model's, as trained (batch norm unfolded). A run's weights stay on the machine
+    that trained it; an installed model's are in the repository, so any machine can continue
+    the shipped default."""
+    import keras
+
+    if init_from.startswith(INSTALLED_PREFIX):
+        from bcclassify.serving.classifier import load_model
+
+        name = init_from[len(INSTALLED_PREFIX) :]
+        return load_model(name, fold_batch_norm=False, compiled=False).model
+    source = runs_dir() / init_from / "model.keras"
     if not source.is_file():
         raise FileNotFoundError(
-            f"--init-from {run_id}: no {source} (a run's weights stay on the machine that "
+            f"--init-from {init_from}: no {source} (a run's weights stay on the machine that "
             f"trained it; git keeps its record only). Train that run again here (delete its "
-            f"folder first) or continue another"
+            f"folder first), continue another, or start from an installed model "
+            f"({INSTALLED_PREFIX}NAME)"
         )
-    return source
+    return keras.models.load_model(source, safe_mode=True)
+
+
+def note_installed_parent(init_from: str, init_record: dict) -> None:
+    """Each trunk of a run continued from an installed model says so, with the card's
+    checksum (the model's files may later be replaced by a promote)."""
+    if not init_from.startswith(INSTALLED_PREFIX):
+        return
+    from bcclassify.storage.store import models_dir, sha256_file
+
+    name = init_from[len(INSTALLED_PREFIX) :]
+    card = models_dir() / name / "card.json"
+    source = f"installed model {name} (card.json sha256 {sha256_file(card)[:12]})"
+    for trunk in [k for k in init_record if k not in ("normalisation", "group_norm_fit")]:
+        init_record[trunk] = f"{init_record[trunk]}, then continued from {source}"
 
 
 def inherited_initialisation(run: dict, built: dict) -> dict:

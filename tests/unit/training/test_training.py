@@ -464,3 +464,35 @@ def test_group_norm_run_from_a_batch_norm_run_starts_fitted(tiny_store, tmp_path
     assert "group_norm_fit" not in read_json(again / "run.json")["initialisation"]
     continued = keras.models.load_model(again / "model.keras")
     np.testing.assert_array_equal(continued.get_layer(norms[0]).get_weights()[0], gamma)
+
+
+@pytest.mark.slow
+def test_init_from_an_installed_model(tiny_store, tmp_path, monkeypatch):
+    """``--init-from model:NAME``: the shipped weights are in the repository, so any machine can
+    continue them (a run's weights stay where it trained); the record says where it started."""
+    import shutil
+
+    import keras
+
+    from bcclassify.serving.classifier import load_model
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    config = TrainConfig(arch="cnn", data=str(FIXTURE_IMAGES), image_size=32, epochs=1, lr=0.0,
+                         batch_size=8, augment=False, init_from="model:tiny-cnn",
+                         cache_dir=str(tmp_path / "cache"), run_id="from-installed")  # fmt: skip
+    run_dir = train(config)
+    initialisation = read_json(run_dir / "run.json")["initialisation"]
+    assert "then continued from installed model tiny-cnn (card.json sha256" in initialisation["cnn"]
+
+    continued = keras.models.load_model(run_dir / "model.keras")
+    installed = load_model("tiny-cnn", fold_batch_norm=False, compiled=False).model
+    trainable = {w.path for w in continued.trainable_weights}
+    for a, b in zip(installed.weights, continued.weights):
+        if a.path in trainable:  # lr 0: as installed
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    from bcclassify.serving.classifier import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError):
+        train(TrainConfig(**{**config.__dict__, "init_from": "model:absent", "run_id": "x"}))
