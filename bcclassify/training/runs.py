@@ -158,8 +158,11 @@ def _fit_one_split(
     parts = _assemble(config, arch, len(dataset.class_names), calibration)
     if config.init_from and not parts.started:
         _start_from_run(config.init_from, parts)
+    initialisation = inherited_initialisation(record.read(), parts.init_record)
+    if resuming:  # what the run started from (and how it was fitted) was recorded then
+        initialisation = record.read().get("initialisation") or initialisation
     record.update(
-        initialisation=inherited_initialisation(record.read(), parts.init_record),
+        initialisation=initialisation,
         init_from=config.init_from,
         boundaries=list(parts.boundaries),
     )
@@ -183,7 +186,7 @@ def _assemble(
     trainer, and compile it with a fresh optimizer.
 
     ``calibration``: training images on which a group-norm model's norms are fitted to the
-    batch norms they replace (:func:`_with_fitted_group_norm`); None keeps the batch norms'
+    batch norms they replace (:func:`_as_group_norm`); None keeps the batch norms'
     scale and offset (a resumed run: its checkpoint has the weights)."""
     import keras
 
@@ -195,7 +198,8 @@ def _assemble(
     init_record: dict = {}
     started = False
     with strategy.scope():
-        fitted = config.norm == "group" and calibration is not None
+        # Group norm from pretrained or parent weights: built with batch norm, converted here.
+        convert = config.norm == "group" and (calibration is not None or config.init_from)
         model = build(
             config.arch,
             image_size,
@@ -203,10 +207,10 @@ def _assemble(
             config.backbone_weights,
             init_record,
             center_crop=config.center_crop,
-            norm="batch" if fitted else config.norm,
+            norm="batch" if convert else config.norm,
         )
-        if fitted:
-            model, started = _with_fitted_group_norm(model, config, init_record, calibration)
+        if convert:
+            model, started = _as_group_norm(model, config, init_record, calibration)
         if config.freeze_bn:
             freeze_pretrained_batch_norm(model, init_record)
         boundaries = _boundaries(config, arch)
@@ -219,6 +223,8 @@ def _assemble(
             stem, trainable = None, arch.trainer(model, config.seed, image_size)
         else:
             stem, trainable = None, model
+        if started and stem is not None:  # cached activations are keyed on the stem's weights
+            init_record["stem_weights_sha256"] = _weights_digest(stem)
         optimizer = _make_optimizer(config.optimizer, config.lr)
         trainable.compile(
             optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"]
@@ -236,16 +242,17 @@ def _assemble(
     )
 
 
-def _with_fitted_group_norm(
-    model, config: TrainConfig, init_record: dict, calibration: np.ndarray
+def _as_group_norm(
+    model, config: TrainConfig, init_record: dict, calibration: np.ndarray | None
 ) -> tuple[Any, bool]:
     """``model`` (batch norm) with group norm in its place, and whether ``--init-from`` is
     already in it.
 
-    A batch-norm parent run's weights go into the batch-norm model first, so that the fit
-    starts from them; a group-norm parent's go into the converted model, unfitted. The norms
-    are fitted only when every trunk is pretrained (or continued): random batch norms are
-    nothing to imitate."""
+    A batch-norm parent's weights go into the batch-norm model first, so that the fit starts
+    from them; a group-norm parent's go into the converted model, unfitted. The norms are
+    fitted on ``calibration`` (None: not fitted; a resumed run's checkpoint has its weights)
+    only when every trunk is pretrained or continued: random batch norms are nothing to
+    imitate."""
 
     from bcclassify.models.norm_transfer import fit_group_norm_affine
     from bcclassify.models.registry import with_group_norm
@@ -263,7 +270,7 @@ def _with_fitted_group_norm(
     pretrained = init_record and all(
         str(v).startswith("pretrained") for k, v in init_record.items() if k != "normalisation"
     )
-    if parent is not None or pretrained:
+    if calibration is not None and (parent is not None or pretrained):
         init_record["group_norm_fit"] = fit_group_norm_affine(model, converted, calibration)
         init_record["normalisation"] += (
             f", each fitted to its batch norm's outputs on {len(calibration)} training images"

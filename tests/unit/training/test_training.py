@@ -16,7 +16,7 @@ from helpers import FIXTURE_IMAGES, REPO
 from bcclassify.data.augment import augment_batch
 from bcclassify.storage.store import list_runs, read_csv, read_json
 from bcclassify.training.feeds import apply_smote
-from bcclassify.training.runs import TrainConfig, train
+from bcclassify.training.runs import TrainConfig, resume, train
 
 
 def test_run_record_is_complete(tiny_store):
@@ -459,6 +459,20 @@ def test_group_norm_run_from_a_batch_norm_run_starts_fitted(tiny_store, tmp_path
     np.testing.assert_array_equal(
         model.layers[-1].get_weights()[0], parent.layers[-1].get_weights()[0]
     )
+
+    # interrupted after its checkpoint: resuming needs neither the fit nor the parent's batch
+    # norms in a group-norm model, and keeps the record of how the run started
+    cut = store / "runs" / "gn-cut"
+    shutil.copytree(run_dir, cut)
+    for name in ("metrics.json", "model.keras"):
+        (cut / name).unlink()
+    config = read_json(cut / "config.json")
+    (cut / "config.json").write_text(json.dumps({**config, "run_id": "gn-cut", "epochs": 2}))
+    run = read_json(cut / "run.json")
+    (cut / "run.json").write_text(json.dumps({**run, "run_id": "gn-cut", "status": "running"}))
+    assert resume("gn-cut") == cut
+    assert read_json(cut / "run.json")["status"] == "finished"
+    assert read_json(cut / "run.json")["initialisation"]["group_norm_fit"] == fit
 
     again = train(TrainConfig(**common, init_from="gn", run_id="gn-again"))
     assert "group_norm_fit" not in read_json(again / "run.json")["initialisation"]
