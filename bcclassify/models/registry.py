@@ -493,6 +493,7 @@ def with_group_norm(model: keras.Model, init_record: dict | None = None) -> kera
     training and ``pack.py`` do) and it is fine-tuned.
     """
     import keras  # lazy: the registry is read without TensorFlow (tests check)
+    import numpy as np
 
     norms = {
         layer.name: int(layer.moving_mean.shape[0])
@@ -513,16 +514,25 @@ def with_group_norm(model: keras.Model, init_record: dict | None = None) -> kera
             "axis": -1,
             "epsilon": old.get("epsilon", 1e-3),
             "center": old.get("center", True),
-            "scale": old.get("scale", True),
+            # always a scale: batch norm without one (InceptionV3's) still has a per-channel
+            # spread that a fitted group norm must reproduce (models.norm_transfer)
+            "scale": True,
         }
         for node in entry.get("inbound_nodes", []):
             if isinstance(node, dict):
                 node.get("kwargs", {}).pop("mask", None)  # batch norm's call takes one; not GN's
     converted = keras.Model.from_config(config)
     for layer in converted.layers:
-        values = model.get_layer(layer.name).get_weights()
-        # batch norm holds [gamma, beta, moving mean, moving variance]: keep what is learnt
-        layer.set_weights(values[: len(layer.weights)])
+        source = model.get_layer(layer.name)
+        if layer.name not in norms:
+            layer.set_weights(source.get_weights())
+            continue
+        # batch norm holds [gamma (if it scales), beta, moving mean, moving variance]: keep
+        # what is learnt, a unit scale where it had none
+        gamma = source.gamma if source.scale else np.ones(norms[layer.name], "float32")
+        layer.set_weights(
+            [np.asarray(gamma)] + ([np.asarray(source.beta)] if source.center else [])
+        )
     if init_record is not None:
         init_record["normalisation"] = f"group norm in place of {len(norms)} batch norms"
     return converted

@@ -24,16 +24,17 @@ def _pointwise_network(seed: int = 0):
     x = keras.layers.BatchNormalization(name="bn1")(x)
     x = keras.layers.ReLU()(x)
     x = keras.layers.Conv2D(4, 1, name="conv2")(x)
-    x = keras.layers.BatchNormalization(name="bn2")(x)
+    x = keras.layers.BatchNormalization(name="bn2", scale=False)(x)  # as InceptionV3's
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(pixels, keras.layers.Dense(3, activation="softmax")(x))
     rng = np.random.default_rng(seed)
     for name in ("bn1", "bn2"):
         layer = model.get_layer(name)
-        channels = layer.gamma.shape[0]
+        channels = layer.moving_mean.shape[0]
+        gamma = [rng.uniform(0.5, 2.0, channels)] if layer.scale else []
         layer.set_weights(
-            [
-                rng.uniform(0.5, 2.0, channels),  # gamma
+            gamma
+            + [
                 rng.normal(0, 1, channels),  # beta
                 rng.normal(0, 3, channels),  # moving mean
                 rng.uniform(0.5, 4.0, channels),  # moving variance
@@ -64,6 +65,8 @@ def test_fitted_group_norm_reproduces_batch_norm_where_it_can():
 
     naive = with_group_norm(source)
     assert np.abs(np.asarray(naive(images, training=False)) - expected).max() > 1e-2
+    # a batch norm without a scale becomes a group norm with a unit one, to be fitted
+    np.testing.assert_array_equal(naive.get_layer("bn2").get_weights()[0], np.ones(4))
 
     fitted = with_group_norm(source)
     summary = fit_group_norm_affine(source, fitted, images)
