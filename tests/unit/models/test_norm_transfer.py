@@ -69,10 +69,11 @@ def test_fitted_group_norm_reproduces_batch_norm_where_it_can():
     np.testing.assert_array_equal(naive.get_layer("bn2").get_weights()[0], np.ones(4))
 
     fitted = with_group_norm(source)
-    summary = fit_group_norm_affine(source, fitted, images)
+    # in batches of 5, as the hybrid's fit streams them (the last batch has 2)
+    summary = fit_group_norm_affine(source, fitted, images, batch_size=5)
     np.testing.assert_allclose(np.asarray(fitted(images, training=False)), expected, atol=2e-4)
     assert summary["layers"] == 2 and summary["images"] == 12
-    assert summary["relative_error"]["max"] < 1e-3
+    assert summary["relative_error_last_batch"]["max"] < 1e-3
     assert summary["top_class_agreement"] == 1.0
     # the fit leaves the layers as they were built: their own call, nothing patched in
     assert "call" not in vars(fitted.get_layer("bn1"))
@@ -96,7 +97,7 @@ def test_fit_is_least_squares_when_group_norm_cannot_match_exactly():
     naive_error = np.abs(np.asarray(naive(held_back, training=False)) - expected).mean()
     fitted_error = np.abs(np.asarray(fitted(held_back, training=False)) - expected).mean()
     assert fitted_error < naive_error / 2
-    assert 0 < summary["relative_error"]["mean"] < 1
+    assert 0 < summary["relative_error_last_batch"]["mean"] < 1
 
 
 def test_fit_refuses_a_model_without_converted_norms():
