@@ -140,11 +140,20 @@ def run_is_alive(run: dict) -> bool:
     return True
 
 
+# What a run's initialisation record holds besides one entry per trunk.
+NOT_TRUNKS = ("normalisation", "group_norm_fit", "stem_weights_sha256")
+
+
+def trunk_initialisation(record: dict) -> dict:
+    """The per-trunk entries of an initialisation record."""
+    return {k: v for k, v in record.items() if k not in NOT_TRUNKS}
+
+
 def initialisation_summary(record: dict | None) -> str | None:
     """One word for a run's per-trunk initialisation record (None when it was not recorded)."""
     if not record:
         return None
-    pretrained = [str(v).startswith("pretrained") for v in record.values()]
+    pretrained = [str(v).startswith("pretrained") for v in trunk_initialisation(record).values()]
     if all(pretrained):
         return "pretrained"
     return "partly pretrained" if any(pretrained) else "from scratch"

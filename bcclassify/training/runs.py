@@ -256,6 +256,7 @@ def _as_group_norm(
 
     from bcclassify.models.norm_transfer import fit_group_norm_affine
     from bcclassify.models.registry import with_group_norm
+    from bcclassify.storage.store import initialisation_summary
 
     parent = None
     if config.init_from:
@@ -267,9 +268,7 @@ def _as_group_norm(
             return converted, True
         model.set_weights(parent.get_weights())
     converted = with_group_norm(model, init_record)
-    pretrained = init_record and all(
-        str(v).startswith("pretrained") for k, v in init_record.items() if k != "normalisation"
-    )
+    pretrained = initialisation_summary(init_record) == "pretrained"
     if calibration is not None and (parent is not None or pretrained):
         init_record["group_norm_fit"] = fit_group_norm_affine(model, converted, calibration)
         init_record["normalisation"] += (
@@ -332,13 +331,13 @@ def note_installed_parent(init_from: str, init_record: dict) -> None:
     checksum (the model's files may later be replaced by a promote)."""
     if not init_from.startswith(INSTALLED_PREFIX):
         return
-    from bcclassify.storage.store import models_dir, sha256_file
+    from bcclassify.storage.store import models_dir, sha256_file, trunk_initialisation
 
     name = init_from[len(INSTALLED_PREFIX) :]
     card = models_dir() / name / "card.json"
     source = f"installed model {name} (card.json sha256 {sha256_file(card)[:12]})"
-    for trunk in [k for k in init_record if k not in ("normalisation", "group_norm_fit")]:
-        init_record[trunk] = f"{init_record[trunk]}, then continued from {source}"
+    for trunk, start in trunk_initialisation(init_record).items():
+        init_record[trunk] = f"{start}, then continued from {source}"
 
 
 def inherited_initialisation(run: dict, built: dict) -> dict:

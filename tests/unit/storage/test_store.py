@@ -11,6 +11,10 @@ def test_initialisation_summary_names_pretrained_scratch_and_mixed():
     mixed = {"inceptionv3": "pretrained: i.h5", "xception": "from scratch (no weights)"}
     assert initialisation_summary(mixed) == "partly pretrained"
     assert initialisation_summary(None) is None
+    # what a group-norm run adds is not a trunk (issue 21)
+    converted = {"mobilenetv2": "pretrained: m.h5", "normalisation": "group norm in place of 52"}
+    converted["group_norm_fit"] = {"layers": 52}
+    assert initialisation_summary(converted) == "pretrained"
 
 
 def test_list_runs_reports_initialisation_and_continuation(tmp_path, monkeypatch):
