@@ -232,18 +232,20 @@ def write_model(folder: Path, card: dict, target: Path, shard_bytes: int) -> tup
     return write_model_files((folder / "model.json").read_text(), arrays, target, shard_bytes)
 
 
-def write_group_norm_model(name: str, target: Path, shard_bytes: int, calibration: np.ndarray):
+def write_group_norm_model(
+    name: str, target: Path, shard_bytes: int, calibration: np.ndarray | None
+):
     """The installed model with group norm in place of every batch norm (``--norm group``),
     each fitted to the batch norm it replaces on ``calibration`` (training-split pixels;
-    :mod:`bcclassify.models.norm_transfer`); returns the entries, output layer, the model and
-    the fit's summary."""
+    :mod:`bcclassify.models.norm_transfer`; None: not fitted); returns the entries, output
+    layer, the model and the fit's summary."""
     from bcclassify.models.norm_transfer import fit_group_norm_affine
     from bcclassify.models.registry import with_group_norm
     from bcclassify.serving.classifier import load_model
 
     source = load_model(name, fold_batch_norm=False, compiled=False).model
     model = with_group_norm(source)
-    fit = fit_group_norm_affine(source, model, calibration)
+    fit = None if calibration is None else fit_group_norm_affine(source, model, calibration)
     stored = stored_arrays(model.get_weights())
     arrays = {f"w{i:05d}": array for i, array in enumerate(stored)}  # the installed keys
     return (*write_model_files(model.to_json(), arrays, target, shard_bytes), model, fit)
@@ -412,8 +414,10 @@ def build_pack(args: argparse.Namespace) -> dict:
     if fresh:
         model_entries, models = fresh_models(args, list(dataset.class_names), merged)
     elif args.norm == "group":
-        calibration = calibration_pixels(
-            dataset, split.train, args.norm_fit_images, seed, image_size
+        calibration = (
+            calibration_pixels(dataset, split.train, args.norm_fit_images, seed, image_size)
+            if args.norm_fit_images
+            else None
         )
         model_entries, output_layer, converted, norm_fit = write_group_norm_model(
             name, merged / "model", shard_bytes, calibration
@@ -584,7 +588,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=32,
         metavar="N",
-        help="with --norm group and --model: training images a class the fit uses",
+        help="with --norm group and --model: training images a class the fit uses (0: no fit, "
+        "the batch norms' scale and offset kept)",
     )
     p.add_argument("--image-size", type=int, default=None, help="with --arch")
     p.add_argument("--center-crop", type=float, default=1.0, help="with --arch")
