@@ -29,6 +29,7 @@ __all__ = [
     "load_pixels",
     "scan_dataset",
     "subsample",
+    "thinned_train",
     "train_val_test_split",
     "write_predictions",
 ]
@@ -209,6 +210,20 @@ def train_val_test_split(
     trainval, test = _split_groups(all_groups, group_labels, test_fraction, seed)
     train, val = _split_groups(trainval, group_labels[trainval], val_fraction, seed)
     return Split(_expand(group_of, train), _expand(group_of, val), _expand(group_of, test))
+
+
+def thinned_train(split: Split, labels: np.ndarray, limit: int | None, seed: int) -> Split:
+    """``split`` with at most ``limit`` training samples a class, drawn with ``seed``; the
+    validation and test parts are unchanged (the whole split when no limit)."""
+    if not limit:
+        return split
+    rng = np.random.default_rng(seed)
+    train_labels = labels[split.train]
+    keep = [
+        rng.permutation(np.flatnonzero(train_labels == label))[:limit]
+        for label in np.unique(train_labels)
+    ]
+    return Split(np.sort(split.train[np.concatenate(keep)]), split.val, split.test)
 
 
 def kfold_splits(

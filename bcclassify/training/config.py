@@ -28,12 +28,13 @@ class TrainConfig:
     optimizer: str = field(default="adam", metadata={"choices": ("adam", "sgd", "rmsprop")})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate (cosine decay)"})
     augment: bool = True
-    augment_preset: str = field(  # or "lab"/"wide": stain, illuminant, zoom, camera (issues 12, 21)
+    augment_preset: str = field(  # lab/wide/defocus: stain, illuminant, zoom, camera (issue 21)
         default="standard",
         metadata={
-            "choices": ("standard", "lab", "wide"),
+            "choices": ("standard", "lab", "wide", "defocus"),
             "help": "lab: also stain (OD), white balance, zoom up to 3x, blur, noise, JPEG "
-            "(other labs); wide: lab with larger hue, stain, illuminant and defocus ranges",
+            "(other labs); wide: lab with larger hue, stain, illuminant and defocus ranges; "
+            "defocus: wide with blur up to sigma 7 px",
         },
     )
     keep_weights: str = field(  # "best": best validation epoch; "last": the final epoch
@@ -95,6 +96,15 @@ class TrainConfig:
     )
     limit_per_class: int | None = field(
         default=None, metadata={"help": "use at most N images per class"}
+    )
+    train_per_class: int | None = field(
+        default=None,
+        metadata={
+            "metavar": "N",
+            "help": "train on at most N cells a class of the training split; validation and "
+            "test stay whole (unlike --limit-per-class, which thins before splitting), so a "
+            "model continued with --init-from keeps its held-out cells held out",
+        },
     )
     aug_copies: int = field(default=2, metadata={"help": "augmented copies (cached mode)"})
     init_from: str | None = field(

@@ -54,6 +54,21 @@ def test_wide_preset_widens_every_lab_to_lab_range_and_spreads_colours_further()
     assert spread["wide"] > spread["lab"]
 
 
+def test_defocus_preset_is_wide_with_heavier_blur_that_reaches_the_images():
+    wide, heavy = preset("wide"), preset("defocus")
+    assert heavy.blur == 7.0 > wide.blur
+    assert dataclasses.replace(heavy, blur=wide.blur) == wide
+    # Blur alone (one sigma per batch, on a random half): over the same seeds the softest
+    # disc edge is softer with the defocus preset's range than with the wide one's.
+
+    def softest_edge(sigma: float) -> float:
+        config = dataclasses.replace(NOTHING, blur=sigma)
+        steps = [np.abs(np.diff(_run(_cell(), config, seed), axis=2)) for seed in range(6)]
+        return min(float(step.max(axis=(1, 2, 3)).min()) for step in steps)
+
+    assert softest_edge(heavy.blur) < 0.8 * softest_edge(wide.blur)
+
+
 def test_stain_mixing_changes_the_stain_but_not_the_white_background():
     out = _run(_cell(), dataclasses.replace(NOTHING, stain=0.3))
     assert np.abs(out[:, :8, :8] - 255).max() < 1e-3  # zero optical density stays zero
@@ -93,3 +108,11 @@ def test_a_run_records_its_preset():
     standard = augment_description(TrainConfig(arch="cnn", data="."))
     assert lab["preset"] == "lab" and lab["stain"] > 0 and tuple(lab["zoom"]) == (0.8, 3.0)
     assert standard["preset"] == "standard" and standard["stain"] == 0
+
+
+def test_train_offers_every_preset_and_only_those():
+    from bcclassify.data.augment import PRESETS
+    from bcclassify.training.config import TrainConfig
+
+    offered = TrainConfig.__dataclass_fields__["augment_preset"].metadata["choices"]
+    assert tuple(offered) == tuple(PRESETS)

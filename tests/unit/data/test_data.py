@@ -9,7 +9,13 @@ import pytest
 from helpers import FIXTURE_IMAGES, SHARED_DATA
 
 from bcclassify import CLASS_NAMES
-from bcclassify.data.datasets import kfold_splits, load_pixels, scan_dataset, train_val_test_split
+from bcclassify.data.datasets import (
+    kfold_splits,
+    load_pixels,
+    scan_dataset,
+    thinned_train,
+    train_val_test_split,
+)
 
 
 def _synthetic(n_per_class=(60, 120, 40, 100, 50, 45, 130, 80), duplicates=25, seed=0):
@@ -49,6 +55,22 @@ def test_split_is_stratified():
     for part in (split.train, split.test):
         share = np.bincount(labels[part], minlength=len(overall)) / len(part)
         assert np.max(np.abs(share - overall)) < 0.02
+
+
+def test_thinned_train_caps_each_class_and_leaves_validation_and_test_whole():
+    """``train --train-per-class``: a continued model's held-out cells must stay held out."""
+    labels, hashes = _synthetic()
+    split = train_val_test_split(labels, hashes, seed=5)
+    thin = thinned_train(split, labels, 20, seed=5)
+    np.testing.assert_array_equal(thin.val, split.val)
+    np.testing.assert_array_equal(thin.test, split.test)
+    assert set(thin.train) <= set(split.train)
+    counts = np.bincount(labels[thin.train], minlength=8)
+    full = np.bincount(labels[split.train], minlength=8)
+    np.testing.assert_array_equal(counts, np.minimum(full, 20))
+    np.testing.assert_array_equal(thinned_train(split, labels, 20, seed=5).train, thin.train)
+    assert not np.array_equal(thinned_train(split, labels, 20, seed=6).train, thin.train)
+    assert thinned_train(split, labels, None, seed=5) is split
 
 
 def _sides(split, hashes):
