@@ -35,7 +35,7 @@ from pack import fresh_split, model_split  # noqa: E402
 
 from bcclassify.data.imaging import collect_image_paths, load_image  # noqa: E402
 from bcclassify.serving.classifier import load_model  # noqa: E402
-from bcclassify.storage.store import RunRecord  # noqa: E402
+from bcclassify.storage.runs import RunRecord  # noqa: E402
 
 # ext-tecom's darkest 8% of pixels (nuclei) over PBC's, in optical density per channel (R, G, B),
 # measured on 30 lymphocytes and neutrophils of each: the Tecom stain absorbs green 2.4 times as
