@@ -33,7 +33,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "gpu")]
 
 from pack import fresh_split, model_split  # noqa: E402
 
-from bcclassify.data.imaging import collect_image_paths, load_image  # noqa: E402
+from bcclassify.data.imaging import (  # noqa: E402
+    RESAMPLE,
+    as_training_copy,
+    collect_image_paths,
+    load_image,
+)
 from bcclassify.serving.classifier import load_model  # noqa: E402
 from bcclassify.storage.runs import RunRecord  # noqa: E402
 
@@ -110,8 +115,10 @@ def standardisations(pbc_background: np.ndarray, pbc_od99: np.ndarray) -> dict:
 
 
 def resized(pixels: np.ndarray, size: int) -> np.ndarray:
-    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-    return np.asarray(image.resize((size, size), Image.LANCZOS))
+    """As the served path brings an upload to the model (``load_image``): the training copy's
+    form (224 px, JPEG 90), then the model's input size."""
+    copy = as_training_copy(np.clip(pixels, 0, 255).astype(np.uint8))
+    return np.asarray(Image.fromarray(copy).resize((size, size), RESAMPLE))
 
 
 def outcome(predicted: np.ndarray, label: int, names) -> dict:
