@@ -50,9 +50,17 @@ def input_px(image_size: int | None, center_crop: float | None) -> str:
     return input_label(image_size, center_crop) if image_size else MISSING
 
 
-def split_label(folds: int | None) -> str:
-    """How a run was tested: K-fold cross-validation or the stratified 70/30 split."""
-    return f"{folds}-fold CV" if folds else "70/30"
+def split_label(
+    folds: int | None, limit_per_class: int | None = None, train_per_class: int | None = None
+) -> str:
+    """How a run was tested: K-fold cross-validation or the stratified 70/30 split, and what
+    was thinned: the data before splitting, or only the training part."""
+    label = f"{folds}-fold CV" if folds else "70/30"
+    if limit_per_class:
+        label += f" of ≤{limit_per_class} a class"
+    if train_per_class:
+        label += f", trained on ≤{train_per_class} a class"
+    return label
 
 
 def _best_first(rows: list[dict], key: str = "test accuracy") -> list[dict]:
@@ -80,7 +88,7 @@ def run_rows(runs: Iterable[RunSummary | Mapping[str, Any]]) -> list[dict[str, A
                 "input px": input_px(run.image_size, run.center_crop),
                 "initialisation": run.initialisation,
                 "epochs": run.epochs,
-                "split": split_label(run.folds),
+                "split": split_label(run.folds, run.limit_per_class, run.train_per_class),
                 "augmentation": bool(run.augment),
                 "SMOTE": bool(run.smote),
                 "shuffle": bool(run.shuffle),

@@ -221,6 +221,8 @@ class RunRecord:
             epochs=config.get("epochs"),
             epochs_done=run.get("epochs_done"),
             folds=config.get("folds"),
+            limit_per_class=config.get("limit_per_class"),
+            train_per_class=config.get("train_per_class"),
             smote=config.get("smote"),
             augment=config.get("augment"),
             shuffle=config.get("shuffle"),
@@ -261,6 +263,8 @@ class RunSummary:
     epochs: int | None = None
     epochs_done: int | None = None
     folds: int | None = None
+    limit_per_class: int | None = None  # the data thinned before splitting
+    train_per_class: int | None = None  # only the training split thinned
     smote: bool | None = None
     augment: bool | None = None
     shuffle: bool | None = None

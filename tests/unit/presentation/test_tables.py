@@ -40,6 +40,16 @@ def test_runs_are_sorted_by_accuracy_with_unscored_runs_last():
     assert table.loc[0, "split"] == "5-fold CV" and table.loc[1, "split"] == "70/30"
 
 
+def test_the_split_says_what_was_thinned_before_or_after_splitting():
+    runs = [
+        RunSummary("limited", status="finished", test_accuracy=0.9, limit_per_class=300),
+        RunSummary("thinned", status="finished", test_accuracy=0.8, train_per_class=150),
+    ]
+    table = runs_table(runs)
+    assert table.loc[0, "split"] == "70/30 of ≤300 a class"
+    assert table.loc[1, "split"] == "70/30, trained on ≤150 a class"
+
+
 def test_the_leaderboard_mixes_models_and_finished_runs_best_first():
     rows = leaderboard_rows(CARDS, [*RUNS, B_RUN], {"a": {"predict_single_s": 0.012}}, default="a")
     text = as_text(rows, LEADERBOARD_COLUMNS)
