@@ -87,8 +87,8 @@ PRESETS["wide"] = replace(
 
 # ``wide`` with defocus up to sigma 7 px at the training size (issue 21). Measured on the
 # wide-trained hybrid (scripts/lab_factor_study.py): PBC lymphocytes, monocytes and neutrophils
-# stay right up to sigma 3, then slide into "erythroblast" (40 of 40 lymphocytes wrong at sigma
-# 6) whatever the stain; a blurred dense nucleus is all the model has seen of an erythroblast.
+# stay right up to sigma 3, then slide into "erythroblast" (38 of 40 test lymphocytes at sigma
+# 6) whatever the stain density: past its training range a blurred dense nucleus reads as one.
 # Other labs' optics (ext-tecom: 120 px frames, visibly defocused) sit past that edge.
 PRESETS["defocus"] = replace(PRESETS["wide"], blur=7.0)
 
