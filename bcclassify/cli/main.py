@@ -57,6 +57,7 @@ DEBUG_ENV = "BCCLASSIFY_DEBUG"  # set to 1 (or pass --debug) for the traceback o
 # In the order --help lists them.
 PARSERS = (
     train.add_train,
+    train.add_interpolate,
     evaluate.add_evaluate,
     models.add_promote,
     models.add_list,
@@ -77,6 +78,7 @@ PARSERS = (
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": train.run_train,
+    "interpolate": train.run_interpolate,
     "evaluate": evaluate.run_evaluate,
     "promote": models.run_promote,
     "list": models.run_list,

@@ -13,7 +13,7 @@ from bcclassify.cli.common import EXIT_OK, SubParsers, UsageError, start_tensorf
 from bcclassify.cli.from_config import add_config_options, config_from_args
 from bcclassify.training.runs import TrainConfig, resume, train
 
-__all__ = ["add_train", "run_train"]
+__all__ = ["add_interpolate", "add_train", "run_interpolate", "run_train"]
 
 
 def add_train(sub: SubParsers) -> None:
@@ -29,4 +29,30 @@ def run_train(args: argparse.Namespace) -> int:
     start_tensorflow()
     run_dir = resume(args.resume) if args.resume else train(config_from_args(TrainConfig, args))
     print(run_dir.name)
+    return EXIT_OK
+
+
+def add_interpolate(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "interpolate",
+        help="record a fine-tuned run mixed in weight space with the weights it started from "
+        "(WiSE-FT) as a new run",
+    )
+    p.add_argument("run_id", metavar="RUN_ID", help="a finished run trained with --init-from")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        help="share of the fine-tuned weights, 0-1 (default 0.5; 0 gives back the start)",
+    )
+    p.add_argument("--run-id", dest="new_run_id", help="the new run's id (default RUN_ID-wiseNN)")
+
+
+def run_interpolate(args: argparse.Namespace) -> int:
+    from bcclassify.training.interpolate import interpolate_run
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise UsageError(f"--alpha must lie between 0 and 1, not {args.alpha}")
+    start_tensorflow()
+    print(interpolate_run(args.run_id, args.alpha, args.new_run_id).name)
     return EXIT_OK
