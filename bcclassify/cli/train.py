@@ -46,6 +46,12 @@ def add_interpolate(sub: SubParsers) -> None:
         help="share of the fine-tuned weights, 0-1 (default 0.5; 0 gives back the start)",
     )
     p.add_argument("--run-id", dest="new_run_id", help="the new run's id (default RUN_ID-wiseNN)")
+    p.add_argument(
+        "--start",
+        metavar="FROM",
+        help="the weights to mix with: model:NAME or a run id (default: the run's --init-from; "
+        "name it for a run imported from a GPU)",
+    )
 
 
 def run_interpolate(args: argparse.Namespace) -> int:
@@ -54,5 +60,5 @@ def run_interpolate(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise UsageError(f"--alpha must lie between 0 and 1, not {args.alpha}")
     start_tensorflow()
-    print(interpolate_run(args.run_id, args.alpha, args.new_run_id).name)
+    print(interpolate_run(args.run_id, args.alpha, args.new_run_id, args.start).name)
     return EXIT_OK

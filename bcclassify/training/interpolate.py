@@ -56,8 +56,13 @@ def interpolated_run_id(run_id: str, alpha: float) -> str:
     return f"{run_id}-wise{round(alpha * 100):02d}"
 
 
-def interpolate_run(run_id: str, alpha: float, new_run_id: str | None = None) -> Path:
-    """Record ``(1 - alpha) * (run's --init-from) + alpha * run`` as a new, scored run."""
+def interpolate_run(
+    run_id: str, alpha: float, new_run_id: str | None = None, start: str | None = None
+) -> Path:
+    """Record ``(1 - alpha) * start + alpha * run`` as a new, scored run.
+
+    ``start``: a run id or ``model:NAME``; by default the run's ``--init-from``. A run trained on
+    a lent GPU records its start only in its ``gpu`` section, so it is named here."""
     import keras
 
     from bcclassify.data.datasets import (
@@ -77,9 +82,12 @@ def interpolate_run(run_id: str, alpha: float, new_run_id: str | None = None) ->
         raise ValueError(f"run {run_id} has not finished; interpolate a finished run")
     if config.get("folds"):
         raise ValueError(f"run {run_id} is a cross-validation run: it keeps no single model")
-    init_from = config.get("init_from")
+    init_from = start or config.get("init_from")
     if not init_from:
-        raise ValueError(f"run {run_id} started from no other weights (--init-from)")
+        raise ValueError(
+            f"run {run_id} started from no other weights (--init-from); name its start "
+            "(--start model:NAME or RUN_ID)"
+        )
     tuned_file = source.folder / "model.keras"
     if not tuned_file.is_file():
         raise FileNotFoundError(

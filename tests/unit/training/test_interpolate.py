@@ -82,3 +82,10 @@ def test_interpolated_run_holds_the_mixture_and_is_scored(tiny_store, tmp_path, 
 
     with pytest.raises(FileExistsError):
         interpolate_run("tuned", 0.25)
+
+    # A run that records no --init-from (one imported from a GPU) is mixed with a named start.
+    named = interpolate_run("fixture-cnn-32px", 0.5, start="tuned")
+    assert read_json(named / "config.json")["interpolation"]["start"] == "tuned"
+    mixed = keras.models.load_model(named / "model.keras")
+    for a, b, m in zip(tuned.get_weights(), start.get_weights(), mixed.get_weights()):
+        np.testing.assert_allclose(m, 0.5 * a + 0.5 * b, rtol=1e-5, atol=1e-6)
