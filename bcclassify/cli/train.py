@@ -38,7 +38,9 @@ def add_interpolate(sub: SubParsers) -> None:
         help="record a fine-tuned run mixed in weight space with the weights it started from "
         "(WiSE-FT) as a new run",
     )
-    p.add_argument("run_id", metavar="RUN_ID", help="a finished run trained with --init-from")
+    p.add_argument(
+        "run_id", metavar="RUN_ID", help="a finished run (trained with --init-from, or see --start)"
+    )
     p.add_argument(
         "--alpha",
         type=float,

@@ -24,6 +24,7 @@ import numpy as np
 
 from bcclassify.storage.runs import RunRecord, utc_now
 from bcclassify.storage.store import models_dir, runs_dir, sha256_file, write_json
+from bcclassify.training.loop import save_best, save_checkpoint
 
 __all__ = ["interpolated_run_id", "interpolated_weights", "interpolate_run"]
 
@@ -121,8 +122,6 @@ def interpolate_run(
     if len(split.val):
         predicted = tuned.predict(pixels[split.val].astype(np.float32), batch_size=32, verbose=0)
         val_accuracy = round(float((predicted.argmax(1) == dataset.labels[split.val]).mean()), 6)
-
-    from bcclassify.training.loop import save_best, save_checkpoint
 
     epochs = int(config["epochs"])
     interpolation = {
