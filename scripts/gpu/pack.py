@@ -143,7 +143,13 @@ def model_split(card: dict, data: str | None):
         )
     split = train_val_test_split(dataset.labels, dataset.hashes, seed)
     expected = (trained.get("split_sizes") or [None])[0]
-    if expected and split.sizes() != expected:
+    sizes = split.sizes()
+    if expected and run_config.get("train_per_class"):
+        # A run continued with --train-per-class trained on a thinned training split; its
+        # validation and test cells are the full split's, and the full training split is
+        # returned (what a fresh GPU run trains on).
+        sizes, expected = ({k: v for k, v in d.items() if k != "train"} for d in (sizes, expected))
+    if expected and sizes != expected:
         raise ValueError(f"split {split.sizes()} differs from the card's {expected}")
     return dataset, split, seed, limit, str(root)
 

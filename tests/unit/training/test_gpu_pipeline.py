@@ -233,6 +233,35 @@ def _install_for(tiny_store: Path, store: Path, data: Path) -> None:
     write_card(card_path.parent, card)  # the one card writer: card.sha256 follows the card
 
 
+def test_model_split_of_a_model_continued_on_a_thinned_training_split(
+    tiny_store, tmp_path, monkeypatch
+):
+    """A model continued with --train-per-class records a thinned training split in its card:
+    its split is still rebuilt (validation and test checked, the full training split returned,
+    what a GPU run packed from it trains on), and a validation split that differs is refused."""
+    import pack
+
+    data = _cells_with_a_validation_split(tmp_path / "cells")
+    store = tmp_path / "store"
+    (store / "runs" / "thinned").mkdir(parents=True)
+    _install_for(tiny_store, store, data)
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    card = json.loads((store / "models" / "tiny-cnn" / "card.json").read_text())
+    full = dict(card["training_data"]["split_sizes"][0])
+    card["training_run"] = "thinned"
+    card["training_data"]["split_sizes"] = [{**full, "train": 8}]
+    (store / "runs" / "thinned" / "config.json").write_text(
+        json.dumps({"seed": card["training_config"]["seed"], "train_per_class": 1})
+    )
+
+    _, split, *_ = pack.model_split(card, None)
+    assert split.sizes() == full
+
+    card["training_data"]["split_sizes"] = [{**full, "train": 8, "val": full["val"] + 1}]
+    with pytest.raises(ValueError, match="differs from the card"):
+        pack.model_split(card, None)
+
+
 @pytest.mark.slow
 def test_pack_train_import_evaluate_promote(tiny_store, tmp_path, monkeypatch, cli):
     """The whole route on the tiny CNN: pack its own training and validation split, one training
