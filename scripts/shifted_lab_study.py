@@ -1,0 +1,192 @@
+"""Silent errors on labs built from PBC's own test cells (issue 21, target 1).
+
+The withheld other-lab cells pass the acquisition range, so there only the feature-based flags and
+the second opinion stand between a wrong class and the reviewer. ext-tecom cannot stand in for
+such a lab: its backgrounds lie outside the range, and even with the range off its features are
+so unlike PBC's that three quarters of it is flagged. This study builds nearer labs: the model's
+own test-split cells, every image through one fixed change of look, the background kept where
+the change is a stain's:
+
+- stain intensity and hue: each pixel's optical density relative to the image's background
+  (so the background stays as it is) times per-channel gains;
+- focus and resolution: Gaussian defocus, and the frame taken down to a lower resolution and
+  back, as a camera with fewer pixels across the cell;
+- the two together.
+
+Every cell goes the served way (the training copy's form, then the input size; the card's views,
+calibration, novelty, acquisition range and second opinion), one forward pass per look. Per look:
+accuracy, the share flagged, the share the range refuses, and wrong-and-unflagged with and
+without the second opinion, overall and per true class.
+
+    .venv/bin/python scripts/shifted_lab_study.py --per-class 40 --out docs/shifted-labs-hybrid.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "gpu")]
+
+from pack import model_split  # noqa: E402
+
+from bcclassify.data.imaging import RESAMPLE, as_training_copy, load_image  # noqa: E402
+from bcclassify.serving.acquisition import summaries  # noqa: E402
+from bcclassify.serving.classifier import load_model  # noqa: E402
+
+# Optical-density gains per RGB channel. (1.3, 2.4, 1.9) is ext-tecom's nucleus-to-PBC ratio
+# (scripts/lab_factor_study.py): a stain that absorbs green far more, so nuclei turn red-brown.
+STAINS = {
+    "paler x0.6": (0.6, 0.6, 0.6),
+    "denser x1.6": (1.6, 1.6, 1.6),
+    "redder (tecom ratio)": (1.3, 2.4, 1.9),
+    "bluer": (1.5, 1.0, 0.8),
+}
+
+
+def background(pixels: np.ndarray) -> np.ndarray:
+    """The mean colour of the brightest fifth of the frame (as the acquisition range reads it)."""
+    lum = pixels.mean(-1)
+    return pixels[lum >= np.percentile(lum, 80)].mean(axis=0)
+
+
+def restained(pixels: np.ndarray, gains) -> np.ndarray:
+    """Optical density relative to the background, times ``gains``: the background stays."""
+    bg = np.maximum(background(pixels), 1.0)
+    od = -np.log(np.clip(pixels, 1.0, 255.0) / bg)
+    return np.clip(bg * np.exp(-np.maximum(od, 0.0) * np.asarray(gains, np.float32)), 0, 255)
+
+
+def defocused(pixels: np.ndarray, sigma: float) -> np.ndarray:
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    return np.asarray(image.filter(ImageFilter.GaussianBlur(sigma)), dtype=np.float32)
+
+
+def lower_resolution(pixels: np.ndarray, factor: float) -> np.ndarray:
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    w, h = image.size
+    small = image.resize((round(w * factor), round(h * factor)), Image.BILINEAR)
+    return np.asarray(small.resize((w, h), Image.BILINEAR), dtype=np.float32)
+
+
+def looks() -> dict:
+    """Each synthetic lab: a fixed change applied to every 224 px training copy."""
+    table = {"as given": lambda a: a}
+    for name, gains in STAINS.items():
+        table[f"stain {name}"] = lambda a, g=gains: restained(a, g)
+    table["defocus sigma 2"] = lambda a: defocused(a, 2.0)
+    table["defocus sigma 3.5"] = lambda a: defocused(a, 3.5)
+    table["resolution x0.4"] = lambda a: lower_resolution(a, 0.4)
+    redder, denser = STAINS["redder (tecom ratio)"], STAINS["denser x1.6"]
+    table["redder + defocus sigma 2"] = lambda a: defocused(restained(a, redder), 2.0)
+    table["denser + resolution x0.5"] = lambda a: lower_resolution(restained(a, denser), 0.5)
+    return table
+
+
+def served_input(pixels: np.ndarray, size: int) -> np.ndarray:
+    """As the served path brings an upload to the model: the training copy's form, then size."""
+    copy = as_training_copy(np.clip(pixels, 0, 255).astype(np.uint8))
+    return np.asarray(Image.fromarray(copy).resize((size, size), RESAMPLE))
+
+
+def outcome(predictions, outside: np.ndarray, truth: np.ndarray, names) -> dict:
+    """The served flags (range first, as serving gates), and what happens without the range."""
+    labels = np.array([names.index(p.label) for p in predictions])
+    wrong = labels != truth
+    flag_features = np.array([p.flag != "" for p in predictions])
+    before_second = np.array([p.unidentified or p.confidence < p.threshold for p in predictions])
+    flagged = flag_features | outside
+    silent = wrong & ~flagged
+    pairs = zip(truth[silent], labels[silent])
+    silent_by_class = Counter(f"{names[t]} as {names[p]}" for t, p in pairs)
+    return {
+        "accuracy": round(float((~wrong).mean()), 4),
+        "outside_range": round(float(outside.mean()), 4),
+        "flagged": round(float(flagged.mean()), 4),
+        "wrong_and_unflagged": round(float(silent.mean()), 4),
+        "wrong_and_unflagged_without_second_opinion": round(
+            float((wrong & ~(before_second | outside)).mean()), 4
+        ),
+        "without_range": {
+            "flagged": round(float(flag_features.mean()), 4),
+            "wrong_and_unflagged": round(float((wrong & ~flag_features).mean()), 4),
+            "wrong_and_unflagged_without_second_opinion": round(
+                float((wrong & ~before_second).mean()), 4
+            ),
+        },
+        "silent_errors": dict(silent_by_class.most_common()),
+        "accuracy_by_class": {
+            names[c]: round(float((~wrong[truth == c]).mean()), 4) for c in np.unique(truth)
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="installed model (default: the default)")
+    parser.add_argument("--per-class", type=int, default=40, help="test-split cells a class")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--looks", nargs="*", default=None, help="names of looks (default: all)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    started = time.time()
+
+    classifier = load_model(args.model)
+    acquisition, classifier.acquisition = classifier.acquisition, None  # applied below, apart
+    size, names = classifier.image_size, list(classifier.class_names)
+    dataset, split, *_ = model_split(dict(classifier.card), None)
+    rng = np.random.default_rng(args.seed)
+    test_labels = dataset.labels[split.test]
+    picked = np.concatenate(
+        [rng.permutation(split.test[test_labels == c])[: args.per_class] for c in range(len(names))]
+    )
+    truth = dataset.labels[picked]
+    copies = [load_image(dataset.paths[i]).astype(np.float32) for i in picked]
+
+    table = looks()
+    chosen = args.looks or list(table)
+    result = {
+        "model": classifier.name,
+        "sha256": classifier.card.get("sha256"),
+        "views": list(classifier.test_time_views),
+        "second_opinion": (classifier.card.get("second_opinion") or {}).get("model"),
+        "cells": int(len(picked)),
+        "per_class": args.per_class,
+        "seed": args.seed,
+        "looks": {},
+    }
+    for look in chosen:
+        pixels = np.stack([served_input(table[look](a), size) for a in copies])
+        outside = (
+            acquisition.outside(summaries(pixels))
+            if acquisition is not None
+            else np.zeros(len(pixels), bool)
+        )
+        predictions = []
+        for start in range(0, len(pixels), 32):
+            batch = pixels[start : start + 32]
+            predictions += classifier.classify_pixels(batch, [str(i) for i in range(len(batch))])
+        result["looks"][look] = outcome(predictions, outside, truth, names)
+        row = result["looks"][look]
+        print(
+            f"{look:28s} acc {row['accuracy']:.3f} outside {row['outside_range']:.3f} "
+            f"flagged {row['flagged']:.3f} silent {row['wrong_and_unflagged']:.3f} "
+            f"(no 2nd {row['wrong_and_unflagged_without_second_opinion']:.3f}; "
+            f"no range {row['without_range']['wrong_and_unflagged']:.3f})",
+            flush=True,
+        )
+    result["seconds"] = round(time.time() - started, 1)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
