@@ -31,14 +31,15 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "gpu")]
 
+from lab_factor_study import blurred, resized  # noqa: E402
 from pack import model_split  # noqa: E402
 
-from bcclassify.data.imaging import RESAMPLE, as_training_copy, load_image  # noqa: E402
+from bcclassify.data.imaging import load_image  # noqa: E402
 from bcclassify.serving.acquisition import summaries  # noqa: E402
 from bcclassify.serving.classifier import load_model  # noqa: E402
 
@@ -65,11 +66,6 @@ def restained(pixels: np.ndarray, gains) -> np.ndarray:
     return np.clip(bg * np.exp(-np.maximum(od, 0.0) * np.asarray(gains, np.float32)), 0, 255)
 
 
-def defocused(pixels: np.ndarray, sigma: float) -> np.ndarray:
-    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-    return np.asarray(image.filter(ImageFilter.GaussianBlur(sigma)), dtype=np.float32)
-
-
 def lower_resolution(pixels: np.ndarray, factor: float) -> np.ndarray:
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     w, h = image.size
@@ -82,19 +78,13 @@ def looks() -> dict:
     table = {"as given": lambda a: a}
     for name, gains in STAINS.items():
         table[f"stain {name}"] = lambda a, g=gains: restained(a, g)
-    table["defocus sigma 2"] = lambda a: defocused(a, 2.0)
-    table["defocus sigma 3.5"] = lambda a: defocused(a, 3.5)
+    table["defocus sigma 2"] = lambda a: blurred(a, 2.0)
+    table["defocus sigma 3.5"] = lambda a: blurred(a, 3.5)
     table["resolution x0.4"] = lambda a: lower_resolution(a, 0.4)
     redder, denser = STAINS["redder (tecom ratio)"], STAINS["denser x1.6"]
-    table["redder + defocus sigma 2"] = lambda a: defocused(restained(a, redder), 2.0)
+    table["redder + defocus sigma 2"] = lambda a: blurred(restained(a, redder), 2.0)
     table["denser + resolution x0.5"] = lambda a: lower_resolution(restained(a, denser), 0.5)
     return table
-
-
-def served_input(pixels: np.ndarray, size: int) -> np.ndarray:
-    """As the served path brings an upload to the model: the training copy's form, then size."""
-    copy = as_training_copy(np.clip(pixels, 0, 255).astype(np.uint8))
-    return np.asarray(Image.fromarray(copy).resize((size, size), RESAMPLE))
 
 
 def outcome(predictions, outside: np.ndarray, truth: np.ndarray, names) -> dict:
@@ -164,7 +154,7 @@ def main() -> None:
         "looks": {},
     }
     for look in chosen:
-        pixels = np.stack([served_input(table[look](a), size) for a in copies])
+        pixels = np.stack([resized(table[look](a), size) for a in copies])
         outside = (
             acquisition.outside(summaries(pixels))
             if acquisition is not None
