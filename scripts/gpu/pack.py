@@ -127,7 +127,12 @@ def plan_calls(sizes: list[tuple[str, int]], capacity: int) -> list[list[str]]:
 
 def model_split(card: dict, data: str | None):
     """The dataset and split the installed model was trained on, checked against its card."""
-    from bcclassify.data.datasets import scan_dataset, subsample, train_val_test_split
+    from bcclassify.data.datasets import (
+        scan_dataset,
+        subsample,
+        thinned_train,
+        train_val_test_split,
+    )
     from bcclassify.storage.store import read_json, runs_dir
 
     trained = card.get("training_data") or {}
@@ -143,14 +148,12 @@ def model_split(card: dict, data: str | None):
         )
     split = train_val_test_split(dataset.labels, dataset.hashes, seed)
     expected = (trained.get("split_sizes") or [None])[0]
-    sizes = split.sizes()
-    if expected and run_config.get("train_per_class"):
-        # A run continued with --train-per-class trained on a thinned training split; its
-        # validation and test cells are the full split's, and the full training split is
-        # returned (what a fresh GPU run trains on).
-        sizes, expected = ({k: v for k, v in d.items() if k != "train"} for d in (sizes, expected))
-    if expected and sizes != expected:
-        raise ValueError(f"split {split.sizes()} differs from the card's {expected}")
+    # A run continued with --train-per-class trained on a thinned training split: the card is
+    # checked against that thinning (the library's), and the full split is returned, what a
+    # fresh GPU run trains on.
+    trained_on = thinned_train(split, dataset.labels, run_config.get("train_per_class"), seed)
+    if expected and trained_on.sizes() != expected:
+        raise ValueError(f"split {trained_on.sizes()} differs from the card's {expected}")
     return dataset, split, seed, limit, str(root)
 
 
