@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -138,7 +139,8 @@ def main() -> int:
     summary = summarise_curve(study["runs"])
     print(json.dumps(summary, indent=2))
     if args.write_card:
-        record_curve(source, summary, cells=cells_name, study=out.name)
+        command = shlex.join(["python", "scripts/adapt_study.py", *sys.argv[1:]])
+        record_curve(source, summary, cells=cells_name, study=out.name, command=command)
         print(f"written into {source / 'card.json'}")
     return 0
 

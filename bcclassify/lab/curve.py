@@ -69,23 +69,18 @@ def summarise_curve(draws: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def record_curve(folder: Path, summary: list[dict[str, Any]], cells: str, study: str) -> None:
+def record_curve(
+    folder: Path, summary: list[dict[str, Any]], cells: str, study: str, command: str
+) -> None:
     """Write ``summary`` into ``folder``'s card as its ``adaptation_curve`` section.
 
-    ``cells``: the lab set's name; ``study``: the file holding every draw (under docs/).
-    Other labs' curves already in the card are kept.
+    ``cells``: the lab set's name; ``study``: the file holding every draw (under docs/);
+    ``command``: the command line that wrote it, as typed (the set's folder and the study file
+    cannot be rebuilt from their names). Other labs' curves already in the card are kept.
     """
     card = load_card(folder)
     curves = dict(card.get(CARD_KEY) or {})
-    curves[cells] = {
-        "study": study,
-        "command": (
-            "python scripts/adapt_study.py --cells ../shared/data/"
-            f"{cells} --per-class {' '.join(str(r['per_class']) for r in summary)} "
-            f"--seeds {' '.join(str(s) for s in summary[0]['seeds'])} --write-card"
-        ),
-        "rows": summary,
-    }
+    curves[cells] = {"study": study, "command": command, "rows": summary}
     write_card(folder, card.updated(**{CARD_KEY: curves}))
 
 

@@ -196,7 +196,9 @@ def test_adapt_page_shows_the_source_models_learning_curve(tiny_store, tmp_path,
          "after": {**after, "wrong_and_unflagged_fraction": 0.01 * k}}
         for k in (5, 10)
     ]  # fmt: skip
-    record_curve(store / "models" / "tiny-cnn", summarise_curve(draws), "lab-x", "x.json")
+    record_curve(
+        store / "models" / "tiny-cnn", summarise_curve(draws), "lab-x", "x.json", "python x.py"
+    )
     at = _log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT).run(), "qa")
     at.switch_page(PAGE).run()
     _no_exception(at)

@@ -56,14 +56,15 @@ def test_curve_is_written_through_the_card_writer_and_read_back(tmp_path):
     folder.mkdir(parents=True)
     write_card(folder, {"name": "m", "architecture": "hybrid", "calibration": {"t": 1.5}})
     rows = summarise_curve(DRAWS)
-    record_curve(folder, rows, cells="lab-a", study="adapt-curve-lab-a.json")
-    record_curve(folder, rows[:1], cells="lab-b", study="adapt-curve-lab-b.json")
+    command = "python scripts/adapt_study.py --cells cache/lab-a --per-class 5 10 --seeds 0 1"
+    record_curve(folder, rows, cells="lab-a", study="adapt-curve-lab-a.json", command=command)
+    record_curve(folder, rows[:1], "lab-b", "adapt-curve-lab-b.json", "python scripts/x.py")
 
     card = load_card(folder)
     assert card_seal_problem(folder) is None  # resealed: the model still loads
     assert card.get("calibration") == {"t": 1.5}  # other sections kept
     assert set(card.get(CARD_KEY)) == {"lab-a", "lab-b"}
-    assert "--per-class 5 10 --seeds 0 1" in card.get(CARD_KEY)["lab-a"]["command"]
+    assert card.get(CARD_KEY)["lab-a"]["command"] == command  # as typed: the set lives in cache/
     read = curve_rows(json.loads((folder / "card.json").read_text()))
     assert read["lab-a"] == json.loads(json.dumps(rows))
     assert [r["per_class"] for r in read["lab-b"]] == [5]
