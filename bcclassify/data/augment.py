@@ -47,6 +47,7 @@ class AugmentConfig:
     noise: float = 0.0  # max Gaussian noise std, fraction of the full range
     resolution: float = 1.0  # min down-sampling factor before sampling back up
     jpeg_quality: int = 100  # min JPEG quality (below 100: re-encoded at a random quality)
+    grey: float = 0.0  # share of images whose colour is removed (saturation 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,9 +93,15 @@ PRESETS["wide"] = replace(
 # Other labs' optics (ext-tecom: 120 px frames, visibly defocused) sit past that edge.
 PRESETS["defocus"] = replace(PRESETS["wide"], blur=7.0)
 
+# ``defocus`` with the colour taken out of 30% of the views (issue 21). Other labs' lymphocytes
+# (ext-tecom, Rapid stain) have grey-pink, not blue, cytoplasm, and the model reads a dense
+# nucleus in grey-pink cytoplasm as an erythroblast: views without colour make it learn the
+# cell's geometry (nucleus-to-cytoplasm ratio, outline) as well as its stain.
+PRESETS["defocus-grey"] = replace(PRESETS["defocus"], grey=0.3)
+
 
 def preset(name: str) -> AugmentConfig:
-    """The named augmentation (``standard``, ``lab``, ``wide`` or ``defocus``)."""
+    """The named augmentation (a key of :data:`PRESETS`)."""
     if name not in PRESETS:
         choices = ", ".join(PRESETS)
         raise ValueError(f"unknown augmentation preset {name!r}; choose one of {choices}")
@@ -142,6 +149,8 @@ def colour(images: tf.Tensor, generator: tf.random.Generator, cfg: AugmentConfig
     hsv = tf.image.rgb_to_hsv(tf.clip_by_value(unit, 0.0, 1.0))
     hue = tf.math.floormod(hsv[..., 0] + generator.uniform([n, 1, 1], -cfg.hue, cfg.hue), 1.0)
     sat_factor = 1.0 + generator.uniform([n, 1, 1], -cfg.saturation, cfg.saturation)
+    if cfg.grey > 0:  # drawn only when asked, so the other presets' random streams are unchanged
+        sat_factor = tf.where(generator.uniform([n, 1, 1]) < cfg.grey, 0.0, sat_factor)
     sat = tf.clip_by_value(hsv[..., 1] * sat_factor, 0.0, 1.0)
     unit = tf.image.hsv_to_rgb(tf.stack([hue, sat, hsv[..., 2]], axis=-1))
     mean = tf.reduce_mean(unit, axis=[1, 2, 3], keepdims=True)

@@ -14,7 +14,8 @@ of operations and the distributions are the original's:
   (``keras.ops.image.affine_transform`` is the same ``ImageProjectiveTransformV3`` under TF);
 - stain: near-identity mixing of the optical-density channels per image; white balance: per
   channel gain, normalised by the largest;
-- colour: hue shift and saturation factor in HSV, contrast about the image mean, brightness;
+- colour: hue shift and saturation factor in HSV (0 for the ``grey`` share of images), contrast
+  about the image mean, brightness;
 - camera: down- and up-sampling by one factor per batch (the original's dynamic-size
   ``tf.image.resize`` pair, written as two fixed-size resampling matrices with the same triangle
   weights, because jit needs static shapes), Gaussian blur with one sigma per batch on a random
@@ -78,6 +79,7 @@ class LabConfig:
     noise: float = 0.03
     resolution: float = 0.4
     jpeg_quality: int = 40
+    grey: float = 0.0
 
     @classmethod
     def from_dict(cls, values: dict) -> LabConfig:
@@ -132,6 +134,8 @@ def draw_params(images, cfg: LabConfig, seed, clean_fraction: float = 0.0) -> di
         params["gain"] = 1.0 + uniform((n, 1, 1, 3), -cfg.white_balance, cfg.white_balance)
     params["hue"] = uniform((n, 1, 1), -cfg.hue, cfg.hue)
     params["saturation"] = 1.0 + uniform((n, 1, 1), -cfg.saturation, cfg.saturation)
+    if cfg.grey > 0:  # a saturation factor of 0 takes the colour out, as the original does
+        params["saturation"] = ops.where(uniform((n, 1, 1)) < cfg.grey, 0.0, params["saturation"])
     params["contrast"] = 1.0 + uniform((n, 1, 1, 1), -cfg.contrast, cfg.contrast)
     params["brightness"] = uniform((n, 1, 1, 1), -cfg.brightness, cfg.brightness)
     if cfg.resolution < 1.0:

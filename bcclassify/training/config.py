@@ -31,10 +31,11 @@ class TrainConfig:
     augment_preset: str = field(  # lab/wide/defocus: stain, illuminant, zoom, camera (issue 21)
         default="standard",
         metadata={
-            "choices": ("standard", "lab", "wide", "defocus"),
+            "choices": ("standard", "lab", "wide", "defocus", "defocus-grey"),
             "help": "lab: also stain (OD), white balance, zoom up to 3x, blur, noise, JPEG "
             "(other labs); wide: lab with larger hue, stain, illuminant and defocus ranges; "
-            "defocus: wide with blur up to sigma 7 px",
+            "defocus: wide with blur up to sigma 7 px; defocus-grey: defocus with the colour "
+            "taken out of 30%% of the views",
         },
     )
     keep_weights: str = field(  # "best": best validation epoch; "last": the final epoch

@@ -592,6 +592,8 @@ def augment_description(config: TrainConfig) -> dict | None:
     ops = "dihedral flips/rotations, scale, shift, HSV + brightness/contrast jitter"
     if config.augment_preset != "standard":
         ops += "; OD stain mixing, white balance, zoom, blur, noise, resolution, JPEG"
+    if preset(config.augment_preset).grey > 0:
+        ops += "; greyscale views"
     return {"ops": ops, "preset": config.augment_preset, **preset(config.augment_preset).to_dict()}
 
 

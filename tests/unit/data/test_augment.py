@@ -101,6 +101,19 @@ def test_camera_blur_noise_and_jpeg_keep_shape_and_range():
     assert np.abs(out - images).mean() > 0.5
 
 
+def test_defocus_grey_preset_takes_the_colour_out_of_its_share_of_the_views():
+    assert dataclasses.replace(preset("defocus-grey"), grey=0.0) == preset("defocus")
+    images = np.concatenate([_cell()] * 16)  # 64 purple discs
+    every = _run(images, dataclasses.replace(NOTHING, grey=1.0))
+    np.testing.assert_array_equal(every[..., 0], every[..., 1])
+    np.testing.assert_array_equal(every[..., 1], every[..., 2])
+    some = _run(images, dataclasses.replace(NOTHING, grey=0.3), seed=5)
+    colourless = (some.max(axis=-1) - some.min(axis=-1)).max(axis=(1, 2)) < 1e-3
+    assert 0.1 < colourless.mean() < 0.5  # about 30% of 64
+    # a view that keeps its colour is untouched by the draw
+    np.testing.assert_allclose(some[~colourless], images[~colourless], atol=0.01)
+
+
 def test_a_run_records_its_preset():
     from bcclassify.training.runs import TrainConfig, augment_description
 
@@ -108,6 +121,9 @@ def test_a_run_records_its_preset():
     standard = augment_description(TrainConfig(arch="cnn", data="."))
     assert lab["preset"] == "lab" and lab["stain"] > 0 and tuple(lab["zoom"]) == (0.8, 3.0)
     assert standard["preset"] == "standard" and standard["stain"] == 0
+    grey = augment_description(TrainConfig(arch="cnn", data=".", augment_preset="defocus-grey"))
+    assert grey["grey"] == 0.3 and "greyscale views" in grey["ops"]
+    assert lab["grey"] == 0 and "greyscale" not in lab["ops"]
 
 
 def test_train_offers_every_preset_and_only_those():

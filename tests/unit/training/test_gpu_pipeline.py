@@ -39,6 +39,22 @@ def test_port_uses_the_library_lab_preset():
     assert lab_ops.LabConfig().to_dict() == dataclasses.asdict(PRESETS["lab"])
 
 
+def test_port_takes_the_colour_out_of_the_grey_share_as_the_original_does(cells):
+    import keras
+
+    config = lab_ops.LabConfig.from_dict(dataclasses.asdict(PRESETS["defocus-grey"]))
+    assert config.grey == 0.3
+    batch = np.concatenate([cells] * 8)  # 64 images
+    params = lab_ops.draw_params(batch, config, keras.random.SeedGenerator(3))
+    saturation = np.asarray(params["saturation"]).ravel()
+    assert 0.1 < (saturation == 0).mean() < 0.5
+    assert (saturation[saturation > 0] >= 1 - config.saturation).all()
+    # the colour op turns a saturation factor of 0 into equal channels
+    zero = np.zeros((len(cells), 1, 1), np.float32)
+    out = np.asarray(lab_ops.colour(cells, zero, zero, np.ones((len(cells), 1, 1, 1)), 0.0))
+    np.testing.assert_allclose(out[..., 0], out[..., 2], atol=1e-3)
+
+
 def test_each_op_matches_the_tensorflow_original_on_the_same_numbers(cells):
     saved = {"images": cells, **ops_parity.original_ops(cells)}
     for quality in ops_parity.JPEG_QUALITIES:
