@@ -97,8 +97,8 @@ PRESETS["defocus"] = replace(PRESETS["wide"], blur=7.0)
 # (ext-tecom, Rapid stain) have grey-pink, not blue, cytoplasm, and the model reads a dense
 # nucleus in grey-pink cytoplasm as an erythroblast: views without colour should make it learn
 # the cell's geometry (nucleus-to-cytoplasm ratio, outline) as well as its stain. Measured: they
-# do not (ext-tecom 53.3% against the default's 58.3%; README, "Training for other labs"); kept
-# so that the run can be reproduced.
+# do not (ext-tecom 53.3% against 62.7% for ``defocus`` alone from the same start, split, seed
+# and budget; README, "Training for other labs"); kept so that the run can be reproduced.
 PRESETS["defocus-grey"] = replace(PRESETS["defocus"], grey=0.3)
 
 
