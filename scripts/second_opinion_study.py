@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,9 @@ def figures(predictions, truth: np.ndarray) -> dict:
     flagged = flags != ""
     # The same cells without the dispute: what the flags were before the second opinion.
     flagged_before = np.array([p.unidentified or p.confidence < p.threshold for p in predictions])
+    silent = wrong & ~flagged
+    pairs = zip(truth[silent], labels[silent])
+    silent_by_class = Counter(f"{CLASS_NAMES[t]} as {CLASS_NAMES[p]}" for t, p in pairs)
     return {
         "accuracy": float((~wrong).mean()),
         "flagged": float(flagged.mean()),
@@ -40,6 +44,7 @@ def figures(predictions, truth: np.ndarray) -> dict:
         "wrong_and_unflagged": float((wrong & ~flagged).mean()),
         "flagged_without_second_opinion": float(flagged_before.mean()),
         "wrong_and_unflagged_without_second_opinion": float((wrong & ~flagged_before).mean()),
+        "silent_errors": dict(silent_by_class.most_common()),
     }
 
 
