@@ -8,10 +8,11 @@
 #
 #   bash scripts/after_promote.sh [STEP ...]
 #
-# Steps, all by default: calibrate dispute evaluate studies faithfulness adapt bench.
+# Steps, all by default: calibrate dispute floors evaluate studies faithfulness adapt bench.
 # Time on the 2-core CPU for the hybrid (2026-12-07): calibrate and dispute about 25 minutes,
-# evaluate 10, studies 5, faithfulness 22 (200 cells; FAITHFULNESS_CELLS=80: 9), adapt 40 (5 and 10 cells a class on
-# both sets; ADAPT_SIZES="5 10 20 50" for the whole curve: 3 hours more), bench 5.
+# floors 10, evaluate 10, studies 5, faithfulness 22 (200 cells; FAITHFULNESS_CELLS=80: 9),
+# adapt 40 (5 and 10 cells a class on both sets; ADAPT_SIZES="5 10 20 50" for the whole curve:
+# 3 hours more), bench 5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
@@ -19,7 +20,7 @@ model=${MODEL:-hybrid}
 sizes=${ADAPT_SIZES:-5 10}
 cells=${FAITHFULNESS_CELLS:-200}
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(calibrate dispute evaluate studies faithfulness adapt bench)
+[ ${#steps[@]} -gt 0 ] || steps=(calibrate dispute floors evaluate studies faithfulness adapt bench)
 for need in cache/noncell/fit cache/noncell/dev cache/ext-tecom-lowres; do
     [ -d "$need" ] || { echo "missing $need: run scripts/make_noncell_sets.py and scripts/make_lowres_set.py" >&2; exit 2; }
 done
@@ -37,6 +38,11 @@ for step in "${steps[@]}"; do
     dispute)
         bcc calibrate --model "$model" --data ../shared/data/pbc224 \
             --second-opinion robust-mobilenetv2 --dispute-budget 0.01 ;;
+    floors)
+        # After calibrate (it drops floors chosen under the old temperature) and dispute (the
+        # floors' budget counts beyond the served flags, disputes included).
+        bcc calibrate --model "$model" --data ../shared/data/pbc224 \
+            --class-floor eosinophil --floor-budget 0.005 ;;
     evaluate)
         for data in ../shared/data/pbc-originals ../shared/data/ext-tecom cache/ext-tecom-lowres; do
             bcc evaluate --model "$model" --data "$data" --record --json > "logs/evaluate-$(basename "$data").json"

@@ -19,7 +19,13 @@ from bcclassify.cli.common import (
     view_list,
 )
 from bcclassify.serving.classifier import ModelIntegrityError, ModelNotFoundError
-from bcclassify.serving.trust import calibrate_model, fit_acquisition, fit_second_opinion
+from bcclassify.serving.floors import CARD_KEY as FLOORS_KEY
+from bcclassify.serving.trust import (
+    calibrate_model,
+    fit_acquisition,
+    fit_class_floors,
+    fit_second_opinion,
+)
 from bcclassify.storage.cards import ModelCard, bench_record, installed_cards
 from bcclassify.storage.store import default_model_name, list_runs, run_state
 
@@ -190,6 +196,21 @@ def add_calibrate(sub: SubParsers) -> None:
         help="with --second-opinion: the most that disputes may add to the validation cells "
         "flagged (default 0.01: 1%%)",
     )
+    p.add_argument(
+        "--class-floor",
+        metavar="CLASS",
+        nargs="+",
+        help="only set a stricter low-confidence threshold for answers of these classes, each "
+        "chosen on the validation split (served) within --floor-budget (issue 21: other labs' "
+        "neutrophils served as eosinophils)",
+    )
+    p.add_argument(
+        "--floor-budget",
+        type=float,
+        default=0.005,
+        help="with --class-floor: the most the floors together may add to the validation cells "
+        "flagged (default 0.005: 0.5%%)",
+    )
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
@@ -220,6 +241,18 @@ def run_calibrate(args: argparse.Namespace) -> int:
         except refused as exc:
             raise UsageError(str(exc)) from None
         print(json.dumps({"second_opinion": card["second_opinion"]}, indent=2))
+        return EXIT_OK
+    if args.class_floor:
+        if not 0.0 <= args.floor_budget < 1.0:
+            raise UsageError("--floor-budget must be in [0, 1)")
+        start_tensorflow()
+        try:
+            card = fit_class_floors(
+                args.model, args.data, args.class_floor, budget=args.floor_budget
+            )
+        except refused as exc:
+            raise UsageError(str(exc)) from None
+        print(json.dumps({FLOORS_KEY: card[FLOORS_KEY]}, indent=2))
         return EXIT_OK
     if args.method == "knn+oe" and not args.outliers:
         raise UsageError("--method knn+oe needs --outliers DIR (non-cell images)")

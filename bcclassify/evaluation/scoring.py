@@ -135,7 +135,7 @@ def evaluate_installed(
                 probabilities,
                 np.concatenate(novelty),
                 classifier.unidentified_threshold,
-                classifier.threshold,
+                classifier.class_thresholds,
                 disputed=(
                     np.concatenate(support) < classifier.second_opinion.min_support
                     if support

@@ -41,6 +41,7 @@ import numpy as np
 from bcclassify import CLASS_NAMES
 from bcclassify.access.roles import Identity, command_line_identity, require
 from bcclassify.lab.mid_level import DEFAULT_MID_WEIGHT
+from bcclassify.serving.floors import CARD_KEY as FLOORS_KEY
 from bcclassify.storage.cards import ModelCard, installed_cards, write_card
 from bcclassify.storage.runs import RunRecord, utc_now
 from bcclassify.storage.store import models_dir, run_is_alive, runs_dir
@@ -551,6 +552,8 @@ def adapt(
                 # The source's figures on other sets and its learning curve describe the source.
                 "evaluations",
                 "adaptation_curve",
+                # Chosen on the source's validation split at the source's temperature.
+                FLOORS_KEY,
             )
         }
         card.update(
@@ -732,7 +735,7 @@ def evaluate_rest(
         if model.acquisition is not None:  # as serving: outside the range is unidentified
             novelty = model.acquisition.gate(novelty, numbers)
         out[key] = trust_figures(
-            labels, probs, novelty, model.unidentified_threshold, model.threshold
+            labels, probs, novelty, model.unidentified_threshold, model.class_thresholds
         )
     return out
 

@@ -25,6 +25,7 @@ from bcclassify import CLASS_NAMES
 from bcclassify.data.imaging import DecoderBusyError, ImageLoadError, ImageSource, load_image
 from bcclassify.serving.acquisition import AcquisitionRange, summaries
 from bcclassify.serving.compiled import CompiledForward, load_compiled
+from bcclassify.serving.floors import floors_from_card, thresholds_by_class
 from bcclassify.serving.folding import fold_batch_norm as fold_batch_norm_layers
 from bcclassify.serving.quiet_tensorflow import import_tensorflow_quietly
 from bcclassify.serving.second_opinion import CARD_KEY as SECOND_OPINION_KEY
@@ -374,6 +375,8 @@ class ClassifierModel:
     novelty: object = None  # trust.NoveltyDetector when the card has one (novelty.npz)
     acquisition: object = None  # acquisition.AcquisitionRange when the card has one
     second_opinion: SecondOpinion | None = None  # when the card names one (second_opinion.py)
+    # Stricter low-confidence thresholds by class name (floors.py); {} for none.
+    class_floors: dict = field(default_factory=dict)
     compiled: CompiledForward | None = None
     build_keras: Callable[[], object] | None = field(default=None, repr=False)
     _keras_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -408,7 +411,13 @@ class ClassifierModel:
 
     @property
     def threshold(self) -> float:
+        """The card's low-confidence threshold (answers of a class with a floor use that)."""
         return float(self.card.get("low_confidence_threshold", DEFAULT_THRESHOLD))
+
+    @property
+    def class_thresholds(self) -> np.ndarray:
+        """The low-confidence threshold of an answer of each class, in class order."""
+        return thresholds_by_class(self.threshold, self.class_floors, self.class_names)
 
     @property
     def architecture(self) -> str:
@@ -493,9 +502,8 @@ class ClassifierModel:
         support = self.second_support(pixels, probs)
         rows = []
         for n, (name, row) in enumerate(zip(names, probs)):
-            prediction = Prediction(
-                name, row, threshold=self.threshold, class_names=self.class_names
-            )
+            threshold = float(self.class_thresholds[int(np.argmax(row))])
+            prediction = Prediction(name, row, threshold=threshold, class_names=self.class_names)
             if novelty is not None:
                 prediction.novelty = float(novelty[n])
                 prediction.novelty_threshold = self.unidentified_threshold
@@ -594,6 +602,7 @@ def load_model_folder(
         )
         classifier.novelty = novelty.result()
     classifier.acquisition = AcquisitionRange.from_card(card.get("acquisition"))
+    classifier.class_floors = floors_from_card(card)
     second = SecondOpinionConfig.from_card(card.get(SECOND_OPINION_KEY))
     if second is not None and second.model != name:
         classifier.second_opinion = SecondOpinion(

@@ -13,12 +13,13 @@ weights (``novelty.npz``, checksummed in the card):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from bcclassify.serving.floors import CARD_KEY as FLOORS_KEY
 from bcclassify.storage.cards import weights_id, write_card
 
 HEAD_LAYER = "predictions"
@@ -371,14 +372,18 @@ def trust_figures(
     probabilities: np.ndarray,
     novelty: np.ndarray,
     novelty_threshold: float,
-    low_confidence: float,
+    low_confidence: float | np.ndarray,
     disputed: np.ndarray | None = None,
 ) -> dict:
     """What a reviewer meets on a labelled set: how many cells are flagged, and how often an
-    unflagged answer is wrong. ``probabilities`` are the served (calibrated) ones; ``disputed``
-    marks the cells a second opinion disputes (second_opinion.py), none when not given."""
+    unflagged answer is wrong. ``probabilities`` are the served (calibrated) ones;
+    ``low_confidence`` one threshold, or one per class (``ClassifierModel.class_thresholds``);
+    ``disputed`` marks the cells a second opinion disputes (second_opinion.py), none when not
+    given."""
     labels = np.asarray(labels)
     predicted = np.asarray(probabilities).argmax(axis=1)
+    if np.ndim(low_confidence):  # the threshold of each cell's served class
+        low_confidence = np.asarray(low_confidence)[predicted]
     unidentified = np.asarray(novelty) > novelty_threshold
     disputed = np.zeros(len(labels), bool) if disputed is None else np.asarray(disputed, bool)
     disputed = ~unidentified & disputed
@@ -519,6 +524,8 @@ def calibrate_model(
             "brier_after": brier_score(labels, tempered),
         }
 
+    # Floors are in calibrated-probability units: chosen under the old temperature, they go.
+    card.pop(FLOORS_KEY, None)
     card["calibration"] = {
         "method": "temperature scaling of the served log-probabilities, softmax(log p / T), "
         "fitted by negative log-likelihood on the validation split",
@@ -747,6 +754,67 @@ def fit_second_opinion(
             "wrong_and_unflagged_before": float((wrong & ~already).mean()),
             "wrong_and_unflagged": float((wrong & ~already & ~disputed).mean()),
             "second_accuracy": float((second_all.argmax(axis=1) == labels).mean()),
+        },
+    }
+    write_card(classifier.folder, card)
+    return card
+
+
+def fit_class_floors(
+    name: str | None,
+    data: str | Path,
+    classes: Sequence[str],
+    budget: float = 0.005,
+    batch_size: int = 32,
+) -> dict:
+    """Set confidence floors for ``classes`` of installed model ``name`` (floors.py): each the
+    highest value that flags at most ``budget / len(classes)`` of the model's own validation
+    cells beyond those the served flags (second opinion included) already flag. Writes the
+    card's ``class_confidence_floors`` section and returns the new card."""
+    from bcclassify.serving.classifier import load_model
+    from bcclassify.serving.floors import choose_floor
+
+    classifier = load_model(name)
+    unknown = [c for c in classes if c not in classifier.class_names]
+    if unknown or not classes:
+        raise ValueError(
+            f"class floors need class names of {classifier.name} "
+            f"({', '.join(classifier.class_names)}); got {', '.join(unknown) or 'none'}"
+        )
+    classifier.class_floors = {}  # the served flags without any earlier floors
+    dataset, split, _ = _own_split(classifier.name, classifier.card, data)
+    paths = [dataset.paths[i] for i in split.val]
+    predictions = []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        pixels = np.stack([classifier.load(p) for p in chunk])
+        predictions += classifier.classify_pixels(pixels, [str(p) for p in chunk])
+    served = np.array([p.top_index for p in predictions])
+    confidence = np.array([p.confidence for p in predictions])
+    already = np.array([p.flag != "" for p in predictions])
+    wrong = served != dataset.labels[split.val]
+    floors = {
+        c: choose_floor(
+            confidence[(served == classifier.class_names.index(c)) & ~already],
+            len(paths),
+            budget / len(classes),
+            classifier.threshold,
+        )
+        for c in classes
+    }
+    limits = np.array([floors.get(n, 0.0) for n in classifier.class_names])[served]
+    flagged = already | (confidence < limits)
+    card = dict(classifier.card)
+    card[FLOORS_KEY] = {
+        "floors": floors,
+        "temperature": classifier.temperature,
+        "budget_extra_flagged": budget,
+        "chosen_on": f"validation split of {Path(data).name} ({len(paths)} cells), served",
+        "validation": {
+            "flagged_fraction_before": float(already.mean()),
+            "flagged_fraction": float(flagged.mean()),
+            "wrong_and_unflagged_before": float((wrong & ~already).mean()),
+            "wrong_and_unflagged": float((wrong & ~flagged).mean()),
         },
     }
     write_card(classifier.folder, card)

@@ -66,6 +66,7 @@ def store(tiny_store, tmp_path) -> Path:
     card = dict(model.card)
     card["novelty"] = {"method": "knn", "k": 2, "threshold": detector.threshold, "file": file_name}
     card["calibration"] = {"temperature": 1.5}
+    card["class_confidence_floors"] = {"floors": {"eosinophil": 0.99}, "temperature": 1.5}
     card["files_sha256"] = {**card["files_sha256"], file_name: sha256_file(folder / file_name)}
     write_card(folder, card)
     assert NOVELTY_FILE  # the name calibrate stems from
@@ -137,6 +138,9 @@ def test_adapt_installs_a_model_that_lists_its_cells_and_predicts(cli, store, la
     assert len(bank) == len(source_bank) + 4 * 8
     assert np.array_equal(bank[: len(source_bank)], source_bank)
     assert card["calibration"]["temperature"] > 0
+    # the source's class floors were chosen at its temperature on its lab: they stay behind
+    assert source.class_floors == {"eosinophil": 0.99}
+    assert "class_confidence_floors" not in card and adapted.class_floors == {}
     # and it predicts
     rows = adapted.classify([(p.name, p) for p in sorted(lab.rglob("*.jpg"))])
     assert all(r.ok and abs(r.probabilities.sum() - 1) < 1e-6 for r in rows)
