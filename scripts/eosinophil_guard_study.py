@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "scripts" / "gpu")]
 
-from lab_factor_study import background, resized, standardisations  # noqa: E402
+from lab_factor_study import pbc_reference, resized, standardisations  # noqa: E402
 from pack import model_split  # noqa: E402
 
 from bcclassify.data.imaging import load_image  # noqa: E402
@@ -164,17 +164,7 @@ def main() -> None:
     # The standardised view: PBC's background and nucleus density from 200 test cells, as in
     # lab_factor_study.py; its cost measured on test cells (forward passes, not cached).
     rng = np.random.default_rng(7)
-    reference = [
-        load_image(dataset.paths[i]).astype(np.float32) for i in rng.permutation(split.test)[:200]
-    ]
-    pbc_background = np.median([background(a) for a in reference], axis=0)
-    pbc_od99 = np.median(
-        [
-            np.percentile(-np.log10(np.clip(a, 1, 255) / background(a)).reshape(-1, 3), 99, 0)
-            for a in reference
-        ],
-        axis=0,
-    )
+    pbc_background, pbc_od99 = pbc_reference(dataset, split, rng)
     transform = standardisations(pbc_background, pbc_od99)["OD normalised to PBC"]
     supports = {
         s: stain_view_support(classifier, list(raw["paths"]), cells["predicted"], transform)

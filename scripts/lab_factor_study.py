@@ -70,6 +70,22 @@ def background(pixels: np.ndarray) -> np.ndarray:
     return np.median(pixels[lum >= np.percentile(lum, 75)], axis=0)
 
 
+def pbc_reference(dataset, split, rng, cells: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """PBC's background colour and 99th-percentile nucleus OD, from ``cells`` test cells."""
+    reference = [
+        load_image(dataset.paths[i]).astype(np.float32) for i in rng.permutation(split.test)[:cells]
+    ]
+    pbc_background = np.median([background(a) for a in reference], axis=0)
+    pbc_od99 = np.median(
+        [
+            np.percentile(-np.log10(np.clip(a, 1, 255) / background(a)).reshape(-1, 3), 99, 0)
+            for a in reference
+        ],
+        axis=0,
+    )
+    return pbc_background, pbc_od99
+
+
 def standardisations(pbc_background: np.ndarray, pbc_od99: np.ndarray) -> dict:
     def white_balance(a):
         return np.clip(a * pbc_background / np.maximum(background(a), 1.0), 0, 255)
@@ -184,18 +200,7 @@ def main() -> None:
                 )
         print(name, json.dumps(synthetic[name]["as stained"]), flush=True)
 
-    # PBC's background colour and 99th-percentile nucleus OD, from the same test cells.
-    reference = [
-        load_image(dataset.paths[i]).astype(np.float32) for i in rng.permutation(split.test)[:200]
-    ]
-    pbc_background = np.median([background(a) for a in reference], axis=0)
-    pbc_od99 = np.median(
-        [
-            np.percentile(-np.log10(np.clip(a, 1, 255) / background(a)).reshape(-1, 3), 99, 0)
-            for a in reference
-        ],
-        axis=0,
-    )
+    pbc_background, pbc_od99 = pbc_reference(dataset, split, rng)
     standardised: dict = {}
     for folder in args.data:
         paths = [p for p in collect_image_paths([folder]) if p.parent.name in names]

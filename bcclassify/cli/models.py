@@ -230,29 +230,23 @@ def run_calibrate(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         print(json.dumps({"acquisition": card["acquisition"]}, indent=2))
         return EXIT_OK
+    budgeted = None  # (section, budget option, budget, fit): the options that fit one section
     if args.second_opinion:
-        if not 0.0 <= args.dispute_budget < 1.0:
-            raise UsageError("--dispute-budget must be in [0, 1)")
+        budgeted = ("second_opinion", "--dispute-budget", args.dispute_budget, fit_second_opinion)
+        fit_args = (args.model, args.second_opinion, args.data)
+    elif args.class_floor:
+        budgeted = (FLOORS_KEY, "--floor-budget", args.floor_budget, fit_class_floors)
+        fit_args = (args.model, args.data, args.class_floor)
+    if budgeted is not None:
+        section, option, budget, fit = budgeted
+        if not 0.0 <= budget < 1.0:
+            raise UsageError(f"{option} must be in [0, 1)")
         start_tensorflow()
         try:
-            card = fit_second_opinion(
-                args.model, args.second_opinion, args.data, budget=args.dispute_budget
-            )
+            card = fit(*fit_args, budget=budget)
         except refused as exc:
             raise UsageError(str(exc)) from None
-        print(json.dumps({"second_opinion": card["second_opinion"]}, indent=2))
-        return EXIT_OK
-    if args.class_floor:
-        if not 0.0 <= args.floor_budget < 1.0:
-            raise UsageError("--floor-budget must be in [0, 1)")
-        start_tensorflow()
-        try:
-            card = fit_class_floors(
-                args.model, args.data, args.class_floor, budget=args.floor_budget
-            )
-        except refused as exc:
-            raise UsageError(str(exc)) from None
-        print(json.dumps({FLOORS_KEY: card[FLOORS_KEY]}, indent=2))
+        print(json.dumps({section: card[section]}, indent=2))
         return EXIT_OK
     if args.method == "knn+oe" and not args.outliers:
         raise UsageError("--method knn+oe needs --outliers DIR (non-cell images)")

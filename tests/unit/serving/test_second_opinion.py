@@ -115,3 +115,12 @@ def test_fitting_a_second_opinion_decodes_each_validation_image_once(tmp_path, m
     # Written through the card writer: the model loads with its second opinion.
     served = serving.load_model("tiny-cnn")
     assert served.second_opinion is not None and served.second_opinion.model.name == "tiny-cnn-b"
+
+
+def test_calibrate_refuses_a_dispute_budget_outside_zero_one(tmp_path, cli):
+    store, data = variants_store(tmp_path)
+    base = ["calibrate", "--model", "tiny-cnn", "--data", data, "--second-opinion", "tiny-cnn"]
+    result = cli([*base, "--dispute-budget", "1.5"], store=store)
+    assert result.returncode == 2 and "--dispute-budget must be in [0, 1)" in result.stderr
+    own = cli(base, store=store)
+    assert own.returncode == 2 and "its own second opinion" in own.stderr
