@@ -500,9 +500,10 @@ class ClassifierModel:
         probabilities, novelty and the second opinion's support, one Prediction per image."""
         probs, novelty = self.assess_pixels(pixels)
         support = self.second_support(pixels, probs)
+        thresholds = self.class_thresholds
         rows = []
         for n, (name, row) in enumerate(zip(names, probs)):
-            threshold = float(self.class_thresholds[int(np.argmax(row))])
+            threshold = float(thresholds[int(np.argmax(row))])
             prediction = Prediction(name, row, threshold=threshold, class_names=self.class_names)
             if novelty is not None:
                 prediction.novelty = float(novelty[n])
