@@ -43,7 +43,7 @@ from pack import model_split  # noqa: E402
 
 from bcclassify.data.imaging import load_image  # noqa: E402
 from bcclassify.serving.classifier import load_model  # noqa: E402
-from bcclassify.serving.trust import l2_normalise, temper  # noqa: E402
+from bcclassify.serving.trust import l2_normalise, temper, training_subset  # noqa: E402
 
 CACHE = ROOT / "cache" / "trust"
 NEIGHBOURS = 10
@@ -54,9 +54,7 @@ FLOORS = (0.5, 0.3)
 def bank_labels(classifier, dataset, split, train_limit: int = 4000) -> np.ndarray:
     """Labels of the novelty bank's rows: calibrate's training-split subset, in its order."""
     seed = int(classifier.card["training_config"]["seed"])
-    chosen = split.train
-    if len(chosen) > train_limit:
-        chosen = np.sort(np.random.default_rng(seed).permutation(chosen)[:train_limit])
+    chosen = training_subset(split.train, train_limit, seed)
     labels = dataset.labels[chosen]
     if len(labels) != len(classifier.novelty.arrays["bank"]):
         raise SystemExit("the bank is not calibrate's training subset; rerun calibrate")

@@ -417,6 +417,14 @@ def _served_from_record(classifier, relative_paths: list[str]) -> np.ndarray | N
     return np.asarray([[float(rows[p][c]) for c in classifier.class_names] for p in relative_paths])
 
 
+def training_subset(indices: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """At most ``limit`` of ``indices`` (0: all), a seeded choice kept in order: the training
+    cells the novelty bank and the acquisition range are fitted on."""
+    if not limit or len(indices) <= limit:
+        return indices
+    return np.sort(np.random.default_rng(seed).permutation(indices)[:limit])
+
+
 def calibrate_model(
     name: str | None,
     data: str | Path,
@@ -453,9 +461,7 @@ def calibrate_model(
     classifier = load_model(name)
     card = dict(classifier.card)
     dataset, split, seed = _own_split(classifier.name, card, data)
-    train_idx = split.train
-    if train_limit and len(train_idx) > train_limit:
-        train_idx = np.sort(np.random.default_rng(seed).permutation(train_idx)[:train_limit])
+    train_idx = training_subset(split.train, train_limit, seed)
     from bcclassify.storage.store import store_root
 
     # Beside the store (the repository's cache/ for the bundled one), never inside a model.
@@ -651,11 +657,7 @@ def _fit_acquisition(card: Mapping, dataset, split, seed: int):
         known.update(zip(missing, fitted.outside(file_summaries(missing, size)).tolist()))
         return np.asarray([known[p] for p in paths], dtype=bool)
 
-    train_idx = split.train
-    if len(train_idx) > ACQUISITION_TRAIN_LIMIT:
-        train_idx = np.sort(
-            np.random.default_rng(seed).permutation(train_idx)[:ACQUISITION_TRAIN_LIMIT]
-        )
+    train_idx = training_subset(split.train, ACQUISITION_TRAIN_LIMIT, seed)
     fitted = fit_range(
         file_summaries([dataset.paths[i] for i in train_idx], size),
         f"{len(train_idx)} training-split images at {size} px",
