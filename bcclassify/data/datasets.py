@@ -6,9 +6,11 @@ import csv
 import hashlib
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -30,6 +32,7 @@ __all__ = [
     "scan_dataset",
     "subsample",
     "thinned_train",
+    "train_subset_seed",
     "train_val_test_split",
     "write_predictions",
 ]
@@ -210,6 +213,13 @@ def train_val_test_split(
     trainval, test = _split_groups(all_groups, group_labels, test_fraction, seed)
     train, val = _split_groups(trainval, group_labels[trainval], val_fraction, seed)
     return Split(_expand(group_of, train), _expand(group_of, val), _expand(group_of, test))
+
+
+def train_subset_seed(config: Mapping[str, Any]) -> int:
+    """The seed ``--train-per-class`` draws its cells with: a run configuration's
+    ``train_subset_seed`` where it set one, else its ``seed`` (which alone sets the split)."""
+    chosen = config.get("train_subset_seed")
+    return int(config["seed"] if chosen is None else chosen)
 
 
 def thinned_train(split: Split, labels: np.ndarray, limit: int | None, seed: int) -> Split:

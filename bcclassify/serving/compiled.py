@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bcclassify.serving.onnx_export import ExportError, function_to_onnx
 from bcclassify.storage.cards import ModelCard, weights_id
 from bcclassify.storage.store import atomic_write_bytes, sha256_bytes, sha256_file, store_root
 
@@ -145,8 +146,10 @@ def write_compiled(keras_model, card: ModelCard, image_size: int) -> Path:
     both = features_model(keras_model)
     spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name=INPUT_NAME)
     function = tf.function(lambda x: both(x, training=False), input_signature=[spec])
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec], opset=OPSET)
-    data = proto.SerializeToString()
+    try:  # in a child process: tf2onnx in this one would hold ~10 GB for the hybrid
+        data = function_to_onnx(function, [spec], OPSET)
+    except ExportError as exc:
+        raise CompileError(str(exc)) from exc
 
     import onnxruntime
 

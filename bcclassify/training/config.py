@@ -107,6 +107,15 @@ class TrainConfig:
             "model continued with --init-from keeps its held-out cells held out",
         },
     )
+    train_subset_seed: int | None = field(
+        default=None,
+        metadata={
+            "metavar": "SEED",
+            "help": "draw --train-per-class's cells with this seed instead of --seed (the split "
+            "stays --seed's), so a further round of fine-tuning sees other cells without its "
+            "held-out cells changing",
+        },
+    )
     aug_copies: int = field(default=2, metadata={"help": "augmented copies (cached mode)"})
     init_from: str | None = field(
         default=None,

@@ -71,6 +71,7 @@ def interpolate_run(
         scan_dataset,
         subsample,
         thinned_train,
+        train_subset_seed,
         train_val_test_split,
     )
     from bcclassify.training.runs import environment_info, parent_model, resume
@@ -112,7 +113,7 @@ def interpolate_run(
         train_val_test_split(dataset.labels, dataset.hashes, config["seed"]),
         dataset.labels,
         config.get("train_per_class"),
-        config["seed"],
+        train_subset_seed(config),
     )
     cache = config.get("cache_dir")
     pixels, _ = cached_pixels(

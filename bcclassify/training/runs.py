@@ -488,6 +488,7 @@ def train(config: TrainConfig) -> Path:
         scan_dataset,
         subsample,
         thinned_train,
+        train_subset_seed,
         train_val_test_split,
     )
     from bcclassify.evaluation.metrics import summarize_folds
@@ -515,7 +516,8 @@ def train(config: TrainConfig) -> Path:
         splits = kfold_splits(dataset.labels, dataset.hashes, config.folds, config.seed)
     else:
         splits = [train_val_test_split(dataset.labels, dataset.hashes, config.seed)]
-    splits = [thinned_train(s, dataset.labels, config.train_per_class, config.seed) for s in splits]
+    subset_seed = train_subset_seed(asdict(config))
+    splits = [thinned_train(s, dataset.labels, config.train_per_class, subset_seed) for s in splits]
     if resuming:
         stored = record.config()
         if stored["data_manifest_sha256"] != dataset.manifest_hash():

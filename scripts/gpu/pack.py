@@ -131,6 +131,7 @@ def model_split(card: dict, data: str | None):
         scan_dataset,
         subsample,
         thinned_train,
+        train_subset_seed,
         train_val_test_split,
     )
     from bcclassify.storage.store import read_json, runs_dir
@@ -151,7 +152,9 @@ def model_split(card: dict, data: str | None):
     # A run continued with --train-per-class trained on a thinned training split: the card is
     # checked against that thinning (the library's), and the full split is returned, what a
     # fresh GPU run trains on.
-    trained_on = thinned_train(split, dataset.labels, run_config.get("train_per_class"), seed)
+    limit_train = run_config.get("train_per_class")
+    subset_seed = train_subset_seed({"seed": seed, **run_config})
+    trained_on = thinned_train(split, dataset.labels, limit_train, subset_seed)
     if expected and trained_on.sizes() != expected:
         raise ValueError(f"split {trained_on.sizes()} differs from the card's {expected}")
     return dataset, split, seed, limit, str(root)

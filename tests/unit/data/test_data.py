@@ -14,6 +14,7 @@ from bcclassify.data.datasets import (
     load_pixels,
     scan_dataset,
     thinned_train,
+    train_subset_seed,
     train_val_test_split,
 )
 
@@ -71,6 +72,22 @@ def test_thinned_train_caps_each_class_and_leaves_validation_and_test_whole():
     np.testing.assert_array_equal(thinned_train(split, labels, 20, seed=5).train, thin.train)
     assert not np.array_equal(thinned_train(split, labels, 20, seed=6).train, thin.train)
     assert thinned_train(split, labels, None, seed=5) is split
+
+
+def test_a_train_subset_seed_draws_other_cells_from_the_same_split():
+    """``--train-subset-seed``: a further round sees other training cells, while the split,
+    set by ``--seed`` alone, keeps its held-out cells (a seed of 0 is a seed, not "unset")."""
+    assert train_subset_seed({"seed": 42}) == 42
+    assert train_subset_seed({"seed": 42, "train_subset_seed": None}) == 42
+    assert train_subset_seed({"seed": 42, "train_subset_seed": 0}) == 0
+    labels, hashes = _synthetic()
+    split = train_val_test_split(labels, hashes, seed=42)
+    first = thinned_train(split, labels, 20, train_subset_seed({"seed": 42}))
+    again = thinned_train(
+        split, labels, 20, train_subset_seed({"seed": 42, "train_subset_seed": 43})
+    )
+    assert not np.array_equal(first.train, again.train)
+    np.testing.assert_array_equal(first.test, again.test)
 
 
 def _sides(split, hashes):
