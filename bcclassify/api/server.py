@@ -259,6 +259,10 @@ def create_app(
             "training_run": served.card.get("training_run"),
             "exported": served.card.get("exported"),
             "low_confidence_threshold": served.threshold,
+            # an answer of a class with a confidence floor is flagged under its stricter one
+            "class_thresholds": dict(
+                zip(served.class_names, map(float, served.class_thresholds), strict=True)
+            ),
             "second_opinion": second,
             "limits": {
                 "max_files": limits.max_files,

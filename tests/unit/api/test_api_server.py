@@ -103,6 +103,11 @@ def test_health_needs_no_token_and_model_info_names_the_served_card(server, clie
     assert info["classes"] == list(CLASS_NAMES)
     assert info["version"] and info["limits"]["max_files"] == 6
     assert info["limits"]["max_bytes_per_file"] == 2**20
+    from bcclassify.serving.classifier import load_model
+
+    thresholds = load_model(MODEL).class_thresholds
+    assert info["class_thresholds"] == dict(zip(CLASS_NAMES, thresholds.tolist(), strict=True))
+    assert min(info["class_thresholds"].values()) >= info["low_confidence_threshold"]
 
 
 def test_one_image_is_answered_exactly_as_predict_answers_it(client):
