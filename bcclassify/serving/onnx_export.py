@@ -58,7 +58,15 @@ def function_to_onnx(function, input_signature: list, opset: int) -> bytes:
         (folder / _GRAPH).write_bytes(frozen.SerializeToString())
         del frozen
         (folder / _JOB).write_text(json.dumps(job))
-        env = {**os.environ, "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
+        # The package is not installed, only importable from its checkout: name that for the
+        # child, whatever directory the server was started from.
+        root = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        env = {
+            **os.environ,
+            "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python",
+            "PYTHONPATH": path,
+        }
         done = subprocess.run(
             [sys.executable, "-m", "bcclassify.serving.onnx_export", str(folder)],
             env=env,

@@ -91,7 +91,11 @@ def test_damaged_weights_are_refused_when_keras_is_built(store):
         load_model("tiny-cnn", compiled=False)
 
 
-def test_compile_command_then_a_fresh_process_answers_without_tensorflow(store, cli):
+def test_compile_command_then_a_fresh_process_answers_without_tensorflow(
+    store, cli, tmp_path, monkeypatch
+):
+    # From another directory: the converting child process must still find the package.
+    monkeypatch.chdir(tmp_path)
     result = cli(["compile", "--model", "tiny-cnn"], store=store, check=True)
     assert "wrote" in result.stderr and "cache/compiled" in result.stderr
     assert "already compiled" in cli(["compile"], store=store, check=True).stderr
