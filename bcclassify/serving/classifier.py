@@ -389,7 +389,13 @@ class ClassifierModel:
                 if self.keras_model is None:
                     if self.build_keras is None:
                         raise RuntimeError(f"model {self.name!r} has no Keras model to build")
-                    self.keras_model = self.build_keras()
+                    import tensorflow as tf  # lazy: only a Keras build gets here
+
+                    # Eagerly, even when first asked for inside a tf.function's trace: built in
+                    # the trace's graph, the weights' loading never ran and the model answered
+                    # from its initial weights (a uniform 1/8 for the hybrid).
+                    with tf.init_scope():
+                        self.keras_model = self.build_keras()
         return self.keras_model
 
     def feature_forward(self):

@@ -58,6 +58,25 @@ def test_compiled_answers_match_keras_and_keras_waits_until_needed(store):
     assert served.model.count_params() == keras_served.model.count_params()  # built on demand
 
 
+def test_a_keras_model_first_asked_for_inside_a_trace_has_its_weights(store):
+    """Built lazily inside a tf.function (faithfulness traces its forward pass around
+    ``classifier.model``), the model must still be built eagerly with its weights; built in the
+    trace's graph it answered a uniform 1/8 for every cell."""
+    import tensorflow as tf
+
+    keras_served = load_model("tiny-cnn")
+    pixels = np.stack([keras_served.load(p) for p in CELLS]).astype(np.float32)
+    expected = np.asarray(keras_served.model(pixels, training=False))
+    compile_classifier(keras_served)
+    served = load_model("tiny-cnn")
+    assert served.compiled is not None and served.keras_model is None
+    forward = tf.function(lambda x: served.model(x, training=False))
+    np.testing.assert_allclose(forward(tf.constant(pixels)).numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(served.model(pixels, training=False)), expected, atol=1e-5
+    )
+
+
 def test_the_keras_model_is_built_for_serving_only(store):
     served = load_model("tiny-cnn")
     assert not served.model.compiled  # its saved compile config (an optimizer) is not built
