@@ -137,3 +137,16 @@ def test_compile_command_then_a_fresh_process_answers_without_tensorflow(
     compiled, label, tensorflow, keras = json.loads(out.stdout.strip().splitlines()[-1])
     assert compiled and label in load_card(store / "models" / "tiny-cnn")["class_names"]
     assert not tensorflow and not keras
+
+
+def test_a_failed_conversion_is_refused_and_writes_nothing(store, monkeypatch):
+    """The converting child process failing (here: it cannot start Python) is a CompileError
+    naming its exit status, and leaves neither graph nor record behind."""
+    from bcclassify.serving.compiled import CompileError
+
+    served = load_model("tiny-cnn")
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    with pytest.raises(CompileError, match="ONNX conversion failed"):
+        compile_classifier(served)
+    graph_path, record_path = compiled_paths(served.card)
+    assert not graph_path.exists() and not record_path.exists()
