@@ -100,9 +100,8 @@ def _convert(folder: Path) -> None:
         opset=job["opset"],
         tensors_to_rename=job["tensors_to_rename"],
     )
-    partial = folder / (_ONNX + ".part")
-    partial.write_bytes(proto.SerializeToString())
-    partial.rename(folder / _ONNX)
+    # A private temporary folder, read only after a clean exit: no partial-file dance needed.
+    (folder / _ONNX).write_bytes(proto.SerializeToString())
 
 
 if __name__ == "__main__":
