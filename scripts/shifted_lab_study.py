@@ -13,12 +13,21 @@ the change is a stain's:
   back, as a camera with fewer pixels across the cell;
 - the two together.
 
+``--other-lab DIR`` adds another lab's labelled cells, made to pass as a lab whose crops the
+acquisition range accepts: each image's background brought to PBC's colour (per-channel gain),
+and then also the cell brought to PBC's scale (the frame grown around it with its background, by
+the square root of the ratio of the two sets' median nucleus shares of the frame). ext-tecom
+with the range switched off keeps its yellow ground, which the novelty score alone flags; these
+looks take that cue away, as a CellaVision lab's crops would.
+
 Every cell goes the served way (the training copy's form, then the input size; the card's views,
 calibration, novelty, acquisition range and second opinion), one forward pass per look. Per look:
 accuracy, the share flagged, the share the range refuses, and wrong-and-unflagged with and
 without the second opinion, overall and per true class.
 
     .venv/bin/python scripts/shifted_lab_study.py --per-class 40 --out docs/shifted-labs-hybrid.json
+    .venv/bin/python scripts/shifted_lab_study.py --looks --other-lab ../shared/data/ext-tecom \
+        cache/ext-tecom-lowres --out docs/shifted-labs-other-hybrid.json
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "gpu")]
 from lab_factor_study import blurred, resized  # noqa: E402
 from pack import model_split  # noqa: E402
 
-from bcclassify.data.imaging import load_image  # noqa: E402
+from bcclassify.data.imaging import collect_image_paths, load_image  # noqa: E402
 from bcclassify.serving.acquisition import summaries  # noqa: E402
 from bcclassify.serving.classifier import load_model  # noqa: E402
 
@@ -87,6 +96,35 @@ def looks() -> dict:
     return table
 
 
+def nucleus_share(pixels: np.ndarray) -> float:
+    """The share of the frame darker than half the background's brightness: mostly nucleus."""
+    return float((pixels.mean(-1) < 0.5 * background(pixels).mean()).mean())
+
+
+def framed(pixels: np.ndarray, factor: float) -> np.ndarray:
+    """The frame grown around the image with its background colour, the cell ``factor`` as large."""
+    h, w, _ = pixels.shape
+    side = round(max(h, w) / factor)
+    canvas = np.tile(background(pixels), (side, side, 1))
+    y, x = (side - h) // 2, (side - w) // 2
+    canvas[y : y + h, x : x + w] = pixels
+    return canvas
+
+
+def passing_looks(pbc_background: np.ndarray, scale: float) -> dict:
+    """Another lab's cells with the cues a CellaVision lab's crops would not show taken away."""
+
+    def balanced(a):
+        return np.clip(a * pbc_background / np.maximum(background(a), 1.0), 0, 255)
+
+    return {
+        "background to PBC's colour": balanced,
+        f"background to PBC's colour, cell x{scale:.2f} (PBC's scale)": lambda a: framed(
+            balanced(a), scale
+        ),
+    }
+
+
 def outcome(predictions, outside: np.ndarray, truth: np.ndarray, names) -> dict:
     """The served flags (range first, as serving gates), and what happens without the range."""
     labels = np.array([names.index(p.label) for p in predictions])
@@ -97,6 +135,7 @@ def outcome(predictions, outside: np.ndarray, truth: np.ndarray, names) -> dict:
     silent = wrong & ~flagged
     pairs = zip(truth[silent], labels[silent])
     silent_by_class = Counter(f"{names[t]} as {names[p]}" for t, p in pairs)
+    confidence = np.array([p.confidence for p in predictions])
     return {
         "accuracy": round(float((~wrong).mean()), 4),
         "outside_range": round(float(outside.mean()), 4),
@@ -113,10 +152,35 @@ def outcome(predictions, outside: np.ndarray, truth: np.ndarray, names) -> dict:
             ),
         },
         "silent_errors": dict(silent_by_class.most_common()),
+        "silent_confidences": sorted(round(float(c), 3) for c in confidence[silent]),
         "accuracy_by_class": {
             names[c]: round(float((~wrong[truth == c]).mean()), 4) for c in np.unique(truth)
         },
     }
+
+
+def serve(classifier, acquisition, pixels: np.ndarray, truth: np.ndarray, names) -> dict:
+    """Serve a batch as ``predict`` would and score it (the range applied apart, see outcome)."""
+    outside = (
+        acquisition.outside(summaries(pixels))
+        if acquisition is not None
+        else np.zeros(len(pixels), bool)
+    )
+    predictions = []
+    for start in range(0, len(pixels), 32):
+        batch = pixels[start : start + 32]
+        predictions += classifier.classify_pixels(batch, [str(i) for i in range(len(batch))])
+    return outcome(predictions, outside, truth, names)
+
+
+def report(title: str, row: dict) -> None:
+    print(
+        f"{title:60s} acc {row['accuracy']:.3f} outside {row['outside_range']:.3f} "
+        f"flagged {row['flagged']:.3f} silent {row['wrong_and_unflagged']:.3f} "
+        f"(no 2nd {row['wrong_and_unflagged_without_second_opinion']:.3f}; "
+        f"no range {row['without_range']['wrong_and_unflagged']:.3f})",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -124,7 +188,12 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="installed model (default: the default)")
     parser.add_argument("--per-class", type=int, default=40, help="test-split cells a class")
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--looks", nargs="*", default=None, help="names of looks (default: all)")
+    parser.add_argument(
+        "--looks", nargs="*", default=None, help="names of looks (default: all; none: no looks)"
+    )
+    parser.add_argument(
+        "--other-lab", nargs="*", default=[], help="other labs' labelled folders, made to pass"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     started = time.time()
@@ -142,12 +211,13 @@ def main() -> None:
     copies = [load_image(dataset.paths[i]).astype(np.float32) for i in picked]
 
     table = looks()
-    chosen = args.looks or list(table)
+    chosen = list(table) if args.looks is None else args.looks
     result = {
         "model": classifier.name,
         "sha256": classifier.card.get("sha256"),
         "views": list(classifier.test_time_views),
         "second_opinion": (classifier.card.get("second_opinion") or {}).get("model"),
+        "class_confidence_floors": classifier.class_floors,
         "cells": int(len(picked)),
         "per_class": args.per_class,
         "seed": args.seed,
@@ -155,25 +225,32 @@ def main() -> None:
     }
     for look in chosen:
         pixels = np.stack([resized(table[look](a), size) for a in copies])
-        outside = (
-            acquisition.outside(summaries(pixels))
-            if acquisition is not None
-            else np.zeros(len(pixels), bool)
-        )
-        predictions = []
-        for start in range(0, len(pixels), 32):
-            batch = pixels[start : start + 32]
-            predictions += classifier.classify_pixels(batch, [str(i) for i in range(len(batch))])
-        result["looks"][look] = outcome(predictions, outside, truth, names)
-        row = result["looks"][look]
-        print(
-            f"{look:28s} acc {row['accuracy']:.3f} outside {row['outside_range']:.3f} "
-            f"flagged {row['flagged']:.3f} silent {row['wrong_and_unflagged']:.3f} "
-            f"(no 2nd {row['wrong_and_unflagged_without_second_opinion']:.3f}; "
-            f"no range {row['without_range']['wrong_and_unflagged']:.3f})",
-            flush=True,
-        )
+        result["looks"][look] = serve(classifier, acquisition, pixels, truth, names)
+        report(look, result["looks"][look])
+
+    if args.other_lab:
+        pbc_background = np.median([background(a) for a in copies], axis=0)
+        result["pbc_background"] = pbc_background.round(1).tolist()
+        result["other_labs"] = {}
+    for folder in args.other_lab:
+        paths = [p for p in collect_image_paths([folder]) if p.parent.name in names]
+        lab_truth = np.array([names.index(p.parent.name) for p in paths])
+        originals = [load_image(p).astype(np.float32) for p in paths]
+        # PBC's cells of the same classes, so that the ratio compares like with like
+        same = np.isin(truth, np.unique(lab_truth))
+        pbc_share = np.median([nucleus_share(a) for a, keep in zip(copies, same) if keep])
+        lab_share = np.median([nucleus_share(a) for a in originals])
+        scale = float(np.sqrt(pbc_share / lab_share))
+        rows = {"nucleus_share_pbc": round(float(pbc_share), 4)}
+        rows["nucleus_share_lab"] = round(float(lab_share), 4)
+        rows["looks"] = {}
+        for look, change in passing_looks(pbc_background, scale).items():
+            pixels = np.stack([resized(change(a), size) for a in originals])
+            rows["looks"][look] = serve(classifier, acquisition, pixels, lab_truth, names)
+            report(f"{Path(folder).name}: {look}", rows["looks"][look])
+        result["other_labs"][Path(folder).name] = rows
     result["seconds"] = round(time.time() - started, 1)
+    result["command"] = " ".join(sys.argv)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 
