@@ -42,7 +42,7 @@ for step in "${steps[@]}"; do
         # After calibrate (it drops floors chosen under the old temperature) and dispute (the
         # floors' budget counts beyond the served flags, disputes included).
         bcc calibrate --model "$model" --data ../shared/data/pbc224 \
-            --class-floor eosinophil --floor-budget 0.005 ;;
+            --class-floor eosinophil erythroblast --floor-budget 0.01 ;;
     evaluate)
         for data in ../shared/data/pbc-originals ../shared/data/ext-tecom cache/ext-tecom-lowres; do
             bcc evaluate --model "$model" --data "$data" --record --json > "logs/evaluate-$(basename "$data").json"
