@@ -48,7 +48,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "gpu")]
 from lab_factor_study import blurred, resized  # noqa: E402
 from pack import model_split  # noqa: E402
 
-from bcclassify.data.imaging import collect_image_paths, load_image  # noqa: E402
+from bcclassify.data.datasets import scan_dataset  # noqa: E402
+from bcclassify.data.imaging import load_image  # noqa: E402
 from bcclassify.serving.acquisition import summaries  # noqa: E402
 from bcclassify.serving.classifier import load_model  # noqa: E402
 
@@ -233,9 +234,9 @@ def main() -> None:
         result["pbc_background"] = pbc_background.round(1).tolist()
         result["other_labs"] = {}
     for folder in args.other_lab:
-        paths = [p for p in collect_image_paths([folder]) if p.parent.name in names]
-        lab_truth = np.array([names.index(p.parent.name) for p in paths])
-        originals = [load_image(p).astype(np.float32) for p in paths]
+        lab = scan_dataset(folder, tuple(names))
+        lab_truth = lab.labels
+        originals = [load_image(p).astype(np.float32) for p in lab.paths]
         # PBC's cells of the same classes, so that the ratio compares like with like
         same = np.isin(truth, np.unique(lab_truth))
         pbc_share = np.median([nucleus_share(a) for a, keep in zip(copies, same) if keep])

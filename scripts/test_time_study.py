@@ -34,7 +34,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "gpu")]
 
 from pack import model_split  # noqa: E402
 
-from bcclassify.data.imaging import collect_image_paths, load_image  # noqa: E402
+from bcclassify.data.datasets import scan_dataset  # noqa: E402
+from bcclassify.data.imaging import load_image  # noqa: E402
 from bcclassify.serving.classifier import VIEW_TRANSFORMS, load_model  # noqa: E402
 
 SERVED = ("identity", "flip_lr", "flip_ud", "rot180")
@@ -163,8 +164,8 @@ def main() -> None:
     )
     sets = {"PBC test split": ([dataset.paths[i] for i in picked], dataset.labels[picked])}
     for folder in args.data:
-        paths = [p for p in collect_image_paths([folder]) if p.parent.name in names]
-        sets[Path(folder).name] = (paths, np.array([names.index(p.parent.name) for p in paths]))
+        lab = scan_dataset(folder, tuple(names))
+        sets[Path(folder).name] = (lab.paths, lab.labels)
 
     result: dict = {
         "model": classifier.name,
