@@ -25,9 +25,10 @@ calibration, novelty, acquisition range and second opinion), one forward pass pe
 accuracy, the share flagged, the share the range refuses, and wrong-and-unflagged with and
 without the second opinion, overall and per true class.
 
-    .venv/bin/python scripts/shifted_lab_study.py --per-class 40 --out docs/shifted-labs-hybrid.json
-    .venv/bin/python scripts/shifted_lab_study.py --looks --other-lab ../shared/data/ext-tecom \
-        cache/ext-tecom-lowres --out docs/shifted-labs-other-hybrid.json
+    .venv/bin/python scripts/shifted_lab_study.py --per-class 40 --other-lab \
+        ../shared/data/ext-tecom cache/ext-tecom-lowres --out docs/shifted-labs-hybrid.json
+
+(``--looks`` with no name serves only the other labs.)
 """
 
 from __future__ import annotations
