@@ -32,6 +32,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "gpu")]
 
+from lab_factor_study import background  # noqa: E402
 from pack import model_split  # noqa: E402
 
 from bcclassify.data.datasets import scan_dataset  # noqa: E402
@@ -56,11 +57,6 @@ ADULT_DIFFERENTIAL = {
     "neutrophil": 0.55,
     "platelet": 0.04,
 }
-
-
-def background(pixels: np.ndarray) -> np.ndarray:
-    lum = pixels.mean(-1)
-    return np.median(pixels[lum >= np.percentile(lum, 75)], axis=0)
 
 
 def zoomed(pixels: np.ndarray, factor: float) -> np.ndarray:
