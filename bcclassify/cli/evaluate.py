@@ -43,6 +43,13 @@ def add_evaluate(sub: SubParsers) -> None:
         help="test-time views to average, comma-separated (e.g. identity,flip_lr,flip_ud,"
         "rot180); default: a run's image as given, an installed model's card",
     )
+    p.add_argument(
+        "--held-out",
+        action="store_true",
+        help="with --model: score only the images whose content (sha256) is not in the "
+        "model's training split, recomputed from its card (e.g. the originals of cells it did "
+        "not train on); recorded as 'NAME (held out)'",
+    )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument(
         "--record",
@@ -60,6 +67,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return _evaluate_ood(args)
     if not args.data:
         raise UsageError("give --data DIR (a dataset with class folders) or, with --model, --ood")
+    if args.held_out and not args.model:
+        raise UsageError("--held-out takes --model NAME: an installed model's card names its split")
     if args.record and (not args.model or args.views):
         raise UsageError("--record takes --model NAME as served (without --views)")
     start_tensorflow()
@@ -70,6 +79,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             data=args.data,
             batch_size=args.batch_size,
             views=args.views,
+            held_out=args.held_out,
         )
     except (FileNotFoundError, LookupError, ValueError) as exc:
         raise UsageError(str(exc)) from None

@@ -48,17 +48,48 @@ def split_scope(dataset, manifest: str | None, seed: int, limit: int | None):
     return dataset, np.arange(len(dataset)), "every image in the folder"
 
 
+HELD_OUT_SCOPE = "the images in the folder outside the model's training split (by content)"
+
+
+def training_split_hashes(card) -> set[str]:
+    """Content hashes of an installed model's training split, recomputed from its card (the
+    data it names, the manifest it checks, the seed): what it may have learnt by heart."""
+    trained_on = card.get("training_data") or {}
+    root = trained_on.get("path")
+    if not root or not Path(root).is_dir():
+        raise FileNotFoundError(
+            f"the model's training data {root!r} is not here, so its training split cannot be "
+            "recomputed"
+        )
+    dataset = scan_dataset(root)
+    if dataset.manifest_hash() != trained_on.get("manifest_sha256"):
+        raise ValueError(f"{root}: not the data the model was trained on (manifest differs)")
+    seed = int((card.get("training_config") or {}).get("seed", 42))
+    split = train_val_test_split(dataset.labels, dataset.hashes, seed)
+    return {dataset.hashes[i] for i in split.train}
+
+
+def held_out_scope(dataset, exclude: set[str]):
+    """Every image of ``dataset`` whose content is not in ``exclude`` (a training split's)."""
+    keep = np.array([i for i, h in enumerate(dataset.hashes) if h not in exclude], dtype=np.int64)
+    if not len(keep):
+        raise ValueError(f"{dataset.root}: every image is in the model's training split")
+    return dataset, keep, HELD_OUT_SCOPE
+
+
 def evaluate(
     run_id: str | None = None,
     model_name: str | None = None,
     data: str | Path = "",
     batch_size: int = 32,
     views: Sequence[str] | None = None,
+    held_out: bool = False,
 ) -> dict:
     """Recompute the test metrics of a run (its model.keras) or of an installed model.
 
     ``views``: test-time views whose probabilities are averaged (default: for a run, the image
-    as given; for an installed model, its card's).
+    as given; for an installed model, its card's). ``held_out`` (installed models): score only
+    the images whose content the model's training split does not hold.
     """
     if run_id:
         import keras
@@ -83,7 +114,7 @@ def evaluate(
             config.get("limit_per_class"),
         )
         return _score(predict, int(config["image_size"]), split_of, data, run_id, views)[0]
-    return evaluate_installed(load_model(model_name), data, batch_size, views)
+    return evaluate_installed(load_model(model_name), data, batch_size, views, held_out=held_out)
 
 
 def evaluate_installed(
@@ -92,10 +123,13 @@ def evaluate_installed(
     batch_size: int = 32,
     views: Sequence[str] | None = None,
     predictions_to: Path | None = None,
+    held_out: bool = False,
 ) -> dict:
     """Metrics of a loaded installed model: its run's test split when ``data`` is its data.
 
     ``predictions_to``: also write each image's probabilities there (predictions.csv format).
+    ``held_out``: only the images of ``data`` outside the model's training split (by content),
+    such as the analyser's originals of cells whose copies it did not train on.
     """
     views = classifier.test_time_views if views is None else check_views(views)
     trained_on = classifier.card.get("training_data") or {}
@@ -122,8 +156,16 @@ def evaluate_installed(
             parts.append(probs)
         return np.concatenate(parts)
 
+    exclude = training_split_hashes(classifier.card) if held_out else None
     metrics, labels, probabilities = _score(
-        predict, classifier.image_size, split_of, data, classifier.name, views, predictions_to
+        predict,
+        classifier.image_size,
+        split_of,
+        data,
+        classifier.name,
+        views,
+        predictions_to,
+        exclude,
     )
     if assess:
         from bcclassify.evaluation.metrics import brier_score, expected_calibration_error
@@ -188,12 +230,23 @@ def evaluate_ood(classifier: ClassifierModel, folder: str | Path, batch_size: in
 
 
 def _score(
-    predict, image_size: int, split_of: tuple, data, source: str, views, predictions_to=None
+    predict,
+    image_size: int,
+    split_of: tuple,
+    data,
+    source: str,
+    views,
+    predictions_to=None,
+    exclude: set[str] | None = None,
 ) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Metrics, and the true labels and probabilities they come from."""
+    """Metrics, and the true labels and probabilities they come from (``exclude``: content
+    hashes to leave out, a model's training split, instead of the usual scope)."""
     from bcclassify.data.datasets import write_predictions
 
-    dataset, indices, scope = split_scope(scan_dataset(data), *split_of)
+    if exclude is not None:
+        dataset, indices, scope = held_out_scope(scan_dataset(data), exclude)
+    else:
+        dataset, indices, scope = split_scope(scan_dataset(data), *split_of)
     pixels, kept = load_pixels([dataset.paths[i] for i in indices], image_size, progress=True)
     probabilities = predict(pixels)
     labels = dataset.labels[indices][kept]
@@ -337,7 +390,8 @@ EVALUATIONS_KEY = "evaluations"  # the card's figures on other sets, by the set'
 def record_evaluation(name: str, metrics: dict, manifest: str | None = None) -> dict:
     """Write ``evaluate``'s figures for installed model ``name`` into its card.
 
-    Under ``evaluations``, keyed by the data folder's name (ext-tecom, pbc-originals, …): the
+    Under ``evaluations``, keyed by the data folder's name (ext-tecom, pbc-originals, …; with
+    " (held out)" added when only the images outside the training split were scored): the
     accuracy and macro-F1, and, for the model as served, the reviewer-facing figures (flagged,
     unidentified, wrong and not flagged, ECE); with the scope, the views, the data manifest's
     sha256 and the command that reproduces it. Returns the section written.
@@ -346,6 +400,9 @@ def record_evaluation(name: str, metrics: dict, manifest: str | None = None) -> 
     from bcclassify.storage.runs import utc_now
 
     data = Path(metrics["data"])
+    held_out = metrics["scope"] == HELD_OUT_SCOPE
+    key = f"{data.name} (held out)" if held_out else data.name
+    flag = " --held-out" if held_out else ""
     entry = {
         "data": data.name,
         "data_manifest_sha256": manifest,
@@ -356,10 +413,10 @@ def record_evaluation(name: str, metrics: dict, manifest: str | None = None) -> 
         "test_time_views": metrics["test_time_views"],
         "trust": metrics.get("trust"),
         "evaluated": utc_now(),
-        "command": f"python -m bcclassify evaluate --model {name} --data {data} --record",
+        "command": f"python -m bcclassify evaluate --model {name} --data {data}{flag} --record",
     }
     folder = models_dir() / name
     card = load_card(folder)
-    section = {**(card.get(EVALUATIONS_KEY) or {}), data.name: entry}
+    section = {**(card.get(EVALUATIONS_KEY) or {}), key: entry}
     write_card(folder, card.updated(**{EVALUATIONS_KEY: section}))
     return entry

@@ -133,3 +133,35 @@ def test_every_command_has_help(cli):
     for command in (*commands, "faithfulness", "users", "reviews", "calibrate", "seal", "adapt"):
         out = cli([command, "--help"])
         assert out.returncode == 0 and "usage:" in out.stdout
+
+
+def test_evaluate_held_out_scores_only_cells_outside_the_training_split(tiny_store, cli, tmp_path):
+    from bcclassify.data.datasets import scan_dataset, train_val_test_split
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    card = read_json(store / "models" / "tiny-cnn" / "card.json")
+    dataset = scan_dataset(FIXTURE_IMAGES)
+    split = train_val_test_split(
+        dataset.labels, dataset.hashes, card["training_config"].get("seed", 42)
+    )
+    args = ["evaluate", "--model", "tiny-cnn", "--data", FIXTURE_IMAGES, "--held-out", "--json"]
+    metrics = json.loads(cli([*args, "--record"], store, True).stdout)
+    assert metrics["scope"].startswith("the images in the folder outside the model's training")
+    assert metrics["num_samples"] == len(split.val) + len(split.test) < len(dataset)
+    entry = read_json(store / "models" / "tiny-cnn" / "card.json")["evaluations"]["pbc (held out)"]
+    assert entry["num_samples"] == metrics["num_samples"]
+    assert entry["command"].endswith(f"--data {FIXTURE_IMAGES} --held-out --record")
+
+    # A folder holding only training-split cells (another name, the same content) has none left.
+    trained = tmp_path / "trained"
+    for i in split.train[:2]:
+        target = trained / dataset.class_names[dataset.labels[i]] / f"copy-{i}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(dataset.paths[i], target)
+    refused = cli(["evaluate", "--model", "tiny-cnn", "--data", trained, "--held-out"], store)
+    assert (
+        refused.returncode == 2 and "every image is in the model's training split" in refused.stderr
+    )
+    no_model = cli(["evaluate", "--run", "fixture-cnn-32px", "--data", trained, "--held-out"])
+    assert no_model.returncode == 2 and "--held-out takes --model" in no_model.stderr
