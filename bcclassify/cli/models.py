@@ -24,6 +24,7 @@ from bcclassify.serving.trust import (
     calibrate_model,
     fit_acquisition,
     fit_class_floors,
+    fit_low_confidence,
     fit_second_opinion,
 )
 from bcclassify.storage.cards import ModelCard, bench_record, installed_cards
@@ -211,6 +212,15 @@ def add_calibrate(sub: SubParsers) -> None:
         help="with --class-floor: the most the floors together may add to the validation cells "
         "flagged (default 0.005: 0.5%%)",
     )
+    p.add_argument(
+        "--flag-budget",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="only re-choose the global low-confidence threshold (of 0.5-0.7) so that every "
+        "served flag together (second opinion and class floors on) flags at most SHARE of the "
+        "validation cells, e.g. 0.03; run last, after the floors",
+    )
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
@@ -237,6 +247,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     elif args.class_floor:
         budgeted = (FLOORS_KEY, "--floor-budget", args.floor_budget, fit_class_floors)
         fit_args = (args.model, args.data, args.class_floor)
+    elif args.flag_budget is not None:
+        budgeted = ("low_confidence", "--flag-budget", args.flag_budget, fit_low_confidence)
+        fit_args = (args.model, args.data)
     if budgeted is not None:
         section, option, budget, fit = budgeted
         if not 0.0 <= budget < 1.0:

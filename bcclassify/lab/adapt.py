@@ -42,6 +42,7 @@ from bcclassify import CLASS_NAMES
 from bcclassify.access.roles import Identity, command_line_identity, require
 from bcclassify.lab.mid_level import DEFAULT_MID_WEIGHT
 from bcclassify.serving.floors import CARD_KEY as FLOORS_KEY
+from bcclassify.serving.floors import LOW_CONFIDENCE_KEY
 from bcclassify.storage.cards import ModelCard, installed_cards, write_card
 from bcclassify.storage.runs import RunRecord, utc_now
 from bcclassify.storage.store import models_dir, run_is_alive, runs_dir
@@ -554,8 +555,14 @@ def adapt(
                 "adaptation_curve",
                 # Chosen on the source's validation split at the source's temperature.
                 FLOORS_KEY,
+                LOW_CONFIDENCE_KEY,
             )
         }
+        # The source's global threshold was lowered to make room, within the flag budget, for
+        # its floors, which an adapted model does not keep: it takes the one chosen without them.
+        budgeted = source.card.get(LOW_CONFIDENCE_KEY) or {}
+        if "before" in budgeted:
+            card["low_confidence_threshold"] = float(budgeted["before"])
         card.update(
             name=config.name,
             description=f"{source.card.get('description', source.architecture)}; head adapted "

@@ -26,9 +26,18 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["CARD_KEY", "choose_floor", "floors_from_card", "thresholds_by_class"]
+__all__ = [
+    "CARD_KEY",
+    "LOW_CONFIDENCE_KEY",
+    "choose_floor",
+    "floors_from_card",
+    "thresholds_by_class",
+]
 
 CARD_KEY = "class_confidence_floors"
+# The card's record of how its global threshold was re-chosen within a budget for all the
+# served flags (``calibrate --flag-budget``, trust.fit_low_confidence), floors included.
+LOW_CONFIDENCE_KEY = "low_confidence"
 
 
 def floors_from_card(card: Mapping) -> dict[str, float]:

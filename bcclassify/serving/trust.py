@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from bcclassify.serving.floors import CARD_KEY as FLOORS_KEY
+from bcclassify.serving.floors import LOW_CONFIDENCE_KEY
 from bcclassify.storage.cards import weights_id, write_card
 
 HEAD_LAYER = "predictions"
@@ -762,6 +763,19 @@ def fit_second_opinion(
     return card
 
 
+def _served_validation(classifier, data: str | Path, batch_size: int):
+    """(dataset, split, predictions): the model's own validation cells served as ``predict``
+    serves them (views, calibration, novelty, acquisition range, second opinion, floors)."""
+    dataset, split, _ = _own_split(classifier.name, classifier.card, data)
+    paths = [dataset.paths[i] for i in split.val]
+    predictions = []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        pixels = np.stack([classifier.load(p) for p in chunk])
+        predictions += classifier.classify_pixels(pixels, [str(p) for p in chunk])
+    return dataset, split, predictions
+
+
 def fit_class_floors(
     name: str | None,
     data: str | Path,
@@ -784,13 +798,8 @@ def fit_class_floors(
             f"({', '.join(classifier.class_names)}); got {', '.join(unknown) or 'none'}"
         )
     classifier.class_floors = {}  # the served flags without any earlier floors
-    dataset, split, _ = _own_split(classifier.name, classifier.card, data)
+    dataset, split, predictions = _served_validation(classifier, data, batch_size)
     paths = [dataset.paths[i] for i in split.val]
-    predictions = []
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        pixels = np.stack([classifier.load(p) for p in chunk])
-        predictions += classifier.classify_pixels(pixels, [str(p) for p in chunk])
     served = np.array([p.top_index for p in predictions])
     confidence = np.array([p.confidence for p in predictions])
     already = np.array([p.flag != "" for p in predictions])
@@ -818,6 +827,86 @@ def fit_class_floors(
             "wrong_and_unflagged_before": float((wrong & ~already).mean()),
             "wrong_and_unflagged": float((wrong & ~flagged).mean()),
         },
+    }
+    write_card(classifier.folder, card)
+    return card
+
+
+# The global low-confidence thresholds ``calibrate --flag-budget`` chooses among.
+LOW_CONFIDENCE_GRID = (0.5, 0.55, 0.6, 0.65, 0.7)
+
+
+def choose_low_confidence(
+    confidence: np.ndarray,
+    served: np.ndarray,
+    wrong: np.ndarray,
+    otherwise: np.ndarray,
+    floors: np.ndarray,
+    budget: float,
+    grid: Sequence[float] = LOW_CONFIDENCE_GRID,
+) -> tuple[float, list[dict]]:
+    """The threshold of ``grid`` with the fewest wrong-and-unflagged cells among those whose
+    flags, with ``otherwise`` (unidentified or disputed) and the class ``floors`` (by served
+    class index) on, fall on at most ``budget`` of the cells; the highest on a tie. Returns it
+    and each threshold's figures. ValueError when none stays within the budget."""
+    rows = []
+    for threshold in grid:
+        flagged = otherwise | (confidence < np.maximum(threshold, floors)[served])
+        rows.append(
+            {
+                "threshold": float(threshold),
+                "flagged_fraction": float(flagged.mean()),
+                "wrong_and_unflagged": float((wrong & ~flagged).mean()),
+            }
+        )
+    within = [row for row in rows if row["flagged_fraction"] <= budget + 1e-12]
+    if not within:
+        fewest = min(rows, key=lambda row: row["flagged_fraction"])
+        raise ValueError(
+            f"no low-confidence threshold in {tuple(grid)} keeps the served flags within "
+            f"{budget:.1%} of the validation cells (the fewest: {fewest['flagged_fraction']:.2%} "
+            f"at {fewest['threshold']}); give a larger --flag-budget"
+        )
+    chosen = min(within, key=lambda row: (row["wrong_and_unflagged"], -row["threshold"]))
+    return chosen["threshold"], rows
+
+
+def fit_low_confidence(
+    name: str | None, data: str | Path, budget: float = 0.03, batch_size: int = 32
+) -> dict:
+    """Choose the global low-confidence threshold of installed model ``name`` with every other
+    flag on, so that all the flags together stay within ``budget`` of its validation cells.
+
+    Why: the threshold was chosen (0.7) before the guards for other labs (second opinion, class
+    floors) were added, each within its own budget, so together they flagged more of the source
+    lab's cells than issue 21 allows (3%); the guards catch other labs' confident errors, the
+    global threshold only PBC's own doubtful cells. Rule: of LOW_CONFIDENCE_GRID, the threshold
+    with the fewest wrong-and-unflagged validation cells among those flagging at most
+    ``budget`` of them, the highest on a tie (the rule the first threshold was chosen by, now
+    over the served flags). Class floors stay where they are (never under the threshold).
+    Writes ``low_confidence_threshold`` and the card's ``low_confidence`` section (the grid's
+    figures); returns the new card."""
+    from bcclassify.serving.classifier import load_model
+
+    classifier = load_model(name)
+    dataset, split, predictions = _served_validation(classifier, data, batch_size)
+    probabilities = np.stack([p.probabilities for p in predictions])
+    served, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
+    otherwise = np.array([p.unidentified or p.disputed for p in predictions])
+    floors = np.array([classifier.class_floors.get(n, 0.0) for n in classifier.class_names])
+    wrong = served != dataset.labels[split.val]
+    chosen, grid = choose_low_confidence(confidence, served, wrong, otherwise, floors, budget)
+    card = dict(classifier.card)
+    card["low_confidence_threshold"] = chosen
+    card[LOW_CONFIDENCE_KEY] = {
+        "threshold": chosen,
+        "budget_flagged": budget,
+        "rule": "of the grid, the fewest wrong-and-unflagged validation cells with all served "
+        "flags within the budget; the highest threshold on a tie",
+        "chosen_on": f"validation split of {Path(data).name} ({len(predictions)} cells), served "
+        "(second opinion and class floors on)",
+        "before": classifier.threshold,
+        "grid": grid,
     }
     write_card(classifier.folder, card)
     return card

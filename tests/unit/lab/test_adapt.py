@@ -67,6 +67,9 @@ def store(tiny_store, tmp_path) -> Path:
     card["novelty"] = {"method": "knn", "k": 2, "threshold": detector.threshold, "file": file_name}
     card["calibration"] = {"temperature": 1.5}
     card["class_confidence_floors"] = {"floors": {"eosinophil": 0.99}, "temperature": 1.5}
+    # A threshold lowered within the flag budget to make room for the floors (0.7 before).
+    card["low_confidence_threshold"] = 0.55
+    card["low_confidence"] = {"threshold": 0.55, "before": 0.7, "budget_flagged": 0.03}
     card["files_sha256"] = {**card["files_sha256"], file_name: sha256_file(folder / file_name)}
     write_card(folder, card)
     assert NOVELTY_FILE  # the name calibrate stems from
@@ -141,6 +144,9 @@ def test_adapt_installs_a_model_that_lists_its_cells_and_predicts(cli, store, la
     # the source's class floors were chosen at its temperature on its lab: they stay behind
     assert source.class_floors == {"eosinophil": 0.99}
     assert "class_confidence_floors" not in card and adapted.class_floors == {}
+    # ... and so does the threshold lowered to make room for them: it takes the one before
+    assert source.threshold == 0.55 and adapted.threshold == 0.7
+    assert "low_confidence" not in card
     # and it predicts
     rows = adapted.classify([(p.name, p) for p in sorted(lab.rglob("*.jpg"))])
     assert all(r.ok and abs(r.probabilities.sum() - 1) < 1e-6 for r in rows)
