@@ -136,6 +136,18 @@ def format_trust(trust: dict) -> list[str]:
         "  accuracy of the unflagged: " + ("-" if unflagged is None else f"{100 * unflagged:.2f}%"),
         f"  wrong and unflagged: {pct_of('wrong_and_unflagged_fraction')} of all cells",
         f"  ECE {100 * trust['ece']:.2f}%, Brier {trust['brier']:.4f}",
+        *format_noise_floor(trust.get("ece_noise_floor")),
+    ]
+
+
+def format_noise_floor(floor: dict | None) -> list[str]:
+    """What ECE a perfectly calibrated model shows on a set this size (cards recorded before
+    it was computed have none)."""
+    if not floor:
+        return []
+    return [
+        f"  (a perfectly calibrated model would show ECE {100 * floor['median']:.2f}% on these "
+        f"{floor['cells']} cells by chance, up to {100 * floor['p95']:.2f}% in 95 of 100 draws)"
     ]
 
 

@@ -116,13 +116,30 @@ def expected_calibration_error(
     """ECE: the gap between confidence and accuracy, averaged over equal-width confidence bins
     weighted by their share of cells (Guo et al., "On Calibration of Modern Neural Networks",
     ICML 2017)."""
-    table = reliability_table(y_true, probabilities, bins)
-    total = sum(row["count"] for row in table)
-    if not total:
-        return 0.0
-    return float(
-        sum(row["count"] * abs(row["accuracy"] - row["confidence"]) for row in table) / total
-    )
+    return _ece(*_top_and_correct(y_true, probabilities), bins)
+
+
+def ece_noise_floor(
+    probabilities: np.ndarray, bins: int = 15, draws: int = 500, seed: int = 0
+) -> dict[str, float]:
+    """The ECE a perfectly calibrated model would show on these cells, from sampling alone.
+
+    ECE is biased upwards on a finite set: even when every answer given at confidence ``c`` is
+    right with probability exactly ``c``, the bins' accuracies scatter around their confidences.
+    Each draw keeps the cells' top probabilities and makes each answer right with that
+    probability; the median and 95th percentile over the draws say how large an ECE the set's
+    size and confidence mix give by chance. An observed ECE inside that range is no evidence of
+    miscalibration.
+    """
+    top = np.asarray(probabilities, dtype=np.float64).max(axis=1)
+    rng = np.random.default_rng(seed)
+    values = [_ece(top, rng.random(len(top)) < top, bins) for _ in range(draws)]
+    return {
+        "median": float(np.median(values)),
+        "p95": float(np.quantile(values, 0.95)),
+        "cells": int(len(top)),
+        "draws": int(draws),
+    }
 
 
 def reliability_table(y_true: np.ndarray, probabilities: np.ndarray, bins: int = 15) -> list[dict]:
@@ -130,10 +147,24 @@ def reliability_table(y_true: np.ndarray, probabilities: np.ndarray, bins: int =
 
     Empty bins are left out; the rows are what a reliability diagram draws.
     """
-    y_true = np.asarray(y_true)
+    return _reliability_rows(*_top_and_correct(y_true, probabilities), bins)
+
+
+def _top_and_correct(y_true: np.ndarray, probabilities: np.ndarray):
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    top = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == y_true
+    return probabilities.max(axis=1), probabilities.argmax(axis=1) == np.asarray(y_true)
+
+
+def _ece(top: np.ndarray, correct: np.ndarray, bins: int) -> float:
+    rows = _reliability_rows(top, correct, bins)
+    total = sum(row["count"] for row in rows)
+    if not total:
+        return 0.0
+    gaps = sum(row["count"] * abs(row["accuracy"] - row["confidence"]) for row in rows)
+    return float(gaps / total)
+
+
+def _reliability_rows(top: np.ndarray, correct: np.ndarray, bins: int) -> list[dict]:
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.searchsorted(edges, top, side="left") - 1, 0, bins - 1)
     rows = []

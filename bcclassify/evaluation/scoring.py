@@ -168,7 +168,11 @@ def evaluate_installed(
         exclude,
     )
     if assess:
-        from bcclassify.evaluation.metrics import brier_score, expected_calibration_error
+        from bcclassify.evaluation.metrics import (
+            brier_score,
+            ece_noise_floor,
+            expected_calibration_error,
+        )
         from bcclassify.serving.trust import trust_figures
 
         metrics["trust"] = {
@@ -185,6 +189,9 @@ def evaluate_installed(
                 ),
             ),
             "ece": expected_calibration_error(labels, probabilities),
+            # What a perfectly calibrated model would show on this many cells: ECE on a few
+            # hundred cells is mostly sampling noise when nearly every answer is confident.
+            "ece_noise_floor": ece_noise_floor(probabilities),
             "brier": brier_score(labels, probabilities),
         }
     return metrics

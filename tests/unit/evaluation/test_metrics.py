@@ -10,6 +10,8 @@ from bcclassify.evaluation.metrics import (
     classification_metrics,
     confidence_coverage,
     confusion_matrix,
+    ece_noise_floor,
+    expected_calibration_error,
     row_normalize,
     summarize_folds,
 )
@@ -153,3 +155,41 @@ def test_batch_shift_notice_fires_only_when_much_of_a_batch_is_unidentified():
     notice = batch_shift_notice(100, 30)
     assert notice is not None and notice.startswith("30 of 100 cells (30%)")
     assert "bcclassify adapt" in notice
+
+
+def _confident_mix(cells: int, seed: int) -> np.ndarray:
+    """Two-class probabilities whose top values are mostly near 1, as a good model's are."""
+    rng = np.random.default_rng(seed)
+    top = np.clip(1.0 - rng.exponential(0.03, size=cells), 0.5, 1.0)
+    return np.stack([top, 1.0 - top], axis=1)
+
+
+def test_ece_noise_floor_is_what_calibrated_answers_show_by_chance():
+    probs = _confident_mix(400, seed=1)
+    floor = ece_noise_floor(probs, draws=300, seed=0)
+    assert floor["cells"] == 400 and floor["draws"] == 300
+    assert 0.0 < floor["median"] < floor["p95"]
+    assert ece_noise_floor(probs, draws=300, seed=0) == floor  # seeded: the same figures
+    # Answers right exactly as often as their confidence says: ECE under the floor's p95 in
+    # most sets of this size, though never zero.
+    rng = np.random.default_rng(5)
+    observed = [
+        expected_calibration_error(np.where(rng.random(400) < probs[:, 0], 0, 1), probs)
+        for _ in range(40)
+    ]
+    assert 0.0 < np.median(observed)
+    assert np.mean(np.array(observed) <= floor["p95"]) >= 0.85
+    # A tenfold set of the same mix: the chance part shrinks (about as 1 / sqrt(n)).
+    larger = ece_noise_floor(np.tile(probs, (10, 1)), draws=100, seed=0)
+    assert larger["median"] < floor["median"] / 2
+
+
+def test_ece_noise_floor_does_not_excuse_real_miscalibration():
+    # Served at 0.99 but right 90% of the time: far above what chance gives on 500 cells.
+    probs = np.tile([[0.99, 0.01]], (500, 1))
+    labels = np.r_[np.zeros(450, int), np.ones(50, int)]
+    floor = ece_noise_floor(probs, draws=200, seed=0)
+    assert expected_calibration_error(labels, probs) == pytest.approx(0.09)
+    assert floor["p95"] < 0.02
+    # Every answer certain: chance can add nothing.
+    assert ece_noise_floor(np.tile([[1.0, 0.0]], (50, 1)), draws=20)["p95"] == 0.0

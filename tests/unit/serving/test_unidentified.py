@@ -76,6 +76,12 @@ def test_calibrate_installs_a_checksummed_detector_that_predict_uses(tmp_path, c
     trust = json.loads(scored.stdout)["trust"]
     assert 0.0 <= trust["flagged_fraction"] <= 1.0 and "ece" in trust
     assert trust["wrong_and_unflagged_fraction"] <= 1.0 - trust["accuracy"] + 1e-9
+    # The ECE comes with what chance alone gives on that many cells, in JSON and in the text.
+    floor = trust["ece_noise_floor"]
+    assert floor["cells"] == json.loads(scored.stdout)["num_samples"]
+    assert 0.0 <= floor["median"] <= floor["p95"] <= 1.0
+    text = cli(["evaluate", "--model", "tiny-cnn", "--data", data], store=store).stdout
+    assert f"a perfectly calibrated model would show ECE {100 * floor['median']:.2f}%" in text
     ood = cli(["evaluate", "--model", "tiny-cnn", "--ood", outliers, "--json"], store=store)
     shares = json.loads(ood.stdout)
     assert shares["num_images"] == 12
