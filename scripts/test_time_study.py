@@ -3,7 +3,8 @@
 Two questions about the installed model, answered without training:
 
 1. ``views``: do test-time views beyond the served four (the square's other symmetries, zooming
-   out and in, random draws of the training augmentations) carry another lab's cells better?
+   out and in, random draws of the training augmentations, the image in greyscale) carry another
+   lab's cells better?
    Each view's calibrated probabilities are recorded once; combinations average them.
 2. ``priors``: how much of the error on another lab is the training set's class mix? PBC's
    folders are near balanced (an eosinophil is as likely as a neutrophil), where a lab's blood
@@ -42,6 +43,9 @@ from bcclassify.serving.classifier import VIEW_TRANSFORMS, load_model  # noqa: E
 SERVED = ("identity", "flip_lr", "flip_ud", "rot180")
 ZOOMS = (0.8, 0.9, 1.12, 1.25)  # < 1: the frame grown around the cell; > 1: a centre crop
 DRAWS = 4  # random draws of each augmentation preset
+# Luma weights (ITU-R BT.601): the greyscale view keeps the cell's shapes and densities and drops
+# the stain's colours, the cue that turns other labs' neutrophils into eosinophils.
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 # A healthy adult's white-cell differential, the middle of the usual reference ranges
 # (neutrophils 40-70%, lymphocytes 20-40%, monocytes 2-8%, eosinophils 1-4%, basophils 0.5-1%),
@@ -84,6 +88,7 @@ def view_batches(pixels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     views = {name: transform(pixels) for name, transform in VIEW_TRANSFORMS.items()}
     for factor in ZOOMS:
         views[f"zoom {factor:g}"] = np.stack([zoomed(a, factor) for a in pixels])
+    views["greyscale"] = np.repeat((pixels @ LUMA)[..., None], 3, axis=-1)
     generator = tf.random.Generator.from_seed(seed)
     for name in ("standard", "wide"):
         for k in range(DRAWS):
@@ -101,6 +106,8 @@ def combinations() -> dict[str, list[str]]:
         "served + zoom 0.8, 1.25": [*SERVED, "zoom 0.8", "zoom 1.25"],
         "served + standard draws": [*SERVED, *(f"standard draw {k}" for k in range(DRAWS))],
         "served + wide draws": [*SERVED, *(f"wide draw {k}" for k in range(DRAWS))],
+        "served + greyscale (a fifth)": [*SERVED, "greyscale"],
+        "served + greyscale (half)": [*SERVED, *["greyscale"] * len(SERVED)],
     }
 
 
