@@ -454,6 +454,20 @@ def empty_store_note(what: str) -> str:
     return f"{what} in the model store `{shown_store()}` (set by `{STORE_ENV}`)"
 
 
+TRUST_COLUMNS = (
+    "set",
+    "cells",
+    "ECE before",
+    "ECE after",
+    "ECE by chance alone",  # what a perfectly calibrated model shows on that many cells
+    "Brier after",
+    "flagged",
+    "unidentified",
+    "wrong, unflagged",
+    "accuracy of unflagged",
+)
+
+
 def trust_summary(card: dict) -> pd.DataFrame | None:
     """An installed model's calibration and flag figures (from its card), one row per set."""
     calibration, novelty = card.get("calibration"), card.get("novelty")
@@ -473,6 +487,25 @@ def trust_summary(card: dict) -> pd.DataFrame | None:
                 "unidentified": figures.get("unidentified_fraction"),
                 "wrong, unflagged": figures.get("wrong_and_unflagged_fraction"),
                 "accuracy of unflagged": figures.get("accuracy_of_unflagged"),
+            }
+        )
+    # The card's evaluations are the model as served now (every flag on), on the sets that
+    # judge it: the analyser's originals (held out: cells it did not train on) and other labs.
+    for key, entry in sorted((card.get("evaluations") or {}).items()):
+        trust = entry.get("trust") or {}
+        if not trust:
+            continue
+        rows.append(
+            {
+                "set": f"{key} (evaluate, as served)",
+                "cells": entry.get("num_samples"),
+                "ECE after": trust.get("ece"),
+                "ECE by chance alone": (trust.get("ece_noise_floor") or {}).get("median"),
+                "Brier after": trust.get("brier"),
+                "flagged": trust.get("flagged_fraction"),
+                "unidentified": trust.get("unidentified_fraction"),
+                "wrong, unflagged": trust.get("wrong_and_unflagged_fraction"),
+                "accuracy of unflagged": trust.get("accuracy_of_unflagged"),
             }
         )
     shifted = novelty.get("shifted_cells")
@@ -497,4 +530,4 @@ def trust_summary(card: dict) -> pd.DataFrame | None:
                 "unidentified": noncell.get("unidentified_fraction"),
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=TRUST_COLUMNS)
