@@ -19,10 +19,10 @@ def calibration_ui(card: dict) -> None:
     st.caption(
         "The confidence the app shows is calibrated (temperature scaling fitted on the "
         "validation split). Flagged cells are held out of the differential until reviewed. "
-        "The split rows are from calibration; the rows marked 'evaluate, as served' are the "
-        "model as it answers now, every flag on. 'ECE by chance alone' is the ECE a perfectly "
-        "calibrated model would show on that many cells: an ECE near it is no sign of "
-        "miscalibration."
+        "The split rows are from calibration; the rows marked 'as served now' (from "
+        "`evaluate`) are the model as it answers today, every flag on. 'ECE by chance alone' is "
+        "the ECE a perfectly calibrated model would show on that many cells: an ECE near it is "
+        "no sign of miscalibration."
     )
     st.plotly_chart(figure, key="reliability_chart")
     percent = st.column_config.NumberColumn(format="percent")

@@ -497,7 +497,7 @@ def trust_summary(card: dict) -> pd.DataFrame | None:
             continue
         rows.append(
             {
-                "set": f"{key} (evaluate, as served)",
+                "set": f"{key}, as served now",
                 "cells": entry.get("num_samples"),
                 "ECE after": trust.get("ece"),
                 "ECE by chance alone": (trust.get("ece_noise_floor") or {}).get("median"),

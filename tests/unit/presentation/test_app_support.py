@@ -179,7 +179,7 @@ def test_calibration_figures_come_from_the_card():
     assert test_row["ECE after"] == card["calibration"]["test"]["ece_after"]
     # The model as served on the originals it did not train on, with what chance gives there.
     held = card["evaluations"]["pbc-originals (held out)"]["trust"]
-    held_row = summary[summary["set"] == "pbc-originals (held out) (evaluate, as served)"].iloc[0]
+    held_row = summary[summary["set"] == "pbc-originals (held out), as served now"].iloc[0]
     assert held_row["ECE after"] == held["ece"] and held_row["flagged"] == held["flagged_fraction"]
     assert held_row["ECE by chance alone"] == held["ece_noise_floor"]["median"]
     assert figures.reliability_figure({}) is None and pages.trust_summary({}) is None
