@@ -121,7 +121,7 @@ def expected_calibration_error(
 
 def ece_noise_floor(
     probabilities: np.ndarray, bins: int = 15, draws: int = 500, seed: int = 0
-) -> dict[str, float]:
+) -> dict[str, float | int]:
     """The ECE a perfectly calibrated model would show on these cells, from sampling alone.
 
     ECE is biased upwards on a finite set: even when every answer given at confidence ``c`` is
