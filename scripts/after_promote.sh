@@ -8,9 +8,10 @@
 #
 #   bash scripts/after_promote.sh [STEP ...]
 #
-# Steps, all by default: calibrate dispute floors budget evaluate studies faithfulness adapt bench.
+# Steps, all by default: calibrate dispute floors colour budget evaluate studies faithfulness adapt
+# bench.
 # Time on the 2-core CPU for the hybrid (2026-12-07): calibrate and dispute about 25 minutes,
-# floors 10, budget 8, evaluate 15, studies 5, faithfulness 22 (200 cells; FAITHFULNESS_CELLS=80: 9),
+# floors 10, colour 10, budget 8, evaluate 15, studies 5, faithfulness 22 (200 cells; FAITHFULNESS_CELLS=80: 9),
 # adapt 40 (5 and 10 cells a class on both sets; ADAPT_SIZES="5 10 20 50" for the whole curve:
 # 3 hours more), bench 5.
 set -euo pipefail
@@ -20,7 +21,7 @@ model=${MODEL:-hybrid}
 sizes=${ADAPT_SIZES:-5 10}
 cells=${FAITHFULNESS_CELLS:-200}
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(calibrate dispute floors budget evaluate studies faithfulness adapt bench)
+[ ${#steps[@]} -gt 0 ] || steps=(calibrate dispute floors colour budget evaluate studies faithfulness adapt bench)
 for need in cache/noncell/fit cache/noncell/dev cache/ext-tecom-lowres; do
     [ -d "$need" ] || { echo "missing $need: run scripts/make_noncell_sets.py and scripts/make_lowres_set.py" >&2; exit 2; }
 done
@@ -43,9 +44,14 @@ for step in "${steps[@]}"; do
         # floors' budget counts beyond the served flags, disputes included).
         bcc calibrate --model "$model" --data ../shared/data/pbc224 \
             --class-floor eosinophil erythroblast --floor-budget 0.01 ;;
+    colour)
+        # After the floors (its budget counts beyond every other served flag): answers of
+        # eosinophil disputed when their greyscale view says neutrophil.
+        bcc calibrate --model "$model" --data ../shared/data/pbc224 \
+            --colour-check eosinophil neutrophil --colour-budget 0.003 ;;
     budget)
         # Last of the thresholds: the global low-confidence threshold re-chosen so that every
-        # served flag together (disputes and floors on) stays within 3% of the validation cells.
+        # served flag together (disputes, floors and colour check on) stays within 3% of the validation cells.
         bcc calibrate --model "$model" --data ../shared/data/pbc224 --flag-budget 0.03 ;;
     evaluate)
         for data in ../shared/data/pbc-originals ../shared/data/ext-tecom cache/ext-tecom-lowres; do

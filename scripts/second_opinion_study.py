@@ -32,8 +32,10 @@ def figures(predictions, truth: np.ndarray) -> dict:
     flags = np.array([p.flag for p in predictions])
     wrong = labels != truth
     flagged = flags != ""
-    # The same cells without the dispute: what the flags were before the second opinion.
-    flagged_before = np.array([p.unidentified or p.confidence < p.threshold for p in predictions])
+    # The same cells without the second opinion (the colour check stays on).
+    flagged_before = np.array(
+        [p.unidentified or p.disputed_by_colour or p.confidence < p.threshold for p in predictions]
+    )
     silent = wrong & ~flagged
     pairs = zip(truth[silent], labels[silent])
     silent_by_class = Counter(f"{CLASS_NAMES[t]} as {CLASS_NAMES[p]}" for t, p in pairs)

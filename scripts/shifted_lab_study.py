@@ -132,7 +132,9 @@ def outcome(predictions, outside: np.ndarray, truth: np.ndarray, names) -> dict:
     labels = np.array([names.index(p.label) for p in predictions])
     wrong = labels != truth
     flag_features = np.array([p.flag != "" for p in predictions])
-    before_second = np.array([p.unidentified or p.confidence < p.threshold for p in predictions])
+    before_second = np.array(
+        [p.unidentified or p.disputed_by_colour or p.confidence < p.threshold for p in predictions]
+    )
     flagged = flag_features | outside
     silent = wrong & ~flagged
     pairs = zip(truth[silent], labels[silent])
@@ -220,6 +222,8 @@ def main() -> None:
         "views": list(classifier.test_time_views),
         "second_opinion": (classifier.card.get("second_opinion") or {}).get("model"),
         "class_confidence_floors": classifier.class_floors,
+        "colour_check": classifier.card.get("colour_check"),
+        "low_confidence_threshold": classifier.threshold,
         "cells": int(len(picked)),
         "per_class": args.per_class,
         "seed": args.seed,

@@ -264,6 +264,9 @@ def create_app(
                 zip(served.class_names, map(float, served.class_thresholds), strict=True)
             ),
             "second_opinion": second,
+            # an answer of ``checked`` whose greyscale view gives ``rival`` >= min_rival is
+            # disputed (colour_check.py); None without one
+            "colour_check": asdict(served.colour_check) if served.colour_check else None,
             "limits": {
                 "max_files": limits.max_files,
                 "max_bytes_per_file": limits.max_bytes,

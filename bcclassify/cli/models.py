@@ -19,11 +19,13 @@ from bcclassify.cli.common import (
     view_list,
 )
 from bcclassify.serving.classifier import ModelIntegrityError, ModelNotFoundError
+from bcclassify.serving.colour_check import CARD_KEY as COLOUR_CHECK_KEY
 from bcclassify.serving.floors import CARD_KEY as FLOORS_KEY
 from bcclassify.serving.trust import (
     calibrate_model,
     fit_acquisition,
     fit_class_floors,
+    fit_colour_check,
     fit_low_confidence,
     fit_second_opinion,
 )
@@ -213,13 +215,29 @@ def add_calibrate(sub: SubParsers) -> None:
         "flagged (default 0.005: 0.5%%)",
     )
     p.add_argument(
+        "--colour-check",
+        metavar=("CLASS", "RIVAL"),
+        nargs=2,
+        help="only set the colour check: an answer of CLASS is disputed when the same model "
+        "shown the cell in greyscale gives RIVAL at least a probability chosen on the "
+        "validation split (served) within --colour-budget (issue 21: other labs' neutrophils "
+        "served as eosinophils at low resolution)",
+    )
+    p.add_argument(
+        "--colour-budget",
+        type=float,
+        default=0.003,
+        help="with --colour-check: the most it may add to the validation cells flagged "
+        "(default 0.003: 0.3%%)",
+    )
+    p.add_argument(
         "--flag-budget",
         type=float,
         default=None,
         metavar="SHARE",
         help="only re-choose the global low-confidence threshold (of 0.5-0.7) so that every "
-        "served flag together (second opinion and class floors on) flags at most SHARE of the "
-        "validation cells, e.g. 0.03; run last, after the floors",
+        "served flag together (second opinion, class floors and colour check on) flags at most "
+        "SHARE of the validation cells, e.g. 0.03; run last, after the floors and colour check",
     )
 
 
@@ -247,6 +265,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     elif args.class_floor:
         budgeted = (FLOORS_KEY, "--floor-budget", args.floor_budget, fit_class_floors)
         fit_args = (args.model, args.data, args.class_floor)
+    elif args.colour_check:
+        budgeted = (COLOUR_CHECK_KEY, "--colour-budget", args.colour_budget, fit_colour_check)
+        fit_args = (args.model, args.data, args.colour_check)
     elif args.flag_budget is not None:
         budgeted = ("low_confidence", "--flag-budget", args.flag_budget, fit_low_confidence)
         fit_args = (args.model, args.data)

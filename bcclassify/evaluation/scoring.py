@@ -137,7 +137,7 @@ def evaluate_installed(
     split_of = (trained_on.get("manifest_sha256"), train_cfg.get("seed", 42), None)
 
     novelty: list[np.ndarray] = []
-    support: list[np.ndarray] = []  # the second opinion's, when the card has one
+    disputed: list[np.ndarray] = []  # second opinion or colour check, when the card has one
     assess = views == classifier.test_time_views and (
         classifier.novelty is not None or classifier.acquisition is not None
     )
@@ -149,8 +149,9 @@ def evaluate_installed(
             if assess:  # the served answer: calibrated probabilities and novelty scores
                 probs, scores = classifier.assess_pixels(batch)
                 novelty.append(scores)
-                if classifier.second_opinion is not None:
-                    support.append(classifier.second_support(batch, probs))
+                batch_disputed = classifier.disputed(batch, probs)
+                if batch_disputed is not None:
+                    disputed.append(batch_disputed)
             else:
                 probs = classifier.predict_pixels(batch, views=views)
             parts.append(probs)
@@ -182,11 +183,7 @@ def evaluate_installed(
                 np.concatenate(novelty),
                 classifier.unidentified_threshold,
                 classifier.class_thresholds,
-                disputed=(
-                    np.concatenate(support) < classifier.second_opinion.min_support
-                    if support
-                    else None
-                ),
+                disputed=np.concatenate(disputed) if disputed else None,
             ),
             "ece": expected_calibration_error(labels, probabilities),
             # What a perfectly calibrated model would show on this many cells: ECE on a few

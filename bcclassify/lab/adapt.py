@@ -41,6 +41,7 @@ import numpy as np
 from bcclassify import CLASS_NAMES
 from bcclassify.access.roles import Identity, command_line_identity, require
 from bcclassify.lab.mid_level import DEFAULT_MID_WEIGHT
+from bcclassify.serving.colour_check import CARD_KEY as COLOUR_CHECK_KEY
 from bcclassify.serving.floors import CARD_KEY as FLOORS_KEY
 from bcclassify.serving.floors import LOW_CONFIDENCE_KEY
 from bcclassify.storage.cards import ModelCard, installed_cards, write_card
@@ -555,6 +556,7 @@ def adapt(
                 "adaptation_curve",
                 # Chosen on the source's validation split at the source's temperature.
                 FLOORS_KEY,
+                COLOUR_CHECK_KEY,
                 LOW_CONFIDENCE_KEY,
             )
         }

@@ -16,7 +16,7 @@ from bcclassify.serving.classifier import Prediction
 
 FLAG_GROUPS = {  # shown ahead of the classes, in this order
     "unidentified": "Unidentified — not like the cells this model was trained on",
-    "disputed": "Disputed — a second model disagrees, needs review",
+    "disputed": "Disputed — a second look disagrees, needs review",
     "low_confidence": "Low confidence — needs review",
 }
 OTHER_FLAGS = "Flagged — needs review"
@@ -132,14 +132,27 @@ def unidentified_note(prediction: Prediction) -> str:
 
 
 def disputed_note(prediction: Prediction) -> str:
-    """Why a disputed cell's class is held back: the second model's support for it."""
+    """Why a disputed cell's class is held back: the second model's support for it, or what
+    the model answers for the cell in greyscale (the colour check)."""
+    reasons = []
+    if prediction.disputed_by_second_model:
+        reasons.append(
+            "a second model, trained apart from this one to resist other labs' stains and "
+            f"cameras, gives this class only {percent(prediction.second_support or 0.0, 1)} "
+            f"(it disputes below {percent(prediction.min_support, 0)})"
+        )
+    check = prediction.colour_check
+    if prediction.disputed_by_colour and check is not None:
+        reasons.append(
+            f"shown this cell in greyscale, the same model calls it a {check.rival} "
+            f"({percent(prediction.colour_rival or 0.0, 1)}; it disputes from "
+            f"{percent(check.min_rival, 0)}): on another lab's stain, colour can make a "
+            f"{check.rival} look like a {check.checked}"
+        )
     return (
-        f"{FLAG_GROUPS['disputed']}: a second model, trained apart from this one to resist "
-        "other labs' stains and cameras, gives this class only "
-        f"{percent(prediction.second_support or 0.0, 1)} (it disputes below "
-        f"{percent(prediction.min_support, 0)}). Such disagreements catch most of the answers "
-        "that are wrong on another lab's cells; the cell is left out of the differential until "
-        "a reviewer assigns a class."
+        f"{FLAG_GROUPS['disputed']}: {'; and '.join(reasons)}. Such disagreements catch many "
+        "of the answers that are wrong on another lab's cells; the cell is left out of the "
+        "differential until a reviewer assigns a class."
     )
 
 

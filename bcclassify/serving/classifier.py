@@ -24,6 +24,7 @@ import numpy as np
 from bcclassify import CLASS_NAMES
 from bcclassify.data.imaging import DecoderBusyError, ImageLoadError, ImageSource, load_image
 from bcclassify.serving.acquisition import AcquisitionRange, summaries
+from bcclassify.serving.colour_check import ColourCheck, colour_disputed_mask
 from bcclassify.serving.compiled import CompiledForward, load_compiled
 from bcclassify.serving.floors import floors_from_card, thresholds_by_class
 from bcclassify.serving.folding import fold_batch_norm as fold_batch_norm_layers
@@ -297,6 +298,10 @@ class Prediction:
     # (the card's second_opinion; second_opinion.py). None: no second opinion was asked.
     second_support: float | None = None
     min_support: float = 0.0
+    # The colour check (colour_check.py): the greyscale view's probability of the rival class
+    # and where it disputes the answer. None: this answer was not checked.
+    colour_rival: float | None = None
+    colour_check: ColourCheck | None = None
 
     @property
     def ok(self) -> bool:
@@ -326,8 +331,21 @@ class Prediction:
 
     @property
     def disputed(self) -> bool:
-        """A second, independently trained model gives this answer little probability."""
+        """A second, independently trained model gives this answer little probability, or the
+        same model shown the cell without its colour gives the check's rival class most."""
+        return self.disputed_by_second_model or self.disputed_by_colour
+
+    @property
+    def disputed_by_second_model(self) -> bool:
         return self.second_support is not None and self.second_support < self.min_support
+
+    @property
+    def disputed_by_colour(self) -> bool:
+        return (
+            self.colour_rival is not None
+            and self.colour_check is not None
+            and self.colour_rival >= self.colour_check.min_rival
+        )
 
     @property
     def taken_unlike_training(self) -> bool:
@@ -375,6 +393,7 @@ class ClassifierModel:
     novelty: object = None  # trust.NoveltyDetector when the card has one (novelty.npz)
     acquisition: object = None  # acquisition.AcquisitionRange when the card has one
     second_opinion: SecondOpinion | None = None  # when the card names one (second_opinion.py)
+    colour_check: ColourCheck | None = None  # when the card has one (colour_check.py)
     # Stricter low-confidence thresholds by class name (floors.py); {} for none.
     class_floors: dict = field(default_factory=dict)
     compiled: CompiledForward | None = None
@@ -493,6 +512,27 @@ class ClassifierModel:
             return None
         return self.second_opinion.support(pixels, np.argmax(probabilities, axis=1))
 
+    def colour_rival(self, pixels: np.ndarray, probabilities: np.ndarray) -> np.ndarray | None:
+        """The colour check's rival probability for each answer it checks, NaN for the others
+        (None without a colour check)."""
+        if self.colour_check is None:
+            return None
+        return self.colour_check.rival_probability(self, pixels, probabilities)
+
+    def disputed(self, pixels: np.ndarray, probabilities: np.ndarray) -> np.ndarray | None:
+        """Which served answers the second opinion or the colour check disputes (None without
+        either); what ``Prediction.disputed`` says, for a batch."""
+        support = self.second_support(pixels, probabilities)
+        rival = self.colour_rival(pixels, probabilities)
+        if support is None and rival is None:
+            return None
+        disputed = np.zeros(len(pixels), dtype=bool)
+        if support is not None:
+            disputed |= support < self.second_opinion.min_support
+        if rival is not None:
+            disputed |= colour_disputed_mask(rival, self.colour_check.min_rival)
+        return disputed
+
     @property
     def unidentified_threshold(self) -> float:
         """The novelty score above which a cell is unidentified (the detector's, else 0)."""
@@ -503,9 +543,11 @@ class ClassifierModel:
 
     def classify_pixels(self, pixels: np.ndarray, names: Sequence[str]) -> list[Prediction]:
         """The served answer for a batch already loaded (:meth:`load`): calibrated
-        probabilities, novelty and the second opinion's support, one Prediction per image."""
+        probabilities, novelty, the second opinion's support and the colour check, one
+        Prediction per image."""
         probs, novelty = self.assess_pixels(pixels)
         support = self.second_support(pixels, probs)
+        rival = self.colour_rival(pixels, probs)
         thresholds = self.class_thresholds
         rows = []
         for n, (name, row) in enumerate(zip(names, probs)):
@@ -517,6 +559,9 @@ class ClassifierModel:
             if support is not None:
                 prediction.second_support = float(support[n])
                 prediction.min_support = self.second_opinion.min_support
+            if rival is not None and not np.isnan(rival[n]):
+                prediction.colour_rival = float(rival[n])
+                prediction.colour_check = self.colour_check
             rows.append(prediction)
         return rows
 
@@ -610,6 +655,7 @@ def load_model_folder(
         classifier.novelty = novelty.result()
     classifier.acquisition = AcquisitionRange.from_card(card.get("acquisition"))
     classifier.class_floors = floors_from_card(card)
+    classifier.colour_check = ColourCheck.from_card(card)
     second = SecondOpinionConfig.from_card(card.get(SECOND_OPINION_KEY))
     if second is not None and second.model != name:
         classifier.second_opinion = SecondOpinion(

@@ -13,12 +13,13 @@ weights (``novelty.npz``, checksummed in the card):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from bcclassify.serving.colour_check import CARD_KEY as COLOUR_CHECK_KEY
 from bcclassify.serving.floors import CARD_KEY as FLOORS_KEY
 from bcclassify.serving.floors import LOW_CONFIDENCE_KEY
 from bcclassify.storage.cards import weights_id, write_card
@@ -519,6 +520,7 @@ def calibrate_model(
     test_gated = gated(test_scores, [dataset.paths[i] for i in split.test[test["kept"]]])
     if low_confidence is not None:
         card["low_confidence_threshold"] = float(low_confidence)
+        card.pop(LOW_CONFIDENCE_KEY, None)  # a threshold set by hand replaces a budgeted one
     low = float(card.get("low_confidence_threshold", 0.6))
 
     def calibration(labels, probs):
@@ -531,8 +533,10 @@ def calibrate_model(
             "brier_after": brier_score(labels, tempered),
         }
 
-    # Floors are in calibrated-probability units: chosen under the old temperature, they go.
+    # Floors and the colour check are in calibrated-probability units: chosen under the old
+    # temperature, they go.
     card.pop(FLOORS_KEY, None)
+    card.pop(COLOUR_CHECK_KEY, None)
     card["calibration"] = {
         "method": "temperature scaling of the served log-probabilities, softmax(log p / T), "
         "fitted by negative log-likelihood on the validation split",
@@ -763,16 +767,22 @@ def fit_second_opinion(
     return card
 
 
-def _served_validation(classifier, data: str | Path, batch_size: int):
+def _served_validation(
+    classifier, data: str | Path, batch_size: int, each_batch: Callable | None = None
+):
     """(dataset, split, predictions): the model's own validation cells served as ``predict``
-    serves them (views, calibration, novelty, acquisition range, second opinion, floors)."""
+    serves them (views, calibration, novelty, acquisition range, second opinion, floors,
+    colour check). ``each_batch(pixels, predictions)``: also called on every batch."""
     dataset, split, _ = _own_split(classifier.name, classifier.card, data)
     paths = [dataset.paths[i] for i in split.val]
     predictions = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         pixels = np.stack([classifier.load(p) for p in chunk])
-        predictions += classifier.classify_pixels(pixels, [str(p) for p in chunk])
+        batch = classifier.classify_pixels(pixels, [str(p) for p in chunk])
+        if each_batch is not None:
+            each_batch(pixels, batch)
+        predictions += batch
     return dataset, split, predictions
 
 
@@ -826,6 +836,73 @@ def fit_class_floors(
             "flagged_fraction": float(flagged.mean()),
             "wrong_and_unflagged_before": float((wrong & ~already).mean()),
             "wrong_and_unflagged": float((wrong & ~flagged).mean()),
+        },
+    }
+    write_card(classifier.folder, card)
+    return card
+
+
+def fit_colour_check(
+    name: str | None,
+    data: str | Path,
+    classes: Sequence[str],
+    budget: float = 0.003,
+    batch_size: int = 32,
+) -> dict:
+    """Set the colour check of installed model ``name`` (colour_check.py): ``classes`` is
+    (checked, rival); an answer of the checked class is disputed when the greyscale view gives
+    the rival at least ``min_rival``, the lowest candidate that flags at most ``budget`` of the
+    model's own validation cells beyond those the other served flags already flag. Writes the
+    card's ``colour_check`` section and returns the new card."""
+    from bcclassify.serving.classifier import load_model
+    from bcclassify.serving.colour_check import (
+        ColourCheck,
+        choose_min_rival,
+        colour_disputed_mask,
+    )
+
+    classifier = load_model(name)
+    if (
+        len(classes) != 2
+        or len(set(classes)) != 2
+        or any(c not in classifier.class_names for c in classes)
+    ):
+        raise ValueError(
+            "the colour check needs two different class names of "
+            f"{classifier.name} (the checked class, then its rival; of "
+            f"{', '.join(classifier.class_names)}); got {', '.join(classes) or 'none'}"
+        )
+    checked, rival_class = classes
+    classifier.colour_check = None  # the served flags without any earlier colour check
+    probe = ColourCheck(checked, rival_class, 1.0)
+    rival = []
+
+    def check(pixels: np.ndarray, predictions: list) -> None:
+        probabilities = np.stack([p.probabilities for p in predictions])
+        rival.append(probe.rival_probability(classifier, pixels, probabilities))
+
+    dataset, split, predictions = _served_validation(classifier, data, batch_size, check)
+    rival_all = np.concatenate(rival)
+    already = np.array([p.flag != "" for p in predictions])
+    min_rival = choose_min_rival(rival_all, already, budget)
+    disputed = colour_disputed_mask(rival_all, min_rival)
+    wrong = np.array([p.top_index for p in predictions]) != dataset.labels[split.val]
+    card = dict(classifier.card)
+    card[COLOUR_CHECK_KEY] = {
+        "checked": checked,
+        "rival": rival_class,
+        "min_rival": min_rival,
+        "view": "greyscale (BT.601 luma in each channel), the image as given",
+        "temperature": classifier.temperature,
+        "budget_extra_flagged": budget,
+        "chosen_on": f"validation split of {Path(data).name} ({len(predictions)} cells), served",
+        "validation": {
+            "checked_fraction": float(np.isfinite(rival_all).mean()),
+            "disputed_fraction": float(disputed.mean()),
+            "flagged_fraction_before": float(already.mean()),
+            "flagged_fraction": float((already | disputed).mean()),
+            "wrong_and_unflagged_before": float((wrong & ~already).mean()),
+            "wrong_and_unflagged": float((wrong & ~already & ~disputed).mean()),
         },
     }
     write_card(classifier.folder, card)
@@ -905,7 +982,11 @@ def fit_low_confidence(
         "flags within the budget; the highest threshold on a tie",
         "chosen_on": f"validation split of {Path(data).name} ({len(predictions)} cells), served "
         "(second opinion and class floors on)",
-        "before": classifier.threshold,
+        # The threshold before any budget chose one (what ``adapt`` restores without the
+        # floors), kept when the budget is re-chosen after another flag was added.
+        "before": float(
+            (classifier.card.get(LOW_CONFIDENCE_KEY) or {}).get("before", classifier.threshold)
+        ),
         "grid": grid,
     }
     write_card(classifier.folder, card)

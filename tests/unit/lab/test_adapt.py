@@ -67,6 +67,12 @@ def store(tiny_store, tmp_path) -> Path:
     card["novelty"] = {"method": "knn", "k": 2, "threshold": detector.threshold, "file": file_name}
     card["calibration"] = {"temperature": 1.5}
     card["class_confidence_floors"] = {"floors": {"eosinophil": 0.99}, "temperature": 1.5}
+    card["colour_check"] = {
+        "checked": "eosinophil",
+        "rival": "neutrophil",
+        "min_rival": 0.9,
+        "temperature": 1.5,
+    }
     # A threshold lowered within the flag budget to make room for the floors (0.7 before).
     card["low_confidence_threshold"] = 0.55
     card["low_confidence"] = {"threshold": 0.55, "before": 0.7, "budget_flagged": 0.03}
@@ -144,6 +150,9 @@ def test_adapt_installs_a_model_that_lists_its_cells_and_predicts(cli, store, la
     # the source's class floors were chosen at its temperature on its lab: they stay behind
     assert source.class_floors == {"eosinophil": 0.99}
     assert "class_confidence_floors" not in card and adapted.class_floors == {}
+    # as does the colour check, chosen within the source lab's flag budget
+    assert source.colour_check is not None and source.colour_check.min_rival == 0.9
+    assert "colour_check" not in card and adapted.colour_check is None
     # ... and so does the threshold lowered to make room for them: it takes the one before
     assert source.threshold == 0.55 and adapted.threshold == 0.7
     assert "low_confidence" not in card

@@ -55,3 +55,18 @@ def test_calibrate_flag_budget_refuses_what_the_model_cannot_meet(tmp_path, cli)
     assert card_path.read_text() == before and LOW_CONFIDENCE_KEY not in json.loads(before)
     bad = cli(["calibrate", "--model", "tiny-cnn", "--data", data, "--flag-budget", "1.5"], store)
     assert bad.returncode == 2 and "--flag-budget" in bad.stderr
+
+
+def test_rechoosing_the_threshold_keeps_the_one_before_any_budget(tmp_path, monkeypatch):
+    # ``adapt`` restores ``before``, the threshold chosen without the floors: re-choosing within
+    # the budget after another flag is added must not record the budgeted one as ``before``.
+    from bcclassify.serving.trust import fit_low_confidence
+
+    store, data = variants_store(tmp_path)
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    first = fit_low_confidence("tiny-cnn", data, budget=1.0)
+    # Every threshold flags all of the untrained model's cells: the highest is taken.
+    assert first["low_confidence_threshold"] == 0.7
+    assert first[LOW_CONFIDENCE_KEY]["before"] == 0.6  # the card had none: the default
+    again = fit_low_confidence("tiny-cnn", data, budget=1.0)
+    assert again[LOW_CONFIDENCE_KEY]["before"] == 0.6

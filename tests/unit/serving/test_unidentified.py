@@ -31,9 +31,14 @@ def test_calibrate_installs_a_checksummed_detector_that_predict_uses(tmp_path, c
     outliers = tmp_path / "outliers"
     _write_noise(outliers, 12, seed=0)
     folder = store / "models" / "tiny-cnn"
-    # Floors from an earlier calibration: in the old temperature's units, so refitting drops them.
+    # Floors and a colour check from an earlier calibration: in the old temperature's units,
+    # so refitting drops them.
     card = json.loads((folder / "card.json").read_text())
-    write_card(folder, {**card, "class_confidence_floors": {"floors": {"ig": 0.9}}})
+    colour = {"checked": "eosinophil", "rival": "neutrophil", "min_rival": 0.9}
+    write_card(
+        folder,
+        {**card, "class_confidence_floors": {"floors": {"ig": 0.9}}, "colour_check": colour},
+    )
     result = cli(
         [
             "calibrate",
@@ -61,7 +66,7 @@ def test_calibrate_installs_a_checksummed_detector_that_predict_uses(tmp_path, c
     assert (store / "models" / "tiny-cnn" / novelty["file"]).is_file()
     assert calibration["temperature"] > 0 and "ece_after" in calibration["test"]
     assert card["low_confidence_threshold"] == 0.5
-    assert "class_confidence_floors" not in card
+    assert "class_confidence_floors" not in card and "colour_check" not in card
     assert 0.0 <= novelty["noncell_development_set"]["flagged_fraction"] <= 1.0
 
     predicted = cli(["predict", "--model", "tiny-cnn", FIXTURE_IMAGES, outliers], store=store)
