@@ -98,6 +98,7 @@ def test_bench_reports_every_field(cli):
         assert key in bench
     assert bench["image_size"] == 32 and bench["flops_per_image"] > 1e6
     assert bench["predict_single_s"] > 0 and bench["predict_batch_img_per_s"] > 0
+    assert bench["served_examples_img_per_s"] > 0  # the bundled cells, every flag on
     assert bench["runtime"] == "tensorflow"  # the tiny store has no compiled graph
 
 
