@@ -135,8 +135,21 @@ def format_trust(trust: dict) -> list[str]:
         f"{pct_of('low_confidence_fraction')}, flagged in all {pct_of('flagged_fraction')}",
         "  accuracy of the unflagged: " + ("-" if unflagged is None else f"{100 * unflagged:.2f}%"),
         f"  wrong and unflagged: {pct_of('wrong_and_unflagged_fraction')} of all cells",
+        *format_class_balanced(trust.get("class_balanced")),
         f"  ECE {100 * trust['ece']:.2f}%, Brier {trust['brier']:.4f}",
         *format_noise_floor(trust.get("ece_noise_floor")),
+    ]
+
+
+def format_class_balanced(balanced: dict | None) -> list[str]:
+    """The same figures with every class weighted equally (cards recorded before it was
+    computed have none)."""
+    if not balanced:
+        return []
+    return [
+        f"  every class weighted equally: accuracy {100 * balanced['accuracy']:.2f}%, flagged "
+        f"{100 * balanced['flagged_fraction']:.2f}%, wrong and unflagged "
+        f"{100 * balanced['wrong_and_unflagged_fraction']:.2f}%"
     ]
 
 

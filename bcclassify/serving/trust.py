@@ -393,6 +393,12 @@ def trust_figures(
     flagged = unidentified | disputed | low
     correct = predicted == labels
     n = max(len(labels), 1)
+    # Each class present weighted equally, as on a set balanced by class (the withheld PBC
+    # originals are judged on one: a rare class's flags count as much as a common one's).
+    weight = np.zeros(len(labels))
+    present = np.unique(labels)
+    for c in present:
+        weight[labels == c] = 1.0 / ((labels == c).sum() * len(present))
     return {
         "num_samples": int(len(labels)),
         "accuracy": float(correct.mean()) if len(labels) else None,
@@ -402,6 +408,11 @@ def trust_figures(
         "flagged_fraction": float(flagged.sum() / n),
         "accuracy_of_unflagged": float(correct[~flagged].mean()) if (~flagged).any() else None,
         "wrong_and_unflagged_fraction": float((~correct & ~flagged).sum() / n),
+        "class_balanced": {
+            "accuracy": float(weight @ correct),
+            "flagged_fraction": float(weight @ flagged),
+            "wrong_and_unflagged_fraction": float(weight @ (~correct & ~flagged)),
+        },
     }
 
 

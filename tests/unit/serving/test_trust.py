@@ -148,3 +148,17 @@ def test_trust_figures_count_flags_and_silent_errors():
     assert figures["wrong_and_unflagged_fraction"] == 0.0
     novelty[2] = 0.0  # the wrong answer is no longer flagged
     assert trust_figures(labels, probs, novelty, 1.0, 0.6)["wrong_and_unflagged_fraction"] == 0.25
+
+
+def test_class_balanced_figures_weight_every_class_equally():
+    # Class 0: four cells, all right, one under the threshold. Class 1: one cell, wrong and sure.
+    probabilities = np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.8, 0.2]])
+    labels = np.array([0, 0, 0, 0, 1])
+    figures = trust_figures(labels, probabilities, np.zeros(5), 1.0, 0.7)
+    assert figures["flagged_fraction"] == pytest.approx(0.2)
+    assert figures["wrong_and_unflagged_fraction"] == pytest.approx(0.2)
+    balanced = figures["class_balanced"]
+    # Half the weight on each class: a quarter of class 0 flagged, all of class 1 silently wrong.
+    assert balanced["flagged_fraction"] == pytest.approx(0.125)
+    assert balanced["wrong_and_unflagged_fraction"] == pytest.approx(0.5)
+    assert balanced["accuracy"] == pytest.approx(0.5)

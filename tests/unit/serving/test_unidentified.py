@@ -87,6 +87,8 @@ def test_calibrate_installs_a_checksummed_detector_that_predict_uses(tmp_path, c
     assert 0.0 <= floor["median"] <= floor["p95"] <= 1.0
     text = cli(["evaluate", "--model", "tiny-cnn", "--data", data], store=store).stdout
     assert f"a perfectly calibrated model would show ECE {100 * floor['median']:.2f}%" in text
+    balanced = trust["class_balanced"]  # as on a set with as many cells of each class
+    assert f"flagged {100 * balanced['flagged_fraction']:.2f}%, wrong and unflagged" in text
     ood = cli(["evaluate", "--model", "tiny-cnn", "--ood", outliers, "--json"], store=store)
     shares = json.loads(ood.stdout)
     assert shares["num_images"] == 12
