@@ -144,16 +144,21 @@ def disputed_note(prediction: Prediction) -> str:
     check = prediction.colour_check
     if prediction.disputed_by_colour and check is not None:
         reasons.append(
-            f"shown this cell in greyscale, the same model calls it a {check.rival} "
+            f"shown this cell in greyscale, the same model calls it {_a(check.rival)} "
             f"({percent(prediction.colour_rival or 0.0, 1)}; it disputes from "
-            f"{percent(check.min_rival, 0)}): on another lab's stain, colour can make a "
-            f"{check.rival} look like a {check.checked}"
+            f"{percent(check.min_rival, 0)}): on another lab's stain, colour can make "
+            f"{_a(check.rival)} look like {_a(check.checked)}"
         )
     return (
         f"{FLAG_GROUPS['disputed']}: {'; and '.join(reasons)}. Such disagreements catch many "
         "of the answers that are wrong on another lab's cells; the cell is left out of the "
         "differential until a reviewer assigns a class."
     )
+
+
+def _a(name: str) -> str:
+    """A class name with its indefinite article ("an eosinophil", "a neutrophil")."""
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
 
 
 def low_confidence_note(prediction: Prediction) -> str:

@@ -94,7 +94,8 @@ def test_served_answers_of_the_checked_class_carry_the_grey_views_rival(
             assert after.colour_rival == pytest.approx(grey[n, rival_index], rel=1e-6)
             assert after.disputed_by_colour and after.disputed
             assert after.flag in ("unidentified", "disputed")
-            assert f"calls it a {rival}" in disputed_note(after)
+            article = "an" if rival[0] in "aeiou" else "a"
+            assert f"calls it {article} {rival}" in disputed_note(after)
         else:
             assert after.colour_rival is None and not after.disputed_by_colour
             assert after.flag == before.flag
