@@ -226,9 +226,9 @@ def add_calibrate(sub: SubParsers) -> None:
     p.add_argument(
         "--colour-budget",
         type=float,
-        default=0.003,
+        default=0.005,
         help="with --colour-check: the most it may add to the validation cells flagged "
-        "(default 0.003: 0.3%%)",
+        "(default 0.005: 0.5%%)",
     )
     p.add_argument(
         "--flag-budget",

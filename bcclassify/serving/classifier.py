@@ -332,7 +332,8 @@ class Prediction:
     @property
     def disputed(self) -> bool:
         """A second, independently trained model gives this answer little probability, or the
-        same model shown the cell without its colour gives the check's rival class most."""
+        same model shown the cell without its colour gives the check's rival class at least
+        its ``min_rival`` (colour_check.py)."""
         return self.disputed_by_second_model or self.disputed_by_colour
 
     @property

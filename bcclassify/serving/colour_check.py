@@ -10,8 +10,8 @@ so the check costs the source lab little.
 
 The card's section, written by ``calibrate --colour-check CLASS RIVAL``::
 
-    "colour_check": {"checked": "eosinophil", "rival": "neutrophil", "min_rival": 0.9,
-                     "temperature": 1.2, "budget_extra_flagged": 0.003, ...}
+    "colour_check": {"checked": "eosinophil", "rival": "neutrophil", "min_rival": 0.8,
+                     "temperature": 1.2, "budget_extra_flagged": 0.005, ...}
 
 An answer of ``checked`` is disputed when the greyscale view (ITU-R BT.601 luma in every channel,
 the image as given, calibrated as served) gives ``rival`` at least ``min_rival``.

@@ -857,7 +857,7 @@ def fit_colour_check(
     name: str | None,
     data: str | Path,
     classes: Sequence[str],
-    budget: float = 0.003,
+    budget: float = 0.005,
     batch_size: int = 32,
 ) -> dict:
     """Set the colour check of installed model ``name`` (colour_check.py): ``classes`` is

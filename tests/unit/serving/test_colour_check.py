@@ -131,7 +131,7 @@ def test_calibrate_sets_the_check_and_refuses_bad_ones_in_one_line(tmp_path, cli
     result = cli([*base, "eosinophil", "neutrophil"], store=store)
     assert result.returncode == 0, result.stderr
     section = json.loads(result.stdout)[CARD_KEY]
-    assert section["rival"] == "neutrophil" and section["budget_extra_flagged"] == 0.003
+    assert section["rival"] == "neutrophil" and section["budget_extra_flagged"] == 0.005
     unknown = cli([*base, "eosinophil", "neutrophils"], store=store)
     assert unknown.returncode == 2 and "neutrophils" in unknown.stderr
     budget = cli([*base, "eosinophil", "neutrophil", "--colour-budget", "-1"], store=store)
