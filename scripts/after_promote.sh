@@ -8,10 +8,10 @@
 #
 #   bash scripts/after_promote.sh [STEP ...]
 #
-# Steps, all by default: calibrate dispute floors colour budget evaluate studies faithfulness adapt
-# bench.
+# Steps, all by default: calibrate dispute floors colour budget prior evaluate studies faithfulness
+# adapt bench.
 # Time on the 2-core CPU for the hybrid (2026-12-07): calibrate and dispute about 25 minutes,
-# floors 10, colour 10, budget 8, evaluate 15, studies 5, faithfulness 22 (200 cells; FAITHFULNESS_CELLS=80: 9),
+# floors 10, colour 10, budget 8, prior seconds, evaluate 15, studies 5, faithfulness 22 (200 cells; FAITHFULNESS_CELLS=80: 9),
 # adapt 40 (5 and 10 cells a class on both sets; ADAPT_SIZES="5 10 20 50" for the whole curve:
 # 3 hours more), bench 5.
 set -euo pipefail
@@ -21,7 +21,7 @@ model=${MODEL:-hybrid}
 sizes=${ADAPT_SIZES:-5 10}
 cells=${FAITHFULNESS_CELLS:-200}
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(calibrate dispute floors colour budget evaluate studies faithfulness adapt bench)
+[ ${#steps[@]} -gt 0 ] || steps=(calibrate dispute floors colour budget prior evaluate studies faithfulness adapt bench)
 for need in cache/noncell/fit cache/noncell/dev cache/ext-tecom-lowres; do
     [ -d "$need" ] || { echo "missing $need: run scripts/make_noncell_sets.py and scripts/make_lowres_set.py" >&2; exit 2; }
 done
@@ -53,6 +53,10 @@ for step in "${steps[@]}"; do
         # Last of the thresholds: the global low-confidence threshold re-chosen so that every
         # served flag together (disputes, floors and colour check on) stays within 3% of the validation cells.
         bcc calibrate --model "$model" --data ../shared/data/pbc224 --flag-budget 0.03 ;;
+    prior)
+        # The guess written for unidentified cells: re-weighted to a white-cell differential's
+        # class mix (bcclassify/serving/blood_prior.py). Reads no pixels; flags do not change.
+        bcc calibrate --model "$model" --data ../shared/data/pbc224 --unidentified-prior ;;
     evaluate)
         for data in ../shared/data/pbc-originals ../shared/data/ext-tecom cache/ext-tecom-lowres; do
             bcc evaluate --model "$model" --data "$data" --record --json > "logs/evaluate-$(basename "$data").json"

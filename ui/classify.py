@@ -17,6 +17,7 @@ from bcclassify.explain.maps import (
 )
 from bcclassify.presentation.classify import (
     FLAG_GROUPS,
+    GUESS_NOTE,
     Cell,
     awaiting_note,
     cell_choice_label,
@@ -194,7 +195,8 @@ def probabilities_ui(prediction: Prediction) -> None:
     if prediction.flag == "unidentified":
         st.markdown(f"### {FLAG_GROUPS['unidentified']}")
         st.warning(unidentified_note(prediction))
-        with st.expander("The model's probabilities anyway (not to be relied on)"):
+        with st.expander("The model's guess anyway (not to be relied on)"):
+            st.caption(GUESS_NOTE)
             st.metric("Top probability", percent(prediction.confidence, 1))
             st.plotly_chart(chart, key=f"probs-{prediction.path}")
         return

@@ -267,6 +267,13 @@ def create_app(
             # an answer of ``checked`` whose greyscale view gives ``rival`` >= min_rival is
             # disputed (colour_check.py); None without one
             "colour_check": asdict(served.colour_check) if served.colour_check else None,
+            # an unidentified cell's label and probabilities are a guess, re-weighted by these
+            # (prior share / training share, blood_prior.py); None without them
+            "unidentified_prior_weights": dict(
+                zip(served.class_names, map(float, served.unidentified_prior.weights), strict=True)
+            )
+            if served.unidentified_prior
+            else None,
             "limits": {
                 "max_files": limits.max_files,
                 "max_bytes_per_file": limits.max_bytes,

@@ -18,6 +18,8 @@ from bcclassify.cli.common import (
     start_tensorflow,
     view_list,
 )
+from bcclassify.serving.blood_prior import CARD_KEY as UNIDENTIFIED_PRIOR_KEY
+from bcclassify.serving.blood_prior import set_unidentified_prior
 from bcclassify.serving.classifier import ModelIntegrityError, ModelNotFoundError
 from bcclassify.serving.colour_check import CARD_KEY as COLOUR_CHECK_KEY
 from bcclassify.serving.floors import CARD_KEY as FLOORS_KEY
@@ -231,6 +233,20 @@ def add_calibrate(sub: SubParsers) -> None:
         "(default 0.005: 0.5%%)",
     )
     p.add_argument(
+        "--unidentified-prior",
+        action="store_true",
+        help="only set the guess written for unidentified cells: their probabilities "
+        "re-weighted to a white-cell differential's class mix (erythroblast, ig and platelet "
+        "at --rare-share each, the other classes in --data's proportions); reads no pixels",
+    )
+    p.add_argument(
+        "--rare-share",
+        type=float,
+        default=0.01,
+        help="with --unidentified-prior: the prior share of each class a white-cell "
+        "differential does not count (default 0.01: 1%%)",
+    )
+    p.add_argument(
         "--flag-budget",
         type=float,
         default=None,
@@ -257,6 +273,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
         except refused as exc:
             raise UsageError(str(exc)) from None
         print(json.dumps({"acquisition": card["acquisition"]}, indent=2))
+        return EXIT_OK
+    if args.unidentified_prior:
+        if not 0.0 < args.rare_share < 1.0 / 3:
+            raise UsageError("--rare-share must be in (0, 1/3)")
+        try:
+            card = set_unidentified_prior(args.model, args.data, args.rare_share)
+        except refused as exc:
+            raise UsageError(str(exc)) from None
+        print(json.dumps({UNIDENTIFIED_PRIOR_KEY: card[UNIDENTIFIED_PRIOR_KEY]}, indent=2))
         return EXIT_OK
     budgeted = None  # (section, budget option, budget, fit): the options that fit one section
     if args.second_opinion:

@@ -41,6 +41,7 @@ import numpy as np
 from bcclassify import CLASS_NAMES
 from bcclassify.access.roles import Identity, command_line_identity, require
 from bcclassify.lab.mid_level import DEFAULT_MID_WEIGHT
+from bcclassify.serving.blood_prior import CARD_KEY as UNIDENTIFIED_PRIOR_KEY
 from bcclassify.serving.colour_check import CARD_KEY as COLOUR_CHECK_KEY
 from bcclassify.serving.floors import CARD_KEY as FLOORS_KEY
 from bcclassify.serving.floors import LOW_CONFIDENCE_KEY
@@ -558,6 +559,8 @@ def adapt(
                 FLOORS_KEY,
                 COLOUR_CHECK_KEY,
                 LOW_CONFIDENCE_KEY,
+                # Weighed against the source's training mix; the adapted head trained on another.
+                UNIDENTIFIED_PRIOR_KEY,
             )
         }
         # The source's global threshold was lowered to make room, within the flag budget, for

@@ -111,6 +111,14 @@ def awaiting_note(counts: dict) -> str:
     )
 
 
+# Under the probabilities shown for an unidentified cell (serving/blood_prior.py).
+GUESS_NOTE = (
+    "Only a guess. In the default model's, erythroblasts, immature granulocytes and platelets "
+    "(common in its training folders, rare in a white-cell differential) count for little, "
+    "and an eosinophil its colour check disputes is replaced by the greyscale view's guess."
+)
+
+
 def unidentified_note(prediction: Prediction) -> str:
     """Why an unidentified cell's class is withheld, and what happens to it."""
     if prediction.taken_unlike_training:

@@ -24,6 +24,7 @@ import numpy as np
 from bcclassify import CLASS_NAMES
 from bcclassify.data.imaging import DecoderBusyError, ImageLoadError, ImageSource, load_image
 from bcclassify.serving.acquisition import AcquisitionRange, summaries
+from bcclassify.serving.blood_prior import UnidentifiedPrior
 from bcclassify.serving.colour_check import ColourCheck, colour_disputed_mask
 from bcclassify.serving.compiled import CompiledForward, load_compiled
 from bcclassify.serving.floors import floors_from_card, thresholds_by_class
@@ -395,6 +396,8 @@ class ClassifierModel:
     acquisition: object = None  # acquisition.AcquisitionRange when the card has one
     second_opinion: SecondOpinion | None = None  # when the card names one (second_opinion.py)
     colour_check: ColourCheck | None = None  # when the card has one (colour_check.py)
+    # The re-weighting of an unidentified cell's guess (blood_prior.py), when the card has one.
+    unidentified_prior: UnidentifiedPrior | None = None
     # Stricter low-confidence thresholds by class name (floors.py); {} for none.
     class_floors: dict = field(default_factory=dict)
     compiled: CompiledForward | None = None
@@ -492,7 +495,8 @@ class ClassifierModel:
         without a novelty detector or acquisition range); one forward pass serves both.
 
         An image outside the card's acquisition range scores +inf: unidentified whatever its
-        features (acquisition.py). Compare scores with :attr:`unidentified_threshold`.
+        features (acquisition.py). Compare scores with :attr:`unidentified_threshold`. An
+        unidentified image's probabilities are a guess (:meth:`guess_unidentified`).
         """
         if self.novelty is None:
             probabilities, scores = self.predict_pixels(pixels), None
@@ -505,7 +509,25 @@ class ClassifierModel:
         if self.acquisition is not None:
             base = np.full(len(pixels), -np.inf) if scores is None else scores
             scores = self.acquisition.gate(base, summaries(pixels))
+        if scores is not None:
+            unidentified = scores > self.unidentified_threshold
+            probabilities = self.guess_unidentified(pixels, probabilities, unidentified)
         return probabilities, scores
+
+    def guess_unidentified(
+        self, pixels: np.ndarray, probabilities: np.ndarray, unidentified: np.ndarray
+    ) -> np.ndarray:
+        """The probabilities written for unidentified cells, whose label is only a guess: an
+        answer the colour check disputes is taken from the greyscale view instead
+        (colour_check.py), then re-weighted to the blood's class mix (blood_prior.py). The
+        other rows as they were."""
+        if self.colour_check is not None and np.any(unidentified):
+            probabilities = self.colour_check.regrey_guesses(
+                self, pixels, probabilities, unidentified
+            )
+        if self.unidentified_prior is not None:
+            probabilities = self.unidentified_prior.apply(probabilities, unidentified)
+        return probabilities
 
     def second_support(self, pixels: np.ndarray, probabilities: np.ndarray) -> np.ndarray | None:
         """The second opinion's probability of each served class (None without one)."""
@@ -657,6 +679,7 @@ def load_model_folder(
     classifier.acquisition = AcquisitionRange.from_card(card.get("acquisition"))
     classifier.class_floors = floors_from_card(card)
     classifier.colour_check = ColourCheck.from_card(card)
+    classifier.unidentified_prior = UnidentifiedPrior.from_card(card, classifier.class_names)
     second = SecondOpinionConfig.from_card(card.get(SECOND_OPINION_KEY))
     if second is not None and second.model != name:
         classifier.second_opinion = SecondOpinion(

@@ -92,9 +92,34 @@ class ColourCheck:
         checked = np.flatnonzero(np.argmax(probabilities, axis=1) == names.index(self.checked))
         rival = np.full(len(pixels), np.nan)
         if len(checked):
-            grey = classifier.predict_pixels(greyscale(pixels[checked]), views=GREY_VIEW)
+            grey = self.grey_probabilities(classifier, pixels[checked])
             rival[checked] = grey[:, names.index(self.rival)]
         return rival
+
+    def grey_probabilities(self, classifier: ClassifierModel, pixels: np.ndarray) -> np.ndarray:
+        """The same model's calibrated probabilities for ``pixels`` in greyscale, one view."""
+        return classifier.predict_pixels(greyscale(pixels), views=GREY_VIEW)
+
+    def regrey_guesses(
+        self,
+        classifier: ClassifierModel,
+        pixels: np.ndarray,
+        probabilities: np.ndarray,
+        rows: np.ndarray,
+    ) -> np.ndarray:
+        """``probabilities`` with each of ``rows`` (a mask) answered the checked class replaced
+        by its greyscale view's, where that gives the rival at least ``min_rival``: the colour
+        that made the answer is the cue least to be trusted in a cell unlike the training lab's.
+        Meant for unidentified cells, whose label is only a guess. A new array."""
+        names = list(classifier.class_names)
+        top = np.argmax(probabilities, axis=1)
+        candidates = np.flatnonzero(np.asarray(rows, bool) & (top == names.index(self.checked)))
+        out = np.array(probabilities, copy=True)
+        if len(candidates):
+            grey = self.grey_probabilities(classifier, pixels[candidates])
+            taken = grey[:, names.index(self.rival)] >= self.min_rival
+            out[candidates[taken]] = grey[taken]
+        return out
 
 
 def choose_min_rival(

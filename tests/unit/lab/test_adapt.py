@@ -73,6 +73,8 @@ def store(tiny_store, tmp_path) -> Path:
         "min_rival": 0.9,
         "temperature": 1.5,
     }
+    shares = {c: 1.0 / len(model.class_names) for c in model.class_names}
+    card["unidentified_prior"] = {"prior": shares, "training_mix": shares}
     # A threshold lowered within the flag budget to make room for the floors (0.7 before).
     card["low_confidence_threshold"] = 0.55
     card["low_confidence"] = {"threshold": 0.55, "before": 0.7, "budget_flagged": 0.03}
@@ -153,6 +155,9 @@ def test_adapt_installs_a_model_that_lists_its_cells_and_predicts(cli, store, la
     # as does the colour check, chosen within the source lab's flag budget
     assert source.colour_check is not None and source.colour_check.min_rival == 0.9
     assert "colour_check" not in card and adapted.colour_check is None
+    # and the unidentified guess's prior, weighed against the source's training mix
+    assert source.unidentified_prior is not None
+    assert "unidentified_prior" not in card and adapted.unidentified_prior is None
     # ... and so does the threshold lowered to make room for them: it takes the one before
     assert source.threshold == 0.55 and adapted.threshold == 0.7
     assert "low_confidence" not in card

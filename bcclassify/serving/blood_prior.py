@@ -1,0 +1,149 @@
+"""The guess written for an unidentified cell: the model's probabilities re-weighted to the
+classes a white-cell crop of peripheral blood can be (issue 21).
+
+Why: an ``unidentified`` cell is unlike anything the model trained on, so its probabilities say
+little, and on another lab's cells they lean to the classes PBC's folders over-represent. PBC
+files 9% of its cells as erythroblasts, 17% as immature granulocytes and 14% as platelets, where
+a smear's white-cell differential has no erythroblasts in an adult, at most about 1% immature
+granulocytes, and no platelets (they are not white cells). The default's commonest errors on
+ext-tecom are exactly lymphocytes called erythroblasts and monocytes called ig. For a cell the
+model does recognise, its evidence outweighs any prior and nothing changes; for an unidentified
+one, the label is chosen as Bayes' rule would under a prior shift (Saerens, Latinne and
+Decaestecker, Neural Computation 14, 2002): each class's probability times (its share in
+the prior) / (its share in the training data), renormalised.
+
+The prior keeps the five white-cell classes in their training proportions, so it assumes
+nothing about a lab's white-cell mix, and gives each class that a white-cell differential does
+not count (``RARE_IN_BLOOD``) a share of ``RARE_SHARE``. The cell stays ``unidentified``: the
+contract still tells the reader to treat its class as unknown. Only the written label and
+probabilities of such a cell change, so no flag and no figure of wrong-and-unflagged answers
+moves.
+
+The card's section, written by ``calibrate --unidentified-prior``::
+
+    "unidentified_prior": {"prior": {"basophil": 0.11, ...}, "training_mix": {...},
+                           "rare_in_blood": ["erythroblast", "ig", "platelet"], ...}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "CARD_KEY",
+    "RARE_IN_BLOOD",
+    "RARE_SHARE",
+    "UnidentifiedPrior",
+    "reweighted",
+    "set_unidentified_prior",
+    "white_cell_prior",
+]
+
+CARD_KEY = "unidentified_prior"
+# Classes a white-cell differential of adult peripheral blood does not count, or counts at
+# under about 1%: nucleated red cells (absent in adults), immature granulocytes (0-1%) and
+# platelets (not white cells; CellaVision lists them apart).
+RARE_IN_BLOOD = ("erythroblast", "ig", "platelet")
+RARE_SHARE = 0.01
+
+
+def white_cell_prior(
+    training_mix: Mapping[str, float],
+    rare: Sequence[str] = RARE_IN_BLOOD,
+    rare_share: float = RARE_SHARE,
+) -> dict[str, float]:
+    """The prior: ``rare_share`` for each ``rare`` class, the rest shared among the others in
+    their training proportions. ``training_mix``: each class's share (or count) in the data."""
+    unknown = [c for c in rare if c not in training_mix]
+    if unknown:
+        raise ValueError(f"not classes of this model: {', '.join(unknown)}")
+    if not 0.0 < rare_share * len(rare) < 1.0:
+        raise ValueError(f"{len(rare)} rare classes at {rare_share} leave no share for the rest")
+    common = {c: float(n) for c, n in training_mix.items() if c not in rare}
+    total = sum(common.values())
+    if total <= 0:
+        raise ValueError("the training mix gives the common classes no cells")
+    left = 1.0 - rare_share * len(rare)
+    return {c: rare_share if c in rare else left * common[c] / total for c in training_mix}
+
+
+def reweighted(probabilities: np.ndarray, weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``probabilities`` (N, C) with the rows where ``rows`` is true multiplied by ``weights``
+    (C,) and renormalised; the other rows as they were. A new array."""
+    out = np.array(probabilities, dtype=np.float64, copy=True)
+    rows = np.asarray(rows, dtype=bool)
+    if rows.any():
+        shifted = out[rows] * np.asarray(weights, dtype=np.float64)[None, :]
+        out[rows] = shifted / shifted.sum(axis=1, keepdims=True)
+    return out.astype(np.asarray(probabilities).dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class UnidentifiedPrior:
+    """Per-class weights (prior share / training share), in the model's class order."""
+
+    weights: np.ndarray
+
+    @classmethod
+    def from_card(cls, card: Mapping, class_names: Sequence[str]) -> UnidentifiedPrior | None:
+        """The card's prior, or None without the section."""
+        section = card.get(CARD_KEY) or {}
+        if not section:
+            return None
+        prior, mix = section["prior"], section["training_mix"]
+        missing = [c for c in class_names if c not in prior or c not in mix]
+        if missing:
+            raise ValueError(f"{CARD_KEY} has no share for {', '.join(missing)}")
+        total_prior = sum(float(prior[c]) for c in class_names)
+        total_mix = sum(float(mix[c]) for c in class_names)
+        weights = np.array(
+            [(float(prior[c]) / total_prior) / (float(mix[c]) / total_mix) for c in class_names]
+        )
+        if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
+            raise ValueError(f"{CARD_KEY}: every share must be positive")
+        return cls(weights)
+
+    def apply(self, probabilities: np.ndarray, unidentified: np.ndarray) -> np.ndarray:
+        """The served probabilities with the unidentified rows re-weighted."""
+        return reweighted(probabilities, self.weights, unidentified)
+
+
+def set_unidentified_prior(
+    name: str | None, data: str | Path, rare_share: float = RARE_SHARE
+) -> dict:
+    """Write installed model ``name``'s ``unidentified_prior`` from the class mix of ``data``,
+    its training data (class folders), and return the new card. Reads no pixels."""
+    from bcclassify.data.datasets import scan_dataset
+    from bcclassify.serving.classifier import read_card, resolve_model_name
+    from bcclassify.storage.cards import write_card
+    from bcclassify.storage.store import models_dir
+
+    chosen = resolve_model_name(name)
+    folder = models_dir() / chosen
+    card = dict(read_card(folder))
+    class_names = tuple(card.get("class_names") or ())
+    dataset = scan_dataset(data, class_names)
+    counts = np.bincount(dataset.labels, minlength=len(class_names))
+    if np.any(counts == 0):
+        empty = [c for c, n in zip(class_names, counts) if n == 0]
+        raise ValueError(f"{data}: no cells of {', '.join(empty)}, so no training mix")
+    mix = {c: float(n / counts.sum()) for c, n in zip(class_names, counts)}
+    prior = white_cell_prior(mix, RARE_IN_BLOOD, rare_share)
+    card[CARD_KEY] = {
+        "prior": prior,
+        "training_mix": mix,
+        "rare_in_blood": list(RARE_IN_BLOOD),
+        "rare_share": rare_share,
+        "applies_to": "unidentified cells only: their label and probabilities are a guess",
+        "training_data": f"{Path(data).name} ({int(counts.sum())} cells)",
+        "why": "a white-cell differential of peripheral blood has no erythroblasts in an adult, "
+        "at most about 1% immature granulocytes and no platelets; the training data holds "
+        + ", ".join(f"{mix[c]:.0%} {c}" for c in RARE_IN_BLOOD if c in mix)
+        + " (the label re-weighted as for a prior shift: Saerens et al. 2002)",
+    }
+    UnidentifiedPrior.from_card(card, class_names)  # refuse a section serving could not read
+    return dict(write_card(folder, card))
