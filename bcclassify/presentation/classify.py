@@ -113,9 +113,10 @@ def awaiting_note(counts: dict) -> str:
 
 # Under the probabilities shown for an unidentified cell (serving/blood_prior.py).
 GUESS_NOTE = (
-    "Only a guess. In the default model's, erythroblasts, immature granulocytes and platelets "
-    "(common in its training folders, rare in a white-cell differential) count for little, "
-    "and an eosinophil its colour check disputes is replaced by the greyscale view's guess."
+    "Only a guess. For an image taken unlike its training images, the default model's guess "
+    "counts erythroblasts, immature granulocytes and platelets (common in its training folders, "
+    "rare in a white-cell differential) for little, and an eosinophil its colour check disputes "
+    "is replaced by the greyscale view's guess."
 )
 
 

@@ -1,14 +1,15 @@
-"""The guess written for an unidentified cell: the model's probabilities re-weighted to the
-classes a white-cell crop of peripheral blood can be (issue 21).
+"""The guess written for a cell taken unlike the training lab's images: the model's
+probabilities re-weighted to the classes a white-cell crop of peripheral blood can be (issue 21).
 
-Why: an ``unidentified`` cell is unlike anything the model trained on, so its probabilities say
-little, and on another lab's cells they lean to the classes PBC's folders over-represent. PBC
+Why: such a cell (outside the acquisition range, so ``unidentified``) comes from another lab's
+smear, its probabilities say little, and on another lab's cells they lean to the classes PBC's
+folders over-represent. PBC
 files 9% of its cells as erythroblasts, 17% as immature granulocytes and 14% as platelets, where
 a smear's white-cell differential has no erythroblasts in an adult, at most about 1% immature
 granulocytes, and no platelets (they are not white cells). The default's commonest errors on
 ext-tecom are exactly lymphocytes called erythroblasts and monocytes called ig. For a cell the
-model does recognise, its evidence outweighs any prior and nothing changes; for an unidentified
-one, the label is chosen as Bayes' rule would under a prior shift (Saerens, Latinne and
+model does recognise, its evidence outweighs any prior and nothing changes; for one from another
+lab's smear, the label is chosen as Bayes' rule would under a prior shift (Saerens, Latinne and
 Decaestecker, Neural Computation 14, 2002): each class's probability times (its share in
 the prior) / (its share in the training data), renormalised.
 
@@ -17,7 +18,8 @@ nothing about a lab's white-cell mix, and gives each class that a white-cell dif
 not count (``RARE_IN_BLOOD``) a share of ``RARE_SHARE``. The cell stays ``unidentified``: the
 contract still tells the reader to treat its class as unknown. Only the written label and
 probabilities of such a cell change, so no flag and no figure of wrong-and-unflagged answers
-moves.
+moves. A cell unidentified by its features alone, taken like PBC's, keeps its probabilities
+(``ClassifierModel.guess_unidentified`` says why).
 
 The card's section, written by ``calibrate --unidentified-prior``::
 
@@ -138,7 +140,8 @@ def set_unidentified_prior(
         "training_mix": mix,
         "rare_in_blood": list(RARE_IN_BLOOD),
         "rare_share": rare_share,
-        "applies_to": "unidentified cells only: their label and probabilities are a guess",
+        "applies_to": "cells taken unlike the training images (outside the acquisition range, "
+        "so unidentified): their label and probabilities are a guess",
         "training_data": f"{Path(data).name} ({int(counts.sum())} cells)",
         "why": "a white-cell differential of peripheral blood has no erythroblasts in an adult, "
         "at most about 1% immature granulocytes and no platelets; the training data holds "
