@@ -396,7 +396,7 @@ class ClassifierModel:
     acquisition: object = None  # acquisition.AcquisitionRange when the card has one
     second_opinion: SecondOpinion | None = None  # when the card names one (second_opinion.py)
     colour_check: ColourCheck | None = None  # when the card has one (colour_check.py)
-    # The re-weighting of an unidentified cell's guess (blood_prior.py), when the card has one.
+    # Re-weights the guess for a cell outside the acquisition range (blood_prior.py), if carded.
     unidentified_prior: UnidentifiedPrior | None = None
     # Stricter low-confidence thresholds by class name (floors.py); {} for none.
     class_floors: dict = field(default_factory=dict)
