@@ -17,7 +17,6 @@ from bcclassify.explain.maps import (
 )
 from bcclassify.presentation.classify import (
     FLAG_GROUPS,
-    GUESS_NOTE,
     Cell,
     awaiting_note,
     cell_choice_label,
@@ -26,6 +25,7 @@ from bcclassify.presentation.classify import (
     disputed_note,
     gallery_groups,
     group_heading,
+    guess_note,
     low_confidence_note,
     not_read_table,
     refused_table,
@@ -196,7 +196,7 @@ def probabilities_ui(prediction: Prediction) -> None:
         st.markdown(f"### {FLAG_GROUPS['unidentified']}")
         st.warning(unidentified_note(prediction))
         with st.expander("The model's guess anyway (not to be relied on)"):
-            st.caption(GUESS_NOTE)
+            st.caption(guess_note(prediction))
             st.metric("Top probability", percent(prediction.confidence, 1))
             st.plotly_chart(chart, key=f"probs-{prediction.path}")
         return

@@ -274,6 +274,11 @@ def create_app(
             )
             if served.unidentified_prior
             else None,
+            # ... for cells outside the acquisition range and those whose novelty score is
+            # above this (None: the range's alone)
+            "unidentified_prior_beyond_novelty": served.unidentified_prior.beyond_novelty
+            if served.unidentified_prior
+            else None,
             "limits": {
                 "max_files": limits.max_files,
                 "max_bytes_per_file": limits.max_bytes,

@@ -30,6 +30,7 @@ from bcclassify.serving.trust import (
     fit_colour_check,
     fit_low_confidence,
     fit_second_opinion,
+    highest_own_novelty,
 )
 from bcclassify.storage.cards import ModelCard, bench_record, installed_cards
 from bcclassify.storage.store import default_model_name, list_runs, run_state
@@ -247,6 +248,14 @@ def add_calibrate(sub: SubParsers) -> None:
         "differential does not count (default 0.01: 1%%)",
     )
     p.add_argument(
+        "--beyond-own-cells",
+        action="store_true",
+        help="with --unidentified-prior: also write the guess for cells taken like the "
+        "training images whose novelty score is above every validation-split cell's (a "
+        "CellaVision lab's cells pass the acquisition range); reads that split's features "
+        "(calibrate's cache, else minutes)",
+    )
+    p.add_argument(
         "--flag-budget",
         type=float,
         default=None,
@@ -274,11 +283,17 @@ def run_calibrate(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         print(json.dumps({"acquisition": card["acquisition"]}, indent=2))
         return EXIT_OK
+    if args.beyond_own_cells and not args.unidentified_prior:
+        raise UsageError("--beyond-own-cells goes with --unidentified-prior")
     if args.unidentified_prior:
         if not 0.0 < args.rare_share < 1.0 / 3:
             raise UsageError("--rare-share must be in (0, 1/3)")
         try:
-            card = set_unidentified_prior(args.model, args.data, args.rare_share)
+            beyond = None
+            if args.beyond_own_cells:
+                start_tensorflow()
+                beyond = highest_own_novelty(args.model, args.data)
+            card = set_unidentified_prior(args.model, args.data, args.rare_share, beyond)
         except refused as exc:
             raise UsageError(str(exc)) from None
         print(json.dumps({UNIDENTIFIED_PRIOR_KEY: card[UNIDENTIFIED_PRIOR_KEY]}, indent=2))

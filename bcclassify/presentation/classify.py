@@ -111,13 +111,18 @@ def awaiting_note(counts: dict) -> str:
     )
 
 
-# Under the probabilities shown for an unidentified cell (serving/blood_prior.py).
-GUESS_NOTE = (
-    "Only a guess. For an image taken unlike its training images, the default model's guess "
-    "counts erythroblasts, immature granulocytes and platelets (common in its training folders, "
-    "rare in a white-cell differential) for little, and an eosinophil its colour check disputes "
-    "is replaced by the greyscale view's guess."
-)
+def guess_note(prediction: Prediction) -> str:
+    """Under the probabilities shown for an unidentified cell: what they are (the guess for
+    another lab's cell, serving/blood_prior.py, or the model's own)."""
+    if prediction.guessed:
+        return (
+            "Only a guess. For an image taken unlike its training images, or further from them "
+            "than any of their own cells, the default model's guess counts erythroblasts, "
+            "immature granulocytes and platelets (common in its training folders, rare in a "
+            "white-cell differential) for little, and an eosinophil its colour check disputes "
+            "is replaced by the greyscale view's guess."
+        )
+    return "Only a guess: the model's own probabilities, for a cell unlike those it was trained on."
 
 
 def unidentified_note(prediction: Prediction) -> str:

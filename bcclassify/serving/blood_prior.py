@@ -19,12 +19,16 @@ not count (``RARE_IN_BLOOD``) a share of ``RARE_SHARE``. The cell stays ``uniden
 contract still tells the reader to treat its class as unknown. Only the written label and
 probabilities of such a cell change, so no flag and no figure of wrong-and-unflagged answers
 moves. A cell unidentified by its features alone, taken like PBC's, keeps its probabilities
-(``ClassifierModel.guess_unidentified`` says why).
+(``ClassifierModel.guess_unidentified`` says why), unless its novelty score is above every cell
+of PBC's validation split (``beyond_novelty``, written by ``--beyond-own-cells``): a CellaVision
+lab's cells pass the acquisition range, and such a score says the cell is further from PBC's
+cells than any of PBC's own.
 
-The card's section, written by ``calibrate --unidentified-prior``::
+The card's section, written by ``calibrate --unidentified-prior [--beyond-own-cells]``::
 
     "unidentified_prior": {"prior": {"basophil": 0.11, ...}, "training_mix": {...},
-                           "rare_in_blood": ["erythroblast", "ig", "platelet"], ...}
+                           "rare_in_blood": ["erythroblast", "ig", "platelet"],
+                           "beyond_novelty": 5.43, ...}
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "BEYOND_KEY",
     "CARD_KEY",
     "RARE_IN_BLOOD",
     "RARE_SHARE",
@@ -46,6 +51,7 @@ __all__ = [
 ]
 
 CARD_KEY = "unidentified_prior"
+BEYOND_KEY = "beyond_novelty"
 # Classes a white-cell differential of adult peripheral blood does not count, or counts at
 # under about 1%: nucleated red cells (absent in adults), immature granulocytes (0-1%) and
 # platelets (not white cells; CellaVision lists them apart).
@@ -86,9 +92,22 @@ def reweighted(probabilities: np.ndarray, weights: np.ndarray, rows: np.ndarray)
 
 @dataclass(frozen=True)
 class UnidentifiedPrior:
-    """Per-class weights (prior share / training share), in the model's class order."""
+    """Per-class weights (prior share / training share), in the model's class order, and the
+    novelty score above which a cell taken like the training images gets the guess too (None:
+    only cells outside the acquisition range)."""
 
     weights: np.ndarray
+    beyond_novelty: float | None = None
+
+    def guessed_rows(self, scores: np.ndarray) -> np.ndarray:
+        """Which served cells get the guess: outside the acquisition range (score +inf) and,
+        with ``beyond_novelty``, any whose features score above every PBC cell held out of
+        training (taken like PBC's images yet further from them than any of PBC's own)."""
+        scores = np.asarray(scores, dtype=np.float64)
+        rows = np.isposinf(scores)
+        if self.beyond_novelty is not None:
+            rows |= scores > self.beyond_novelty
+        return rows
 
     @classmethod
     def from_card(cls, card: Mapping, class_names: Sequence[str]) -> UnidentifiedPrior | None:
@@ -107,7 +126,10 @@ class UnidentifiedPrior:
         )
         if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
             raise ValueError(f"{CARD_KEY}: every share must be positive")
-        return cls(weights)
+        beyond = section.get(BEYOND_KEY)
+        if beyond is not None and not np.isfinite(float(beyond)):
+            raise ValueError(f"{CARD_KEY}: {BEYOND_KEY} must be a finite novelty score")
+        return cls(weights, None if beyond is None else float(beyond))
 
     def apply(self, probabilities: np.ndarray, unidentified: np.ndarray) -> np.ndarray:
         """The served probabilities with the unidentified rows re-weighted."""
@@ -115,10 +137,17 @@ class UnidentifiedPrior:
 
 
 def set_unidentified_prior(
-    name: str | None, data: str | Path, rare_share: float = RARE_SHARE
+    name: str | None,
+    data: str | Path,
+    rare_share: float = RARE_SHARE,
+    beyond_novelty: Mapping | None = None,
 ) -> dict:
     """Write installed model ``name``'s ``unidentified_prior`` from the class mix of ``data``,
-    its training data (class folders), and return the new card. Reads no pixels."""
+    its training data (class folders), and return the new card. Reads no pixels.
+
+    ``beyond_novelty``: ``{"score": S, "rule": ...}`` (trust.highest_own_novelty) to give the
+    guess also to cells whose novelty score is above S; None leaves it to the cells outside the
+    acquisition range."""
     from bcclassify.data.datasets import scan_dataset
     from bcclassify.serving.classifier import read_card, resolve_model_name
     from bcclassify.storage.cards import write_card
@@ -148,5 +177,13 @@ def set_unidentified_prior(
         + ", ".join(f"{mix[c]:.0%} {c}" for c in RARE_IN_BLOOD if c in mix)
         + " (the label re-weighted as for a prior shift: Saerens et al. 2002)",
     }
+    if beyond_novelty is not None:
+        card[CARD_KEY][BEYOND_KEY] = float(beyond_novelty["score"])
+        card[CARD_KEY]["beyond_novelty_rule"] = beyond_novelty["rule"]
+        card[CARD_KEY]["applies_to"] = (
+            "cells outside the acquisition range, and cells whose novelty score is above "
+            f"{float(beyond_novelty['score']):.3f} (higher than any validation-split cell's): "
+            "unidentified, their label and probabilities a guess"
+        )
     UnidentifiedPrior.from_card(card, class_names)  # refuse a section serving could not read
     return dict(write_card(folder, card))

@@ -303,6 +303,9 @@ class Prediction:
     # and where it disputes the answer. None: this answer was not checked.
     colour_rival: float | None = None
     colour_check: ColourCheck | None = None
+    # Unidentified, and its probabilities the guess for another lab's cell, not the model's
+    # own (ClassifierModel.guess_unidentified).
+    guessed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -396,7 +399,7 @@ class ClassifierModel:
     acquisition: object = None  # acquisition.AcquisitionRange when the card has one
     second_opinion: SecondOpinion | None = None  # when the card names one (second_opinion.py)
     colour_check: ColourCheck | None = None  # when the card has one (colour_check.py)
-    # Re-weights the guess for a cell outside the acquisition range (blood_prior.py), if carded.
+    # Re-weights the guess for another lab's unidentified cell (blood_prior.py), if carded.
     unidentified_prior: UnidentifiedPrior | None = None
     # Stricter low-confidence thresholds by class name (floors.py); {} for none.
     class_floors: dict = field(default_factory=dict)
@@ -510,27 +513,38 @@ class ClassifierModel:
             base = np.full(len(pixels), -np.inf) if scores is None else scores
             scores = self.acquisition.gate(base, summaries(pixels))
         if scores is not None:
-            probabilities = self.guess_unidentified(pixels, probabilities, np.isposinf(scores))
+            probabilities = self.guess_unidentified(pixels, probabilities, self.guessed(scores))
         return probabilities, scores
 
-    def guess_unidentified(
-        self, pixels: np.ndarray, probabilities: np.ndarray, taken_unlike: np.ndarray
-    ) -> np.ndarray:
-        """The probabilities written for cells taken unlike the training lab's images (outside
-        the acquisition range: unidentified, their label only a guess): an answer the colour
-        check disputes is taken from the greyscale view instead (colour_check.py), then
-        re-weighted to the blood's class mix (blood_prior.py). The other rows as they were.
+    def guessed(self, scores: np.ndarray | None) -> np.ndarray | None:
+        """Which cells of these novelty scores get the guess (:meth:`guess_unidentified`): those
+        outside the acquisition range and, if the card says so, those whose features score
+        above every validation-split cell's (blood_prior.py); unidentified cells only.
+        None without scores."""
+        if scores is None:
+            return None
+        if self.unidentified_prior is None:
+            return np.isposinf(scores)
+        unidentified = np.asarray(scores) > self.unidentified_threshold
+        return self.unidentified_prior.guessed_rows(scores) & unidentified
 
-        Only those: such a cell comes from another lab's smear, whose mix is the blood's. A cell
-        unidentified by its features alone, taken like PBC's, is as often an unusual cell of
-        PBC's own mix (an erythroblast, an immature granulocyte), and re-weighting those made the
-        held-out originals' ECE 0.98% -> 1.32% on three cells."""
-        if self.colour_check is not None and np.any(taken_unlike):
-            probabilities = self.colour_check.regrey_guesses(
-                self, pixels, probabilities, taken_unlike
-            )
+    def guess_unidentified(
+        self, pixels: np.ndarray, probabilities: np.ndarray, rows: np.ndarray
+    ) -> np.ndarray:
+        """The probabilities written for ``rows`` (:meth:`guessed`: unidentified cells from
+        another lab's smear, their label only a guess): an answer the colour check disputes is
+        taken from the greyscale view instead (colour_check.py), then re-weighted to the blood's
+        class mix (blood_prior.py). The other rows as they were.
+
+        Only those: a cell outside the acquisition range, or further from the training cells
+        than any validation cell, comes from another lab's smear, whose mix is the blood's. A cell merely
+        unidentified by its features, taken like PBC's, is as often an unusual cell of PBC's
+        own mix (an erythroblast, an immature granulocyte), and re-weighting all of those made
+        the held-out originals' ECE 0.98% -> 1.32% on three cells."""
+        if self.colour_check is not None and np.any(rows):
+            probabilities = self.colour_check.regrey_guesses(self, pixels, probabilities, rows)
         if self.unidentified_prior is not None:
-            probabilities = self.unidentified_prior.apply(probabilities, taken_unlike)
+            probabilities = self.unidentified_prior.apply(probabilities, rows)
         return probabilities
 
     def second_support(self, pixels: np.ndarray, probabilities: np.ndarray) -> np.ndarray | None:
@@ -573,6 +587,7 @@ class ClassifierModel:
         probabilities, novelty, the second opinion's support and the colour check, one
         Prediction per image."""
         probs, novelty = self.assess_pixels(pixels)
+        guessed = self.guessed(novelty)
         support = self.second_support(pixels, probs)
         rival = self.colour_rival(pixels, probs)
         thresholds = self.class_thresholds
@@ -583,6 +598,7 @@ class ClassifierModel:
             if novelty is not None:
                 prediction.novelty = float(novelty[n])
                 prediction.novelty_threshold = self.unidentified_threshold
+                prediction.guessed = bool(guessed[n])
             if support is not None:
                 prediction.second_support = float(support[n])
                 prediction.min_support = self.second_opinion.min_support

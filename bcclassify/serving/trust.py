@@ -475,11 +475,7 @@ def calibrate_model(
     card = dict(classifier.card)
     dataset, split, seed = _own_split(classifier.name, card, data)
     train_idx = training_subset(split.train, train_limit, seed)
-    from bcclassify.storage.store import store_root
-
-    # Beside the store (the repository's cache/ for the bundled one), never inside a model.
-    cache_root = cache_root or store_root().resolve().parent / "cache" / "trust"
-    cache = cache_root / f"{classifier.name}-{weights_id(card)}"
+    cache = _features_cache(classifier, cache_root)
 
     def labelled(indices, averaged, set_name):
         got = extract(
@@ -634,6 +630,44 @@ def calibrate_model(
     if old_name and old_name != file_name:
         (classifier.folder / old_name).unlink(missing_ok=True)
     return card
+
+
+def _features_cache(classifier, cache_root: Path | None = None) -> Path:
+    """Where a model's extracted features and probabilities are kept between fits: beside the
+    store (the repository's cache/ for the bundled one), never inside a model, one folder per
+    weights."""
+    from bcclassify.storage.store import store_root
+
+    cache_root = cache_root or store_root().resolve().parent / "cache" / "trust"
+    return cache_root / f"{classifier.name}-{weights_id(classifier.card)}"
+
+
+def highest_own_novelty(name: str | None, data: str | Path, cache_root: Path | None = None) -> dict:
+    """The highest novelty score of any cell of the model's validation split, the cells the
+    unidentified threshold is read from: above it, a cell is further from PBC's cells than any
+    of those (blood_prior.py's ``beyond_novelty``). The test split is left to check it on.
+    Features as ``calibrate`` extracts them, from its cache when it has run (else minutes)."""
+    from bcclassify.serving.classifier import load_model
+
+    classifier = load_model(name)
+    if classifier.novelty is None:
+        raise ValueError(f"{classifier.name} has no novelty detector: run calibrate first")
+    dataset, split, _ = _own_split(classifier.name, classifier.card, data)
+    # The same views and cache file as calibrate_model's, so either reuses the other's.
+    got = extract(
+        classifier,
+        [dataset.paths[i] for i in split.val],
+        True,
+        _features_cache(classifier, cache_root) / "val.npz",
+        desc="val",
+    )
+    scores = classifier.novelty.score(got["features"])
+    return {
+        "score": float(scores.max()),
+        "rule": f"the highest novelty score of the validation split's {len(scores)} cells "
+        "(the unidentified threshold is a quantile of the same scores); the test split is "
+        "left to check it on",
+    }
 
 
 def _own_split(model_name: str, card: Mapping, data: str | Path):

@@ -14,6 +14,7 @@ from PIL import Image
 from bcclassify import CLASS_NAMES
 from bcclassify.serving.acquisition import fit_range, summaries
 from bcclassify.serving.blood_prior import (
+    BEYOND_KEY,
     CARD_KEY,
     RARE_IN_BLOOD,
     UnidentifiedPrior,
@@ -152,3 +153,78 @@ def test_calibrate_writes_the_prior_from_the_datas_mix_and_refuses_bad_shares(tm
     assert card[CARD_KEY] == section
     refused = cli([*base, "--rare-share", "0.4"], store=store)
     assert refused.returncode == 2 and "--rare-share" in refused.stderr
+
+
+def test_guessed_rows_are_outside_the_range_and_beyond_the_own_cells_score():
+    weights = np.ones(3)
+    scores = np.array([np.inf, 5.0, 4.0, -np.inf, 2.0])
+    assert UnidentifiedPrior(weights).guessed_rows(scores).tolist() == [1, 0, 0, 0, 0]
+    beyond = UnidentifiedPrior(weights, beyond_novelty=4.0).guessed_rows(scores)
+    assert beyond.tolist() == [1, 1, 0, 0, 0]  # strictly above: the highest own cell is not
+    section = {"prior": {"a": 1, "b": 1, "c": 1}, "training_mix": {"a": 1, "b": 1, "c": 1}}
+    names = ("a", "b", "c")
+    assert UnidentifiedPrior.from_card({CARD_KEY: section}, names).beyond_novelty is None
+    read = UnidentifiedPrior.from_card({CARD_KEY: {**section, BEYOND_KEY: 4.5}}, names)
+    assert read.beyond_novelty == 4.5
+    with pytest.raises(ValueError, match="finite"):
+        UnidentifiedPrior.from_card({CARD_KEY: {**section, BEYOND_KEY: float("inf")}}, names)
+
+
+def test_the_guess_beyond_the_own_cells_is_fitted_on_their_scores_and_served(
+    tmp_path, cli, monkeypatch
+):
+    from bcclassify.data.datasets import scan_dataset, train_val_test_split
+    from bcclassify.presentation.classify import guess_note
+    from bcclassify.serving.classifier import load_model
+
+    store, data = variants_store(tmp_path)
+    alone = ["calibrate", "--model", "tiny-cnn", "--data", data, "--beyond-own-cells"]
+    refused = cli(alone, store=store)
+    assert refused.returncode == 2 and "--unidentified-prior" in refused.stderr
+    base = ["calibrate", "--model", "tiny-cnn", "--data", data]
+    fitted = cli([*base, "--method", "knn", "--train-limit", "0", "--quantile", "0.5"], store=store)
+    assert fitted.returncode == 0, fitted.stderr
+    result = cli([*base, "--unidentified-prior", "--beyond-own-cells"], store=store)
+    assert result.returncode == 0, result.stderr
+    section = json.loads(result.stdout)[CARD_KEY]
+
+    # The score is the highest novelty score of the validation cells, served.
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    dataset = scan_dataset(data)
+    split = train_val_test_split(dataset.labels, dataset.hashes, 42)
+    held = [dataset.paths[i] for i in split.val]
+    model = load_model("tiny-cnn", verify=False)
+    model.acquisition = None  # the features' score alone, as the rule reads it
+    pixels = np.stack([model.load(p) for p in held])
+    _, scores = model.assess_pixels(pixels)
+    assert section[BEYOND_KEY] == pytest.approx(float(scores.max()), rel=1e-4)
+    assert "validation split's" in section["beyond_novelty_rule"]
+    assert model.unidentified_prior.beyond_novelty == section[BEYOND_KEY]
+
+    # Served with a lower score, as another lab's cells would reach: the unidentified cells
+    # above it carry the guess (the prior's re-weighting of the model's own probabilities), the
+    # others not. Set under the unidentified threshold (the validation median here), it guesses
+    # for unidentified cells only.
+    folder = store / "models" / "tiny-cnn"
+    card = json.loads((folder / "card.json").read_text())
+    lower = float(np.quantile(scores, 0.25))
+    card[CARD_KEY] = {**card[CARD_KEY], BEYOND_KEY: lower}
+    card.pop(COLOUR_CHECK_KEY, None)
+    write_card(folder, card)
+    plain = load_model("tiny-cnn", verify=False)
+    plain.unidentified_prior = None  # the model's own probabilities
+    before = plain.classify_pixels(pixels, [str(p) for p in held])
+    served = load_model("tiny-cnn", verify=False).classify_pixels(pixels, [str(p) for p in held])
+    weights = UnidentifiedPrior.from_card(card, CLASS_NAMES).weights
+    beyond = np.array([p.novelty > lower and p.unidentified for p in served])
+    assert 0 < beyond.sum() < (np.array([p.novelty for p in served]) > lower).sum()
+    for own, after, guessed in zip(before, served, beyond):
+        assert after.guessed == guessed and after.novelty == pytest.approx(own.novelty)
+        # The Classify page says which the shown probabilities are.
+        assert ("counts erythroblasts" in guess_note(after)) == guessed
+        if not guessed:
+            np.testing.assert_array_equal(after.probabilities, own.probabilities)
+            continue
+        assert after.flag == "unidentified"
+        expected = own.probabilities * weights / (own.probabilities * weights).sum()
+        np.testing.assert_allclose(after.probabilities, expected, rtol=1e-5, atol=1e-7)
