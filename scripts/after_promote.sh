@@ -11,7 +11,7 @@
 # Steps, all by default: calibrate dispute floors colour budget prior evaluate studies faithfulness
 # adapt bench.
 # Time on the 2-core CPU for the hybrid (2026-12-07): calibrate and dispute about 25 minutes,
-# floors 10, colour 10, budget 8, prior seconds, evaluate 15, studies 5, faithfulness 22 (200 cells; FAITHFULNESS_CELLS=80: 9),
+# floors 10, colour 10, budget 8, prior seconds (15 minutes without calibrate's cache), evaluate 15, studies 5, faithfulness 22 (200 cells; FAITHFULNESS_CELLS=80: 9),
 # adapt 40 (5 and 10 cells a class on both sets; ADAPT_SIZES="5 10 20 50" for the whole curve:
 # 3 hours more), bench 5.
 set -euo pipefail
@@ -55,8 +55,11 @@ for step in "${steps[@]}"; do
         bcc calibrate --model "$model" --data ../shared/data/pbc224 --flag-budget 0.03 ;;
     prior)
         # The guess written for unidentified cells: re-weighted to a white-cell differential's
-        # class mix (bcclassify/serving/blood_prior.py). Reads no pixels; flags do not change.
-        bcc calibrate --model "$model" --data ../shared/data/pbc224 --unidentified-prior ;;
+        # class mix (bcclassify/serving/blood_prior.py), for cells outside the acquisition range
+        # and those scoring above every validation cell. Reads the validation features calibrate
+        # cached; flags do not change.
+        bcc calibrate --model "$model" --data ../shared/data/pbc224 --unidentified-prior \
+            --beyond-own-cells ;;
     evaluate)
         for data in ../shared/data/pbc-originals ../shared/data/ext-tecom cache/ext-tecom-lowres; do
             bcc evaluate --model "$model" --data "$data" --record --json > "logs/evaluate-$(basename "$data").json"

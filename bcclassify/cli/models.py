@@ -251,9 +251,9 @@ def add_calibrate(sub: SubParsers) -> None:
         "--beyond-own-cells",
         action="store_true",
         help="with --unidentified-prior: also write the guess for cells taken like the "
-        "training images whose novelty score is above every validation-split cell's (a "
-        "CellaVision lab's cells pass the acquisition range); reads that split's features "
-        "(calibrate's cache, else minutes)",
+        "training images whose novelty score is above every validation- and test-split "
+        "cell's (a CellaVision lab's cells pass the acquisition range); reads those splits' "
+        "features (calibrate's cache, else minutes)",
     )
     p.add_argument(
         "--flag-budget",

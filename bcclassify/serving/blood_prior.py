@@ -20,9 +20,9 @@ contract still tells the reader to treat its class as unknown. Only the written 
 probabilities of such a cell change, so no flag and no figure of wrong-and-unflagged answers
 moves. A cell unidentified by its features alone, taken like PBC's, keeps its probabilities
 (``ClassifierModel.guess_unidentified`` says why), unless its novelty score is above every cell
-of PBC's validation split (``beyond_novelty``, written by ``--beyond-own-cells``): a CellaVision
-lab's cells pass the acquisition range, and such a score says the cell is further from PBC's
-cells than any of PBC's own.
+of PBC's validation and test splits (``beyond_novelty``, written by ``--beyond-own-cells``): a
+CellaVision lab's cells pass the acquisition range, and such a score says the cell is further
+from PBC's training cells than any of PBC's own held-out cells.
 
 The card's section, written by ``calibrate --unidentified-prior [--beyond-own-cells]``::
 
@@ -182,8 +182,8 @@ def set_unidentified_prior(
         card[CARD_KEY]["beyond_novelty_rule"] = beyond_novelty["rule"]
         card[CARD_KEY]["applies_to"] = (
             "cells outside the acquisition range, and cells whose novelty score is above "
-            f"{float(beyond_novelty['score']):.3f} (higher than any validation-split cell's): "
-            "unidentified, their label and probabilities a guess"
+            f"{float(beyond_novelty['score']):.3f} (higher than any validation- or test-split "
+            "cell's): unidentified, their label and probabilities a guess"
         )
     UnidentifiedPrior.from_card(card, class_names)  # refuse a section serving could not read
     return dict(write_card(folder, card))

@@ -188,17 +188,17 @@ def test_the_guess_beyond_the_own_cells_is_fitted_on_their_scores_and_served(
     assert result.returncode == 0, result.stderr
     section = json.loads(result.stdout)[CARD_KEY]
 
-    # The score is the highest novelty score of the validation cells, served.
+    # The score is the highest novelty score of the validation and test cells, served.
     monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
     dataset = scan_dataset(data)
     split = train_val_test_split(dataset.labels, dataset.hashes, 42)
-    held = [dataset.paths[i] for i in split.val]
+    held = [dataset.paths[i] for i in np.concatenate([split.val, split.test])]
     model = load_model("tiny-cnn", verify=False)
     model.acquisition = None  # the features' score alone, as the rule reads it
     pixels = np.stack([model.load(p) for p in held])
     _, scores = model.assess_pixels(pixels)
     assert section[BEYOND_KEY] == pytest.approx(float(scores.max()), rel=1e-4)
-    assert "validation split's" in section["beyond_novelty_rule"]
+    assert "validation and test splits'" in section["beyond_novelty_rule"]
     assert model.unidentified_prior.beyond_novelty == section[BEYOND_KEY]
 
     # Served with a lower score, as another lab's cells would reach: the unidentified cells
