@@ -33,7 +33,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "gpu"), str(ROOT / "scripts")]
 
 from lab_factor_study import resized  # noqa: E402
 from pack import model_split  # noqa: E402
-from shifted_lab_study import background, looks, nucleus_share, passing_looks  # noqa: E402
+from shifted_lab_study import (  # noqa: E402
+    background,
+    looks,
+    nucleus_share,
+    passing_looks,
+    test_cells,
+)
 
 from bcclassify.data.datasets import scan_dataset  # noqa: E402
 from bcclassify.data.imaging import load_image  # noqa: E402
@@ -101,12 +107,7 @@ def main() -> None:
     classifier.guess_unidentified = lambda pixels, probabilities, rows: probabilities
     size, names = classifier.image_size, list(classifier.class_names)
     dataset, split, *_ = model_split(dict(classifier.card), None)
-
-    rng = np.random.default_rng(args.seed)
-    test_labels = dataset.labels[split.test]
-    picked = np.concatenate(
-        [rng.permutation(split.test[test_labels == c])[: args.per_class] for c in range(len(names))]
-    )
+    _, picked = test_cells(classifier, args.per_class, args.seed)
     copies = [load_image(dataset.paths[i]).astype(np.float32) for i in picked]
     pbc_background = np.median([background(a) for a in copies], axis=0)
 
@@ -205,8 +206,7 @@ def main() -> None:
                 }
             result["sets"][scope] = row
             print(scope, json.dumps(row), flush=True)
-    result["seconds"] = round(time.time() - started, 1)
-    result["command"] = " ".join(sys.argv)
+    result.update(seconds=round(time.time() - started, 1), command=" ".join(sys.argv))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -127,6 +127,17 @@ def passing_looks(pbc_background: np.ndarray, scale: float) -> dict:
     }
 
 
+def test_cells(classifier, per_class: int, seed: int):
+    """The installed model's dataset and ``per_class`` of its test-split cells a class, drawn
+    with ``seed`` (the same cells for every study that asks for the same two)."""
+    dataset, split, *_ = model_split(dict(classifier.card), None)
+    rng = np.random.default_rng(seed)
+    test_labels = dataset.labels[split.test]
+    classes = range(len(classifier.class_names))
+    picked = [rng.permutation(split.test[test_labels == c])[:per_class] for c in classes]
+    return dataset, np.concatenate(picked)
+
+
 def outcome(predictions, outside: np.ndarray, truth: np.ndarray, names) -> dict:
     """The served flags (range first, as serving gates), and what happens without the range."""
     labels = np.array([names.index(p.label) for p in predictions])
@@ -205,12 +216,7 @@ def main() -> None:
     classifier = load_model(args.model)
     acquisition, classifier.acquisition = classifier.acquisition, None  # applied below, apart
     size, names = classifier.image_size, list(classifier.class_names)
-    dataset, split, *_ = model_split(dict(classifier.card), None)
-    rng = np.random.default_rng(args.seed)
-    test_labels = dataset.labels[split.test]
-    picked = np.concatenate(
-        [rng.permutation(split.test[test_labels == c])[: args.per_class] for c in range(len(names))]
-    )
+    dataset, picked = test_cells(classifier, args.per_class, args.seed)
     truth = dataset.labels[picked]
     copies = [load_image(dataset.paths[i]).astype(np.float32) for i in picked]
 

@@ -478,13 +478,7 @@ def calibrate_model(
     cache = _features_cache(classifier, cache_root)
 
     def labelled(indices, averaged, set_name):
-        got = extract(
-            classifier,
-            [dataset.paths[i] for i in indices],
-            averaged,
-            cache / f"{set_name}.npz",
-            desc=set_name,
-        )
+        got = _extract_cached(classifier, dataset, indices, averaged, cache, set_name)
         return got, dataset.labels[indices][got["kept"]]
 
     train, train_labels = labelled(train_idx, False, "train")
@@ -642,6 +636,17 @@ def _features_cache(classifier, cache_root: Path | None = None) -> Path:
     return cache_root / f"{classifier.name}-{weights_id(classifier.card)}"
 
 
+def _extract_cached(classifier, dataset, indices, averaged: bool, cache: Path, set_name: str):
+    """:func:`extract` for ``dataset``'s cells at ``indices``, kept as ``cache/set_name.npz``."""
+    return extract(
+        classifier,
+        [dataset.paths[i] for i in indices],
+        averaged,
+        cache / f"{set_name}.npz",
+        desc=set_name,
+    )
+
+
 def highest_own_novelty(name: str | None, data: str | Path, cache_root: Path | None = None) -> dict:
     """The highest novelty score of any cell of the model's validation and test splits (its
     own data held out of training): above it, a cell is further from the training cells than
@@ -658,13 +663,7 @@ def highest_own_novelty(name: str | None, data: str | Path, cache_root: Path | N
     highest = {}
     # The same sets, views and cache files as calibrate_model's, so either reuses the other's.
     for indices, averaged, set_name in ((split.val, True, "val"), (split.test, False, "test")):
-        got = extract(
-            classifier,
-            [dataset.paths[i] for i in indices],
-            averaged,
-            cache / f"{set_name}.npz",
-            desc=set_name,
-        )
+        got = _extract_cached(classifier, dataset, indices, averaged, cache, set_name)
         highest[set_name] = (
             float(classifier.novelty.score(got["features"]).max()),
             len(got["kept"]),
