@@ -197,7 +197,9 @@ def test_the_guess_beyond_the_own_cells_is_fitted_on_their_scores_and_served(
     model.acquisition = None  # the features' score alone, as the rule reads it
     pixels = np.stack([model.load(p) for p in held])
     _, scores = model.assess_pixels(pixels)
-    assert section[BEYOND_KEY] == pytest.approx(float(scores.max()), rel=1e-4)
+    # (float32 features from other batches: the untrained model's scores are ~1e-3, so abs)
+    assert section[BEYOND_KEY] == pytest.approx(float(scores.max()), rel=1e-3, abs=1e-5)
+    assert section[BEYOND_KEY] > np.median(scores) + 1e-5
     assert "validation and test splits'" in section["beyond_novelty_rule"]
     assert model.unidentified_prior.beyond_novelty == section[BEYOND_KEY]
 
