@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,6 @@ from bcclassify.data.datasets import scan_dataset  # noqa: E402
 from bcclassify.data.imaging import load_image  # noqa: E402
 from bcclassify.evaluation.metrics import expected_calibration_error  # noqa: E402
 from bcclassify.evaluation.scoring import training_split_hashes  # noqa: E402
-from bcclassify.serving.blood_prior import reweighted  # noqa: E402
 from bcclassify.serving.classifier import load_model  # noqa: E402
 
 OTHER_LABS = ("../shared/data/ext-tecom", "cache/ext-tecom-lowres")
@@ -73,20 +73,26 @@ def served_without_guess(classifier, pixels: np.ndarray) -> dict:
     return {"probabilities": probabilities, "scores": scores, "grey": grey}
 
 
-def guessed(outcome: dict, threshold: float, classifier) -> np.ndarray:
-    """The written probabilities if every cell scoring above ``threshold`` (and every cell outside
-    the range, as now) took the guess."""
+def guessed(outcome: dict, threshold: float, classifier) -> tuple[np.ndarray, np.ndarray]:
+    """Which cells get the guess if the card's ``beyond_novelty`` were ``threshold`` (serving's
+    own rule, ``ClassifierModel.guessed``), and the probabilities then written: the colour
+    check's swap from the cached greyscale view, then the prior."""
     names = list(classifier.class_names)
     check = classifier.colour_check
     probabilities, scores, grey = outcome["probabilities"], outcome["scores"], outcome["grey"]
-    rows = np.isposinf(scores) | (scores > threshold)
+    served_prior = classifier.unidentified_prior
+    classifier.unidentified_prior = replace(served_prior, beyond_novelty=threshold)
+    try:
+        rows = classifier.guessed(scores)
+    finally:
+        classifier.unidentified_prior = served_prior
     swap = (
         rows
         & (probabilities.argmax(1) == names.index(check.checked))
         & (np.nan_to_num(grey[:, names.index(check.rival)]) >= check.min_rival)
     )
     out = np.where(swap[:, None], grey, probabilities)
-    return reweighted(out, classifier.unidentified_prior.weights, rows)
+    return rows, served_prior.apply(out, rows)
 
 
 def pixels_of(paths, size: int) -> np.ndarray:
@@ -193,12 +199,10 @@ def main() -> None:
                 "by_threshold": {},
             }
             for threshold in thresholds:
-                written = guessed(part, threshold, classifier)
+                rows, written = guessed(part, threshold, classifier)
                 right = written.argmax(1) == part["truth"]
                 row["by_threshold"][str(round(threshold, 4))] = {
-                    "guessed": int(
-                        (np.isposinf(part["scores"]) | (part["scores"] > threshold)).sum()
-                    ),
+                    "guessed": int(rows.sum()),
                     "accuracy": round(float(right.mean()), 4),
                     "ece": round(float(expected_calibration_error(part["truth"], written)), 4),
                     "made_right": int((right & ~own).sum()),
