@@ -1,4 +1,4 @@
-"""Two cheap probes of routes to other labs (issue 21), one view each, on the CPU.
+"""Cheap probes of routes to other labs (issue 21), one view each, on the CPU.
 
 1. ``frozen``: a linear probe (standardised logistic regression) on the global-average-pooled
    features of the untouched pretrained trunks (Xception's ImageNet weights, InceptionV3's
@@ -9,10 +9,22 @@
 2. ``fusion``: the default's probabilities mixed with its second opinion's (a weighted geometric
    mean, weight w on the default), as an answer rather than a check.
 
-Both are scored on the default's test split (M cells a class) and on other labs' folders.
+3. ``sample-bn``: every batch norm of the default normalising with its running statistics mixed
+   with the image's own spatial moments, the running ones counting as N images (single-sample
+   covariate-shift adaptation: Schneider et al., "Improving robustness against common
+   corruptions by covariate shift adaptation", NeurIPS 2020). Unlike statistics re-estimated on
+   a batch of the lab's cells (AdaBN), each answer depends on its own image only.
+4. ``prototypes``: the default's own features (those its novelty score reads) classified by the
+   nearest class mean (cosine) or the 15 nearest cells, fitted on N training-split cells a class,
+   instead of by its softmax head; prototype classifiers are often said to degrade more gently
+   under shift.
+
+All are scored on the default's test split (M cells a class) and on other labs' folders.
 
     .venv/bin/python scripts/cross_lab_probes.py --data ../shared/data/ext-tecom \\
         cache/ext-tecom-lowres --out docs/cross-lab-probes.json
+    .venv/bin/python scripts/cross_lab_probes.py --data ../shared/data/ext-tecom \\
+        cache/ext-tecom-lowres --probes sample-bn prototypes --out docs/cross-lab-probes-2.json
 """
 
 from __future__ import annotations
@@ -37,6 +49,9 @@ from bcclassify.models.registry import TRUNKS, _trunk, resolve_weights_dir  # no
 from bcclassify.serving.classifier import load_model  # noqa: E402
 
 FUSION_WEIGHTS = (1.0, 0.85, 0.7, 0.5, 0.0)
+# The running statistics' weight as a count of images; None: batch norm as trained.
+PSEUDO_COUNTS = (None, 256, 64, 16)
+NEIGHBOURS = 15
 
 
 def labelled(folder: str, names: list[str]) -> tuple[list[Path], np.ndarray]:
@@ -116,6 +131,90 @@ def fusion(sets: dict, names: list[str]) -> dict:
     return result
 
 
+def sample_bn(sets: dict, names: list[str]) -> dict:
+    import types
+
+    import keras
+    from keras import ops
+
+    # Unfolded, so that the batch norms exist as layers (serving folds them into the convs).
+    default = load_model(None, fold_batch_norm=False, compiled=False)
+    state: dict = {"count": None}
+
+    def call(layer, inputs, training=None, mask=None):
+        count = state["count"]
+        if count is None or len(inputs.shape) != 4:
+            return type(layer).call(layer, inputs, training=training, mask=mask)
+        x = ops.cast(inputs, "float32")
+        own = 1.0 / (count + 1.0)
+        mean = (1 - own) * layer.moving_mean + own * ops.mean(x, axis=[1, 2], keepdims=True)
+        var = (1 - own) * layer.moving_variance + own * ops.var(x, axis=[1, 2], keepdims=True)
+        y = (x - mean) / ops.sqrt(var + layer.epsilon)
+        y = y * layer.gamma if layer.scale else y
+        y = y + layer.beta if layer.center else y
+        return ops.cast(y, layer.compute_dtype)
+
+    def walk(model):
+        for layer in model.layers:
+            yield layer
+            if hasattr(layer, "layers"):
+                yield from walk(layer)
+
+    norms = [lay for lay in walk(default.model) if isinstance(lay, keras.layers.BatchNormalization)]
+    for layer in norms:
+        layer.call = types.MethodType(call, layer)
+    pixels = {
+        name: np.stack([load_image(p, default.image_size) for p in paths])
+        for name, (paths, _) in sets.items()
+    }
+    result = {"default": default.name, "batch_norms": len(norms)}
+    for count in PSEUDO_COUNTS:
+        state["count"] = count
+        default.model.predict_function = None  # traced anew: the count is read when tracing
+        key = "as trained" if count is None else f"N={count}"
+        result[key] = {}
+        for name, (_, truth) in sets.items():
+            probs = default.model.predict(pixels[name], batch_size=32, verbose=0)
+            result[key][name] = scored(probs.argmax(1), truth, names)
+        print("sample-bn", key, {n: r["accuracy"] for n, r in result[key].items()}, flush=True)
+    return result
+
+
+def prototypes(sets: dict, train: tuple, names: list[str]) -> dict:
+    from bcclassify.serving.trust import features_and_probabilities
+
+    default = load_model(None)
+
+    def features(paths):
+        out = [[], []]
+        for start in range(0, len(paths), 32):
+            batch = np.stack([load_image(p, default.image_size) for p in paths[start : start + 32]])
+            got, probs, _ = features_and_probabilities(default, batch, averaged=False)
+            out[0].append(got)
+            out[1].append(probs)
+        return np.concatenate(out[0]), np.concatenate(out[1])
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    fitted, _ = features(train[0])
+    fitted = unit(fitted)
+    means = unit(np.stack([fitted[train[1] == k].mean(0) for k in range(len(names))]))
+    result = {"default": default.name, "neighbours": NEIGHBOURS}
+    for name, (paths, truth) in sets.items():
+        got, probs = features(paths)
+        similar = unit(got) @ fitted.T
+        nearest = np.argsort(-similar, axis=1)[:, :NEIGHBOURS]
+        votes = np.stack([(train[1][nearest] == k).sum(1) for k in range(len(names))], axis=1)
+        result[name] = {
+            "head": scored(probs.argmax(1), truth, names),
+            "nearest mean": scored((unit(got) @ means.T).argmax(1), truth, names),
+            "nearest cells": scored(votes.argmax(1), truth, names),
+        }
+        print("prototypes", name, {k: r["accuracy"] for k, r in result[name].items()}, flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="*", default=[], help="other labs' labelled folders")
@@ -149,17 +248,23 @@ def main() -> None:
         "sizes": {name: len(truth) for name, (_, truth) in sets.items()},
         "seed": args.seed,
     }
+    train = drawn(split.train, args.train_per_class)
+    fitting = ([dataset.paths[i] for i in train], dataset.labels[train])
     if "frozen" in args.probes:
-        train = drawn(split.train, args.train_per_class)
         record["frozen"] = {
             "size": args.size,
             "train_per_class": args.train_per_class,
-            **frozen_probe(
-                sets, ([dataset.paths[i] for i in train], dataset.labels[train]), args.size, names
-            ),
+            **frozen_probe(sets, fitting, args.size, names),
         }
     if "fusion" in args.probes:
         record["fusion"] = fusion(sets, names)
+    if "sample-bn" in args.probes:
+        record["sample_bn"] = sample_bn(sets, names)
+    if "prototypes" in args.probes:
+        record["prototypes"] = {
+            "train_per_class": args.train_per_class,
+            **prototypes(sets, fitting, names),
+        }
     record["seconds"] = round(time.time() - started, 1)
     record["command"] = " ".join(sys.argv)
     text = json.dumps(record, indent=1)
