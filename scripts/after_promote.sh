@@ -56,8 +56,8 @@ for step in "${steps[@]}"; do
     prior)
         # The guess written for unidentified cells: re-weighted to a white-cell differential's
         # class mix (bcclassify/serving/blood_prior.py), for cells outside the acquisition range
-        # and those scoring above every validation cell. Reads the validation features calibrate
-        # cached; flags do not change.
+        # and those scoring above every validation and test cell, fading in from the validation
+        # split's highest score. Reads the features calibrate cached; flags do not change.
         bcc calibrate --model "$model" --data ../shared/data/pbc224 --unidentified-prior \
             --beyond-own-cells ;;
     evaluate)

@@ -4,7 +4,8 @@
 outside the acquisition range only. A CellaVision lab's cells pass the range, so for them the
 guess did nothing. This study asks what it does for cells unidentified by their features,
 above a second, higher novelty score (``calibrate --beyond-own-cells`` sets the highest score of
-the validation and test splits): on PBC's own cells (the validation and test splits, the
+the validation and test splits, and fades the guess in from the validation split's highest; the
+last rule in the output): on PBC's own cells (the validation and test splits, the
 originals, two nearer-lab looks), where it may only cost, and on another lab's cells made to pass
 the range (scripts/shifted_lab_study.py's stand-ins), where it should help.
 
@@ -73,26 +74,32 @@ def served_without_guess(classifier, pixels: np.ndarray) -> dict:
     return {"probabilities": probabilities, "scores": scores, "grey": grey}
 
 
-def guessed(outcome: dict, threshold: float, classifier) -> tuple[np.ndarray, np.ndarray]:
-    """Which cells get the guess if the card's ``beyond_novelty`` were ``threshold`` (serving's
-    own rule, ``ClassifierModel.guessed``), and the probabilities then written: the colour
-    check's swap from the cached greyscale view, then the prior."""
+def guessed(
+    outcome: dict, threshold: float, classifier, fade_from: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which cells get the guess if the card's ``beyond_novelty`` were ``threshold`` and its
+    ``fade_from_novelty`` ``fade_from`` (serving's own rule, ``ClassifierModel.guess_strengths``),
+    and the probabilities then written: the colour check's swap from the cached greyscale view,
+    then the prior, each cell by its share of the guess."""
     names = list(classifier.class_names)
     check = classifier.colour_check
     probabilities, scores, grey = outcome["probabilities"], outcome["scores"], outcome["grey"]
     served_prior = classifier.unidentified_prior
-    classifier.unidentified_prior = replace(served_prior, beyond_novelty=threshold)
+    classifier.unidentified_prior = replace(
+        served_prior, beyond_novelty=threshold, fade_from_novelty=fade_from
+    )
     try:
-        rows = classifier.guessed(scores)
+        strengths = classifier.guess_strengths(scores)
     finally:
         classifier.unidentified_prior = served_prior
+    rows = strengths > 0
     swap = (
         rows
         & (probabilities.argmax(1) == names.index(check.checked))
         & (np.nan_to_num(grey[:, names.index(check.rival)]) >= check.min_rival)
     )
     out = np.where(swap[:, None], grey, probabilities)
-    return rows, served_prior.apply(out, rows)
+    return rows, served_prior.apply(out, rows, strengths)
 
 
 def pixels_of(paths, size: int) -> np.ndarray:
@@ -171,7 +178,10 @@ def main() -> None:
     finite = {k: v["scores"][np.isfinite(v["scores"])] for k, v in saved.items()}
     validation_highest = float(finite["validation split"].max())
     own_highest = max(validation_highest, float(finite["test split"].max()))
-    thresholds = sorted({*THRESHOLDS, validation_highest, own_highest})
+    # (beyond, fade_from): a step at each threshold, and the shipped rule, which fades the guess
+    # in from the validation split's highest to the highest of both splits.
+    rules = [(t, None) for t in sorted({*THRESHOLDS, validation_highest, own_highest})]
+    rules.append((own_highest, validation_highest))
     held_out_hashes = training_split_hashes(classifier.card)
     originals = scan_dataset("../shared/data/pbc-originals", tuple(names))
     result = {
@@ -198,10 +208,13 @@ def main() -> None:
                 "highest_finite_score": round(float(finite.max()), 3) if len(finite) else None,
                 "by_threshold": {},
             }
-            for threshold in thresholds:
-                rows, written = guessed(part, threshold, classifier)
+            for threshold, fade_from in rules:
+                rows, written = guessed(part, threshold, classifier, fade_from)
                 right = written.argmax(1) == part["truth"]
-                row["by_threshold"][str(round(threshold, 4))] = {
+                key = str(round(threshold, 4))
+                if fade_from is not None:
+                    key = f"fade {round(fade_from, 4)} to {key}"
+                row["by_threshold"][key] = {
                     "guessed": int(rows.sum()),
                     "accuracy": round(float(right.mean()), 4),
                     "ece": round(float(expected_calibration_error(part["truth"], written)), 4),

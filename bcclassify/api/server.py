@@ -279,6 +279,10 @@ def create_app(
             "unidentified_prior_beyond_novelty": served.unidentified_prior.beyond_novelty
             if served.unidentified_prior
             else None,
+            # ... and from this score up to that one, a share of it rising with the score
+            "unidentified_prior_fade_from_novelty": served.unidentified_prior.fade_from_novelty
+            if served.unidentified_prior
+            else None,
             "limits": {
                 "max_files": limits.max_files,
                 "max_bytes_per_file": limits.max_bytes,

@@ -22,13 +22,16 @@ moves. A cell unidentified by its features alone, taken like PBC's, keeps its pr
 (``ClassifierModel.guess_unidentified`` says why), unless its novelty score is above every cell
 of PBC's validation and test splits (``beyond_novelty``, written by ``--beyond-own-cells``): a
 CellaVision lab's cells pass the acquisition range, and such a score says the cell is further
-from PBC's training cells than any of PBC's own held-out cells.
+from PBC's training cells than any of PBC's own held-out cells. Between the validation split's
+highest score (``fade_from_novelty``) and that one the guess fades in: the weights are raised to
+the power (score - fade_from) / (beyond - fade_from), so no validation cell is touched and a
+cell barely past every validation cell is barely re-weighted.
 
 The card's section, written by ``calibrate --unidentified-prior [--beyond-own-cells]``::
 
     "unidentified_prior": {"prior": {"basophil": 0.11, ...}, "training_mix": {...},
                            "rare_in_blood": ["erythroblast", "ig", "platelet"],
-                           "beyond_novelty": 5.43, ...}
+                           "beyond_novelty": 5.43, "fade_from_novelty": 4.37, ...}
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import numpy as np
 __all__ = [
     "BEYOND_KEY",
     "CARD_KEY",
+    "FADE_KEY",
     "RARE_IN_BLOOD",
     "RARE_SHARE",
     "UnidentifiedPrior",
@@ -52,6 +56,7 @@ __all__ = [
 
 CARD_KEY = "unidentified_prior"
 BEYOND_KEY = "beyond_novelty"
+FADE_KEY = "fade_from_novelty"
 # Classes a white-cell differential of adult peripheral blood does not count, or counts at
 # under about 1%: nucleated red cells (absent in adults), immature granulocytes (0-1%) and
 # platelets (not white cells; CellaVision lists them apart).
@@ -79,35 +84,54 @@ def white_cell_prior(
     return {c: rare_share if c in rare else left * common[c] / total for c in training_mix}
 
 
-def reweighted(probabilities: np.ndarray, weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def reweighted(
+    probabilities: np.ndarray,
+    weights: np.ndarray,
+    rows: np.ndarray,
+    strengths: np.ndarray | None = None,
+) -> np.ndarray:
     """``probabilities`` (N, C) with the rows where ``rows`` is true multiplied by ``weights``
-    (C,) and renormalised; the other rows as they were. A new array."""
+    (C,), each raised to that row's ``strengths`` (N,; default 1), and renormalised; the other
+    rows as they were. A new array."""
     out = np.array(probabilities, dtype=np.float64, copy=True)
     rows = np.asarray(rows, dtype=bool)
     if rows.any():
-        shifted = out[rows] * np.asarray(weights, dtype=np.float64)[None, :]
+        power = np.ones(len(out)) if strengths is None else np.asarray(strengths, np.float64)
+        shifted = out[rows] * np.asarray(weights, dtype=np.float64)[None, :] ** power[rows, None]
         out[rows] = shifted / shifted.sum(axis=1, keepdims=True)
     return out.astype(np.asarray(probabilities).dtype, copy=False)
 
 
 @dataclass(frozen=True)
 class UnidentifiedPrior:
-    """Per-class weights (prior share / training share), in the model's class order, and the
-    novelty score above which a cell taken like the training images gets the guess too (None:
-    only cells outside the acquisition range)."""
+    """Per-class weights (prior share / training share), in the model's class order; the
+    novelty score above which a cell taken like the training images gets the whole guess too
+    (None: only cells outside the acquisition range), and the one from which it fades in (None:
+    no fading, the whole guess above ``beyond_novelty`` and none below)."""
 
     weights: np.ndarray
     beyond_novelty: float | None = None
+    fade_from_novelty: float | None = None
+
+    def strengths(self, scores: np.ndarray) -> np.ndarray:
+        """How much of the guess each served cell gets, 0 to 1: all of it outside the
+        acquisition range (score +inf) and, with ``beyond_novelty``, above every PBC cell held
+        out of training (taken like PBC's images yet further from them than any of PBC's own);
+        with ``fade_from_novelty``, rising linearly from 0 at that score to 1 at
+        ``beyond_novelty``."""
+        scores = np.asarray(scores, dtype=np.float64)
+        strength = np.isposinf(scores).astype(np.float64)
+        if self.beyond_novelty is not None:
+            strength[scores > self.beyond_novelty] = 1.0
+            if self.fade_from_novelty is not None:
+                span = self.beyond_novelty - self.fade_from_novelty
+                ramp = np.clip((scores - self.fade_from_novelty) / span, 0.0, 1.0)
+                strength = np.maximum(strength, np.nan_to_num(ramp, nan=0.0))
+        return strength
 
     def guessed_rows(self, scores: np.ndarray) -> np.ndarray:
-        """Which served cells get the guess: outside the acquisition range (score +inf) and,
-        with ``beyond_novelty``, any whose features score above every PBC cell held out of
-        training (taken like PBC's images yet further from them than any of PBC's own)."""
-        scores = np.asarray(scores, dtype=np.float64)
-        rows = np.isposinf(scores)
-        if self.beyond_novelty is not None:
-            rows |= scores > self.beyond_novelty
-        return rows
+        """Which served cells get any of the guess (:meth:`strengths` above 0)."""
+        return self.strengths(scores) > 0
 
     @classmethod
     def from_card(cls, card: Mapping, class_names: Sequence[str]) -> UnidentifiedPrior | None:
@@ -126,14 +150,27 @@ class UnidentifiedPrior:
         )
         if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
             raise ValueError(f"{CARD_KEY}: every share must be positive")
-        beyond = section.get(BEYOND_KEY)
-        if beyond is not None and not np.isfinite(float(beyond)):
-            raise ValueError(f"{CARD_KEY}: {BEYOND_KEY} must be a finite novelty score")
-        return cls(weights, None if beyond is None else float(beyond))
+        beyond, fade = section.get(BEYOND_KEY), section.get(FADE_KEY)
+        for key, value in ((BEYOND_KEY, beyond), (FADE_KEY, fade)):
+            if value is not None and not np.isfinite(float(value)):
+                raise ValueError(f"{CARD_KEY}: {key} must be a finite novelty score")
+        if fade is not None and (beyond is None or float(fade) >= float(beyond)):
+            raise ValueError(f"{CARD_KEY}: {FADE_KEY} must lie below {BEYOND_KEY}")
+        return cls(
+            weights,
+            None if beyond is None else float(beyond),
+            None if fade is None else float(fade),
+        )
 
-    def apply(self, probabilities: np.ndarray, unidentified: np.ndarray) -> np.ndarray:
-        """The served probabilities with the unidentified rows re-weighted."""
-        return reweighted(probabilities, self.weights, unidentified)
+    def apply(
+        self,
+        probabilities: np.ndarray,
+        unidentified: np.ndarray,
+        strengths: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The served probabilities with the unidentified rows re-weighted, each by its share
+        of the guess (:meth:`strengths`; default all of it)."""
+        return reweighted(probabilities, self.weights, unidentified, strengths)
 
 
 def set_unidentified_prior(
@@ -146,8 +183,9 @@ def set_unidentified_prior(
     its training data (class folders), and return the new card. Reads no pixels.
 
     ``beyond_novelty``: ``{"score": S, "rule": ...}`` (trust.highest_own_novelty) to give the
-    guess also to cells whose novelty score is above S; None leaves it to the cells outside the
-    acquisition range."""
+    guess also to cells whose novelty score is above S, and, with ``"fade_from": F`` in it, a
+    share of it to those between F and S; None leaves it to the cells outside the acquisition
+    range."""
     from bcclassify.data.datasets import scan_dataset
     from bcclassify.serving.classifier import read_card, resolve_model_name
     from bcclassify.storage.cards import write_card
@@ -185,5 +223,12 @@ def set_unidentified_prior(
             f"{float(beyond_novelty['score']):.3f} (higher than any validation- or test-split "
             "cell's): unidentified, their label and probabilities a guess"
         )
+        fade = beyond_novelty.get("fade_from")
+        if fade is not None:
+            card[CARD_KEY][FADE_KEY] = float(fade)
+            card[CARD_KEY]["applies_to"] += (
+                f"; between {float(fade):.3f} (the validation split's highest score) and it, "
+                "a share of the guess rising linearly with the score"
+            )
     UnidentifiedPrior.from_card(card, class_names)  # refuse a section serving could not read
     return dict(write_card(folder, card))

@@ -513,39 +513,52 @@ class ClassifierModel:
             base = np.full(len(pixels), -np.inf) if scores is None else scores
             scores = self.acquisition.gate(base, summaries(pixels))
         if scores is not None:
-            probabilities = self.guess_unidentified(pixels, probabilities, self.guessed(scores))
+            probabilities = self.guess_unidentified(
+                pixels, probabilities, self.guess_strengths(scores)
+            )
         return probabilities, scores
 
     def guessed(self, scores: np.ndarray | None) -> np.ndarray | None:
         """Which cells of these novelty scores get the guess (:meth:`guess_unidentified`): those
         outside the acquisition range and, if the card says so, those whose features score
-        above every validation- and test-split cell's (blood_prior.py); unidentified cells only.
-        None without scores."""
+        above every validation-split cell's (the whole guess above every test-split cell's too;
+        blood_prior.py); unidentified cells only. None without scores."""
+        strengths = self.guess_strengths(scores)
+        return None if strengths is None else strengths > 0
+
+    def guess_strengths(self, scores: np.ndarray | None) -> np.ndarray | None:
+        """How much of the guess each cell of these novelty scores gets, 0 to 1 (:meth:`guessed`
+        are those above 0): all of it outside the acquisition range; with the card's prior,
+        what ``UnidentifiedPrior.strengths`` gives; unidentified cells only. None without
+        scores."""
         if scores is None:
             return None
         if self.unidentified_prior is None:
-            return np.isposinf(scores)
+            return np.isposinf(scores).astype(np.float64)
         unidentified = np.asarray(scores) > self.unidentified_threshold
-        return self.unidentified_prior.guessed_rows(scores) & unidentified
+        return self.unidentified_prior.strengths(scores) * unidentified
 
     def guess_unidentified(
-        self, pixels: np.ndarray, probabilities: np.ndarray, rows: np.ndarray
+        self, pixels: np.ndarray, probabilities: np.ndarray, strengths: np.ndarray
     ) -> np.ndarray:
-        """The probabilities written for ``rows`` (:meth:`guessed`: unidentified cells from
-        another lab's smear, their label only a guess): an answer the colour check disputes is
-        taken from the greyscale view instead (colour_check.py), then re-weighted to the blood's
-        class mix (blood_prior.py). The other rows as they were.
+        """The probabilities written for the cells with ``strengths`` above 0
+        (:meth:`guess_strengths`: unidentified cells from another lab's smear, their label only
+        a guess): an answer the colour check disputes is taken from the greyscale view instead
+        (colour_check.py), then re-weighted to the blood's class mix (blood_prior.py), each by
+        its share of the guess. The other rows as they were.
 
         Only those: a cell outside the acquisition range, or further from the training cells
         than any validation or test cell, comes from another lab's smear, whose mix is the
         blood's. A cell merely unidentified by its features, taken like PBC's, is as often an
         unusual cell of PBC's own mix: re-weighting all of those made the held-out originals'
         ECE 0.98% -> 1.32%, and those above every validation cell's score 0.98% -> 1.03% (a
-        right erythroblast at 0.91 written at 0.56)."""
+        right erythroblast at 0.91 written at 0.56); fading the guess in between the validation
+        split's highest score and the test split's left it at 0.98%."""
+        rows = np.asarray(strengths) > 0
         if self.colour_check is not None and np.any(rows):
             probabilities = self.colour_check.regrey_guesses(self, pixels, probabilities, rows)
         if self.unidentified_prior is not None:
-            probabilities = self.unidentified_prior.apply(probabilities, rows)
+            probabilities = self.unidentified_prior.apply(probabilities, rows, strengths)
         return probabilities
 
     def second_support(self, pixels: np.ndarray, probabilities: np.ndarray) -> np.ndarray | None:

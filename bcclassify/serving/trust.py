@@ -650,7 +650,8 @@ def _extract_cached(classifier, dataset, indices, averaged: bool, cache: Path, s
 def highest_own_novelty(name: str | None, data: str | Path, cache_root: Path | None = None) -> dict:
     """The highest novelty score of any cell of the model's validation and test splits (its
     own data held out of training): above it, a cell is further from the training cells than
-    any of PBC's own held-out cells (blood_prior.py's ``beyond_novelty``). The originals not
+    any of PBC's own held-out cells (blood_prior.py's ``beyond_novelty``); and the validation
+    split's highest, from which the guess fades in (``fade_from``). The originals not
     in the training split are left to check it on. Features as ``calibrate`` extracts them,
     from its cache when it has run (else minutes)."""
     from bcclassify.serving.classifier import load_model
@@ -671,6 +672,9 @@ def highest_own_novelty(name: str | None, data: str | Path, cache_root: Path | N
     cells = sum(n for _, n in highest.values())
     return {
         "score": max(score for score, _ in highest.values()),
+        # The guess fades in above every validation cell (the split that chose the unidentified
+        # threshold); none when no test cell lies higher.
+        "fade_from": highest["val"][0] if highest["val"][0] < highest["test"][0] else None,
         "rule": f"the highest novelty score of the validation and test splits' {cells} cells "
         f"(validation's highest {highest['val'][0]:.3f}, test's {highest['test'][0]:.3f})",
     }

@@ -16,6 +16,7 @@ from bcclassify.serving.acquisition import fit_range, summaries
 from bcclassify.serving.blood_prior import (
     BEYOND_KEY,
     CARD_KEY,
+    FADE_KEY,
     RARE_IN_BLOOD,
     UnidentifiedPrior,
     reweighted,
@@ -170,6 +171,31 @@ def test_guessed_rows_are_outside_the_range_and_beyond_the_own_cells_score():
         UnidentifiedPrior.from_card({CARD_KEY: {**section, BEYOND_KEY: float("inf")}}, names)
 
 
+def test_the_guess_fades_in_between_the_two_scores():
+    prior = UnidentifiedPrior(np.array([4.0, 1.0]), beyond_novelty=5.0, fade_from_novelty=4.0)
+    scores = np.array([np.inf, 6.0, 5.0, 4.5, 4.0, 3.0, -np.inf])
+    assert prior.strengths(scores).tolist() == [1, 1, 1, 0.5, 0, 0, 0]
+    assert prior.guessed_rows(scores).tolist() == [1, 1, 1, 1, 0, 0, 0]
+    probabilities = np.full((len(scores), 2), 0.5)
+    written = prior.apply(probabilities, prior.guessed_rows(scores), prior.strengths(scores))
+    # weights (4, 1) raised to the share: 4 -> 0.8, 2 -> 2/3, none -> as served
+    np.testing.assert_allclose(written[:, 0], [0.8, 0.8, 0.8, 2 / 3, 0.5, 0.5, 0.5])
+    np.testing.assert_allclose(written.sum(axis=1), 1.0)
+    # Without the fade: the step at beyond_novelty alone.
+    step = UnidentifiedPrior(np.array([4.0, 1.0]), beyond_novelty=5.0)
+    assert step.strengths(scores).tolist() == [1, 1, 0, 0, 0, 0, 0]
+
+    section = {"prior": {"a": 1, "b": 1}, "training_mix": {"a": 1, "b": 1}, BEYOND_KEY: 5.0}
+    read = UnidentifiedPrior.from_card({CARD_KEY: {**section, FADE_KEY: 4.0}}, ("a", "b"))
+    assert (read.beyond_novelty, read.fade_from_novelty) == (5.0, 4.0)
+    for refused in ({**section, FADE_KEY: 5.0}, {**section, FADE_KEY: 6.0}):
+        with pytest.raises(ValueError, match="below"):
+            UnidentifiedPrior.from_card({CARD_KEY: refused}, ("a", "b"))
+    no_beyond = {k: v for k, v in section.items() if k != BEYOND_KEY}
+    with pytest.raises(ValueError, match="below"):
+        UnidentifiedPrior.from_card({CARD_KEY: {**no_beyond, FADE_KEY: 4.0}}, ("a", "b"))
+
+
 def test_the_guess_beyond_the_own_cells_is_fitted_on_their_scores_and_served(
     tmp_path, cli, monkeypatch
 ):
@@ -202,6 +228,13 @@ def test_the_guess_beyond_the_own_cells_is_fitted_on_their_scores_and_served(
     assert section[BEYOND_KEY] > np.median(scores) + 1e-5
     assert "validation and test splits'" in section["beyond_novelty_rule"]
     assert model.unidentified_prior.beyond_novelty == section[BEYOND_KEY]
+    # The fade starts at the validation cells' highest, if the test split's lies higher.
+    validation_highest = float(scores[: len(split.val)].max())
+    if validation_highest < float(scores[len(split.val) :].max()) - 1e-5:
+        assert section[FADE_KEY] == pytest.approx(validation_highest, rel=1e-3, abs=1e-5)
+        assert section[FADE_KEY] < section[BEYOND_KEY]
+    else:
+        assert FADE_KEY not in section
 
     # Served with a lower score, as another lab's cells would reach: the unidentified cells
     # above it carry the guess (the prior's re-weighting of the model's own probabilities), the
@@ -211,6 +244,7 @@ def test_the_guess_beyond_the_own_cells_is_fitted_on_their_scores_and_served(
     card = json.loads((folder / "card.json").read_text())
     lower = float(np.quantile(scores, 0.25))
     card[CARD_KEY] = {**card[CARD_KEY], BEYOND_KEY: lower}
+    card[CARD_KEY].pop(FADE_KEY, None)  # the step alone first
     card.pop(COLOUR_CHECK_KEY, None)
     write_card(folder, card)
     plain = load_model("tiny-cnn", verify=False)
@@ -230,3 +264,20 @@ def test_the_guess_beyond_the_own_cells_is_fitted_on_their_scores_and_served(
         assert after.flag == "unidentified"
         expected = own.probabilities * weights / (own.probabilities * weights).sum()
         np.testing.assert_allclose(after.probabilities, expected, rtol=1e-5, atol=1e-7)
+
+    # Fading in between two scores: an unidentified cell between them gets the weights raised
+    # to its share of the way up, one above the higher all of them, the rest none.
+    higher = float(np.quantile(scores, 0.75))
+    card[CARD_KEY] = {**card[CARD_KEY], FADE_KEY: lower, BEYOND_KEY: higher}
+    write_card(folder, card)
+    faded = load_model("tiny-cnn", verify=False).classify_pixels(pixels, [str(p) for p in held])
+    shares = [
+        min(1.0, (p.novelty - lower) / (higher - lower)) if p.unidentified else 0.0 for p in faded
+    ]
+    assert any(0 < s < 1 for s in shares) and any(s == 1 for s in shares)
+    for own, after, share in zip(before, faded, shares):
+        assert after.guessed == (share > 0)
+        expected = own.probabilities * weights ** max(share, 0.0)
+        np.testing.assert_allclose(
+            after.probabilities, expected / expected.sum(), rtol=1e-5, atol=1e-7
+        )
