@@ -14,7 +14,13 @@
    covariate-shift adaptation: Schneider et al., "Improving robustness against common
    corruptions by covariate shift adaptation", NeurIPS 2020). Unlike statistics re-estimated on
    a batch of the lab's cells (AdaBN), each answer depends on its own image only.
-4. ``prototypes``: the default's own features (those its novelty score reads) classified by the
+4. ``batch-bn``: every batch norm normalising with the moments of the batch it is in (B cells of
+   one folder, drawn in a shuffled order so that no batch is one class), mixed with its running
+   statistics counted as N images (prediction-time batch norm: Nado et al., "Evaluating
+   prediction-time batch normalization for robustness under covariate shift", 2020; with N = 0
+   it is AdaBN on batches, Li et al. 2016). Each answer then depends on the other cells of the
+   upload, which the lab shares.
+5. ``prototypes``: the default's own features (those its novelty score reads) classified by the
    nearest class mean (cosine) or the 15 nearest cells, fitted on N training-split cells a class,
    instead of by its softmax head; prototype classifiers are often said to degrade more gently
    under shift.
@@ -25,6 +31,9 @@ All are scored on the default's test split (M cells a class) and on other labs' 
         cache/ext-tecom-lowres --out docs/cross-lab-probes.json
     .venv/bin/python scripts/cross_lab_probes.py --data ../shared/data/ext-tecom \\
         cache/ext-tecom-lowres --probes sample-bn prototypes --out docs/cross-lab-probes-2.json
+    .venv/bin/python scripts/cross_lab_probes.py --data ../shared/data/ext-tecom \\
+        cache/ext-tecom-lowres --probes batch-bn --test-per-class 25 \\
+        --out docs/cross-lab-probes-3.json
 """
 
 from __future__ import annotations
@@ -51,6 +60,8 @@ from bcclassify.serving.classifier import load_model  # noqa: E402
 FUSION_WEIGHTS = (1.0, 0.85, 0.7, 0.5, 0.0)
 # The running statistics' weight as a count of images; None: batch norm as trained.
 PSEUDO_COUNTS = (None, 256, 64, 16)
+# batch-bn: (running statistics counted as N images, cells a batch).
+BATCH_MIXES = ((None, 32), (0, 32), (32, 32), (128, 32), (0, 100))
 NEIGHBOURS = 15
 
 
@@ -131,7 +142,10 @@ def fusion(sets: dict, names: list[str]) -> dict:
     return result
 
 
-def sample_bn(sets: dict, names: list[str]) -> dict:
+def _unfolded_with_mixed_norms(state: dict):
+    """The default with every batch norm's call replaced: with ``state["count"]`` None, as
+    trained; else its running statistics, counted as that many images, mixed with the moments
+    of each image (``state["axes"]`` (1, 2)) or of the whole batch ((0, 1, 2))."""
     import types
 
     import keras
@@ -139,16 +153,17 @@ def sample_bn(sets: dict, names: list[str]) -> dict:
 
     # Unfolded, so that the batch norms exist as layers (serving folds them into the convs).
     default = load_model(None, fold_batch_norm=False, compiled=False)
-    state: dict = {"count": None}
 
     def call(layer, inputs, training=None, mask=None):
         count = state["count"]
         if count is None or len(inputs.shape) != 4:
             return type(layer).call(layer, inputs, training=training, mask=mask)
         x = ops.cast(inputs, "float32")
-        own = 1.0 / (count + 1.0)
-        mean = (1 - own) * layer.moving_mean + own * ops.mean(x, axis=[1, 2], keepdims=True)
-        var = (1 - own) * layer.moving_variance + own * ops.var(x, axis=[1, 2], keepdims=True)
+        axes = list(state["axes"])
+        images = state["batch"] if 0 in axes else 1
+        own = images / (count + images)
+        mean = (1 - own) * layer.moving_mean + own * ops.mean(x, axis=axes, keepdims=True)
+        var = (1 - own) * layer.moving_variance + own * ops.var(x, axis=axes, keepdims=True)
         y = (x - mean) / ops.sqrt(var + layer.epsilon)
         y = y * layer.gamma if layer.scale else y
         y = y + layer.beta if layer.center else y
@@ -163,11 +178,17 @@ def sample_bn(sets: dict, names: list[str]) -> dict:
     norms = [lay for lay in walk(default.model) if isinstance(lay, keras.layers.BatchNormalization)]
     for layer in norms:
         layer.call = types.MethodType(call, layer)
+    return default, len(norms)
+
+
+def sample_bn(sets: dict, names: list[str]) -> dict:
+    state: dict = {"count": None, "axes": (1, 2), "batch": 1}
+    default, norms = _unfolded_with_mixed_norms(state)
     pixels = {
         name: np.stack([load_image(p, default.image_size) for p in paths])
         for name, (paths, _) in sets.items()
     }
-    result = {"default": default.name, "batch_norms": len(norms)}
+    result = {"default": default.name, "batch_norms": norms}
     for count in PSEUDO_COUNTS:
         state["count"] = count
         default.model.predict_function = None  # traced anew: the count is read when tracing
@@ -177,6 +198,55 @@ def sample_bn(sets: dict, names: list[str]) -> dict:
             probs = default.model.predict(pixels[name], batch_size=32, verbose=0)
             result[key][name] = scored(probs.argmax(1), truth, names)
         print("sample-bn", key, {n: r["accuracy"] for n, r in result[key].items()}, flush=True)
+    return result
+
+
+def batch_bn(sets: dict, names: list[str], seed: int) -> dict:
+    """Scored as the image's own answer and, on other labs' folders, as the guess an
+    unidentified cell gets served (the colour check's greyscale swap, then the blood's class
+    mix at full strength), both views under the same batch norms."""
+    from bcclassify.serving.colour_check import GREY_VIEW, greyscale
+
+    state: dict = {"count": None, "axes": (0, 1, 2), "batch": 32}
+    default, norms = _unfolded_with_mixed_norms(state)
+    check, prior = default.colour_check, default.unidentified_prior
+    result = {"default": default.name, "batch_norms": norms, "order_seed": seed}
+    pixels = {}
+    for name, (paths, truth) in sets.items():
+        # Shuffled, and the labels with them: a class-sorted folder would give each batch one
+        # class's moments, which carry the label.
+        order = np.random.default_rng(seed).permutation(len(paths))
+        pixels[name] = (
+            np.stack([load_image(paths[i], default.image_size) for i in order]),
+            truth[order],
+        )
+    for count, batch in BATCH_MIXES:
+        state["count"], state["batch"] = count, batch
+        default._forward = None  # traced anew: count and batch are read when tracing
+        key = "as trained" if count is None else f"N={count} B={batch}"
+        result[key] = {}
+        for name, (images, truth) in pixels.items():
+            # Whole batches only, so every cell's moments come from `batch` cells of its folder.
+            starts = range(0, len(images) // batch * batch, batch)
+            truth = truth[: len(starts) * batch]
+            probs = np.concatenate(
+                [default.predict_pixels(images[s : s + batch], ("identity",)) for s in starts]
+            )
+            result[key][name] = scored(probs.argmax(1), truth, names)
+            if name == "pbc-test-split":
+                continue
+            grey = np.concatenate(
+                [
+                    default.predict_pixels(greyscale(images[s : s + batch]), GREY_VIEW)
+                    for s in starts
+                ]
+            )
+            swapped = (probs.argmax(1) == names.index(check.checked)) & (
+                grey[:, names.index(check.rival)] >= check.min_rival
+            )
+            guess = prior.apply(np.where(swapped[:, None], grey, probs), np.ones(len(probs), bool))
+            result[key][f"{name}, served guess"] = scored(guess.argmax(1), truth, names)
+        print("batch-bn", key, {n: r["accuracy"] for n, r in result[key].items()}, flush=True)
     return result
 
 
@@ -260,6 +330,8 @@ def main() -> None:
         record["fusion"] = fusion(sets, names)
     if "sample-bn" in args.probes:
         record["sample_bn"] = sample_bn(sets, names)
+    if "batch-bn" in args.probes:
+        record["batch_bn"] = batch_bn(sets, names, args.seed)
     if "prototypes" in args.probes:
         record["prototypes"] = {
             "train_per_class": args.train_per_class,

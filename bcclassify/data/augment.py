@@ -98,7 +98,7 @@ PRESETS["defocus"] = replace(PRESETS["wide"], blur=7.0)
 # nucleus in grey-pink cytoplasm as an erythroblast: views without colour should make it learn
 # the cell's geometry (nucleus-to-cytoplasm ratio, outline) as well as its stain. Measured: they
 # do not (ext-tecom 53.3% against 62.7% for ``defocus`` alone from the same start, split, seed
-# and budget; README, "Training for other labs"); kept so that the run can be reproduced.
+# and budget; docs/other-labs.md); kept so that the run can be reproduced.
 PRESETS["defocus-grey"] = replace(PRESETS["defocus"], grey=0.3)
 
 

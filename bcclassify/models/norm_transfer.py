@@ -3,10 +3,10 @@
 :func:`bcclassify.models.registry.with_group_norm` keeps each batch norm's learnt scale and offset
 and drops its running statistics. A converted pretrained network then computes something else:
 MobileNetV2 at 128 px was at 31% on PBC's validation cells after a whole epoch of fine-tuning,
-and group norm needed more epochs than the CPU had to catch up (README, "Training for other
-labs"). Here each group norm's scale and offset are instead *fitted*, by least squares per
-channel on a few hundred training images, so that its output matches what the batch norm it
-replaced gave on the same images. What group norm cannot represent (a channel's offset that
+and group norm needed more epochs than the CPU had to catch up (docs/other-labs.md). Here
+each group norm's scale and offset are instead *fitted*, by least squares per channel on a few
+hundred training images, so that its output matches what the batch norm it replaced gave on the
+same images. What group norm cannot represent (a channel's offset that
 differs between images, which its per-image statistics remove) is left to fine-tuning.
 
 Each layer is fitted on what it will really receive: its input in the converted network, whose
