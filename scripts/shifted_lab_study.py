@@ -11,7 +11,9 @@ the change is a stain's:
   (so the background stays as it is) times per-channel gains;
 - focus and resolution: Gaussian defocus, and the frame taken down to a lower resolution and
   back, as a camera with fewer pixels across the cell;
-- the two together.
+- the two together;
+- a monochrome camera: every image in greyscale (luma in all three channels, as a greyscale
+  upload is served).
 
 ``--other-lab DIR`` adds another lab's labelled cells, made to pass as a lab whose crops the
 acquisition range accepts: each image's background brought to PBC's colour (per-channel gain),
@@ -28,7 +30,8 @@ without the second opinion, overall and per true class.
     .venv/bin/python scripts/shifted_lab_study.py --per-class 40 --other-lab \
         ../shared/data/ext-tecom cache/ext-tecom-lowres --out docs/shifted-labs-hybrid.json
 
-(``--looks`` with no name serves only the other labs.)
+(``--looks`` with no name serves only the other labs; ``--looks "greyscale camera"
+--out docs/shifted-labs-greyscale.json`` the monochrome camera alone.)
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from bcclassify.data.datasets import scan_dataset  # noqa: E402
 from bcclassify.data.imaging import load_image  # noqa: E402
 from bcclassify.serving.acquisition import summaries  # noqa: E402
 from bcclassify.serving.classifier import load_model  # noqa: E402
+from bcclassify.serving.colour_check import greyscale  # noqa: E402
 
 # Optical-density gains per RGB channel. (1.3, 2.4, 1.9) is ext-tecom's nucleus-to-PBC ratio
 # (scripts/lab_factor_study.py): a stain that absorbs green far more, so nuclei turn red-brown.
@@ -95,6 +99,7 @@ def looks() -> dict:
     redder, denser = STAINS["redder (tecom ratio)"], STAINS["denser x1.6"]
     table["redder + defocus sigma 2"] = lambda a: blurred(restained(a, redder), 2.0)
     table["denser + resolution x0.5"] = lambda a: lower_resolution(restained(a, denser), 0.5)
+    table["greyscale camera"] = lambda a: greyscale(a).astype(np.float32)
     return table
 
 
