@@ -57,9 +57,11 @@ for step in "${steps[@]}"; do
         # The guess written for unidentified cells: re-weighted to a white-cell differential's
         # class mix (bcclassify/serving/blood_prior.py), for cells outside the acquisition range
         # and those scoring above every validation and test cell, fading in from the validation
-        # split's highest score. Reads the features calibrate cached; flags do not change.
+        # split's highest score, each guessed cell's probabilities first mixed half and half
+        # with the second opinion's (scripts/guess_fusion_study.py). Reads the features
+        # calibrate cached; flags do not change.
         bcc calibrate --model "$model" --data ../shared/data/pbc224 --unidentified-prior \
-            --beyond-own-cells ;;
+            --beyond-own-cells --second-opinion-share 0.5 ;;
     evaluate)
         for data in ../shared/data/pbc-originals ../shared/data/ext-tecom cache/ext-tecom-lowres; do
             bcc evaluate --model "$model" --data "$data" --record --json > "logs/evaluate-$(basename "$data").json"

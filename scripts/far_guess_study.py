@@ -102,6 +102,25 @@ def guessed(
     return rows, served_prior.apply(out, rows, strengths)
 
 
+def other_lab_pixels(
+    folder: str, look: int | None, classifier, copies: list, copy_labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Another lab's labelled cells at the model's input size, as given (``look`` None) or made
+    to pass the range (shifted_lab_study.passing_looks: 0 background to PBC's colour, 1 and the
+    cell at PBC's scale, measured against ``copies``, PBC test cells of labels ``copy_labels``)."""
+    names, size = list(classifier.class_names), classifier.image_size
+    lab = scan_dataset(folder, tuple(names))
+    images = [load_image(p).astype(np.float32) for p in lab.paths]
+    if look is None:
+        return np.stack([resized(a, size) for a in images]), lab.labels
+    same = np.isin(copy_labels, np.unique(lab.labels))
+    pbc_share = np.median([nucleus_share(a) for a, keep in zip(copies, same) if keep])
+    scale = float(np.sqrt(pbc_share / np.median([nucleus_share(a) for a in images])))
+    pbc_background = np.median([background(a) for a in copies], axis=0)
+    change = list(passing_looks(pbc_background, scale).values())[look]
+    return np.stack([resized(change(a), size) for a in images]), lab.labels
+
+
 def pixels_of(paths, size: int) -> np.ndarray:
     return np.stack([load_image(p, size) for p in paths])
 
@@ -122,20 +141,13 @@ def main() -> None:
     dataset, split, *_ = model_split(dict(classifier.card), None)
     _, picked = test_cells(classifier, args.per_class, args.seed)
     copies = [load_image(dataset.paths[i]).astype(np.float32) for i in picked]
-    pbc_background = np.median([background(a) for a in copies], axis=0)
 
     def originals():
         found = scan_dataset("../shared/data/pbc-originals", tuple(names))
         return pixels_of(found.paths, size), found.labels
 
     def other_lab(folder: str, look: int):
-        lab = scan_dataset(folder, tuple(names))
-        images = [load_image(p).astype(np.float32) for p in lab.paths]
-        same = np.isin(dataset.labels[picked], np.unique(lab.labels))
-        pbc_share = np.median([nucleus_share(a) for a, keep in zip(copies, same) if keep])
-        scale = float(np.sqrt(pbc_share / np.median([nucleus_share(a) for a in images])))
-        change = list(passing_looks(pbc_background, scale).values())[look]
-        return np.stack([resized(change(a), size) for a in images]), lab.labels
+        return other_lab_pixels(folder, look, classifier, copies, dataset.labels[picked])
 
     def nearer(look: str):
         change = looks()[look]

@@ -283,6 +283,11 @@ def create_app(
             "unidentified_prior_fade_from_novelty": served.unidentified_prior.fade_from_novelty
             if served.unidentified_prior
             else None,
+            # ... its probabilities first mixed with the second opinion's, this share of the
+            # weight on the second opinion (0: the model's own)
+            "unidentified_prior_second_opinion_share": (
+                prior.second_opinion_share if (prior := served.unidentified_prior) else None
+            ),
             "limits": {
                 "max_files": limits.max_files,
                 "max_bytes_per_file": limits.max_bytes,

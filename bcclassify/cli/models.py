@@ -256,6 +256,15 @@ def add_calibrate(sub: SubParsers) -> None:
         "features (calibrate's cache, else minutes)",
     )
     p.add_argument(
+        "--second-opinion-share",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="with --unidentified-prior: first mix a guessed cell's probabilities with the "
+        "card's second opinion's, SHARE of the weight on the second opinion (weighted geometric "
+        "mean, times the cell's share of the guess; default 0: the model's own)",
+    )
+    p.add_argument(
         "--flag-budget",
         type=float,
         default=None,
@@ -285,6 +294,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.beyond_own_cells and not args.unidentified_prior:
         raise UsageError("--beyond-own-cells goes with --unidentified-prior")
+    if args.second_opinion_share and not args.unidentified_prior:
+        raise UsageError("--second-opinion-share goes with --unidentified-prior")
+    if not 0.0 <= args.second_opinion_share < 1.0:
+        raise UsageError("--second-opinion-share must be in [0, 1)")
     if args.unidentified_prior:
         if not 0.0 < args.rare_share < 1.0 / 3:
             raise UsageError("--rare-share must be in (0, 1/3)")
@@ -293,7 +306,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
             if args.beyond_own_cells:
                 start_tensorflow()
                 beyond = highest_own_novelty(args.model, args.data)
-            card = set_unidentified_prior(args.model, args.data, args.rare_share, beyond)
+            card = set_unidentified_prior(
+                args.model, args.data, args.rare_share, beyond, args.second_opinion_share
+            )
         except refused as exc:
             raise UsageError(str(exc)) from None
         print(json.dumps({UNIDENTIFIED_PRIOR_KEY: card[UNIDENTIFIED_PRIOR_KEY]}, indent=2))

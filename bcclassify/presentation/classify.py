@@ -117,11 +117,11 @@ def guess_note(prediction: Prediction) -> str:
     if prediction.guessed:
         return (
             "Only a guess. For an image taken unlike its training images, or further from them "
-            "than the cells it was checked on, the default model's guess counts erythroblasts, "
-            "immature granulocytes and platelets (common in its training folders, rare in a "
-            "white-cell differential) for less the further the image lies from its training "
-            "cells, and an eosinophil its colour check disputes is replaced by the greyscale "
-            "view's guess."
+            "than the cells it was checked on, the default model's guess is mixed with its "
+            "second opinion's, counts erythroblasts, immature granulocytes and platelets "
+            "(common in its training folders, rare in a white-cell differential) for less, both "
+            "the more the further the image lies from its training cells, and an eosinophil "
+            "its colour check disputes is replaced by the greyscale view's guess."
         )
     return "Only a guess: the model's own probabilities, for a cell unlike those it was trained on."
 

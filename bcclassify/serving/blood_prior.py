@@ -27,11 +27,18 @@ highest score (``fade_from_novelty``) and that one the guess fades in: the weigh
 the power (score - fade_from) / (beyond - fade_from), so no validation cell is touched and a
 cell barely past every validation cell is barely re-weighted.
 
+With ``second_opinion_share`` (``--second-opinion-share``), a guessed cell's probabilities are
+first mixed with the card's second opinion's (a weighted geometric mean, that share of the
+weight on the second opinion, times the cell's share of the guess): under a change of lab two
+independently trained models are more often right together than either alone (Ovadia et al.,
+NeurIPS 2019); measured in scripts/guess_fusion_study.py.
+
 The card's section, written by ``calibrate --unidentified-prior [--beyond-own-cells]``::
 
     "unidentified_prior": {"prior": {"basophil": 0.11, ...}, "training_mix": {...},
                            "rare_in_blood": ["erythroblast", "ig", "platelet"],
-                           "beyond_novelty": 5.43, "fade_from_novelty": 4.37, ...}
+                           "beyond_novelty": 5.43, "fade_from_novelty": 4.37,
+                           "second_opinion_share": 0.5, ...}
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ __all__ = [
     "FADE_KEY",
     "RARE_IN_BLOOD",
     "RARE_SHARE",
+    "SECOND_OPINION_SHARE_KEY",
     "UnidentifiedPrior",
     "reweighted",
     "set_unidentified_prior",
@@ -57,6 +65,7 @@ __all__ = [
 CARD_KEY = "unidentified_prior"
 BEYOND_KEY = "beyond_novelty"
 FADE_KEY = "fade_from_novelty"
+SECOND_OPINION_SHARE_KEY = "second_opinion_share"
 # Classes a white-cell differential of adult peripheral blood does not count, or counts at
 # under about 1%: nucleated red cells (absent in adults), immature granulocytes (0-1%) and
 # platelets (not white cells; CellaVision lists them apart).
@@ -107,11 +116,13 @@ class UnidentifiedPrior:
     """Per-class weights (prior share / training share), in the model's class order; the
     novelty score above which a cell taken like the training images gets the whole guess too
     (None: only cells outside the acquisition range), and the one from which it fades in (None:
-    no fading, the whole guess above ``beyond_novelty`` and none below)."""
+    no fading, the whole guess above ``beyond_novelty`` and none below); and the second
+    opinion's share of the weight in a guessed cell's probabilities (0: the model's own)."""
 
     weights: np.ndarray
     beyond_novelty: float | None = None
     fade_from_novelty: float | None = None
+    second_opinion_share: float = 0.0
 
     def strengths(self, scores: np.ndarray) -> np.ndarray:
         """How much of the guess each served cell gets, 0 to 1: all of it outside the
@@ -156,10 +167,14 @@ class UnidentifiedPrior:
                 raise ValueError(f"{CARD_KEY}: {key} must be a finite novelty score")
         if fade is not None and (beyond is None or float(fade) >= float(beyond)):
             raise ValueError(f"{CARD_KEY}: {FADE_KEY} must lie below {BEYOND_KEY}")
+        share = float(section.get(SECOND_OPINION_SHARE_KEY, 0.0))
+        if not 0.0 <= share < 1.0:
+            raise ValueError(f"{CARD_KEY}: {SECOND_OPINION_SHARE_KEY} must lie in [0, 1)")
         return cls(
             weights,
             None if beyond is None else float(beyond),
             None if fade is None else float(fade),
+            share,
         )
 
     def apply(
@@ -178,6 +193,7 @@ def set_unidentified_prior(
     data: str | Path,
     rare_share: float = RARE_SHARE,
     beyond_novelty: Mapping | None = None,
+    second_opinion_share: float = 0.0,
 ) -> dict:
     """Write installed model ``name``'s ``unidentified_prior`` from the class mix of ``data``,
     its training data (class folders), and return the new card. Reads no pixels.
@@ -185,7 +201,8 @@ def set_unidentified_prior(
     ``beyond_novelty``: ``{"score": S, "rule": ...}`` (trust.highest_own_novelty) to give the
     guess also to cells whose novelty score is above S, and, with ``"fade_from": F`` in it, a
     share of it to those between F and S; None leaves it to the cells outside the acquisition
-    range."""
+    range. ``second_opinion_share``: the card's second opinion's share of the weight in a
+    guessed cell's probabilities (0: none; the card must name a second opinion)."""
     from bcclassify.data.datasets import scan_dataset
     from bcclassify.serving.classifier import read_card, resolve_model_name
     from bcclassify.storage.cards import write_card
@@ -230,5 +247,14 @@ def set_unidentified_prior(
                 f"; between {float(fade):.3f} (the validation split's highest score) and it, "
                 "a share of the guess rising linearly with the score"
             )
+    if second_opinion_share:
+        if not (card.get("second_opinion") or {}).get("model"):
+            raise ValueError(f"{chosen}: its card names no second opinion to share the guess with")
+        card[CARD_KEY][SECOND_OPINION_SHARE_KEY] = float(second_opinion_share)
+        card[CARD_KEY]["applies_to"] += (
+            f"; a guessed cell's probabilities are first mixed with the second opinion's "
+            f"(weighted geometric mean, {float(second_opinion_share):g} of the weight on the "
+            "second opinion, times the cell's share of the guess)"
+        )
     UnidentifiedPrior.from_card(card, class_names)  # refuse a section serving could not read
     return dict(write_card(folder, card))

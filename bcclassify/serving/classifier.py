@@ -31,7 +31,7 @@ from bcclassify.serving.floors import floors_from_card, thresholds_by_class
 from bcclassify.serving.folding import fold_batch_norm as fold_batch_norm_layers
 from bcclassify.serving.quiet_tensorflow import import_tensorflow_quietly
 from bcclassify.serving.second_opinion import CARD_KEY as SECOND_OPINION_KEY
-from bcclassify.serving.second_opinion import SecondOpinion, SecondOpinionConfig
+from bcclassify.serving.second_opinion import SecondOpinion, SecondOpinionConfig, mixed_in
 from bcclassify.storage.cards import (
     CardError,
     ModelCard,
@@ -543,9 +543,10 @@ class ClassifierModel:
     ) -> np.ndarray:
         """The probabilities written for the cells with ``strengths`` above 0
         (:meth:`guess_strengths`: unidentified cells from another lab's smear, their label only
-        a guess): an answer the colour check disputes is taken from the greyscale view instead
-        (colour_check.py), then re-weighted to the blood's class mix (blood_prior.py), each by
-        its share of the guess. The other rows as they were.
+        a guess): mixed with the second opinion's probabilities where the card's prior gives
+        it a share (blood_prior.py), then an answer the colour check disputes is taken from the
+        greyscale view instead (colour_check.py), then re-weighted to the blood's class mix,
+        each by its share of the guess. The other rows as they were.
 
         Only those: a cell outside the acquisition range, or further from the training cells
         than any validation or test cell, comes from another lab's smear, whose mix is the
@@ -554,7 +555,16 @@ class ClassifierModel:
         ECE 0.98% -> 1.32%, and those above every validation cell's score 0.98% -> 1.03% (a
         right erythroblast at 0.91 written at 0.56); fading the guess in between the validation
         split's highest score and the test split's left it at 0.98%."""
-        rows = np.asarray(strengths) > 0
+        strengths = np.asarray(strengths, dtype=np.float64)
+        rows = strengths > 0
+        prior = self.unidentified_prior
+        if prior is not None and prior.second_opinion_share and self.second_opinion is not None:
+            picked = np.flatnonzero(rows)
+            if len(picked):
+                probabilities = np.array(probabilities, dtype=np.float64, copy=True)
+                second = self.second_opinion.probabilities(pixels[picked])
+                shares = prior.second_opinion_share * strengths[picked]
+                probabilities[picked] = mixed_in(probabilities[picked], second, shares)
         if self.colour_check is not None and np.any(rows):
             probabilities = self.colour_check.regrey_guesses(self, pixels, probabilities, rows)
         if self.unidentified_prior is not None:

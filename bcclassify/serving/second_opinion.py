@@ -38,6 +38,7 @@ __all__ = [
     "SecondOpinionConfig",
     "choose_min_support",
     "disputed_mask",
+    "mixed_in",
     "resize_batch",
     "support_for",
 ]
@@ -82,6 +83,18 @@ def support_for(
     return np.asarray(second_probabilities)[rows, np.asarray(classes, dtype=int)]
 
 
+def mixed_in(own: np.ndarray, second: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Each row of ``own`` mixed with the same row of ``second`` as a weighted geometric mean,
+    ``shares`` (one per row, 0 to 1) of the weight on ``second``, renormalised; a row with share
+    0 comes back exactly as it was. A new array."""
+    own = np.asarray(own, dtype=np.float64)
+    shares = np.asarray(shares, dtype=np.float64)[:, None]
+    logs = (1.0 - shares) * np.log(own + 1e-9) + shares * np.log(np.asarray(second) + 1e-9)
+    mixed = np.exp(logs - logs.max(axis=1, keepdims=True))
+    mixed /= mixed.sum(axis=1, keepdims=True)
+    return np.where(shares > 0, mixed, own)
+
+
 def disputed_mask(support: np.ndarray, min_support: float) -> np.ndarray:
     """True where the second model gives the served class less than ``min_support``."""
     return np.asarray(support) < min_support
@@ -116,7 +129,10 @@ class SecondOpinion:
     model: ClassifierModel
     min_support: float
 
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """The second model's calibrated probabilities for the same decoded cells."""
+        return self.model.predict_pixels(resize_batch(pixels, self.model.image_size))
+
     def support(self, pixels: np.ndarray, served_classes: np.ndarray) -> np.ndarray:
         """The second model's probability of each served class, on the same decoded cells."""
-        probabilities = self.model.predict_pixels(resize_batch(pixels, self.model.image_size))
-        return support_for(probabilities, served_classes)
+        return support_for(self.probabilities(pixels), served_classes)

@@ -112,6 +112,7 @@ def test_health_needs_no_token_and_model_info_names_the_served_card(server, clie
     assert info["unidentified_prior_weights"] is None  # nor a prior for unidentified guesses
     assert info["unidentified_prior_beyond_novelty"] is None
     assert info["unidentified_prior_fade_from_novelty"] is None
+    assert info["unidentified_prior_second_opinion_share"] is None
 
 
 def test_one_image_is_answered_exactly_as_predict_answers_it(client):

@@ -22,8 +22,12 @@ from bcclassify.serving.blood_prior import (
     reweighted,
     white_cell_prior,
 )
+from bcclassify.serving.blood_prior import (
+    SECOND_OPINION_SHARE_KEY as SHARE_KEY,
+)
 from bcclassify.serving.colour_check import CARD_KEY as COLOUR_CHECK_KEY
 from bcclassify.serving.colour_check import greyscale
+from bcclassify.serving.second_opinion import mixed_in
 from bcclassify.storage.cards import write_card
 
 
@@ -281,3 +285,102 @@ def test_the_guess_beyond_the_own_cells_is_fitted_on_their_scores_and_served(
         np.testing.assert_allclose(
             after.probabilities, expected / expected.sum(), rtol=1e-5, atol=1e-7
         )
+
+
+def test_mixing_in_the_second_opinion_is_a_weighted_geometric_mean_per_row():
+    own = np.array([[0.7, 0.2, 0.1], [0.7, 0.2, 0.1], [0.5, 0.25, 0.25]])
+    second = np.array([[0.1, 0.8, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
+    mixed = mixed_in(own, second, np.array([0.0, 0.5, 0.25]))
+    np.testing.assert_array_equal(mixed[0], own[0])  # share 0: exactly as served
+    expected = np.sqrt(own[1] * second[1])
+    np.testing.assert_allclose(mixed[1], expected / expected.sum(), rtol=1e-6)
+    expected = own[2] ** 0.75 * second[2] ** 0.25
+    np.testing.assert_allclose(mixed[2], expected / expected.sum(), rtol=1e-6)
+    assert mixed[1].argmax() == 1  # the second opinion's class wins where it is surer
+    np.testing.assert_allclose(mixed.sum(axis=1), 1.0)
+
+
+def test_the_second_opinions_share_is_read_from_the_card_and_bounded():
+    section = {"prior": {"a": 1, "b": 1}, "training_mix": {"a": 1, "b": 1}}
+    names = ("a", "b")
+    assert UnidentifiedPrior.from_card({CARD_KEY: section}, names).second_opinion_share == 0.0
+    read = UnidentifiedPrior.from_card({CARD_KEY: {**section, SHARE_KEY: 0.5}}, names)
+    assert read.second_opinion_share == 0.5
+    for refused in (-0.1, 1.0, 2.0):
+        with pytest.raises(ValueError, match=SHARE_KEY):
+            UnidentifiedPrior.from_card({CARD_KEY: {**section, SHARE_KEY: refused}}, names)
+
+
+def test_a_guessed_cell_is_mixed_with_the_second_opinion_before_the_prior(
+    tmp_path, tiny_store, monkeypatch
+):
+    import keras
+
+    from bcclassify.models.registry import build
+    from bcclassify.serving.classifier import export_model, load_model
+    from bcclassify.serving.second_opinion import resize_batch
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    # A second model apart from the served one: another CNN, its own random weights.
+    keras.utils.set_random_seed(7)
+    second_card = {"name": "tiny-second", "architecture": "cnn", "image_size": 32}
+    second_card["class_names"] = list(CLASS_NAMES)
+    second_model = build("cnn", 32, len(CLASS_NAMES), weights="none")
+    export_model(second_model, store / "models" / "tiny-second", second_card)
+    folder = store / "models" / "tiny-cnn"
+    paths = sorted(FIXTURE_IMAGES.rglob("*.jpg"))
+    own = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32))) for p in paths])
+    card = json.loads((folder / "card.json").read_text())
+    card["acquisition"] = fit_range(summaries(own), "fixture cells").to_card()
+    card["second_opinion"] = {"model": "tiny-second", "min_support": 1e-6}
+    card.pop(COLOUR_CHECK_KEY, None)
+    shares = {c: 1.0 for c in CLASS_NAMES}
+    weights = np.linspace(0.5, 2.0, len(CLASS_NAMES))  # a prior that moves the mixture too
+    card[CARD_KEY] = {"prior": dict(zip(CLASS_NAMES, weights)), "training_mix": shares}
+    write_card(folder, card)
+    plain_model = load_model("tiny-cnn", verify=False)
+    cells = np.stack([plain_model.load(p) for p in paths])
+    pixels = np.concatenate([cells, _yellowed(cells)])  # the second half: another lab's look
+    names = [f"cell-{n}" for n in range(len(pixels))]
+    plain = plain_model.classify_pixels(pixels, names)
+
+    card[CARD_KEY][SHARE_KEY] = 0.5
+    write_card(folder, card)
+    model = load_model("tiny-cnn", verify=False)
+    served = model.classify_pixels(pixels, names)
+    second = load_model("tiny-second", verify=False).predict_pixels(resize_batch(pixels, 32))
+    unweighted = plain_model.predict_pixels(pixels)
+    moved = 0
+    for n, (before, after) in enumerate(zip(plain, served)):
+        assert after.guessed == before.guessed and after.flag == before.flag
+        if not before.guessed:  # PBC's own look: untouched
+            np.testing.assert_array_equal(after.probabilities, before.probabilities)
+            continue
+        mixed = mixed_in(unweighted[n : n + 1], second[n : n + 1], np.array([0.5]))[0]
+        expected = mixed * weights / (mixed * weights).sum()
+        np.testing.assert_allclose(after.probabilities, expected, rtol=1e-5, atol=1e-7)
+        moved += not np.allclose(after.probabilities, before.probabilities, atol=1e-4)
+    assert sum(p.guessed for p in served) >= len(cells) and moved > 0
+
+
+def test_calibrate_sets_the_second_opinions_share_only_with_a_second_opinion(tmp_path, cli):
+    store, data = variants_store(tmp_path)
+    base = ["calibrate", "--model", "tiny-cnn", "--data", data]
+    alone = cli([*base, "--second-opinion-share", "0.5"], store=store)
+    assert alone.returncode == 2 and "--unidentified-prior" in alone.stderr
+    prior = [*base, "--unidentified-prior", "--second-opinion-share"]
+    refused = cli([*prior, "1.5"], store=store)
+    assert refused.returncode == 2 and "[0, 1)" in refused.stderr
+    none_named = cli([*prior, "0.5"], store=store)
+    assert none_named.returncode == 2 and "no second opinion" in none_named.stderr
+    folder = store / "models" / "tiny-cnn"
+    card = json.loads((folder / "card.json").read_text())
+    card["second_opinion"] = {"model": "tiny-cnn", "min_support": 0.1}
+    write_card(folder, card)
+    written = cli([*prior, "0.5"], store=store)
+    assert written.returncode == 0, written.stderr
+    section = json.loads(written.stdout)[CARD_KEY]
+    assert section[SHARE_KEY] == 0.5 and "second opinion" in section["applies_to"]
+    assert json.loads((folder / "card.json").read_text())[CARD_KEY] == section
