@@ -84,11 +84,9 @@ def _yellowed(image: np.ndarray) -> np.ndarray:
     return np.clip(image.astype(np.float32) * [1.08, 1.02, 0.80], 0, 255).astype(np.uint8)
 
 
-def test_served_unidentified_cells_carry_the_guess_and_the_others_do_not_change(
-    tmp_path, tiny_store, monkeypatch
-):
-    from bcclassify.serving.classifier import load_model
-
+def _range_fitted_store(tmp_path, tiny_store, monkeypatch) -> tuple:
+    """A copy of the tiny store whose tiny-cnn card has an acquisition range fitted on the
+    fixture cells: (its folder, its card, the fixture paths)."""
     store = tmp_path / "store"
     shutil.copytree(tiny_store, store)
     monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
@@ -97,13 +95,27 @@ def test_served_unidentified_cells_carry_the_guess_and_the_others_do_not_change(
     own = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32))) for p in paths])
     card = json.loads((folder / "card.json").read_text())
     card["acquisition"] = fit_range(summaries(own), "fixture cells").to_card()
-    write_card(folder, card)
+    return folder, card, paths
 
-    plain_model = load_model("tiny-cnn", verify=False)
-    cells = np.stack([plain_model.load(p) for p in paths])
-    pixels = np.concatenate([cells, _yellowed(cells)])  # the second half: another lab's look
+
+def _served_with_another_labs(model, paths) -> tuple:
+    """The fixture cells and their yellowed copies (another lab's look, outside the range):
+    (pixels, names, the served predictions)."""
+    cells = np.stack([model.load(p) for p in paths])
+    pixels = np.concatenate([cells, _yellowed(cells)])
     names = [f"cell-{n}" for n in range(len(pixels))]
-    plain = plain_model.classify_pixels(pixels, names)
+    return pixels, names, model.classify_pixels(pixels, names)
+
+
+def test_served_unidentified_cells_carry_the_guess_and_the_others_do_not_change(
+    tmp_path, tiny_store, monkeypatch
+):
+    from bcclassify.serving.classifier import load_model
+
+    folder, card, paths = _range_fitted_store(tmp_path, tiny_store, monkeypatch)
+    write_card(folder, card)
+    pixels, names, plain = _served_with_another_labs(load_model("tiny-cnn", verify=False), paths)
+    cells = pixels[: len(paths)]
     # The guess is made for cells taken unlike the training images (outside the range) only.
     guessed = np.array([p.taken_unlike_training for p in plain])
     assert guessed[len(cells) :].all() and guessed[: len(cells)].sum() <= 1
@@ -320,20 +332,14 @@ def test_a_guessed_cell_is_mixed_with_the_second_opinion_before_the_prior(
     from bcclassify.serving.classifier import export_model, load_model
     from bcclassify.serving.second_opinion import resize_batch
 
-    store = tmp_path / "store"
-    shutil.copytree(tiny_store, store)
-    monkeypatch.setenv("BCCLASSIFY_STORE", str(store))
+    folder, card, paths = _range_fitted_store(tmp_path, tiny_store, monkeypatch)
+    store = folder.parent.parent
     # A second model apart from the served one: another CNN, its own random weights.
     keras.utils.set_random_seed(7)
     second_card = {"name": "tiny-second", "architecture": "cnn", "image_size": 32}
     second_card["class_names"] = list(CLASS_NAMES)
     second_model = build("cnn", 32, len(CLASS_NAMES), weights="none")
     export_model(second_model, store / "models" / "tiny-second", second_card)
-    folder = store / "models" / "tiny-cnn"
-    paths = sorted(FIXTURE_IMAGES.rglob("*.jpg"))
-    own = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32))) for p in paths])
-    card = json.loads((folder / "card.json").read_text())
-    card["acquisition"] = fit_range(summaries(own), "fixture cells").to_card()
     card["second_opinion"] = {"model": "tiny-second", "min_support": 1e-6}
     card.pop(COLOUR_CHECK_KEY, None)
     shares = {c: 1.0 for c in CLASS_NAMES}
@@ -341,10 +347,7 @@ def test_a_guessed_cell_is_mixed_with_the_second_opinion_before_the_prior(
     card[CARD_KEY] = {"prior": dict(zip(CLASS_NAMES, weights)), "training_mix": shares}
     write_card(folder, card)
     plain_model = load_model("tiny-cnn", verify=False)
-    cells = np.stack([plain_model.load(p) for p in paths])
-    pixels = np.concatenate([cells, _yellowed(cells)])  # the second half: another lab's look
-    names = [f"cell-{n}" for n in range(len(pixels))]
-    plain = plain_model.classify_pixels(pixels, names)
+    pixels, names, plain = _served_with_another_labs(plain_model, paths)
 
     card[CARD_KEY][SHARE_KEY] = 0.5
     write_card(folder, card)
@@ -362,7 +365,7 @@ def test_a_guessed_cell_is_mixed_with_the_second_opinion_before_the_prior(
         expected = mixed * weights / (mixed * weights).sum()
         np.testing.assert_allclose(after.probabilities, expected, rtol=1e-5, atol=1e-7)
         moved += not np.allclose(after.probabilities, before.probabilities, atol=1e-4)
-    assert sum(p.guessed for p in served) >= len(cells) and moved > 0
+    assert sum(p.guessed for p in served) >= len(paths) and moved > 0
 
 
 def test_calibrate_sets_the_second_opinions_share_only_with_a_second_opinion(tmp_path, cli):
