@@ -35,7 +35,7 @@ from shifted_lab_study import test_cells  # noqa: E402
 
 from bcclassify.data.imaging import load_image  # noqa: E402
 from bcclassify.serving.classifier import load_model  # noqa: E402
-from bcclassify.serving.second_opinion import resize_batch  # noqa: E402
+from bcclassify.serving.second_opinion import mixed_in, resize_batch  # noqa: E402
 
 WEIGHTS = (1.0, 0.85, 0.7, 0.5)
 LOOKS = {"as given": None, "background to PBC's colour": 0, "background and scale": 1}
@@ -53,11 +53,8 @@ def fused_guess(outcome: dict, classifier, w: float, faded: bool = False) -> np.
     own, second, grey = outcome["probabilities"], outcome["second"], outcome["grey_all"]
     strengths = classifier.guess_strengths(outcome["scores"])
     rows = strengths > 0
-    share = (1 - w) * (strengths if faded else np.ones_like(strengths))
-    mixed = np.exp(
-        (1 - share[:, None]) * np.log(own + 1e-9) + share[:, None] * np.log(second + 1e-9)
-    )
-    mixed = np.where(rows[:, None], mixed / mixed.sum(axis=1, keepdims=True), own)
+    share = (1 - w) * (strengths if faded else np.ones_like(strengths)) * rows
+    mixed = mixed_in(own, second, share)
     swap = (
         rows
         & (mixed.argmax(1) == names.index(check.checked))
